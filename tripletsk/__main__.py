@@ -1,0 +1,6 @@
+"""Allow ``python -m tripletsk``."""
+
+from tripletsk.cli import cli
+
+if __name__ == "__main__":
+    cli()
