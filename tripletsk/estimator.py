@@ -1,0 +1,760 @@
+"""TripletEncoder: a scikit-learn estimator that learns an embedding with triplet loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.metrics import pairwise_distances
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from tripletsk.head import forward, init_head_weights, normalize_hidden_units
+from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
+from tripletsk.triplets import pk_batches, sample_label_triplets
+
+DEFAULT_CACHE = Path("cache") / "features.h5"
+
+# How each training distance is spelled by sklearn.metrics.pairwise_distances.
+_SKLEARN_METRIC = {"l1": "manhattan", "l2": "euclidean", "sqeuclidean": "sqeuclidean",
+                   "cosine": "cosine"}  # fmt: skip
+_LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
+_FORMAT_VERSION = 1
+
+
+class EmbeddingCollapseWarning(UserWarning):
+    """The learned embedding maps (nearly) every input to the same point."""
+
+
+class TripletEncoder(TransformerMixin, BaseEstimator):
+    """Learn an L2-normalised embedding with triplet loss, on precomputed features.
+
+    A small dense head (``hidden_units`` ReLU layers with dropout, then a linear layer of
+    ``n_components`` and L2 normalisation) is trained so that for each triplet
+    ``(anchor, positive, negative)`` the anchor ends up closer to the positive than to the
+    negative. Training uses TensorFlow; the fitted model is plain NumPy, so ``transform``,
+    ``predict_triplets``, pickling and :meth:`save` / :meth:`load` need no TensorFlow.
+
+    It learns from either kind of supervision:
+
+    * ``fit(T)``: triplets. ``T`` is an (n, 3, d) array of feature vectors, or an (n, 3) array
+      of integer indices or string keys into ``features``.
+    * ``fit(X, y)``: class labels. Triplets are mined from ``y`` as set by ``mining``. ``X`` is
+      an (n, d) array, or a 1-d array of indices or keys into ``features``. This is the mode
+      that scikit-learn pipelines use.
+
+    Parameters
+    ----------
+    features : array of shape (n_samples, d), str, path, FeatureStore, mapping or None
+        Where indices and keys point. An array is indexed by integers; a path opens the HDF5
+        cache of ``tripletsk extract-features`` (a :class:`~tripletsk.store.FeatureStore`);
+        any mapping of key -> vector works too. ``None`` means inputs hold the feature vectors
+        themselves, or, for string keys, the default cache ``cache/features.h5``.
+    hidden_units : int or tuple of int, default=512
+        Sizes of the hidden ReLU layers; ``()`` makes a linear head.
+    n_components : int, default=10
+        Dimension of the embedding.
+    dropout : float, default=0.2
+        Dropout rate after each hidden layer while training.
+    distance : {"l2", "l1", "sqeuclidean", "cosine"}, default="l2"
+        Distance between embeddings, in the loss and in every prediction.
+    margin : float or None, default=1.0
+        Margin of the hinge loss ``max(d(a, p) - d(a, n) + margin, 0)``. ``None`` selects the
+        soft margin ``log(1 + exp(d(a, p) - d(a, n)))``. Embeddings lie on the unit sphere,
+        so L2 distances lie in [0, 2]; 1.0 scored best on held-out digits triplets (0.2, 0.5
+        and 1.5 scored lower, see ``examples/digits_triplets.py``).
+    mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid"}, \
+            default="auto"
+        How ``fit(X, y)`` turns labels into triplets. ``"random"`` draws one random valid
+        triplet per anchor each epoch; the others mine online inside P x K batches
+        (``samples_per_class`` samples of ``batch_size // samples_per_class`` classes), see
+        :mod:`tripletsk.losses`; ``"hybrid"`` adds, for the anchors of each batch, their hard
+        positives and negatives found offline over the whole training set, then mines
+        batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)`` the given triplets are used
+        as they are and only ``"auto"`` is accepted.
+    samples_per_class : int, default=4
+        K of the P x K batches of online mining.
+    hard_per_anchor : int, default=2
+        For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
+    learning_rate : float, default=1e-3
+        Adam's learning rate.
+    batch_size : int, default=256
+        Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
+        online mining.
+    max_epochs : int, default=100
+        Maximum number of passes over the training data.
+    tol : float, default=1e-4
+        Minimum improvement of the training loss (or of the validation score with
+        ``early_stopping``) that resets the ``n_iter_no_change`` count.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (triplets, or samples
+        stratified by label), stop when its triplet accuracy stops improving, and keep the
+        weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Share of the training data held out with ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without improvement before stopping.
+    standardize : bool, default=True
+        Scale each input feature to zero mean and unit variance on the training data before
+        the head. CNN features have large positive means; without this, a ReLU head can
+        collapse to one point.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, dropout, batch order and triplet sampling. The same value
+        gives the same embeddings; global random state is never touched.
+    verbose : int, default=0
+        Print the loss of each epoch when positive.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Width of the input feature vectors.
+    feature_mean_, feature_scale_ : ndarray of shape (n_features_in_,)
+        The standardisation learned in ``fit`` (zeros and ones when ``standardize=False``).
+    weights_ : list of (kernel, bias) tuples of ndarrays
+        The head's weights.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    active_fraction_ : list of float
+        Fraction of triplets (or anchors, for batch-hard) with a positive loss in each epoch.
+    validation_scores_ : list of float or None
+        Held-out triplet accuracy of each epoch, with ``early_stopping``.
+    best_validation_score_ : float or None
+        The best of those, whose weights were kept.
+    n_iter_ : int
+        Epochs run.
+    threshold_ : float
+        Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
+
+    See Also
+    --------
+    tripletsk.metrics : retrieval metrics (precision@1, MAP@R) to judge an embedding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tripletsk import TripletEncoder
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.r_[rng.normal(0, 1, (20, 8)), rng.normal(3, 1, (20, 8))]
+    >>> y = np.r_[np.zeros(20), np.ones(20)]
+    >>> enc = TripletEncoder(hidden_units=16, n_components=2, max_epochs=20, random_state=0)
+    >>> enc.fit(X, y).transform(X).shape
+    (40, 2)
+    >>> T = np.array([[0, 1, 30], [25, 26, 3]])
+    >>> TripletEncoder(features=X, hidden_units=16, max_epochs=5, random_state=0).fit(
+    ...     T).predict_triplets(T).shape
+    (2,)
+    """
+
+    _parameter_constraints: dict = {
+        "features": [None, "array-like", str, os.PathLike, Mapping, object],
+        "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "distance": [StrOptions({"l1", "l2", "sqeuclidean", "cosine"})],
+        "margin": [Interval(Real, 0, None, closed="left"), None],
+        "mining": [StrOptions({"auto", *_LABEL_MINING})],
+        "samples_per_class": [Interval(Integral, 2, None, closed="left")],
+        "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "standardize": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        features=None,
+        *,
+        hidden_units=512,
+        n_components=10,
+        dropout=0.2,
+        distance="l2",
+        margin=1.0,
+        mining="auto",
+        samples_per_class=4,
+        hard_per_anchor=2,
+        learning_rate=1e-3,
+        batch_size=256,
+        max_epochs=100,
+        tol=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        standardize=True,
+        random_state=None,
+        verbose=0,
+    ):
+        self.features = features
+        self.hidden_units = hidden_units
+        self.n_components = n_components
+        self.dropout = dropout
+        self.distance = distance
+        self.margin = margin
+        self.mining = mining
+        self.samples_per_class = samples_per_class
+        self.hard_per_anchor = hard_per_anchor
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.standardize = standardize
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # fit(X) needs y unless X holds triplets; the checks exercise the labelled mode.
+        tags.target_tags.required = True
+        return tags
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the head on triplets ``fit(T)`` or on labelled samples ``fit(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like
+            Triplets of shape (n, 3, d), or (n, 3) indices / keys into ``features``; or, with
+            ``y``, samples of shape (n, d), or 1-d indices / keys into ``features``.
+        y : array-like of shape (n_samples,), default=None
+            Class labels of the samples in ``X``.
+
+        Returns
+        -------
+        self : TripletEncoder
+            The fitted estimator.
+        """
+        rng = check_random_state(self.random_state)
+        hidden = normalize_hidden_units(self.hidden_units)
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        if y is None:
+            if self.mining != "auto":
+                raise ValueError(
+                    f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
+                    "fit(T) with triplets uses them as given and needs mining='auto'."
+                )
+            items, triplets = self._triplet_items(X, fitting=True)
+            labels = None
+        else:
+            items, labels = self._labelled_items(X, y)
+            triplets = None
+        self._fit_scaler(items)
+        scaled = self._scale(items)
+
+        train, validation_score = self._split_validation(scaled, triplets, labels, rng)
+        mining = self._effective_mining(labels)
+        init = init_head_weights(scaled.shape[1], hidden, self.n_components, rng)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
+        epoch_batches = self._batch_plan(scaled, triplets, labels, train, mining, batch_rng)
+
+        from tripletsk._training import train_head  # TensorFlow is needed only from here
+
+        result = train_head(
+            scaled,
+            init,
+            epoch_batches,
+            labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
+            distance=self.distance,
+            margin=self.margin,
+            # hybrid batches carry offline hard examples, then mine batch-hard online.
+            mining="batch_hard" if mining == "hybrid" else mining,
+            dropout=self.dropout,
+            learning_rate=self.learning_rate,
+            max_epochs=self.max_epochs,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            validation_score=validation_score,
+            seed=seed,
+            verbose=self.verbose,
+        )
+        self.weights_ = result.weights
+        self.loss_curve_ = result.loss_curve
+        self.active_fraction_ = result.active_fraction
+        self.validation_scores_ = result.validation_scores if self.early_stopping else None
+        self.best_validation_score_ = result.best_validation_score
+        self.n_iter_ = result.n_iter
+        self._warn_if_collapsed(scaled, rng)
+        return self
+
+    def _effective_mining(self, labels) -> str:
+        if labels is None:
+            return "given"
+        return "batch_hard" if self.mining == "auto" else self.mining
+
+    def _fit_scaler(self, items: np.ndarray) -> None:
+        self.n_features_in_ = items.shape[1]
+        if self.standardize:
+            # Centre each feature, then divide by one overall scale (the root mean variance).
+            # Per-feature unit variance would blow up near-constant features (rare pixels,
+            # rarely firing CNN channels) into noise as loud as the informative ones.
+            self.feature_mean_ = items.mean(axis=0, dtype=np.float64).astype(np.float32)
+            scale = float(np.sqrt(items.var(axis=0, dtype=np.float64).mean()))
+            scale = scale if scale > 10 * np.finfo(np.float32).eps else 1.0
+            self.feature_scale_ = np.full(items.shape[1], scale, dtype=np.float32)
+        else:
+            self.feature_mean_ = np.zeros(items.shape[1], dtype=np.float32)
+            self.feature_scale_ = np.ones(items.shape[1], dtype=np.float32)
+
+    def _scale(self, items: np.ndarray) -> np.ndarray:
+        return ((items - self.feature_mean_) / self.feature_scale_).astype(np.float32)
+
+    def _split_validation(self, scaled, triplets, labels, rng):
+        """Training rows (triplet rows or sample rows) and the validation scorer, if any."""
+        n = len(triplets) if triplets is not None else len(labels)
+        everything = np.arange(n)
+        if not self.early_stopping:
+            return everything, None
+        if labels is None:
+            train, held = train_test_split(
+                everything, test_size=self.validation_fraction, random_state=rng
+            )
+            held_triplets = triplets[held]
+
+            def score(weights):
+                emb = forward(scaled, weights)
+                d_ap, d_an = self._paired(emb, held_triplets)
+                return triplet_accuracy(d_ap, d_an)
+
+            return train, score
+        _, counts = np.unique(labels, return_counts=True)
+        stratify = labels if counts.min() >= 2 else None
+        try:
+            train, held = train_test_split(
+                everything, test_size=self.validation_fraction, random_state=rng,
+                stratify=stratify,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping could not hold out validation_fraction="
+                f"{self.validation_fraction} of {n} samples: {exc}"
+            ) from exc
+        metric = _SKLEARN_METRIC[self.distance]
+
+        def score(weights):
+            try:
+                return label_triplet_accuracy(forward(scaled[held], weights), labels[held], metric)
+            except ValueError:  # the held-out labels define no triplet
+                return 0.0
+
+        return train, score
+
+    def _batch_plan(self, scaled, triplets, labels, train, mining, rng):
+        """A function epoch -> batches of indices into ``scaled``, for the training loop."""
+        batch_size = self.batch_size
+        if labels is None:
+            train_triplets = triplets[train]
+
+            def given(epoch, weights):
+                order = rng.permutation(len(train_triplets))
+                for start in range(0, len(order), batch_size):
+                    yield train_triplets[order[start : start + batch_size]]
+
+            return given
+        train_labels = labels[train]
+        if mining == "random":
+
+            def random_triplets(epoch, weights):
+                sampled = train[sample_label_triplets(train_labels, random_state=rng)]
+                for start in range(0, len(sampled), batch_size):
+                    yield sampled[start : start + batch_size]
+
+            return random_triplets
+        k = self.samples_per_class
+        p = max(2, batch_size // k)
+        hard = None
+        if mining == "hybrid":
+            hard = _offline_hard_examples(scaled[train], train_labels, self.hard_per_anchor)
+
+        def pk(epoch, weights):
+            for batch in pk_batches(train_labels, p, k, random_state=rng):
+                if hard is not None:
+                    batch = _with_hard_examples(batch, hard, p, rng)
+                yield train[batch]
+
+        return pk
+
+    def _warn_if_collapsed(self, scaled, rng) -> None:
+        sample = scaled[rng.permutation(len(scaled))[:2000]]
+        emb = forward(sample, self.weights_)
+        spread = float(np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean())
+        stuck = (
+            self.margin is not None
+            and self.loss_curve_
+            and abs(self.loss_curve_[-1] - self.margin) < 1e-3 * max(self.margin, 1e-3)
+        )
+        if spread < 1e-3 or stuck:
+            warnings.warn(
+                f"The embedding collapsed: the mean distance of embeddings to their centre is "
+                f"{spread:.2e} and the final loss is {self.loss_curve_[-1]:.4f} "
+                f"(margin {self.margin}). Keep standardize=True, lower learning_rate, or check "
+                "that the features differ between images.",
+                EmbeddingCollapseWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ inputs
+
+    def _feature_source(self, ids: np.ndarray):
+        """A function ids -> (n, d) feature rows, from ``self.features``."""
+        features = self.features
+        is_text = ids.dtype.kind in "USO"
+        if features is None:
+            if not is_text:
+                raise ValueError(
+                    "Integer indices need features=: pass the (n_samples, d) array they index."
+                )
+            features = str(DEFAULT_CACHE)
+            if not DEFAULT_CACHE.exists():
+                raise ValueError(
+                    f"Image keys need a feature cache, and the default one ({DEFAULT_CACHE}) "
+                    "does not exist: run `tripletsk extract-features IMAGES_DIR` first, or "
+                    "pass features= (a cache path, a FeatureStore or a key -> vector mapping)."
+                )
+        if isinstance(features, str | os.PathLike):
+            from tripletsk.store import FeatureStore
+
+            store = FeatureStore(features)
+            return store.lookup
+        if hasattr(features, "lookup"):
+            return features.lookup
+        if isinstance(features, Mapping):
+            return lambda keys: _lookup_mapping(features, keys)
+        array = check_array(features, dtype=np.float32, input_name="features")
+        if is_text:
+            raise ValueError(
+                "features is an array, so items must be integer row indices; got strings "
+                f"such as {ids.ravel()[0]!r}. Pass a feature cache or a mapping for keys."
+            )
+        return lambda idx: array[_check_indices(idx, len(array))]
+
+    def _lookup(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+            ids = ids.astype(np.int64)  # e.g. indices that went through a float array
+        if ids.dtype.kind not in "iuUSO":
+            raise ValueError(
+                f"With features set, items must be integer indices or string keys; got dtype "
+                f"{ids.dtype}."
+            )
+        if ids.dtype.kind == "O":
+            ids = ids.astype(str)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        try:
+            rows = self._feature_source(ids)(unique)
+        except KeyError as exc:  # a store's unknown key: keep its message, as a ValueError
+            raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+        rows = check_array(np.asarray(rows), dtype=np.float32, input_name="features")
+        return rows[inverse.ravel()].reshape(*ids.shape, rows.shape[1])
+
+    def _triplet_items(self, T, fitting: bool = False):
+        """Distinct items of triplets ``T`` as (m, d) features, and (n, 3) indices into them."""
+        if isinstance(T, str | os.PathLike):
+            raise ValueError(
+                "Triplets must be an array; to read a triplet file use "
+                "tripletsk.triplets.read_triplets(path)."
+            )
+        T = np.asarray(T)
+        if T.size == 0:
+            raise ValueError(f"Found an empty array of triplets (shape {T.shape}); need n >= 1.")
+        if T.ndim == 3 and T.shape[1] == 3:
+            items = check_array(T.reshape(-1, T.shape[2]), dtype=np.float32, input_name="triplets")
+            return self._check_width(items, fitting), np.arange(len(items)).reshape(-1, 3)
+        if (
+            T.ndim == 2
+            and T.shape[1] == 3
+            and (self.features is not None or T.dtype.kind in "USO" or T.dtype.kind in "iu")
+        ):
+            if T.dtype.kind in "fc" and self.features is None:
+                raise _needs_y_error(T)
+            unique, inverse = np.unique(_as_ids(T), return_inverse=True)
+            items = self._lookup(unique)
+            return self._check_width(items, fitting), inverse.reshape(-1, 3)
+        if T.ndim == 2:
+            raise _needs_y_error(T)
+        raise ValueError(
+            f"Triplets must have shape (n, 3, d) (feature vectors) or (n, 3) (indices or keys "
+            f"into features); got shape {T.shape}."
+        )
+
+    def _labelled_items(self, X, y):
+        X_arr = np.asarray(X) if not hasattr(X, "iloc") else X
+        if self.features is not None and np.ndim(X_arr) == 1:
+            items = self._lookup(np.asarray(X_arr))
+            y = np.asarray(y)
+            if len(y) != len(items):
+                raise ValueError(f"X has {len(items)} items but y has {len(y)} labels.")
+            self._check_width(items, fitting=True)
+        else:
+            items, y = validate_data(self, X, y, dtype=np.float32, y_numeric=False)
+        if y.ndim != 1:
+            raise ValueError(f"y should be a 1d array of class labels; got shape {y.shape}.")
+        from sklearn.utils.multiclass import check_classification_targets
+
+        check_classification_targets(y)
+        return items, y
+
+    def _check_width(self, items: np.ndarray, fitting: bool) -> np.ndarray:
+        if not fitting and items.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {items.shape[1]} features, but TripletEncoder is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return items
+
+    def _embed_items(self, X) -> np.ndarray:
+        """(n, d) features of the samples in ``X`` (rows, or indices / keys into features)."""
+        if self.features is not None and np.ndim(np.asarray(X, dtype=object)) == 1:
+            return self._check_width(self._lookup(np.asarray(X)), fitting=False)
+        return validate_data(self, X, dtype=np.float32, reset=False)
+
+    # ------------------------------------------------------------------ inference
+
+    def transform(self, X) -> np.ndarray:
+        """Embed samples: rows of features, or indices / keys into ``features``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d), or (n,) indices or keys
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n, n_components)
+            L2-normalised embeddings.
+        """
+        check_is_fitted(self)
+        return forward(self._scale(self._embed_items(X)), self.weights_)
+
+    def _paired(self, emb: np.ndarray, triplets: np.ndarray):
+        a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
+        return _paired_distance(a, p, self.distance), _paired_distance(a, n, self.distance)
+
+    def decision_function(self, T) -> np.ndarray:
+        """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
+
+        Parameters
+        ----------
+        T : array-like of shape (n, 3, d), or (n, 3) indices or keys into ``features``
+
+        Returns
+        -------
+        margin : ndarray of shape (n,)
+        """
+        check_is_fitted(self)
+        items, triplets = self._triplet_items(T)
+        d_ap, d_an = self._paired(forward(self._scale(items), self.weights_), triplets)
+        return d_an - d_ap
+
+    def predict_triplets(self, T) -> np.ndarray:
+        """1 where the anchor is closer to the positive than to the negative, else 0 (ties: 0).
+
+        Parameters
+        ----------
+        T : array-like of shape (n, 3, d), or (n, 3) indices or keys into ``features``
+
+        Returns
+        -------
+        predictions : ndarray of shape (n,), dtype int
+        """
+        return (self.decision_function(T) > 0).astype(int)
+
+    def score(self, X, y=None) -> float:
+        """Triplet accuracy.
+
+        ``score(T)`` is the mean of :meth:`predict_triplets` over triplets ``T``.
+        ``score(X, y)`` is the accuracy over every valid (anchor, positive, negative) triplet
+        that the labels ``y`` define, computed exactly by ranking distances per anchor.
+
+        Returns
+        -------
+        accuracy : float
+        """
+        if y is None:
+            return float(np.mean(self.predict_triplets(X)))
+        return label_triplet_accuracy(self.transform(X), np.asarray(y),
+                                      _SKLEARN_METRIC[self.distance])  # fmt: skip
+
+    # ------------------------------------------------------------------ pairs
+
+    def pair_distance(self, A, B) -> np.ndarray:
+        """Embedding distance between matching items of ``A`` and ``B``."""
+        return _paired_distance(self.transform(A), self.transform(B), self.distance)
+
+    def fit_threshold(self, A, B, same, criterion: str = "balanced_accuracy"):
+        """Choose the "same / different" distance threshold on validation pairs.
+
+        Never call this with test pairs: a threshold tuned on test data inflates the test
+        figure. ``same`` is 1 for pairs of the same class. Sets ``threshold_``.
+        """
+        from tripletsk.metrics import choose_threshold
+
+        check_is_fitted(self)
+        self.threshold_ = float(
+            choose_threshold(self.pair_distance(A, B), np.asarray(same), criterion=criterion)
+        )
+        return self
+
+    def predict_pairs(self, A, B) -> np.ndarray:
+        """1 ("same") where the pair's distance is at most ``threshold_``, else 0."""
+        check_is_fitted(self, "threshold_")
+        return (self.pair_distance(A, B) <= self.threshold_).astype(int)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path) -> None:
+        """Save the fitted model to a ``.npz`` file that loads without executing code.
+
+        Weights and standardisation are stored as arrays, parameters and history as JSON.
+        Unlike joblib or pickle files, such a file is safe to load when it comes from someone
+        else. ``features`` is kept only when it is a path (an array or mapping is not saved:
+        pass it again to :meth:`load`).
+        """
+        check_is_fitted(self)
+        params = self.get_params()
+        features = params.pop("features")
+        params["random_state"] = (
+            params["random_state"] if isinstance(params["random_state"], int | None) else None
+        )
+        params["hidden_units"] = list(normalize_hidden_units(params["hidden_units"]))
+        meta = {
+            "format": "tripletsk.TripletEncoder",
+            "format_version": _FORMAT_VERSION,
+            "params": params,
+            "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
+            "n_features_in_": self.n_features_in_,
+            "n_iter_": self.n_iter_,
+            "loss_curve_": self.loss_curve_,
+            "active_fraction_": self.active_fraction_,
+            "validation_scores_": self.validation_scores_,
+            "best_validation_score_": self.best_validation_score_,
+            "threshold_": getattr(self, "threshold_", None),
+        }
+        arrays = {"feature_mean": self.feature_mean_, "feature_scale": self.feature_scale_}
+        for i, (kernel, bias) in enumerate(self.weights_):
+            arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
+        with open(path, "wb") as file:
+            np.savez(file, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path, features=None) -> TripletEncoder:
+        """Load a model written by :meth:`save`; nothing in the file is executed."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != "tripletsk.TripletEncoder":
+                raise ValueError(f"{path} is not a tripletsk model saved with save().")
+            n_layers = sum(1 for name in data.files if name.startswith("kernel_"))
+            weights = [(data[f"kernel_{i}"], data[f"bias_{i}"]) for i in range(n_layers)]
+            mean, scale = data["feature_mean"], data["feature_scale"]
+        params = meta["params"]
+        params["hidden_units"] = tuple(params["hidden_units"])
+        model = cls(features=features if features is not None else meta["features"], **params)
+        model.weights_, model.feature_mean_, model.feature_scale_ = weights, mean, scale
+        for name in ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_",
+                     "validation_scores_", "best_validation_score_"):  # fmt: skip
+            setattr(model, name, meta[name])
+        if meta["threshold_"] is not None:
+            model.threshold_ = meta["threshold_"]
+        return model
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _needs_y_error(T: np.ndarray) -> ValueError:
+    return ValueError(
+        f"TripletEncoder requires y to be passed, but the target y is None: X of shape "
+        f"{T.shape} is neither triplets of feature vectors (n, 3, d) nor triplets of indices "
+        "or keys (n, 3) into features=. Call fit(X, y) with class labels, or fit(T) with "
+        "triplets."
+    )
+
+
+def _as_ids(T: np.ndarray) -> np.ndarray:
+    if T.dtype.kind == "O":
+        return T.astype(str)
+    return T
+
+
+def _check_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"Indices into features must be integers; got dtype {idx.dtype}.")
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} indices are outside the {n} rows of features (valid: 0 to "
+            f"{n - 1}), e.g. {idx[bad][:5].tolist()}."
+        )
+    return idx
+
+
+def _lookup_mapping(mapping: Mapping, keys: np.ndarray) -> np.ndarray:
+    missing = [k for k in keys.tolist() if k not in mapping]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} keys are not in features (of {len(mapping)} keys), e.g. {missing[:5]}."
+        )
+    return np.stack([np.asarray(mapping[k], dtype=np.float32) for k in keys.tolist()])
+
+
+def _paired_distance(a: np.ndarray, b: np.ndarray, distance: str) -> np.ndarray:
+    """NumPy twin of :func:`tripletsk.losses.paired_distance`, for inference."""
+    if distance == "l1":
+        return np.abs(a - b).sum(axis=1)
+    if distance == "cosine":
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        return 1.0 - np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
+    squared = np.einsum("ij,ij->i", a - b, a - b)
+    return squared if distance == "sqeuclidean" else np.sqrt(squared)
+
+
+def _offline_hard_examples(features, labels, per_anchor: int, chunk_size: int = 1024):
+    """For each sample: its ``per_anchor`` farthest same-class and nearest other-class samples.
+
+    Distances are Euclidean on the (standardised) input features, computed in chunks of
+    anchors. Returns (hard_positives, hard_negatives), each (n, per_anchor) indices, -1 where
+    a class has fewer members.
+    """
+    n = len(labels)
+    hard_pos = np.full((n, per_anchor), -1, dtype=np.int64)
+    hard_neg = np.full((n, per_anchor), -1, dtype=np.int64)
+    for start in range(0, n, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, n))
+        dist = pairwise_distances(features[rows], features)
+        same = labels[rows][:, None] == labels[None, :]
+        pos = np.where(same, dist, -np.inf)
+        pos[np.arange(len(rows)), rows] = -np.inf
+        neg = np.where(same, np.inf, dist)
+        far = np.argsort(-pos, axis=1)[:, :per_anchor]
+        near = np.argsort(neg, axis=1)[:, :per_anchor]
+        hard_pos[rows] = np.where(np.isfinite(np.take_along_axis(pos, far, 1)), far, -1)
+        hard_neg[rows] = np.where(np.isfinite(np.take_along_axis(neg, near, 1)), near, -1)
+    return hard_pos, hard_neg
+
+
+def _with_hard_examples(batch, hard, n_anchors, rng):
+    """Add the offline hard positives and negatives of up to ``n_anchors`` batch anchors."""
+    hard_pos, hard_neg = hard
+    anchors = rng.choice(batch, size=min(n_anchors, len(batch)), replace=False)
+    extra = np.concatenate([hard_pos[anchors].ravel(), hard_neg[anchors].ravel()])
+    extra = extra[extra >= 0]
+    return np.concatenate([batch, np.setdiff1d(extra, batch)])

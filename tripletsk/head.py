@@ -1,0 +1,112 @@
+"""The dense head: its initial weights, its Keras model, and its NumPy forward pass.
+
+The head maps a feature vector to an L2-normalised embedding::
+
+    [Dense(h, relu, he_uniform) -> Dropout] * len(hidden_units) -> Dense(n_components) -> L2
+
+Weights are plain NumPy, as a list of ``(kernel, bias)`` pairs, so that a fitted estimator
+needs TensorFlow only to train: :func:`forward` runs inference in NumPy, and
+:func:`build_keras_head` / :func:`get_head_weights` move weights into and out of Keras.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+HeadWeights = list[tuple[np.ndarray, np.ndarray]]
+
+# Embeddings shorter than this are left unscaled by the L2 normalisation (avoids 0 / 0).
+_NORM_EPS = 1e-12
+
+
+def normalize_hidden_units(hidden_units) -> tuple[int, ...]:
+    """``512`` -> ``(512,)``; ``(256, 128)`` stays; ``()`` or ``None`` -> a linear head."""
+    if hidden_units is None:
+        return ()
+    if isinstance(hidden_units, int | np.integer):
+        return (int(hidden_units),)
+    return tuple(int(h) for h in hidden_units)
+
+
+def init_head_weights(
+    n_features: int, hidden_units: Sequence[int], n_components: int, rng: np.random.RandomState
+) -> HeadWeights:
+    """He-uniform kernels (Keras' ``he_uniform``: ``U(-sqrt(6/fan_in), +sqrt(6/fan_in))``) and
+    zero biases, drawn from ``rng`` so that a seed fully determines the initial head."""
+    sizes = [n_features, *hidden_units, n_components]
+    weights = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        limit = np.sqrt(6.0 / fan_in)
+        kernel = rng.uniform(-limit, limit, size=(fan_in, fan_out)).astype(np.float32)
+        weights.append((kernel, np.zeros(fan_out, dtype=np.float32)))
+    return weights
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (rows of norm ~0 stay ~0 rather than becoming NaN)."""
+    norms = np.sqrt(np.maximum(np.einsum("ij,ij->i", x, x), _NORM_EPS))
+    return x / norms[:, None]
+
+
+def forward(x: np.ndarray, weights: HeadWeights) -> np.ndarray:
+    """Inference in NumPy: the head without dropout, ending in L2 normalisation."""
+    out = np.asarray(x, dtype=np.float32)
+    for i, (kernel, bias) in enumerate(weights):
+        out = out @ kernel + bias
+        if i < len(weights) - 1:
+            np.maximum(out, 0.0, out=out)
+    return l2_normalize(out)
+
+
+def build_keras_head(weights: HeadWeights, dropout: float = 0.0, seed: int | None = None):
+    """A Keras model of the head, initialised with ``weights``.
+
+    Dropout layers get seeds derived from ``seed``, so training is reproducible without touching
+    Keras' global random state.
+    """
+    import keras
+
+    n_features = weights[0][0].shape[0]
+    inputs = keras.Input(shape=(n_features,), name="features")
+    x = inputs
+    for i, (kernel, _) in enumerate(weights):
+        last = i == len(weights) - 1
+        x = keras.layers.Dense(
+            kernel.shape[1],
+            activation=None if last else "relu",
+            kernel_initializer="he_uniform",
+            name="embedding" if last else f"hidden_{i}",
+        )(x)
+        if not last and dropout > 0:
+            layer_seed = None if seed is None else seed + i
+            x = keras.layers.Dropout(dropout, seed=layer_seed, name=f"dropout_{i}")(x)
+    outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
+    model = keras.Model(inputs, outputs, name="tripletsk_head")
+    set_head_weights(model, weights)
+    return model
+
+
+def _dense_layers(model) -> list:
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+
+
+def set_head_weights(model, weights: HeadWeights) -> None:
+    """Copy NumPy ``(kernel, bias)`` pairs into the Dense layers of a head model."""
+    layers = _dense_layers(model)
+    if len(layers) != len(weights):
+        raise ValueError(f"The model has {len(layers)} Dense layers; got {len(weights)} weights.")
+    for layer, (kernel, bias) in zip(layers, weights, strict=True):
+        layer.set_weights([kernel, bias])
+
+
+def get_head_weights(model) -> HeadWeights:
+    """The Dense layers' ``(kernel, bias)`` pairs of a head model, as float32 NumPy arrays."""
+    return [
+        tuple(np.asarray(w, dtype=np.float32) for w in layer.get_weights())
+        for layer in _dense_layers(model)
+    ]

@@ -1,0 +1,263 @@
+"""Distances and triplet losses, in TensorFlow.
+
+Each loss is a plain function of embeddings (and labels, for the online-mining losses) that
+returns the mean loss and the fraction of *active* triplets (those with a positive hinge, i.e.
+that still teach something), plus a thin serialisable :class:`TripletLoss` class in the style of
+``keras.losses``. Distances:
+
+``"l1"``
+    Manhattan distance, ``sum |a - b|``.
+``"l2"``
+    Euclidean distance, ``sqrt(sum (a - b)^2)``. The square root is taken on a guarded value
+    so that its gradient is finite (and masked to 0) at zero distance.
+``"sqeuclidean"``
+    Squared Euclidean distance.
+``"cosine"``
+    ``1 - cos(a, b)``.
+
+The triplet loss is ``max(d(a, p) - d(a, n) + margin, 0)``; with ``margin=None`` it is the soft
+margin ``log(1 + exp(d(a, p) - d(a, n)))`` (Hermans et al., 2017), which never stops pushing.
+
+Online mining (``batch_all``, ``batch_hard``, ``semi_hard``) works on a batch of embeddings and
+their labels, embedding each item once and mining inside the batch's distance matrix:
+``batch_hard`` and ``semi_hard`` need O(batch^2) memory; ``batch_all`` averages over every valid
+triplet, whose count is O(batch^3) by definition, and builds that cube only at the small
+default batch sizes where it costs less than a megabyte per 64 items.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+DISTANCES = ("l1", "l2", "sqeuclidean", "cosine")
+
+# Squared distances below this are treated as zero by the guarded square root.
+_SQRT_EPS = 1e-12
+
+
+def _check_distance(distance: str) -> None:
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}; got {distance!r}.")
+
+
+def safe_sqrt(x: tf.Tensor) -> tf.Tensor:
+    """Square root with a finite gradient at zero: the value and gradient there are 0."""
+    positive = x > _SQRT_EPS
+    return tf.where(positive, tf.sqrt(tf.where(positive, x, tf.ones_like(x))), tf.zeros_like(x))
+
+
+def _l2_normalize(x: tf.Tensor) -> tf.Tensor:
+    return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), -1, keepdims=True), 1e-12))
+
+
+def paired_distance(a: tf.Tensor, b: tf.Tensor, distance: str = "l2") -> tf.Tensor:
+    """Distance between matching rows of ``a`` and ``b`` (both of shape (n, d)) -> (n,)."""
+    _check_distance(distance)
+    if distance == "l1":
+        return tf.reduce_sum(tf.abs(a - b), axis=-1)
+    if distance == "cosine":
+        return 1.0 - tf.reduce_sum(_l2_normalize(a) * _l2_normalize(b), axis=-1)
+    squared = tf.reduce_sum(tf.square(a - b), axis=-1)
+    return squared if distance == "sqeuclidean" else safe_sqrt(squared)
+
+
+def pairwise_distance(x: tf.Tensor, distance: str = "l2") -> tf.Tensor:
+    """Distance matrix between all rows of ``x`` (n, d) -> (n, n), with an exact zero diagonal."""
+    _check_distance(distance)
+    if distance == "l1":
+        return tf.reduce_sum(tf.abs(x[:, None, :] - x[None, :, :]), axis=-1)
+    if distance == "cosine":
+        unit = _l2_normalize(x)
+        return tf.linalg.set_diag(
+            1.0 - tf.matmul(unit, unit, transpose_b=True), tf.zeros(tf.shape(x)[:1], x.dtype)
+        )
+    norms = tf.reduce_sum(tf.square(x), axis=-1)
+    squared = norms[:, None] - 2.0 * tf.matmul(x, x, transpose_b=True) + norms[None, :]
+    # Rounding can make the Gram form slightly negative, and the diagonal is exactly 0.
+    squared = tf.linalg.set_diag(tf.maximum(squared, 0.0), tf.zeros(tf.shape(x)[:1], x.dtype))
+    return squared if distance == "sqeuclidean" else safe_sqrt(squared)
+
+
+def triplet_margin_loss(d_ap: tf.Tensor, d_an: tf.Tensor, margin: float | None) -> tf.Tensor:
+    """Per-triplet loss: hinge ``max(d_ap - d_an + margin, 0)``, or soft margin if ``None``."""
+    if margin is None:
+        return tf.nn.softplus(d_ap - d_an)
+    return tf.nn.relu(d_ap - d_an + margin)
+
+
+def _active(d_ap: tf.Tensor, d_an: tf.Tensor, margin: float | None) -> tf.Tensor:
+    """Triplets that still violate the margin (with soft margin: anchor not closer to p)."""
+    return d_ap - d_an + (0.0 if margin is None else margin) > 0.0
+
+
+def _mean_or_zero(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Weighted mean that is 0 (with a zero, finite gradient) when all weights are 0."""
+    return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
+
+
+def triplet_loss(
+    anchor: tf.Tensor,
+    positive: tf.Tensor,
+    negative: tf.Tensor,
+    distance: str = "l2",
+    margin: float | None = 0.2,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean triplet loss over given triplets of embeddings.
+
+    Parameters
+    ----------
+    anchor, positive, negative : Tensor of shape (n, d)
+    distance : {"l1", "l2", "sqeuclidean", "cosine"}, default="l2"
+    margin : float or None, default=0.2
+        ``None`` selects the soft margin ``log(1 + exp(d_ap - d_an))``.
+
+    Returns
+    -------
+    loss : scalar Tensor
+    active_fraction : scalar Tensor
+        Fraction of triplets with ``d_ap - d_an + margin > 0``.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from tripletsk.losses import triplet_loss
+    >>> a, p, n = tf.constant([[0.0, 0.0]]), tf.constant([[0.0, 1.0]]), tf.constant([[3.0, 0.0]])
+    >>> float(triplet_loss(a, p, n, "l2", margin=0.5)[0])
+    0.0
+    """
+    d_ap = paired_distance(anchor, positive, distance)
+    d_an = paired_distance(anchor, negative, distance)
+    active = tf.cast(_active(d_ap, d_an, margin), anchor.dtype)
+    return tf.reduce_mean(triplet_margin_loss(d_ap, d_an, margin)), tf.reduce_mean(active)
+
+
+def _label_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(positive pair mask without the diagonal, negative pair mask), both (n, n) bool."""
+    same = tf.equal(labels[:, None], labels[None, :])
+    not_self = tf.logical_not(tf.eye(tf.shape(labels)[0], dtype=tf.bool))
+    return tf.logical_and(same, not_self), tf.logical_not(same)
+
+
+def batch_all_triplet_loss(
+    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Batch-all loss: the mean over the valid triplets of the batch that have positive loss.
+
+    Valid means ``a != p``, ``label[a] == label[p]`` and ``label[a] != label[n]``. Averaging
+    over active triplets only (Hermans et al., 2017) keeps the gradient from vanishing as easy
+    triplets pile up. Returns ``(loss, active_fraction)``; both are 0 when the batch holds no
+    valid triplet.
+    """
+    dist = pairwise_distance(embeddings, distance)
+    is_pos, is_neg = _label_masks(labels)
+    valid = tf.logical_and(is_pos[:, :, None], is_neg[:, None, :])  # (a, p, n)
+    d_ap, d_an = dist[:, :, None], dist[:, None, :]
+    losses = triplet_margin_loss(d_ap, d_an, margin)
+    active = tf.logical_and(valid, _active(d_ap, d_an, margin))
+    valid_f, active_f = tf.cast(valid, dist.dtype), tf.cast(active, dist.dtype)
+    # Soft margin: every valid triplet has positive loss, so average over all of them.
+    weights = valid_f if margin is None else active_f
+    return _mean_or_zero(losses, weights), _mean_or_zero(active_f, valid_f)
+
+
+def _anchor_weights(is_pos: tf.Tensor, is_neg: tf.Tensor, dtype) -> tf.Tensor:
+    """1 for anchors that have at least one positive and one negative in the batch."""
+    has_both = tf.logical_and(tf.reduce_any(is_pos, axis=1), tf.reduce_any(is_neg, axis=1))
+    return tf.cast(has_both, dtype)
+
+
+def batch_hard_triplet_loss(
+    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Batch-hard loss: per anchor, its farthest positive against its nearest negative.
+
+    Anchors without a positive or a negative in the batch are left out. Returns
+    ``(loss, active_fraction)`` over the anchors that count.
+    """
+    dist = pairwise_distance(embeddings, distance)
+    is_pos, is_neg = _label_masks(labels)
+    d_ap = tf.reduce_max(tf.where(is_pos, dist, tf.zeros_like(dist)), axis=1)
+    d_an = tf.reduce_min(tf.where(is_neg, dist, tf.fill(tf.shape(dist), dist.dtype.max)), axis=1)
+    weights = _anchor_weights(is_pos, is_neg, dist.dtype)
+    # Where an anchor has no negative, d_an is dtype.max: keep the loss finite before weighting.
+    d_an = tf.where(weights > 0, d_an, d_ap)
+    losses = triplet_margin_loss(d_ap, d_an, margin)
+    active = tf.cast(_active(d_ap, d_an, margin), dist.dtype) * weights
+    return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
+
+
+def semi_hard_triplet_loss(
+    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Semi-hard loss (FaceNet, Schroff et al., 2015), over every anchor-positive pair.
+
+    For each pair ``(a, p)`` the negative is the nearest one that is farther from the anchor
+    than the positive (``d_an > d_ap``); when the loss has a margin and that negative lies
+    beyond it, the pair is easy and contributes 0. Fallback when no negative is farther than
+    the positive (all of them are harder): the farthest negative, i.e. the least hard of the
+    hard ones, as TensorFlow Addons does, which avoids the collapse that the very hardest
+    negatives cause early in training. Uses O(batch^2) memory: each anchor's negative
+    distances are sorted once and every positive distance is located by binary search.
+    Returns ``(loss, active_fraction)`` over the anchor-positive pairs.
+    """
+    dist = pairwise_distance(embeddings, distance)
+    is_pos, is_neg = _label_masks(labels)
+    big = dist.dtype.max
+    neg_sorted = tf.sort(tf.where(is_neg, dist, tf.fill(tf.shape(dist), big)), axis=1)
+    n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
+    # First negative strictly farther than each positive, per anchor row.
+    first_farther = tf.searchsorted(neg_sorted, dist, side="right")
+    has_farther = first_farther < n_neg
+    farthest = tf.gather(neg_sorted, tf.maximum(n_neg - 1, 0), batch_dims=1)
+    semi = tf.gather(neg_sorted, tf.minimum(first_farther, tf.shape(dist)[1] - 1), batch_dims=1)
+    d_an = tf.where(has_farther, semi, tf.broadcast_to(farthest, tf.shape(dist)))
+    weights = tf.cast(tf.logical_and(is_pos, n_neg > 0), dist.dtype)
+    d_an = tf.where(weights > 0, d_an, dist)  # keep unused entries finite
+    losses = triplet_margin_loss(dist, d_an, margin)
+    active = tf.cast(_active(dist, d_an, margin), dist.dtype) * weights
+    return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
+
+
+BATCH_LOSSES = {
+    "batch_all": batch_all_triplet_loss,
+    "batch_hard": batch_hard_triplet_loss,
+    "semi_hard": semi_hard_triplet_loss,
+}
+
+
+@keras.saving.register_keras_serializable(package="tripletsk")
+class TripletLoss(keras.losses.Loss):
+    """Triplet loss as a Keras loss on stacked ``(anchor, positive, negative)`` embeddings.
+
+    ``y_pred`` has shape (n, 3, d); ``y_true`` is ignored. A thin serialisable wrapper of
+    :func:`triplet_loss`, for users who assemble their own Keras triplet model.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tripletsk.losses import TripletLoss
+    >>> y = np.array([[[0.0, 0.0], [0.0, 1.0], [3.0, 0.0]]], dtype="float32")
+    >>> float(TripletLoss(margin=0.5)(None, y))
+    0.0
+    """
+
+    def __init__(self, distance: str = "l2", margin: float | None = 0.2, name="triplet_loss"):
+        _check_distance(distance)
+        super().__init__(name=name, reduction="sum_over_batch_size")
+        self.distance = distance
+        self.margin = margin
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.convert_to_tensor(y_pred)
+        d_ap = paired_distance(y_pred[:, 0], y_pred[:, 1], self.distance)
+        d_an = paired_distance(y_pred[:, 0], y_pred[:, 2], self.distance)
+        return triplet_margin_loss(d_ap, d_an, self.margin)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if y_true is None:  # the triplet loss needs no targets
+            y_true = tf.zeros(tf.shape(y_pred)[:1])
+        return super().__call__(y_true, y_pred, sample_weight)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "distance": self.distance, "margin": self.margin}
