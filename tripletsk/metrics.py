@@ -64,7 +64,7 @@ def label_triplet_accuracy(
     for start in range(0, len(y), chunk_size):
         rows = np.arange(start, min(start + chunk_size, len(y)))
         dist = pairwise_distances(embeddings[rows], embeddings, metric=metric)
-        for i, d in zip(rows, dist):
+        for i, d in zip(rows, dist, strict=True):
             same = y == y[i]
             same[i] = False
             if not same.any():
