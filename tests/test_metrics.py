@@ -325,3 +325,13 @@ def test_scorers_work_in_cross_val_score(name):
     )
     assert scores.shape == (3,)
     assert np.all(scores > 0.9)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tripletsk.metrics
+
+    result = doctest.testmod(tripletsk.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0

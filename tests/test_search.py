@@ -184,3 +184,13 @@ def test_search_needs_keys_somewhere():
         search(Bare(), [[0.0]], k=1)
     found = search(Bare(), [[0.0]], k=1, index=NeighborIndex([[1.0], [3.0]]))
     assert found.indices.tolist() == [[0]]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tripletsk.search
+
+    result = doctest.testmod(tripletsk.search, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
