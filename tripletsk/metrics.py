@@ -95,7 +95,9 @@ def label_triplet_accuracy(
 
 
 def _check_xy(embeddings, y) -> tuple[np.ndarray, np.ndarray]:
-    embeddings = check_array(embeddings, dtype=[np.float64, np.float32])
+    # float64: scikit-learn computes float32 distances by slow upcast blocks, and ties
+    # between equal distances are only reproducible in one precision.
+    embeddings = check_array(embeddings, dtype=np.float64)
     y = column_or_1d(y, warn=True)
     check_consistent_length(embeddings, y)
     if len(y) < 2:
