@@ -227,7 +227,7 @@ def test_labels_from_folders():
     assert labels.tolist() == ["cat", "dog", "cat"]
 
 
-@pytest.mark.parametrize("keys", [["cat/1.jpg", "loose.jpg"], ["cat/"]])
+@pytest.mark.parametrize("keys", [["cat/1.jpg", "loose.jpg"], ["cat/"], ["/abs.jpg"]])
 def test_labels_from_folders_needs_a_folder(keys):
     with pytest.raises(TripletDataError, match="not inside a class folder"):
         labels_from_folders(keys)

@@ -582,7 +582,9 @@ def labels_from_folders(keys) -> np.ndarray:
     """
     keys = [str(k) for k in np.asarray(keys, dtype=object).ravel().tolist()]
     parts = [k.partition("/") for k in keys]
-    flat = [k for k, (_, sep, rest) in zip(keys, parts, strict=True) if not sep or not rest]
+    flat = [
+        k for k, (head, sep, rest) in zip(keys, parts, strict=True) if not (head and sep and rest)
+    ]
     if flat:
         raise TripletDataError(
             f"{len(flat)} image(s) are not inside a class folder, e.g. {flat[0]!r}; class "
