@@ -1,0 +1,337 @@
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import KFold, cross_val_score
+
+from tripletsk.metrics import (
+    SCORERS,
+    choose_threshold,
+    label_triplet_accuracy,
+    make_pairs,
+    make_recall_at_k_scorer,
+    map_at_r,
+    map_at_r_scorer,
+    pair_distances,
+    pair_verification_report,
+    precision_at_1,
+    precision_at_1_scorer,
+    r_precision,
+    r_precision_scorer,
+    recall_at_k,
+    retrieval_report,
+    triplet_accuracy,
+    triplet_accuracy_scorer,
+)
+
+DISTANCES = {
+    "euclidean": lambda a, b: np.sqrt(np.sum((a - b) ** 2)),
+    "manhattan": lambda a, b: np.sum(np.abs(a - b)),
+}
+
+
+def _tied_data(seed, n=30, n_classes=4):
+    """Small integer points: many exact ties and duplicates, some singleton classes."""
+    rng = np.random.RandomState(seed)
+    X = rng.randint(0, 3, size=(n, 2)).astype(float)
+    y = rng.randint(0, n_classes, size=n)
+    y[-1] = 99  # a class of one: never a query
+    return X, y
+
+
+def _slow_retrieval(X, y, ks, metric):
+    """Obviously correct: rank the others of each query by (distance, index)."""
+    results = {f"recall_at_{k}": [] for k in ks}
+    results.update(r_precision=[], map_at_r=[])
+    for i in range(len(X)):
+        others = [j for j in range(len(X)) if j != i]
+        ranked = sorted(others, key=lambda j: (DISTANCES[metric](X[i], X[j]), j))
+        rel = [y[j] == y[i] for j in ranked]
+        r = sum(rel)
+        if r == 0:
+            continue
+        for k in ks:
+            results[f"recall_at_{k}"].append(any(rel[:k]))
+        results["r_precision"].append(sum(rel[:r]) / r)
+        ap = sum(sum(rel[: m + 1]) / (m + 1) for m in range(r) if rel[m]) / r
+        results["map_at_r"].append(ap)
+    return {name: float(np.mean(values)) for name, values in results.items()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+@pytest.mark.parametrize("metric", ["euclidean", "manhattan"])
+def test_retrieval_matches_slow_loop(seed, chunk_size, metric):
+    X, y = _tied_data(seed)
+    ks = [1, 2, 5]
+    expected = _slow_retrieval(X, y, ks, metric)
+    report = retrieval_report(X, y, ks, metric=metric, chunk_size=chunk_size)
+    for name, value in expected.items():
+        assert report[name] == pytest.approx(value), name
+    assert report["precision_at_1"] == pytest.approx(expected["recall_at_1"])
+    assert precision_at_1(X, y, metric, chunk_size) == pytest.approx(expected["recall_at_1"])
+    assert r_precision(X, y, metric, chunk_size) == pytest.approx(expected["r_precision"])
+    assert map_at_r(X, y, metric, chunk_size) == pytest.approx(expected["map_at_r"])
+    recalls = recall_at_k(X, y, ks, metric, chunk_size)
+    assert recalls == pytest.approx({k: expected[f"recall_at_{k}"] for k in ks})
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "expected"),
+    [
+        # Perfectly separated classes: every figure is 1.
+        ([[0], [1], [10], [11], [12]], [0, 0, 1, 1, 1], (1.0, 1.0, 1.0)),
+        # Duplicates are neighbours (self is excluded by index, not by distance 0).
+        ([[0], [0], [5], [5]], [0, 0, 1, 1], (1.0, 1.0, 1.0)),
+        # Three identical points: ties go to the lower index; class 1 (R=0) is skipped.
+        ([[0], [0], [0]], [0, 1, 0], (0.5, 0.5, 0.5)),
+        # q0 -> [1, 3]: AP 1/2; q1 -> [0, 3]: 1/2; q2 -> [3, 1]: 1/4; q3 has R=0.
+        ([[0], [1], [3], [2]], [0, 0, 0, 1], (2 / 3, 0.5, 1.25 / 3)),
+    ],
+)
+def test_retrieval_hand_made(X, y, expected):
+    p1, rp, mapr = expected
+    assert precision_at_1(X, y) == pytest.approx(p1)
+    assert r_precision(X, y) == pytest.approx(rp)
+    assert map_at_r(X, y) == pytest.approx(mapr)
+
+
+def test_recall_at_k_scalar_and_list():
+    X, y = [[0], [1], [3], [5]], [0, 0, 1, 1]
+    assert recall_at_k(X, y, k=1) == 0.75
+    assert recall_at_k(X, y, k=[2, 1]) == {2: 1.0, 1: 0.75}
+    assert set(retrieval_report(X, y, ks=[3])) == {
+        "precision_at_1", "recall_at_3", "r_precision", "map_at_r", "n_queries",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "kwargs", "match"),
+    [
+        ([[0], [1], [2]], [0, 1, 2], {"ks": [1]}, "No sample shares its label"),
+        ([[0], [1], [2]], [0, 0, 1], {"ks": [3]}, "between 1 and n_samples - 1 = 2"),
+        ([[0], [1], [2]], [0, 0, 1], {"ks": [0]}, "between 1 and"),
+        ([[0]], [0], {}, "at least 2 samples"),
+        ([[0], [1]], [0, 0, 1], {}, "inconsistent numbers of samples"),
+    ],
+)
+def test_retrieval_errors(X, y, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        retrieval_report(X, y, **kwargs)
+
+
+# ---- triplet accuracy (existing functions) --------------------------------------------------
+
+
+def test_triplet_accuracy_tie_is_wrong():
+    assert triplet_accuracy([1.0, 1.0, 2.0], [2.0, 1.0, 1.0]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="at least one triplet"):
+        triplet_accuracy([], [])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_label_triplet_accuracy_matches_enumeration(seed):
+    X, y = _tied_data(seed, n=15)
+    d = DISTANCES["euclidean"]
+    correct = total = 0
+    for a, p, n in itertools.permutations(range(len(y)), 3):
+        if y[a] == y[p] and y[a] != y[n]:
+            total += 1
+            correct += d(X[a], X[p]) < d(X[a], X[n])
+    assert label_triplet_accuracy(X, y, chunk_size=4) == pytest.approx(correct / total)
+
+
+# ---- pairs ----------------------------------------------------------------------------------
+
+
+def test_make_pairs_all():
+    y = np.array([0, 0, 1, 1, 2])
+    pairs, same = make_pairs(y)
+    assert len(pairs) == 10
+    assert {tuple(p) for p in pairs.tolist()} == set(itertools.combinations(range(5), 2))
+    assert np.array_equal(same, y[pairs[:, 0]] == y[pairs[:, 1]])
+
+
+@pytest.mark.parametrize("n_pairs", [2, 9, 100])
+def test_make_pairs_balanced(n_pairs):
+    y = np.array([0] * 20 + [1] * 2 + [2])  # very unbalanced classes
+    pairs, same = make_pairs(y, n_pairs, random_state=0)
+    assert pairs.shape == (n_pairs, 2)
+    assert same.sum() == n_pairs // 2
+    assert np.array_equal(same, y[pairs[:, 0]] == y[pairs[:, 1]])
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    again = make_pairs(y, n_pairs, random_state=0)
+    assert np.array_equal(again[0], pairs)
+
+
+def test_make_pairs_errors():
+    with pytest.raises(ValueError, match="at least 2"):
+        make_pairs([0, 0, 1], n_pairs=1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        make_pairs([0, 0, 0], n_pairs=4)
+
+
+def test_pair_distances():
+    d = pair_distances([[0, 0], [3, 4], [3, 0]], [[0, 1], [1, 2], [2, 2]])
+    assert d.tolist() == [5.0, 4.0, 0.0]
+    with pytest.raises(ValueError, match=r"shape \(n_pairs, 2\)"):
+        pair_distances([[0], [1]], [[0, 1, 1]])
+
+
+def _slow_best_score(distances, same, criterion):
+    """Best score over every way to split the sorted distances."""
+    best = 0.0
+    for t in [-np.inf, *distances]:
+        predicted = distances <= t
+        tpr = np.mean(predicted[same])
+        tnr = np.mean(~predicted[~same])
+        acc = np.mean(predicted == same)
+        best = max(best, acc if criterion == "accuracy" else (tpr + tnr) / 2)
+    return best
+
+
+def _score(distances, same, t, criterion):
+    r = pair_verification_report(distances, same, t)
+    return r[criterion]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("criterion", ["accuracy", "balanced_accuracy"])
+def test_choose_threshold_is_optimal(seed, criterion):
+    rng = np.random.RandomState(seed)
+    same = rng.rand(40) < 0.2
+    distances = np.round(rng.rand(40) + 0.5 * ~same, 1)  # rounding makes ties
+    t = choose_threshold(distances, same, criterion)
+    assert _score(distances, same, t, criterion) == pytest.approx(
+        _slow_best_score(distances, same, criterion)
+    )
+
+
+@pytest.mark.parametrize(
+    ("distances", "same", "expected"),
+    [
+        ([0.1, 0.2, 0.9, 1.0], [True, True, False, False], 0.55),
+        ([1.0, 2.0], [False, True], 1.0 - 1e-16),  # best: answer "different" always
+        ([1.0, 1.0, 2.0], [True, True, False], 1.5),
+    ],
+)
+def test_choose_threshold_hand_made(distances, same, expected):
+    assert choose_threshold(distances, same) == pytest.approx(expected)
+
+
+def test_choose_threshold_accuracy_differs_from_balanced():
+    # One "same" pair among many "different": accuracy prefers never to answer "same".
+    distances = [0.5, 0.1, 0.2, 0.3, 0.6, 0.7]
+    same = [True, False, False, False, False, False]
+    balanced = pair_verification_report(distances, same, choose_threshold(distances, same))
+    assert balanced["balanced_accuracy"] == pytest.approx(0.7)
+    assert balanced["accuracy"] == pytest.approx(3 / 6)
+    accurate = pair_verification_report(
+        distances, same, choose_threshold(distances, same, "accuracy")
+    )
+    assert accurate["accuracy"] == pytest.approx(5 / 6)
+    assert accurate["balanced_accuracy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("distances", "same", "criterion", "match"),
+    [
+        ([0.1, 0.2], [True, True], "accuracy", "both same-label and different-label"),
+        ([0.1, 0.2], [True, False], "f1", "criterion must be"),
+        ([], [], "accuracy", "at least one pair"),
+        ([0.1], [True, False], "accuracy", "inconsistent numbers of samples"),
+    ],
+)
+def test_choose_threshold_errors(distances, same, criterion, match):
+    with pytest.raises(ValueError, match=match):
+        choose_threshold(distances, same, criterion)
+
+
+def test_pair_report_shows_base_rate():
+    distances = np.arange(10.0)
+    same = np.zeros(10, dtype=bool)
+    same[0] = True
+    r = pair_verification_report(distances, same, threshold=-1.0)  # always "different"
+    assert r["accuracy"] == pytest.approx(0.9)
+    assert r["majority_accuracy"] == pytest.approx(0.9)
+    assert r["balanced_accuracy"] == pytest.approx(0.5)
+    assert r["base_rate"] == pytest.approx(0.1)
+    assert r["n_pairs"] == 10
+    r = pair_verification_report(distances, same, threshold=0.5)
+    assert r["accuracy"] == 1.0 and r["balanced_accuracy"] == 1.0
+
+
+# ---- scorers --------------------------------------------------------------------------------
+
+
+class ShiftEncoder(BaseEstimator):
+    """A stand-in for TripletEncoder: transform adds a learned offset; score is fixed."""
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def fit(self, X, y=None):
+        self.offset_ = np.mean(X, axis=0)
+        return self
+
+    def transform(self, X):
+        return (np.asarray(X, dtype=float) - self.offset_) * self.scale
+
+    def score(self, X, y=None):
+        return 0.25
+
+
+@pytest.mark.parametrize(
+    ("scorer", "metric"),
+    [
+        (precision_at_1_scorer, precision_at_1),
+        (r_precision_scorer, r_precision),
+        (map_at_r_scorer, map_at_r),
+        (make_recall_at_k_scorer(2), lambda X, y: recall_at_k(X, y, 2)),
+        (triplet_accuracy_scorer, label_triplet_accuracy),
+    ],
+)
+def test_scorers_use_transform(scorer, metric):
+    X, y = _tied_data(1)
+    encoder = ShiftEncoder(scale=-2.0).fit(X + 1)
+    assert scorer(encoder, X, y) == pytest.approx(metric(encoder.transform(X), y))
+
+
+def test_triplet_accuracy_scorer_without_labels_uses_score():
+    assert triplet_accuracy_scorer(ShiftEncoder(), np.zeros((3, 3)), None) == 0.25
+
+
+@pytest.mark.parametrize("name", ["precision_at_1", "map_at_r", "r_precision", "recall_at_5"])
+def test_scorers_need_labels(name):
+    encoder = ShiftEncoder().fit(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=f"The {name} scorer needs class labels"):
+        SCORERS[name](encoder, np.zeros((4, 2)), None)
+
+
+@pytest.mark.parametrize("k", [0, 1.5, True])
+def test_make_recall_scorer_rejects_bad_k(k):
+    with pytest.raises(ValueError, match="positive int"):
+        make_recall_at_k_scorer(k)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_scorers_work_in_cross_val_score(name):
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(4), 10)
+    X = rng.normal(size=(40, 3)) + 5 * y[:, None]  # well separated classes
+    scores = cross_val_score(
+        ShiftEncoder(), X, y, cv=KFold(3, shuffle=True, random_state=0), scoring=SCORERS[name]
+    )
+    assert scores.shape == (3,)
+    assert np.all(scores > 0.9)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tripletsk.metrics
+
+    result = doctest.testmod(tripletsk.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
