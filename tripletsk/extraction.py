@@ -966,7 +966,9 @@ def _extract_pending(
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
     prefetch = max(3, workers)  # batches decoded ahead of the model
     interrupted = False
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="tripletsk-decode")
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="tripletsk-decode", initializer=_background_thread
+    )
     writer = ThreadPoolExecutor(1, thread_name_prefix="tripletsk-write")
     inflight: deque = deque()
     next_batch = iter(batches)
@@ -1023,6 +1025,16 @@ def _extract_pending(
         if bar is not None:
             bar.close()
     return interrupted
+
+
+def _background_thread() -> None:
+    """Lower this decoding thread's priority (Linux: per thread), so the model's threads, which
+    synchronise at every layer, are not held up; decoding then fills the model's idle moments."""
+    nice = int(os.environ.get("TRIPLETSK_DECODE_NICE", "10"))
+    if nice and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
 _BACKBONES: dict = {}
