@@ -72,7 +72,8 @@ def rss_child(folder: str, output: str, image_size: int, batch_size: int) -> Non
         progress=False,
     )  # fmt: skip
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"n": s.n_images, "peak_rss_mb": peak_kb / 1024, "s": time.perf_counter() - t}))
+    dt = time.perf_counter() - t
+    print(json.dumps({"n": s.n_images, "peak_rss_mb": peak_kb / 1024, "s": dt}))
 
 
 def main() -> None:
