@@ -1,2 +1,46 @@
+"""Exceptions shared by the library and the command line.
+
+Every error caused by the user's input (a missing folder, a cache made with other settings, an
+unknown image name) derives from :class:`UserError`; the command line prints such errors as one line
+on stderr and exits with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+
 class UserError(Exception):
-    """A mistake in the user's input: the CLI prints it as one line and exits 1."""
+    """An error the user can fix; its message says how."""
+
+
+class CacheNotFoundError(UserError, FileNotFoundError):
+    """The feature cache file does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CacheFormatError(UserError, ValueError):
+    """The file is not a readable tripletsk feature cache."""
+
+
+class CacheMismatchError(UserError, ValueError):
+    """The cache was made with another backbone, weights, image size or preprocessing."""
+
+
+class CacheLockedError(UserError, RuntimeError):
+    """Another extraction is writing the same cache."""
+
+
+class UnknownKeyError(UserError, KeyError, ValueError):
+    """Some requested image keys are not in the cache."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsUnavailableError(UserError, RuntimeError):
+    """The backbone weights cannot be obtained (e.g. ImageNet weights offline)."""
+
+
+class ImageDecodeError(ValueError):
+    """A file could not be read as an image; the message is the reason stored in the cache."""
