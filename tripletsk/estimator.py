@@ -222,6 +222,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         # fit(X) needs y unless X holds triplets; the checks exercise the labelled mode.
         tags.target_tags.required = True
+        # Embeddings are float32 whatever the input precision (the head's weights are).
+        tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
 
     # ------------------------------------------------------------------ fitting
@@ -478,8 +480,11 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         if T.size == 0:
             raise ValueError(f"Found an empty array of triplets (shape {T.shape}); need n >= 1.")
         if T.ndim == 3 and T.shape[1] == 3:
-            items = check_array(T.reshape(-1, T.shape[2]), dtype=np.float32, input_name="triplets")
-            return self._check_width(items, fitting), np.arange(len(items)).reshape(-1, 3)
+            flat = check_array(T.reshape(-1, T.shape[2]), dtype=np.float32, input_name="triplets")
+            # One row per distinct vector, as for keys: an image in many triplets counts once
+            # in the standardisation and is embedded once per batch.
+            items, inverse = np.unique(flat, axis=0, return_inverse=True)
+            return self._check_width(items, fitting), inverse.reshape(-1, 3)
         if (
             T.ndim == 2
             and T.shape[1] == 3
@@ -512,6 +517,17 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         from sklearn.utils.multiclass import check_classification_targets
 
         check_classification_targets(y)
+        classes, counts = np.unique(y, return_counts=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"Learning from labels needs at least 2 classes; got {len(classes)} class "
+                f"in {len(y)} samples."
+            )
+        if counts.max() < 2:
+            raise ValueError(
+                "Learning from labels needs a class with at least 2 samples to form a positive "
+                f"pair; each of the {len(classes)} classes has one sample."
+            )
         return items, y
 
     def _check_width(self, items: np.ndarray, fitting: bool) -> np.ndarray:

@@ -77,7 +77,8 @@ def build_keras_head(weights: HeadWeights, dropout: float = 0.0, seed: int | Non
         x = keras.layers.Dense(
             kernel.shape[1],
             activation=None if last else "relu",
-            kernel_initializer="he_uniform",
+            # A seeded initialiser: unseeded Keras ones draw from Python's global `random`.
+            kernel_initializer=keras.initializers.HeUniform(seed=0 if seed is None else seed + i),
             name="embedding" if last else f"hidden_{i}",
         )(x)
         if not last and dropout > 0:

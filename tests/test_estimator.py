@@ -1,0 +1,438 @@
+"""TripletEncoder: the scikit-learn contract, every input form, errors, quality, persistence."""
+
+import pickle
+import random
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from tripletsk import TripletEncoder
+from tripletsk.estimator import EmbeddingCollapseWarning
+from tripletsk.metrics import label_triplet_accuracy
+from tripletsk.triplets import sample_label_triplets
+
+SMALL = dict(hidden_units=16, n_components=4, max_epochs=3, batch_size=32, random_state=0)
+
+# decision_function scores triplets (n, 3, d), as DESIGN.md specifies, not samples. These checks
+# call it on (n, d) samples, so they cannot pass; what they also check of transform (pickling,
+# idempotence, subset and order invariance, dtypes, no mutation) is tested below instead.
+_DECISION_ON_SAMPLES = "calls decision_function on samples; it scores triplets (n, 3, d)"
+EXPECTED_FAILED_CHECKS = {
+    name: _DECISION_ON_SAMPLES
+    for name in (
+        "check_n_features_in_after_fitting",
+        "check_estimators_dtypes",
+        "check_estimators_pickle",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_dict_unchanged",
+        "check_fit_idempotent",
+        "check_fit2d_predict1d",
+    )
+}
+
+
+@parametrize_with_checks(
+    [TripletEncoder(hidden_units=8, max_epochs=2, batch_size=32, random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_scikit_learn_contract(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.RandomState(0)
+    centres = rng.normal(0, 1.0, size=(4, 12))  # overlapping classes: raw accuracy ~0.92
+    y = np.repeat(np.arange(4), 15)
+    X = (centres[y] + rng.normal(size=(60, 12))).astype(np.float32)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def fitted(blobs):
+    X, y = blobs
+    return TripletEncoder(**SMALL).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    X, y = load_digits(return_X_y=True)
+    train, test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=0, stratify=y)
+    return X, y, train, test
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def test_digits_triplets_default_reaches_099_held_out(digits_split):
+    X, y, train, test = digits_split
+    T_train = train[sample_label_triplets(y[train], 5000, random_state=0)]
+    T_test = test[sample_label_triplets(y[test], 5000, random_state=1)]
+    assert not set(T_train.ravel()) & set(T_test.ravel())  # disjoint images
+    raw = np.mean(
+        np.linalg.norm(X[T_test[:, 0]] - X[T_test[:, 1]], axis=1)
+        < np.linalg.norm(X[T_test[:, 0]] - X[T_test[:, 2]], axis=1)
+    )
+    score = TripletEncoder(features=X, random_state=0).fit(T_train).score(T_test)
+    assert raw < 0.92  # raw pixel distance: about 0.88
+    assert score >= 0.99
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "hybrid"])
+def test_digits_labels_online_mining_reaches_099_held_out(digits_split, mining):
+    X, y, train, test = digits_split
+    enc = TripletEncoder(mining=mining, random_state=0).fit(X[train], y[train])
+    assert enc.score(X[test], y[test]) >= 0.99
+    assert len(enc.active_fraction_) == enc.n_iter_
+    assert 0 <= min(enc.active_fraction_) <= max(enc.active_fraction_) <= 1
+
+
+@pytest.mark.parametrize("mining", ["random", "batch_all", "semi_hard"])
+def test_every_mining_strategy_learns(blobs, mining):
+    X, y = blobs
+    before = label_triplet_accuracy(X, y)
+    params = {**SMALL, "mining": mining, "max_epochs": 100, "dropout": 0.0, "n_components": 10}
+    enc = TripletEncoder(**params).fit(X, y)
+    assert enc.score(X, y) > before
+
+
+# --------------------------------------------------------------------------- input forms
+
+
+def test_feature_triplets_index_triplets_and_key_triplets_agree(blobs):
+    X, y = blobs
+    T = sample_label_triplets(y, 200, random_state=0)
+    keys = np.array([f"img/{i}.jpg" for i in range(len(X))])
+    mapping = dict(zip(keys, X, strict=True))
+    by_vectors = TripletEncoder(**SMALL).fit(X[T])
+    by_index = TripletEncoder(features=X, **SMALL).fit(T)
+    by_key = TripletEncoder(features=mapping, **SMALL).fit(keys[T])
+    emb = by_vectors.transform(X)
+    np.testing.assert_allclose(by_index.transform(np.arange(len(X))), emb, atol=1e-5)
+    np.testing.assert_allclose(by_key.transform(keys), emb, atol=1e-5)
+    np.testing.assert_array_equal(
+        by_key.predict_triplets(keys[T]), by_vectors.predict_triplets(X[T])
+    )
+
+
+def test_labelled_fit_on_keys_and_indices(blobs):
+    X, y = blobs
+    keys = np.array([f"k{i}" for i in range(len(X))])
+    by_key = TripletEncoder(features=dict(zip(keys, X, strict=True)), **SMALL).fit(keys, y)
+    by_index = TripletEncoder(features=X, **SMALL).fit(np.arange(len(X)), y)
+    np.testing.assert_allclose(
+        by_key.transform(keys), by_index.transform(np.arange(len(X))), atol=1e-5
+    )
+    # With features set, 2-d inputs are still feature rows.
+    np.testing.assert_allclose(
+        by_index.transform(X), by_index.transform(np.arange(len(X))), atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def image_cache(tmp_path_factory):
+    from tripletsk.extraction import extract_features
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        (root / f"c{c}").mkdir()
+        for i in range(6):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    out = tmp_path_factory.mktemp("cache") / "features.h5"
+    extract_features(root, output=out, weights="none", image_size=32, batch_size=4, quiet=True)
+    return out
+
+
+def test_key_triplets_through_a_real_feature_cache(image_cache):
+    from tripletsk.store import FeatureStore
+
+    store = FeatureStore(image_cache)
+    keys = np.array(store.keys)
+    y = np.array([k.split("/")[0] for k in keys])
+    T = keys[sample_label_triplets(y, 60, random_state=0)]
+    by_path = TripletEncoder(features=str(image_cache), **SMALL).fit(T)
+    by_store = TripletEncoder(features=store, **SMALL).fit(T)
+    assert by_path.n_features_in_ == store.dim == 2048
+    np.testing.assert_allclose(by_path.transform(keys), by_store.transform(keys), atol=1e-5)
+    assert clone(by_store).features.path == store.path
+    with pytest.raises(ValueError, match="1 keys? .*not in|unknown"):
+        by_path.transform(["c0/missing.png"])
+
+
+def test_default_cache_missing_says_how_to_proceed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="tripletsk extract-features"):
+        TripletEncoder().fit([["a.jpg", "b.jpg", "c.jpg"]])
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_decision_function_predict_and_score_agree_with_distances(fitted, blobs):
+    X, y = blobs
+    T = sample_label_triplets(y, 50, random_state=1)
+    emb = fitted.transform(X)
+    expected = np.linalg.norm(emb[T[:, 0]] - emb[T[:, 2]], axis=1) - np.linalg.norm(
+        emb[T[:, 0]] - emb[T[:, 1]], axis=1
+    )
+    np.testing.assert_allclose(fitted.decision_function(X[T]), expected, atol=1e-5)
+    pred = fitted.predict_triplets(X[T])
+    assert pred.dtype.kind == "i"
+    np.testing.assert_array_equal(pred, (expected > 0).astype(int))
+    assert fitted.score(X[T]) == pytest.approx(pred.mean())
+
+
+def test_a_tie_predicts_zero(fitted, blobs):
+    X, _ = blobs
+    tie = np.stack([X[0], X[1], X[1]])[None]
+    assert fitted.decision_function(tie)[0] == 0
+    assert fitted.predict_triplets(tie)[0] == 0
+
+
+def test_labelled_score_counts_every_valid_triplet(fitted, blobs):
+    X, y = blobs
+    X, y = X[::3], y[::3]
+    emb = fitted.transform(X)
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=2)
+    right = [d[a, p] < d[a, n] for a in range(len(y)) for p in range(len(y)) for n in range(len(y))
+             if a != p and y[a] == y[p] and y[a] != y[n]]  # fmt: skip
+    assert fitted.score(X, y) == pytest.approx(np.mean(right))
+
+
+def test_transform_is_unit_norm_and_float32(fitted, blobs):
+    emb = fitted.transform(blobs[0])
+    assert emb.shape == (60, 4) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_transform_is_invariant_to_subsets_and_order(fitted, blobs):
+    X, _ = blobs
+    full = fitted.transform(X)
+    order = np.random.RandomState(0).permutation(len(X))
+    np.testing.assert_allclose(fitted.transform(X[order]), full[order], atol=1e-6)
+    np.testing.assert_allclose(fitted.transform(X[5:9]), full[5:9], atol=1e-6)
+
+
+def test_pair_threshold_chosen_on_validation_pairs(fitted, blobs):
+    X, y = blobs
+    A, B = X[:-1], X[1:]
+    same = (y[:-1] == y[1:]).astype(int)
+    fitted_copy = clone(fitted).fit(X, y).fit_threshold(A, B, same)
+    assert np.isfinite(fitted_copy.threshold_)
+    assert np.mean(fitted_copy.predict_pairs(A, B) == same) >= 0.9
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("make_input", "match"),
+    [
+        (lambda X: np.full((4, 3, 12), np.nan), "NaN"),
+        (lambda X: np.full((4, 3, 12), np.inf), "infinity"),
+        (lambda X: np.empty((0, 3, 12)), "empty"),
+        (lambda X: np.ones((4, 4, 12)), r"shape \(n, 3, d\)"),
+        (lambda X: np.ones((4, 3)), "requires y"),
+        (lambda X: np.array([[0, 1, 2]]), "need features="),
+    ],
+)
+def test_bad_triplets_raise_clear_errors(make_input, match, blobs):
+    with pytest.raises(ValueError, match=match):
+        TripletEncoder(**SMALL).fit(make_input(blobs[0]))
+
+
+@pytest.mark.parametrize(
+    ("triplets", "match"),
+    [
+        ([[0, 1, 60]], r"1 indices are outside the 60 rows"),
+        ([[0, -1, 2]], r"1 indices are outside"),
+        ([["a", "b", "c"]], "integer row indices"),
+        ([[0.5, 1, 2]], "integer indices or string keys"),
+    ],
+)
+def test_bad_indices_raise_clear_errors(triplets, match, blobs):
+    with pytest.raises(ValueError, match=match):
+        TripletEncoder(features=blobs[0], **SMALL).fit(np.array(triplets))
+
+
+def test_unknown_keys_are_named_and_counted(blobs):
+    mapping = {f"k{i}": x for i, x in enumerate(blobs[0])}
+    with pytest.raises(ValueError, match=r"2 keys are not in features .*'nope1'"):
+        TripletEncoder(features=mapping, **SMALL).fit(np.array([["k0", "nope1", "nope2"]]))
+
+
+def test_nan_in_features_is_rejected(blobs):
+    X = blobs[0].copy()
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        TripletEncoder(features=X, **SMALL).fit(np.array([[0, 1, 3]]))
+
+
+def test_mining_needs_labels(blobs):
+    X, y = blobs
+    with pytest.raises(ValueError, match="mining='batch_hard' mines triplets from labels"):
+        TripletEncoder(mining="batch_hard", **SMALL).fit(X[sample_label_triplets(y, 10)])
+
+
+@pytest.mark.parametrize(
+    ("y", "match"), [(np.zeros(60), "at least 2 classes"), (np.arange(60), "at least 2 samples")]
+)
+def test_labels_that_define_no_triplet(blobs, y, match):
+    with pytest.raises(ValueError, match=match):
+        TripletEncoder(**SMALL).fit(blobs[0], y)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("margin", -1.0), ("distance", "hamming"), ("dropout", 1.0), ("mining", "hardest"),
+     ("n_components", 0), ("learning_rate", 0.0), ("hidden_units", (8, 0))],
+)  # fmt: skip
+def test_invalid_parameters_are_rejected_in_fit_not_init(blobs, param, value):
+    enc = TripletEncoder(**{**SMALL, param: value})  # __init__ only stores
+    assert enc.get_params()[param] == value
+    with pytest.raises(ValueError, match=param):
+        enc.fit(*blobs)
+
+
+def test_wrong_width_at_transform(fitted):
+    with pytest.raises(ValueError, match="X has 5 features, but TripletEncoder is expecting 12"):
+        fitted.transform(np.ones((2, 5)))
+
+
+# --------------------------------------------------------------------------- scikit-learn
+
+
+def test_grid_search_on_triplets_uses_its_own_score(blobs):
+    X, y = blobs
+    T = sample_label_triplets(y, 120, random_state=0)
+    grid = GridSearchCV(
+        TripletEncoder(features=X, **SMALL),
+        {"margin": [0.5, None], "distance": ["l2", "cosine"]},
+        cv=3,
+    ).fit(T)
+    assert len(grid.cv_results_["params"]) == 4
+    assert 0.5 <= grid.best_score_ <= 1.0
+    assert grid.score(T) == pytest.approx(grid.best_estimator_.score(T))
+
+
+def test_pipeline_with_knn_in_grid_search(blobs):
+    X, y = blobs
+    params = {**SMALL, "mining": "batch_hard", "max_epochs": 30}
+    pipe = make_pipeline(TripletEncoder(**params), KNeighborsClassifier(3))
+    grid = GridSearchCV(pipe, {"tripletencoder__margin": [0.5, 1.0]}, cv=3).fit(X, y)
+    assert grid.best_score_ >= 0.6  # 4 overlapping classes: chance is 0.25
+    assert grid.best_estimator_.predict(X).shape == y.shape
+    assert cross_val_score(pipe, X, y, cv=3).mean() >= 0.6
+
+
+def test_clone_keeps_params_and_drops_fit(fitted):
+    twin = clone(fitted)
+    assert twin.get_params() == fitted.get_params()
+    assert not hasattr(twin, "weights_")
+
+
+def test_same_random_state_gives_identical_embeddings(blobs):
+    X, y = blobs
+    a = TripletEncoder(**SMALL).fit(X, y).transform(X)
+    b = TripletEncoder(**SMALL).fit(X, y).transform(X)
+    c = TripletEncoder(**{**SMALL, "random_state": 1}).fit(X, y).transform(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_fit_leaves_global_random_state_alone(blobs):
+    import tensorflow as tf
+
+    np.random.seed(123)
+    random.seed(123)
+    tf.random.set_seed(123)
+    expected = (np.random.random_sample(), random.random(), float(tf.random.uniform([])))
+    np.random.seed(123)
+    random.seed(123)
+    tf.random.set_seed(123)
+    TripletEncoder(**SMALL).fit(*blobs)
+    assert (np.random.random_sample(), random.random(), float(tf.random.uniform([]))) == expected
+
+
+def test_joblib_round_trip_needs_no_keras_model(fitted, blobs, tmp_path):
+    path = tmp_path / "model.joblib"
+    joblib.dump(fitted, path)
+    restored = joblib.load(path)
+    np.testing.assert_array_equal(restored.transform(blobs[0]), fitted.transform(blobs[0]))
+    assert "keras" not in pickle.dumps(fitted).decode("latin-1").lower()
+
+
+def test_safe_save_and_load(fitted, blobs, tmp_path):
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    with np.load(path, allow_pickle=False) as data:  # loads without executing anything
+        assert "meta" in data.files
+    restored = TripletEncoder.load(path)
+    np.testing.assert_array_equal(restored.transform(blobs[0]), fitted.transform(blobs[0]))
+    assert restored.get_params() == {**fitted.get_params(), "hidden_units": (16,)}
+    assert restored.loss_curve_ == fitted.loss_curve_
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_large_mean_relu_features_do_not_collapse():
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(5), 20)
+    signal = rng.normal(size=(5, 64))[y] + rng.normal(scale=0.5, size=(100, 64))
+    X = np.maximum(signal, 0) * 50 + 1000  # ReLU-pooled-like: positive, huge mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmbeddingCollapseWarning)
+        enc = TripletEncoder(hidden_units=32, max_epochs=20, random_state=0).fit(X, y)
+    emb = enc.transform(X)
+    assert np.linalg.norm(emb - emb.mean(0), axis=1).mean() > 0.1
+    assert enc.score(X, y) > 0.9
+
+
+def test_collapse_is_detected_and_warned():
+    X = np.ones((40, 8)) * 1e3
+    X[:, 0] += np.arange(40) * 1e-6  # nearly constant: no signal survives
+    y = np.repeat([0, 1], 20)
+    with pytest.warns(EmbeddingCollapseWarning, match="collapsed"):
+        TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(X, y)
+
+
+def test_huge_learning_rate_never_leaves_nan(blobs):
+    X, y = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = TripletEncoder(**{**SMALL, "learning_rate": 1e3, "max_epochs": 5}).fit(X, y)
+    assert all(np.isfinite(k).all() and np.isfinite(b).all() for k, b in enc.weights_)
+    assert np.isfinite(enc.loss_curve_).all()
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_early_stopping_keeps_the_best_epoch(blobs, labelled):
+    X, y = blobs
+    params = {**SMALL, "max_epochs": 30, "early_stopping": True, "n_iter_no_change": 3}
+    if labelled:
+        enc = TripletEncoder(**params).fit(X, y)
+    else:
+        enc = TripletEncoder(features=X, **params).fit(
+            sample_label_triplets(y, 300, random_state=0)
+        )
+    assert len(enc.validation_scores_) == enc.n_iter_ == len(enc.loss_curve_)
+    assert enc.best_validation_score_ == max(enc.validation_scores_)
+
+
+def test_verbose_prints_each_epoch(blobs, capsys):
+    TripletEncoder(**{**SMALL, "verbose": 1}).fit(*blobs)
+    out = capsys.readouterr().out
+    assert out.count("epoch ") == 3 and "loss" in out
