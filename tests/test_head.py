@@ -1,5 +1,7 @@
 """The head: initialisation, NumPy forward pass, and Keras round trip."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def test_normalize_hidden_units(given, expected):
 def test_init_shapes_and_he_uniform_range(hidden):
     weights = init_head_weights(20, hidden, 4, np.random.RandomState(0))
     sizes = [20, *hidden, 4]
-    assert [k.shape for k, _ in weights] == list(zip(sizes[:-1], sizes[1:], strict=True))
+    assert [k.shape for k, _ in weights] == list(itertools.pairwise(sizes))
     for kernel, bias in weights:
         assert np.abs(kernel).max() <= np.sqrt(6 / kernel.shape[0])
         assert not bias.any()

@@ -106,8 +106,10 @@ def test_triplet_loss_matches_numpy(distance, margin):
     x, _ = random_batch(1, n=30)
     a, p, n = x[:10], x[10:20], x[20:]
     loss, active = triplet_loss(tf.constant(a), tf.constant(p), tf.constant(n), distance, margin)
-    d = [(ref_distance(*ap, distance), ref_distance(*an, distance))
-         for ap, an in zip(zip(a, p, strict=True), zip(a, n, strict=True), strict=True)]  # fmt: skip
+    d = [
+        (ref_distance(ai, pi, distance), ref_distance(ai, ni, distance))
+        for ai, pi, ni in zip(a, p, n, strict=True)
+    ]
     np.testing.assert_allclose(loss, np.mean([ref_hinge(*t, margin) for t in d]), rtol=1e-4)
     np.testing.assert_allclose(active, np.mean([ref_is_active(*t, margin) for t in d]))
 
