@@ -1,16 +1,17 @@
 """TripletEncoder: the scikit-learn contract, every input form, errors, quality, persistence."""
 
+import importlib.util
 import pickle
 import random
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.base import clone
-from sklearn.datasets import load_digits
-from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -64,37 +65,30 @@ def fitted(blobs):
     return TripletEncoder(**SMALL).fit(X, y)
 
 
-@pytest.fixture(scope="module")
-def digits_split():
-    X, y = load_digits(return_X_y=True)
-    train, test = train_test_split(np.arange(len(y)), test_size=0.3, random_state=0, stratify=y)
-    return X, y, train, test
-
-
 # --------------------------------------------------------------------------- quality
 
 
-def test_digits_triplets_default_reaches_099_held_out(digits_split):
-    X, y, train, test = digits_split
-    T_train = train[sample_label_triplets(y[train], 5000, random_state=0)]
-    T_test = test[sample_label_triplets(y[test], 5000, random_state=1)]
-    assert not set(T_train.ravel()) & set(T_test.ravel())  # disjoint images
-    raw = np.mean(
-        np.linalg.norm(X[T_test[:, 0]] - X[T_test[:, 1]], axis=1)
-        < np.linalg.norm(X[T_test[:, 0]] - X[T_test[:, 2]], axis=1)
-    )
-    score = TripletEncoder(features=X, random_state=0).fit(T_train).score(T_test)
-    assert raw < 0.92  # raw pixel distance: about 0.88
-    assert score >= 0.99
+def load_example(name):
+    """Import ``examples/<name>.py``: the tests run the examples' own code."""
+    path = Path(__file__).parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.mark.parametrize("mining", ["batch_hard", "hybrid"])
-def test_digits_labels_online_mining_reaches_099_held_out(digits_split, mining):
-    X, y, train, test = digits_split
-    enc = TripletEncoder(mining=mining, random_state=0).fit(X[train], y[train])
-    assert enc.score(X[test], y[test]) >= 0.99
-    assert len(enc.active_fraction_) == enc.n_iter_
-    assert 0 <= min(enc.active_fraction_) <= max(enc.active_fraction_) <= 1
+def test_digits_triplets_default_reaches_099_held_out():
+    figures = load_example("digits_triplets").run(seed=0)
+    assert figures["shared_images"] == 0  # disjoint train and test images
+    assert figures["raw_pixel_accuracy"] < 0.92  # raw pixel distance: about 0.88
+    assert figures["held_out_accuracy"] >= 0.99
+
+
+def test_digits_labels_batch_hard_and_hybrid_reach_099_held_out():
+    results = load_example("compare_mining").compare(["batch_hard", "hybrid"])
+    for mining, figures in results.items():
+        assert figures["triplet_accuracy"] >= 0.99, mining
+        assert figures["precision_at_1"] >= 0.95, mining
 
 
 @pytest.mark.parametrize("mining", ["random", "batch_all", "semi_hard"])
@@ -104,6 +98,8 @@ def test_every_mining_strategy_learns(blobs, mining):
     params = {**SMALL, "mining": mining, "max_epochs": 100, "dropout": 0.0, "n_components": 10}
     enc = TripletEncoder(**params).fit(X, y)
     assert enc.score(X, y) > before
+    assert len(enc.active_fraction_) == enc.n_iter_
+    assert 0 <= min(enc.active_fraction_) <= max(enc.active_fraction_) <= 1
 
 
 # --------------------------------------------------------------------------- input forms
