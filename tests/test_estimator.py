@@ -432,3 +432,27 @@ def test_verbose_prints_each_epoch(blobs, capsys):
     TripletEncoder(**{**SMALL, "verbose": 1}).fit(*blobs)
     out = capsys.readouterr().out
     assert out.count("epoch ") == 3 and "loss" in out
+
+
+def test_hardest_known_uses_only_stated_positives_and_negatives():
+    from tripletsk.estimator import _hardest_known
+
+    emb = np.array([[0.0], [1.0], [3.0], [2.5], [0.5], [9.0]])
+    T = np.array([[0, 1, 3], [0, 2, 5], [4, 1, 5]])
+    mined = _hardest_known(T, emb, "l2")
+    # anchor 0: positives {1, 2} -> farthest 2; negatives {3, 5} -> nearest 3
+    # anchor 4: its only positive 1 and negative 5
+    np.testing.assert_array_equal(mined, [[0, 2, 3], [4, 1, 5]])
+
+
+def test_hard_mining_on_triplets_learns(blobs):
+    X, y = blobs
+    T = sample_label_triplets(y, 300, random_state=0)
+    params = {**SMALL, "max_epochs": 30, "dropout": 0.0}
+    enc = TripletEncoder(features=X, mining="hard", **params).fit(T)
+    assert enc.score(T) > np.mean(
+        np.linalg.norm(X[T[:, 0]] - X[T[:, 1]], axis=1)
+        < np.linalg.norm(X[T[:, 0]] - X[T[:, 2]], axis=1)
+    )
+    with pytest.raises(ValueError, match="mining='hard' mines within given triplets"):
+        TripletEncoder(mining="hard", **SMALL).fit(X, y)

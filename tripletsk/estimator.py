@@ -71,15 +71,17 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         soft margin ``log(1 + exp(d(a, p) - d(a, n)))``. Embeddings lie on the unit sphere,
         so L2 distances lie in [0, 2]; 1.0 scored best on held-out digits triplets (0.2, 0.5
         and 1.5 scored lower, see ``examples/digits_triplets.py``).
-    mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid"}, \
+    mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
         How ``fit(X, y)`` turns labels into triplets. ``"random"`` draws one random valid
         triplet per anchor each epoch; the others mine online inside P x K batches
         (``samples_per_class`` samples of ``batch_size // samples_per_class`` classes), see
         :mod:`tripletsk.losses`; ``"hybrid"`` adds, for the anchors of each batch, their hard
         positives and negatives found offline over the whole training set, then mines
-        batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)`` the given triplets are used
-        as they are and only ``"auto"`` is accepted.
+        batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)``, ``"auto"`` uses the given
+        triplets as they are, and ``"hard"`` mines within what they state: each epoch, every
+        anchor also gets a triplet of its currently farthest known positive and nearest known
+        negative (those it appears with in any training triplet), on top of the given ones.
     samples_per_class : int, default=4
         K of the P x K batches of online mining.
     hard_per_anchor : int, default=2
@@ -160,7 +162,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "distance": [StrOptions({"l1", "l2", "sqeuclidean", "cosine"})],
         "margin": [Interval(Real, 0, None, closed="left"), None],
-        "mining": [StrOptions({"auto", *_LABEL_MINING})],
+        "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
         "samples_per_class": [Interval(Integral, 2, None, closed="left")],
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -250,14 +252,19 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
         if y is None:
-            if self.mining != "auto":
+            if self.mining not in ("auto", "hard"):
                 raise ValueError(
                     f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
-                    "fit(T) with triplets uses them as given and needs mining='auto'."
+                    "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
                 )
             items, triplets = self._triplet_items(X, fitting=True)
             labels = None
         else:
+            if self.mining == "hard":
+                raise ValueError(
+                    "mining='hard' mines within given triplets, for fit(T); with labels use "
+                    "'batch_hard' or 'hybrid'."
+                )
             items, labels = self._labelled_items(X, y)
             triplets = None
         self._fit_scaler(items)
@@ -301,7 +308,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
     def _effective_mining(self, labels) -> str:
         if labels is None:
-            return "given"
+            return "hard" if self.mining == "hard" else "given"
         return "batch_hard" if self.mining == "auto" else self.mining
 
     def _fit_scaler(self, items: np.ndarray) -> None:
@@ -368,9 +375,13 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             train_triplets = triplets[train]
 
             def given(epoch, weights):
-                order = rng.permutation(len(train_triplets))
+                epoch_triplets = train_triplets
+                if mining == "hard":
+                    mined = _hardest_known(train_triplets, forward(scaled, weights), self.distance)
+                    epoch_triplets = np.concatenate([train_triplets, mined])
+                order = rng.permutation(len(epoch_triplets))
                 for start in range(0, len(order), batch_size):
-                    yield train_triplets[order[start : start + batch_size]]
+                    yield epoch_triplets[order[start : start + batch_size]]
 
             return given
         train_labels = labels[train]
@@ -741,6 +752,25 @@ def _paired_distance(a: np.ndarray, b: np.ndarray, distance: str) -> np.ndarray:
         return 1.0 - np.einsum("ij,ij->i", a, b) / np.maximum(norms, 1e-12)
     squared = np.einsum("ij,ij->i", a - b, a - b)
     return squared if distance == "sqeuclidean" else np.sqrt(squared)
+
+
+def _hardest_known(triplets: np.ndarray, embeddings: np.ndarray, distance: str) -> np.ndarray:
+    """Per anchor: (anchor, farthest of its known positives, nearest of its known negatives).
+
+    "Known" means stated by some triplet with the same anchor, so no constraint is invented
+    beyond "the anchor's positives are closer than its negatives".
+    """
+
+    def extreme(column: int, farthest: bool) -> tuple[np.ndarray, np.ndarray]:
+        pairs = np.unique(triplets[:, [0, column]], axis=0)
+        d = _paired_distance(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], distance)
+        order = np.lexsort((-d if farthest else d, pairs[:, 0]))
+        anchors, first = np.unique(pairs[order, 0], return_index=True)
+        return anchors, pairs[order[first], 1]
+
+    anchors, hard_pos = extreme(1, farthest=True)
+    _, hard_neg = extreme(2, farthest=False)  # same sorted anchors: every anchor has both
+    return np.stack([anchors, hard_pos, hard_neg], axis=1)
 
 
 def _offline_hard_examples(features, labels, per_anchor: int, chunk_size: int = 1024):
