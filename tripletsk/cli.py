@@ -304,7 +304,10 @@ def _run_fit(args: argparse.Namespace) -> int:
     from tripletsk.triplets import labels_from_folders, read_triplets
 
     params = _parse_params(args.params)
-    model_format(args.output)  # a bad extension fails now, not after training
+    try:
+        model_format(args.output)  # a bad extension fails now, not after training
+    except UserError as exc:
+        raise UsageError(f"-o/--output: {exc}") from None
     user_verbose = params.get("verbose", 0)
     model = TripletEncoder(**{"verbose": 0 if args.quiet else 1, **params})
     try:
@@ -327,7 +330,8 @@ def _run_fit(args: argparse.Namespace) -> int:
             "n_images": len(np.unique(triplets.astype(str))),
         }
     # Per-epoch lines are for this run; the saved model keeps the verbosity the user set.
-    model.set_params(verbose=user_verbose)
+    # The cache path, not the open store, so that .npz files keep it too.
+    model.set_params(verbose=user_verbose, features=store.path)
     save_model(args.output, model, cache_record(store), training)
     what = (
         f"{training['n_triplets']} triplets of {training['n_images']} images"

@@ -40,7 +40,7 @@ __all__ = [
 
 FORMAT_NAME = "tripletsk-model"
 FORMAT_VERSION = 1
-_NPZ_MEMBER = "tripletsk_cli.npy"
+_NPZ_NAME = "tripletsk_cli"  # np.load lists members without their ".npy"
 #: Model file extensions and their format.
 MODEL_EXTENSIONS = {".joblib": "joblib", ".pkl": "joblib", ".npz": "npz"}
 
@@ -114,7 +114,7 @@ def save_model(
         else:
             model.save(tmp)
             # np.savez wrote a zip file: one more member keeps everything in a single file.
-            with zipfile.ZipFile(tmp, "a") as zf, zf.open(_NPZ_MEMBER, "w") as member:
+            with zipfile.ZipFile(tmp, "a") as zf, zf.open(_NPZ_NAME + ".npy", "w") as member:
                 np.lib.format.write_array(member, np.array(json.dumps(meta)))
         os.replace(tmp, path)
     finally:
@@ -142,7 +142,7 @@ def load_model(path: str | os.PathLike) -> FittedModel:
         try:
             model = TripletEncoder.load(path)
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data[_NPZ_MEMBER])) if _NPZ_MEMBER in data.files else {}
+                meta = json.loads(str(data[_NPZ_NAME])) if _NPZ_NAME in data.files else {}
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise UserError(f"{path} is not a tripletsk model saved as .npz ({exc})") from None
         return FittedModel(model, path, meta.get("cache", {}), meta.get("training", {}))
