@@ -62,7 +62,8 @@ def plot_loss_curves(model, path: str | os.PathLike) -> None:
     scores = getattr(model, "validation_scores_", None)
     if scores:
         ax_frac.plot(epochs[: len(scores)], scores, marker=".", label="validation accuracy")
-    ax_frac.set(xlabel="epoch", ylim=(0, 1.05), title="Active triplets and validation")
+    title = "Active triplets and validation accuracy" if scores else "Active triplets"
+    ax_frac.set(xlabel="epoch", ylim=(0, 1.05), title=title)
     ax_frac.legend(loc="best")
     _save(fig, path)
 
