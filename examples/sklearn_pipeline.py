@@ -34,16 +34,20 @@ from tripletsk.triplets import sample_label_triplets
 
 def labelled_mode(X_train, X_test, y_train, y_test, epochs: int) -> None:
     """Grid-search the encoder of a Pipeline(TripletEncoder, 1-NN) on classification accuracy."""
-    pipe = Pipeline([
-        ("embed", TripletEncoder(hidden_units=64, max_epochs=epochs, random_state=0)),
-        ("knn", KNeighborsClassifier(n_neighbors=1)),
-    ])  # fmt: skip
+    pipe = Pipeline(
+        [
+            ("embed", TripletEncoder(hidden_units=64, max_epochs=epochs, random_state=0)),
+            ("knn", KNeighborsClassifier(n_neighbors=1)),
+        ]
+    )
     grid = GridSearchCV(pipe, {"embed__margin": [0.2, 1.0], "embed__n_components": [8, 16]}, cv=2)
     grid.fit(X_train, y_train)
     raw = KNeighborsClassifier(n_neighbors=1).fit(X_train, y_train).score(X_test, y_test)
     print(f"labelled mode: best {grid.best_params_}, cv accuracy {grid.best_score_:.3f}")
-    print(f"labelled mode: test accuracy {grid.score(X_test, y_test):.3f} "
-          f"(1-NN on raw pixels: {raw:.3f})")  # fmt: skip
+    print(
+        f"labelled mode: test accuracy {grid.score(X_test, y_test):.3f} "
+        f"(1-NN on raw pixels: {raw:.3f})"
+    )
 
 
 def triplets_within_parts(y, n_parts: int, per_part: int, seed: int = 0):
@@ -61,16 +65,19 @@ def triplet_mode(X_train, X_test, y_train, y_test, epochs: int) -> None:
     """Grid-search margin and distance on triplet accuracy, with leak-free group folds."""
     T, groups = triplets_within_parts(y_train, n_parts=2, per_part=900)
     encoder = TripletEncoder(features=X_train, hidden_units=64, max_epochs=epochs, random_state=0)
-    grid = GridSearchCV(encoder, {"margin": [0.2, 1.0], "distance": ["l2", "cosine"]},
-                        cv=GroupKFold(2))  # fmt: skip
+    grid = GridSearchCV(
+        encoder, {"margin": [0.2, 1.0], "distance": ["l2", "cosine"]}, cv=GroupKFold(2)
+    )
     grid.fit(T, groups=groups)  # scoring=None: TripletEncoder.score, the triplet accuracy
     # Test triplets as feature vectors, shape (n, 3, 64): they need no features= to look up.
     T_test = X_test[sample_label_triplets(y_test, 1000, random_state=1)]
     print(f"triplet mode: best {grid.best_params_}, cv triplet accuracy {grid.best_score_:.3f}")
     a, p, n = T_test[:, 0], T_test[:, 1], T_test[:, 2]
     raw = np.mean(np.linalg.norm(a - p, axis=1) < np.linalg.norm(a - n, axis=1))
-    print(f"triplet mode: held-out triplet accuracy {grid.score(T_test):.3f} "
-          f"(raw pixel distances: {raw:.3f})")  # fmt: skip
+    print(
+        f"triplet mode: held-out triplet accuracy {grid.score(T_test):.3f} "
+        f"(raw pixel distances: {raw:.3f})"
+    )
 
 
 def main() -> None:

@@ -423,8 +423,9 @@ def _run_score(args: argparse.Namespace) -> int:
         raw = store.lookup(keys.tolist())
         scaled = (raw - model.feature_mean_) / model.feature_scale_
         before = _triplet_distances(scaled, index, "euclidean")
-        plot_distance_histograms(before, (d_ap, d_an), args.plot,
-                                 after_label=f"learned embedding ({model.distance})")  # fmt: skip
+        plot_distance_histograms(
+            before, (d_ap, d_an), args.plot, after_label=f"learned embedding ({model.distance})"
+        )
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -471,10 +472,15 @@ def _run_search(args: argparse.Namespace) -> int:
     )
     results = neighbours.to_list()
     if args.json:
-        print(json.dumps([
-            {"query": q, "neighbours": [{"key": k, "distance": d} for k, d in hits]}
-            for q, hits in zip(args.queries, results, strict=True)
-        ], indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {"query": q, "neighbours": [{"key": k, "distance": d} for k, d in hits]}
+                    for q, hits in zip(args.queries, results, strict=True)
+                ],
+                indent=2,
+            )
+        )
     else:
         for q, hits in zip(args.queries, results, strict=True):
             print(f"query: {q}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.errors import CacheMismatchError, CacheNotFoundError, UserError
 from tripletsk.store import DEFAULT_CACHE, PROVENANCE_KEYS, FeatureStore
 
 __all__ = [
@@ -209,7 +209,13 @@ def open_model_cache(fitted: FittedModel, features: str | os.PathLike | None = N
         recorded = fitted.cache.get("path") or _path_or_none(fitted.model.get_params()["features"])
         candidates = [recorded, fitted.cache.get("abspath")]
         candidates = [c for c in candidates if c] or [str(DEFAULT_CACHE)]
-    path = next((c for c in candidates if os.path.exists(c)), candidates[0])
+    path = next((c for c in candidates if os.path.exists(c)), None)
+    if path is None:
+        fitted_on = f" (the model was fitted on {fitted.cache['path']})" if fitted.cache else ""
+        raise CacheNotFoundError(
+            f"feature cache not found: {candidates[0]}{fitted_on}; pass --features CACHE, or "
+            f"make it with `tripletsk extract-features IMAGES_DIR -o {candidates[0]}`"
+        )
     store = FeatureStore(path)
     check_model_cache(fitted, store)
     fitted.model.set_params(features=store)
