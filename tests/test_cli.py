@@ -475,6 +475,24 @@ def test_score_agrees_with_predict(capsys, work, model):
     assert "map_at_r" not in scores  # no labels asked for
 
 
+def test_score_skips_k_beyond_the_images_with_a_warning(capsys, work, model):
+    status, out, err = run(
+        capsys,
+        "score",
+        "--model",
+        model,
+        "--triplets",
+        work / "test.txt",
+        "--labels-from-folders",
+        "-k",
+        "1",
+        "50",
+    )
+    assert status == 0
+    assert "recall_at_1 " in out and "recall_at_50" not in out
+    assert err.startswith("tripletsk: warning: recall@k is computed only for k below the 12")
+
+
 def test_score_with_folder_labels_and_histogram(capsys, work, model, tmp_path):
     plot = tmp_path / "hist.png"
     status, out, _ = run(

@@ -404,12 +404,17 @@ def _run_score(args: argparse.Namespace) -> int:
     index = index.reshape(-1, 3)
     embeddings = model.transform(keys)
     metric = _METRIC[model.distance]
-    d_ap, d_an = _triplet_distances(embeddings, index, metric)
-    scores = {"triplet_accuracy": float(np.mean(d_ap < d_an)), "n_triplets": len(triplets)}
+    scores = {"triplet_accuracy": float(model.score(triplets)), "n_triplets": len(triplets)}
     if args.labels_from_folders:
         ks = sorted({k for k in args.ks if k < len(keys)})
         if not ks:
             raise UsageError(f"every -k is at least the number of images ({len(keys)})")
+        if len(ks) < len(set(args.ks)):
+            warnings.warn(
+                f"recall@k is computed only for k below the {len(keys)} images of the triplets",
+                UserWarning,
+                stacklevel=1,
+            )
         report = retrieval_report(embeddings, labels_from_folders(keys), ks=ks, metric=metric)
         scores.update(report)
     if args.json:
@@ -423,8 +428,9 @@ def _run_score(args: argparse.Namespace) -> int:
         raw = store.lookup(keys.tolist())
         scaled = (raw - model.feature_mean_) / model.feature_scale_
         before = _triplet_distances(scaled, index, "euclidean")
+        after = _triplet_distances(embeddings, index, metric)
         plot_distance_histograms(
-            before, (d_ap, d_an), args.plot, after_label=f"learned embedding ({model.distance})"
+            before, after, args.plot, after_label=f"learned embedding ({model.distance})"
         )
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
