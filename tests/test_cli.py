@@ -100,6 +100,14 @@ def model(work):
     return path
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
 def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -545,13 +553,18 @@ def test_search_new_image_file_finds_its_twin_and_draws_a_sheet(capsys, work, mo
     query = tmp_path / "query.png"  # outside the image folder: extracted on the fly
     shutil.copy(work / "images" / "3" / "4.png", query)
     sheet = tmp_path / "sheet.png"
-    status, out, _ = run(capsys, "search", "--model", model, query, "-k", "4", "--sheet", sheet)
+    # A key, the file, a key again: each query gets its own neighbours, in order.
+    argv = ["search", "--model", model, "0/0.png", query, "2/3.png", "-k", "4", "--sheet", sheet]
+    status, out, _ = run(capsys, *argv)
     assert status == 0
     lines = out.splitlines()
-    assert lines[0] == f"query: {query}"
-    rank, distance, key = lines[1].split()
+    assert lines[0::5] == ["query: 0/0.png", f"query: {query}", "query: 2/3.png", f"wrote {sheet}"]
+    rank, distance, key = lines[6].split()
     assert (rank, key) == ("1", "3/4.png") and float(distance) < 1e-3
-    assert _is_png(sheet)
+    _, by_key, _ = run(capsys, "search", "--model", model, "2/3.png", "-k", "4")
+    assert by_key.splitlines() == lines[10:15]
+    width, height = _png_size(sheet)
+    assert width > height  # 3 rows of 5 images
 
 
 def test_search_file_inside_image_folder_is_not_its_own_neighbour(capsys, work, model):

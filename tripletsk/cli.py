@@ -453,8 +453,19 @@ def _query_key(query: str, store, image_root: str | None) -> tuple[str | None, s
     raise AssertionError("unreachable: the key was not in the store")
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def _query_features(found: list, store) -> np.ndarray:
+    """Feature rows of the queries: cached rows for keys, the backbone's output for files."""
     from tripletsk.extraction import features_for_files
+
+    files = [path for _, path in found if path is not None]
+    # One backbone run for all files, with the cache's own weights and image size.
+    extracted = iter(features_for_files(files, like=store) if files else [])
+    return np.stack(
+        [store.lookup([key])[0] if path is None else next(extracted) for key, path in found]
+    )
+
+
+def _run_search(args: argparse.Namespace) -> int:
     from tripletsk.search import build_index
 
     if args.k < 1:
@@ -462,19 +473,17 @@ def _run_search(args: argparse.Namespace) -> int:
     fitted, store = _load(args)
     model = fitted.model
     image_root = args.images_dir or store.attrs.get("image_root")
+    if args.sheet and (not image_root or not os.path.isdir(image_root)):
+        raise UserError(
+            f"the folder of the cached images ({image_root or 'not recorded in the cache'}) "
+            "is not found; pass --images-dir"
+        )
     found = [_query_key(q, store, store.attrs.get("image_root")) for q in args.queries]
-    files = [path for _, path in found if path is not None]
-    file_rows = features_for_files(files, like=store) if files else np.zeros((0, store.dim))
-    rows, next_file = [], 0
-    for key, path in found:
-        if path is None:
-            rows.append(store.lookup([key])[0])
-        else:
-            rows.append(file_rows[next_file])
-            next_file += 1
     index = build_index(model, store.keys, metric=_METRIC[model.distance])
     neighbours = index.query(
-        model.transform(np.stack(rows)), k=args.k, exclude_self_keys=[k for k, _ in found]
+        model.transform(_query_features(found, store)),
+        k=args.k,
+        exclude_self_keys=[key for key, _ in found],
     )
     results = neighbours.to_list()
     if args.json:
@@ -495,11 +504,6 @@ def _run_search(args: argparse.Namespace) -> int:
     if args.sheet:
         from tripletsk.plotting import plot_neighbour_sheet
 
-        if not image_root or not os.path.isdir(image_root):
-            raise UserError(
-                f"the folder of the cached images ({image_root or 'not recorded in the cache'}) "
-                "is not found; pass --images-dir"
-            )
         sheet = [
             (q, path or os.path.join(image_root, key), hits)
             for q, (key, path), hits in zip(args.queries, found, results, strict=True)
