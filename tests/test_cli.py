@@ -300,6 +300,7 @@ def test_set_values_are_literals_or_strings(assignment, expected):
     [
         (["--set", "marign=0.3"], "unknown TripletEncoder parameter; valid names: batch_size"),
         (["--set", "margin"], "expects NAME=VALUE"),
+        (["--set", "features=x.h5"], "give the cache with --features CACHE"),
         (["--set", "margin=-1"], "'margin' parameter of TripletEncoder must be"),
         (["-o", "model.txt"], "unknown model file extension '.txt'"),
         (["--bogus"], "unrecognized arguments: --bogus"),

@@ -284,6 +284,8 @@ def _parse_params(assignments: Sequence[str]) -> dict:
         name = name.strip().replace("-", "_")
         if not sep or not name:
             raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+        if name == "features":
+            raise UsageError("--set features: give the cache with --features CACHE")
         if name not in valid:
             raise UsageError(
                 f"--set {name}: unknown TripletEncoder parameter; valid names: {', '.join(valid)}"
