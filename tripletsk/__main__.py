@@ -3,4 +3,4 @@
 from tripletsk.cli import cli
 
 if __name__ == "__main__":
-    cli()
+    raise SystemExit(cli())

@@ -1,0 +1,76 @@
+"""Run each example as a user would, in a fresh folder, with small sizes; check what it prints
+and writes. The quickstart runs the ``tripletsk`` command of this checkout."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tripletsk.triplets import read_triplets
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Environment whose ``tripletsk`` and ``python`` are this checkout's, whatever is installed."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "tripletsk"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tripletsk "$@"\n')
+    shim.chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "MPLBACKEND": "Agg",
+    }
+
+
+def _run(argv, cwd, env, **extra_env) -> str:
+    proc = subprocess.run(
+        argv, cwd=cwd, env={**env, **extra_env}, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_quickstart(tmp_path, env):
+    out = _run(
+        ["bash", EXAMPLES / "quickstart.sh", "work"], tmp_path, env, PER_CLASS="12", EPOCHS="5"
+    )
+    work = tmp_path / "work"
+    assert "wrote 120 images" in out and "wrote 2000 triplets over 84 images (10 classes)" in out
+    test = read_triplets(work / "test.txt")
+    predictions = (work / "predictions.txt").read_text().split()
+    assert len(predictions) == len(test) and set(predictions) <= {"0", "1"}
+    accuracy = float(re.search(r"^triplet_accuracy +([\d.]+)$", out, re.M).group(1))
+    assert accuracy == pytest.approx(predictions.count("1") / len(predictions), abs=1e-4)
+    assert accuracy > 0.8  # digits are easy: far better than the 0.5 of chance
+    precision = float(re.search(r"^precision_at_1 +([\d.]+)$", out, re.M).group(1))
+    assert precision > 0.5  # chance is 0.1 with 10 classes
+    found = re.findall(r"^ +\d+  ([\d.]+)  (\S+)$", out.split("query: 3/0.png")[1], re.M)
+    distances = [float(d) for d, _ in found]
+    assert len(found) == 5 and "3/0.png" not in [key for _, key in found]
+    assert distances == sorted(distances)
+    for picture in ("loss.png", "distances.png", "neighbours.png"):
+        assert (work / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sklearn_pipeline(tmp_path, env):
+    out = _run([sys.executable, EXAMPLES / "sklearn_pipeline.py", "--epochs", "3"], tmp_path, env)
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["labelled mode"] * 2 + ["triplet mode"] * 2
+    assert "'embed__margin'" in lines[0] and "'distance'" in lines[2]
+    figures = [float(x) for x in re.findall(r"(?:accuracy|pixels|distances):? (0\.\d+|1\.0+)", out)]
+    assert len(figures) == 6 and all(0 <= f <= 1 for f in figures)
+    held_out = float(re.search(r"held-out triplet accuracy ([\d.]+)", out).group(1))
+    assert held_out > 0.7

@@ -1,0 +1,57 @@
+"""Each figure is written as a real PNG file; bad input gives a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tripletsk import plotting
+from tripletsk.errors import UserError
+
+
+class Fitted:
+    """The fitted attributes plot_loss_curves reads."""
+
+    def __init__(self, validation):
+        self.loss_curve_ = [0.5, 0.3, 0.2]
+        self.active_fraction_ = [0.9, 0.6, 0.4]
+        self.validation_scores_ = [0.7, 0.8, 0.85] if validation else None
+
+
+def _png_size(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_loss_curves(tmp_path, validation):
+    plotting.plot_loss_curves(Fitted(validation), tmp_path / "loss.png")
+    width, height = _png_size(tmp_path / "loss.png")
+    assert width > height > 100
+
+
+def test_distance_histograms(tmp_path):
+    rng = np.random.RandomState(0)
+    before = (rng.uniform(0, 2, 50), rng.uniform(1, 3, 50))
+    plotting.plot_distance_histograms(before, (before[0] / 2, before[1]), tmp_path / "h.png")
+    assert _png_size(tmp_path / "h.png")[0] > 100
+
+
+def test_neighbour_sheet_grows_with_queries_and_neighbours(tmp_path):
+    for name, value in [("a.png", 0), ("b.png", 128), ("c.png", 255)]:
+        Image.new("L", (16, 16), value).save(tmp_path / name)
+    one = [("a.png", str(tmp_path / "a.png"), [("b.png", 0.1)])]
+    two = [*one, ("c.png", str(tmp_path / "c.png"), [("a.png", 0.5), ("b.png", 0.7)])]
+    plotting.plot_neighbour_sheet(one, tmp_path / "one.png", tmp_path)
+    plotting.plot_neighbour_sheet(two, tmp_path / "two.png", tmp_path)
+    (w1, h1), (w2, h2) = _png_size(tmp_path / "one.png"), _png_size(tmp_path / "two.png")
+    assert w2 > w1 and h2 > h1
+
+
+def test_neighbour_sheet_missing_image(tmp_path):
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    rows = [("a.png", str(tmp_path / "a.png"), [("gone.png", 0.1)])]
+    with pytest.raises(UserError, match=r"cannot read image .*gone\.png"):
+        plotting.plot_neighbour_sheet(rows, tmp_path / "s.png", tmp_path)

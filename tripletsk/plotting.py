@@ -1,0 +1,146 @@
+"""Pictures of a fitted model: loss curves, distance histograms and neighbour sheets.
+
+Needs matplotlib (``pip install tripletsk[plot]``), imported only when a figure is drawn, with
+the non-interactive Agg backend: figures are written to files, never shown in a window.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from tripletsk.errors import UserError
+
+__all__ = [
+    "plot_distance_histograms",
+    "plot_loss_curves",
+    "plot_neighbour_sheet",
+]
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or a UserError that says how to install it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError(
+            "plots need matplotlib: pip install tripletsk[plot] (or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg")  # files only: works without a display, e.g. on CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    plt = _pyplot()
+    try:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def plot_loss_curves(model, path: str | os.PathLike) -> None:
+    """Training loss per epoch; fraction of active triplets and validation accuracy beside it.
+
+    Parameters
+    ----------
+    model : fitted TripletEncoder
+        Uses ``loss_curve_``, ``active_fraction_`` and, with early stopping,
+        ``validation_scores_``.
+    path : str or path-like
+        Image file to write (the format follows the extension, e.g. ``.png``).
+    """
+    plt = _pyplot()
+    epochs = np.arange(1, len(model.loss_curve_) + 1)
+    fig, (ax_loss, ax_frac) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, model.loss_curve_, marker=".", label="training loss")
+    ax_loss.set(xlabel="epoch", ylabel="mean triplet loss", title="Training loss")
+    ax_frac.plot(epochs, model.active_fraction_, marker=".", label="active (loss > 0) fraction")
+    scores = getattr(model, "validation_scores_", None)
+    if scores:
+        ax_frac.plot(epochs[: len(scores)], scores, marker=".", label="validation accuracy")
+    title = "Active triplets and validation accuracy" if scores else "Active triplets"
+    ax_frac.set(xlabel="epoch", ylim=(0, 1.05), title=title)
+    ax_frac.legend(loc="best")
+    _save(fig, path)
+
+
+def plot_distance_histograms(
+    before: tuple[np.ndarray, np.ndarray],
+    after: tuple[np.ndarray, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    after_label: str = "learned embedding",
+) -> None:
+    """Histograms of anchor-positive vs anchor-negative distances, before and after training.
+
+    Parameters
+    ----------
+    before, after : (d_ap, d_an) pairs of arrays of shape (n_triplets,)
+        Distances on the standardised input features and in the learned embedding.
+    path : str or path-like
+        Image file to write.
+    after_label : str, default="learned embedding"
+        Title of the right panel.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    titles = ("standardised input features", after_label)
+    for ax, (d_ap, d_an), title in zip(axes, (before, after), titles, strict=True):
+        d_ap, d_an = np.asarray(d_ap, dtype=float), np.asarray(d_an, dtype=float)
+        bins = np.histogram_bin_edges(np.r_[d_ap, d_an], bins=30)
+        ax.hist(d_ap, bins=bins, alpha=0.6, label="anchor-positive")
+        ax.hist(d_an, bins=bins, alpha=0.6, label="anchor-negative")
+        accuracy = float(np.mean(d_ap < d_an))
+        ax.set(xlabel="distance", ylabel="triplets", title=f"{title}\naccuracy {accuracy:.3f}")
+        ax.legend(loc="best")
+    _save(fig, path)
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except OSError as exc:
+        raise UserError(f"cannot read image {path} for the sheet ({exc})") from None
+
+
+def plot_neighbour_sheet(
+    rows: Sequence[tuple[str, str, Sequence[tuple[str, float]]]],
+    path: str | os.PathLike,
+    images_dir: str | os.PathLike,
+) -> None:
+    """One row per query: the query image, then its neighbours with their distances.
+
+    Parameters
+    ----------
+    rows : sequence of (query_title, query_image_path, neighbours)
+        ``neighbours`` is a list of ``(key, distance)``, nearest first.
+    path : str or path-like
+        Image file to write.
+    images_dir : str or path-like
+        Folder the neighbour keys are relative to (the cache's image root).
+    """
+    plt = _pyplot()
+    n_cols = 1 + max(len(neighbours) for _, _, neighbours in rows)
+    fig, axes = plt.subplots(
+        len(rows), n_cols, figsize=(1.8 * n_cols, 2.1 * len(rows)), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, (title, query_path, neighbours) in enumerate(rows):
+        axes[r, 0].imshow(_read_image(query_path))
+        axes[r, 0].set_title(f"query\n{_short(title)}", fontsize=8, fontweight="bold")
+        for c, (key, distance) in enumerate(neighbours, start=1):
+            axes[r, c].imshow(_read_image(os.path.join(images_dir, key)))
+            axes[r, c].set_title(f"{_short(key)}\nd = {distance:.3f}", fontsize=8)
+    _save(fig, path)
+
+
+def _short(text: str, width: int = 22) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
