@@ -163,6 +163,10 @@ def test_key_triplets_through_a_real_feature_cache(image_cache):
     assert by_path.n_features_in_ == store.dim == 2048
     np.testing.assert_allclose(by_path.transform(keys), by_store.transform(keys), atol=1e-5)
     assert clone(by_store).features.path == store.path
+    from tripletsk.search import search
+
+    found = search(by_path, [keys[0]], k=3)  # the cache path is enough to know what to search
+    assert found.keys.shape == (1, 3) and keys[0] not in found.keys[0]
     with pytest.raises(ValueError, match=r"1 keys? .*not in|unknown"):
         by_path.transform(["c0/missing.png"])
 

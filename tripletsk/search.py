@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,10 +151,14 @@ class NeighborIndex:
 
 
 def _indexed_keys(encoder) -> np.ndarray:
-    """All keys of the encoder's feature store (an object with a ``keys`` attribute)."""
+    """All keys of the encoder's feature store (a cache path, or an object with ``keys``)."""
     for name in ("store_", "features_", "features"):
         store = getattr(encoder, name, None)
-        if store is not None and not isinstance(store, (str, np.ndarray)):
+        if isinstance(store, str | os.PathLike):
+            from tripletsk.store import FeatureStore
+
+            store = FeatureStore(store)
+        if store is not None and not isinstance(store, np.ndarray):
             keys = getattr(store, "keys", None)
             if keys is not None and not callable(keys):
                 return _as_keys(keys)
