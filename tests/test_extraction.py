@@ -765,3 +765,27 @@ def test_interrupt_saves_finished_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(ex.Backbone, "__call__", real)
     s = extract_features(root, tmp_path / "f.h5", **RUN)
     assert s.extracted == 4 and s.cached == 8
+
+
+def test_parts_left_after_the_cache_was_written_are_not_double_counted(tmp_path):
+    """Killed between writing the cache and deleting the parts: the next run changes nothing."""
+    from tripletsk.store import PartsJournal
+
+    root = tmp_path / "imgs"
+    for i in range(3):
+        save(photo(i), root / f"{i}.png")
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    store = FeatureStore(out)
+    before = read_store(out)
+    meta = {"provenance": store.provenance, "dim": store.dim}
+    journal = PartsJournal(os.fspath(out), meta)
+    journal.open()
+    journal.write(store.keys[:2], store.lookup(store.keys[:2]), store.fingerprints[:2], [])
+    s = extract_features(root, out, **RUN)
+    assert (s.extracted, s.changed, s.cached, s.resumed) == (0, 0, 3, 0)
+    assert not (tmp_path / "f.h5.parts").exists()
+    after = read_store(out)
+    assert list(after) == list(before)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])

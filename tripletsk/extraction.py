@@ -773,6 +773,13 @@ def _run(
             part_fail[k] = (reason, size, mtime)
             part_ok.pop(k, None)
     old_index = {k: i for i, k in enumerate(old.keys)} if old is not None else {}
+    # Parts already merged into the cache (a run killed between writing the cache and deleting
+    # its parts): the cache holds the same file version, so the cache entry is used.
+    for k in [k for k in part_ok if k in old_index]:
+        pi, r = part_ok[k]
+        a, b = parts[pi].fingerprints[r], old.fingerprints[old_index[k]]
+        if a["blake2b"] == b["blake2b"] and a["size"] == b["size"]:
+            del part_ok[k]
 
     use_part: dict[str, tuple[int, int]] = {}
     keep_old: dict[str, np.void] = {}  # key -> fingerprint (maybe refreshed)
