@@ -789,3 +789,49 @@ def test_parts_left_after_the_cache_was_written_are_not_double_counted(tmp_path)
     assert list(after) == list(before)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_empty_parts_of_a_failed_run_with_other_settings_do_not_block(tmp_path):
+    """A run that failed before its first batch (e.g. ImageNet offline) is not in the way."""
+    from tripletsk.store import PartsJournal
+
+    root = tmp_path / "imgs"
+    save(photo(1), root / "a.png")
+    out = tmp_path / "f.h5"
+    other = {"provenance": {"weights": "imagenet", "image_size": 224}, "dim": 2048}
+    PartsJournal(os.fspath(out), other).open()
+    assert (tmp_path / "f.h5.parts" / "meta.json").exists()
+    s = extract_features(root, out, **RUN)
+    assert s.extracted == 1
+
+
+def test_unwritable_output_is_a_user_error(tmp_path):
+    save(photo(1), tmp_path / "imgs" / "a.png")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write the cache"):
+        extract_features(tmp_path / "imgs", tmp_path / "file" / "f.h5", **RUN)
+    with pytest.raises(UserError, match="not a folder"):
+        extract_features(tmp_path / "imgs", tmp_path / "imgs", **RUN)
+
+
+def test_run_with_nothing_to_do_does_not_load_tensorflow(tmp_path):
+    root = tmp_path / "imgs"
+    p = save(photo(1), root / "a.png")
+    old = 1_600_000_000_000_000_000
+    os.utime(p, ns=(old, old))
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from tripletsk.extraction import extract_features
+        s = extract_features({os.fspath(root)!r}, {os.fspath(out)!r}, weights="none",
+                             image_size={SIZE}, batch_size={BATCH}, progress=False)
+        print(s.cached, s.extracted, "tensorflow" in sys.modules)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["1", "0", "False"]

@@ -719,7 +719,11 @@ def extract_features(
         )
 
     out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        os.close(os.open(output + ".lock", os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as err:
+        raise UserError(f"cannot write the cache {output}: {err.strerror or err}") from None
     summary = ExtractionSummary(output=output, ignored=found.ignored)
     summary.skipped_dirs = list(found.skipped_dirs)
     from PIL import Image
@@ -746,12 +750,21 @@ def extract_features(
                 "image_root": os.path.abspath(root),
             },
         )
-        had_parts = journal.exists()
         parts = journal.open()
-        _run(
-            found, old, journal, parts, had_parts, spec, summary, output, store_dtype,
-            prov, root, image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
-        )  # fmt: skip
+        try:
+            _run(
+                found=found, old=old, journal=journal, parts=parts, spec=spec, summary=summary,
+                output=output, store_dtype=store_dtype, prov=prov, root=root,
+                image_size=image_size, batch_size=batch_size, workers=workers,
+                max_pixels=max_pixels, verify=verify, prune=prune, show=show, t0=t0,
+            )  # fmt: skip
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise UserError(
+                f"cannot write the cache {output}: {err.strerror or err}. Finished batches are "
+                f"kept in {journal.dir}; fix the problem and run the same command again."
+            ) from err
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -759,9 +772,10 @@ def extract_features(
 
 
 def _run(
-    found, old, journal, parts, had_parts, spec, summary, output, store_dtype,
-    prov, root, image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
-):  # fmt: skip
+    *, found, old, journal, parts, spec, summary, output, store_dtype, prov, root,
+    image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
+) -> None:  # fmt: skip
+    """Classify the files (cached / resumed / to check / to extract), extract, write the cache."""
     # Latest parts entry per key (parts are newer than the cache).
     part_ok: dict[str, tuple[int, int]] = {}  # key -> (part index, row)
     part_fail: dict[str, tuple[str, int, int]] = {}  # key -> (reason, size, mtime)
