@@ -136,6 +136,13 @@ def main() -> None:
             )  # fmt: skip
             dt = time.perf_counter() - t
             assert summ.extracted == len(files), summ
+            tm = summ.timings
+            print(
+                f"    pipeline run: {dt:.1f} s; model busy {tm['model']:.1f} s "
+                f"({tm['model'] / dt:.0%} of the run), waiting for decoded images "
+                f"{tm['wait_decode']:.2f} s, for part writes {tm['wait_write']:.2f} s, "
+                f"final cache write {tm.get('write_cache', 0):.2f} s"
+            )
             return len(files) / dt, summ
 
         # Interleave the two measurements, so both see the same machine (load from other

@@ -572,7 +572,10 @@ class ExtractionSummary:
     interrupted: bool = False
     written: bool = False  # whether the cache file was (re)written
     seconds: float = 0.0
-    setup_seconds: float = 0.0  # building the model, before the first batch could run
+    setup_seconds: float = 0.0  # from the start until the model was ready
+    #: seconds spent: "model" (forward passes), "wait_decode" (model idle, waiting for decoded
+    #: images), "wait_write" (waiting for the previous part file), "write_cache" (final write)
+    timings: dict = field(default_factory=dict)
 
     def format(self) -> str:
         lines = [f"features: {self.output} ({self.n_images} images)"]
@@ -929,6 +932,7 @@ def _run(
             for pi, rows in new_sel:
                 yield load_part_features(journal.parts[pi].path)[rows]
 
+        t = time.perf_counter()
         write_cache(
             output,
             keys=keys,
@@ -940,6 +944,7 @@ def _run(
             attrs=attrs,
         )
         summary.written = True
+        summary.timings["write_cache"] = time.perf_counter() - t
     journal.remove()
     summary.failed_list = _write_failed_list(output, failed)
 
@@ -1006,16 +1011,23 @@ def _extract_pending(
             submit_next()
         backbone = None  # built when first needed (a run of only unreadable files needs none)
         bar = _progress(len(pending), "extracting", show)
+        tm = summary.timings
+        tm.update(model=0.0, wait_decode=0.0, wait_write=0.0)
         while inflight:
             futures = inflight.popleft()
             submit_next()
+            t = time.perf_counter()
             results = [fu.result() for fu in futures]
             ok = [r for r in results if r.array is not None]
             if ok:
                 if backbone is None:  # the decoding of the next batches runs meanwhile
                     backbone = _cached_backbone(spec, image_size, batch_size)
                     summary.setup_seconds = time.perf_counter() - t0
+                    t = time.perf_counter()
+                tm["wait_decode"] += time.perf_counter() - t
+                t = time.perf_counter()
                 feats = backbone(np.stack([r.array for r in ok]))
+                tm["model"] += time.perf_counter() - t
             else:
                 feats = np.zeros((0, FEATURE_DIM), np.float32)
             fps = np.array(
@@ -1028,7 +1040,9 @@ def _extract_pending(
                 if r.array is None
             ]
             if write_future is not None:
+                t = time.perf_counter()
                 write_future.result()
+                tm["wait_write"] += time.perf_counter() - t
             write_future = writer.submit(
                 journal.write, [r.file.key for r in ok], feats, fps, failed
             )
