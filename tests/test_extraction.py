@@ -835,3 +835,14 @@ def test_run_with_nothing_to_do_does_not_load_tensorflow(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["1", "0", "False"]
+
+
+def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
+    root = tmp_path / "imgs"
+    p = save(photo(1), root / "a.png")
+    future = 4_100_000_000_000_000_000  # year 2099: a camera with a wrong clock
+    os.utime(p, ns=(future, future))
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    s = extract_features(root, out, **RUN)
+    assert (s.cached, s.written) == (1, False)  # not re-hashed, cache not rewritten

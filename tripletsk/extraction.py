@@ -612,7 +612,7 @@ def _trust_stat(fp, size: int, mtime_ns: int) -> bool:
     return (
         int(fp["size"]) == size
         and int(fp["mtime_ns"]) == mtime_ns
-        and int(fp["hashed_ns"]) - mtime_ns > RACY_NS
+        and abs(int(fp["hashed_ns"]) - mtime_ns) > RACY_NS  # (future mtimes are fine too)
     )
 
 
