@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> int:
-    """Write n JPEG photos of ``size`` (w, h); returns total bytes."""
+    """Write n JPEG photos of ``size`` (w, h) into ``folder``; returns total bytes."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -167,8 +167,12 @@ def main() -> None:
         # memory: fresh processes extracting N and 2N photos
         rss = []
         for n in (args.rss_n, 2 * args.rss_n):
+            # reuse the photos already written (as links) and write only the missing ones
             folder = tmp / f"rss{n}"
-            write_photos(folder, n, (w, h), seed=n)
+            reuse = files[:n]
+            write_photos(folder, n - len(reuse), (w, h), seed=n)
+            for p in reuse:
+                os.symlink(p, folder / f"reused_{p.name}")
             out = subprocess.run(
                 [sys.executable, __file__, "--rss-child", str(folder), str(tmp / f"rss{n}.h5"),
                  "--image-size", str(s), "--batch-size", str(b)],
