@@ -270,7 +270,8 @@ def test_permission_denied_reason_for_unprivileged_user(tmp_path):
 
 def test_discovery_names_case_links_and_order(tmp_path):
     root = tmp_path / "imgs"
-    for name in ("b/x.jpg", "a/x.jpg", "été photo 1.jpg", "日本 写真.png", "A.PNG", "a.png"):
+    names = ("b/x.jpg", "a/x.jpg", "été photo 1.jpg", "日本 写真.png", "A.PNG", "a.png", "a.PNG")
+    for name in names:
         save(photo(len(name)), root / name)
     save(photo(1), root / "c" / "deep" / "y.JPEG")
     (root / "notes.txt").write_text("not an image")
@@ -287,6 +288,7 @@ def test_discovery_names_case_links_and_order(tmp_path):
     assert keys == sorted(keys)
     assert set(keys) == {
         "A.PNG",
+        "a.PNG",
         "a.png",
         "a/x.jpg",
         "b/x.jpg",
