@@ -848,3 +848,60 @@ def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
     extract_features(root, out, **RUN)
     s = extract_features(root, out, **RUN)
     assert (s.cached, s.written) == (1, False)  # not re-hashed, cache not rewritten
+
+
+def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
+    """SIGKILL during the final cache write: the cache is still the old complete file."""
+    from tripletsk.extraction import provenance_for
+    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+
+    root = tmp_path / "imgs"
+    for i in range(8):
+        save(photo(i), root / f"{i}.png")
+    out = tmp_path / "f.h5"
+    # an existing cache with many rows whose files are gone (kept): the new cache must copy them,
+    # which takes long enough to kill the process in the middle of it
+    n, dim = 15_000, 2048
+    keys = [f"gone/{i:06d}.jpg" for i in range(n)]
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **provenance_for(resolve_weights("none", 0), SIZE),
+    }
+    block = np.ones((1000, dim), np.float32)
+    write_cache(
+        out, keys=keys, fingerprints=np.zeros(n, FINGERPRINT_DTYPE),
+        feature_blocks=(block * i for i in range(n // 1000)), dim=dim, dtype="float32",
+        failed=[], attrs=attrs,
+    )  # fmt: skip
+    size_before = out.stat().st_size
+    code = textwrap.dedent(
+        f"""
+        from tripletsk.extraction import extract_features
+        extract_features({os.fspath(root)!r}, {os.fspath(out)!r}, weights="none",
+                         image_size={SIZE}, batch_size={BATCH}, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stderr=subprocess.PIPE)
+    killed_during_write = False
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.startswith("f.h5.tmp-") for p in os.listdir(tmp_path)):
+                proc.send_signal(signal.SIGKILL)
+                killed_during_write = True
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    if not killed_during_write or proc.returncode != -signal.SIGKILL:
+        pytest.skip("the cache write finished before it could be killed")
+    store = FeatureStore(out)  # the old file, complete and readable
+    assert len(store) == n and out.stat().st_size == size_before
+    np.testing.assert_array_equal(store.lookup(["gone/014999.jpg"])[0], np.full(dim, 14.0))
+    s = extract_features(root, out, **RUN)  # finishes the job from the parts
+    assert s.resumed == 8 and s.extracted == 8 and s.missing == n
+    assert not any(p.startswith("f.h5.tmp-") for p in os.listdir(tmp_path))
+    assert len(FeatureStore(out)) == n + 8
