@@ -496,7 +496,7 @@ class CacheLock:
             _lock_fd(fd)
         except OSError:
             holder = ""
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(Exception):  # (no os.pread on Windows)
                 txt = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
                 holder = f" (held by {txt})" if txt else ""
             os.close(fd)
@@ -505,7 +505,7 @@ class CacheLock:
                 f"or write to another --output. (The lock is {self.path}; it is released when "
                 "that process exits.)"
             ) from None
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
         self._fd = fd
