@@ -602,6 +602,12 @@ class ExtractionSummary:
             lines.append(f"  ignored (not an image extension): {self.ignored}")
         for d, reason in self.skipped_dirs[:10]:
             lines.append(f"  skipped folder {d}: {reason}")
+        if self.seconds:
+            done = self.extracted + self.changed - self.resumed
+            rate = ""
+            if done and self.seconds > self.setup_seconds:
+                rate = f", {done / (self.seconds - self.setup_seconds):.1f} images/s after setup"
+            lines.append(f"  time: {self.seconds:.1f} s{rate}")
         if self.interrupted:
             lines.append("  interrupted: finished images are saved; run again to continue")
         return "\n".join(lines)
