@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 
 def write_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> int:
-    """Write n JPEG photos of ``size`` (w, h); returns total bytes."""
+    """Write n JPEG photos of ``size`` (w, h) into ``folder``; returns total bytes."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -136,6 +136,13 @@ def main() -> None:
             )  # fmt: skip
             dt = time.perf_counter() - t
             assert summ.extracted == len(files), summ
+            tm = summ.timings
+            print(
+                f"    pipeline run: {dt:.1f} s; model busy {tm['model']:.1f} s "
+                f"({tm['model'] / dt:.0%} of the run), waiting for decoded images "
+                f"{tm['wait_decode']:.2f} s, for part writes {tm['wait_write']:.2f} s, "
+                f"final cache write {tm.get('write_cache', 0):.2f} s"
+            )
             return len(files) / dt, summ
 
         # Interleave the two measurements, so both see the same machine (load from other
@@ -160,8 +167,12 @@ def main() -> None:
         # memory: fresh processes extracting N and 2N photos
         rss = []
         for n in (args.rss_n, 2 * args.rss_n):
+            # reuse the photos already written (as links) and write only the missing ones
             folder = tmp / f"rss{n}"
-            write_photos(folder, n, (w, h), seed=n)
+            reuse = files[:n]
+            write_photos(folder, n - len(reuse), (w, h), seed=n)
+            for p in reuse:
+                os.symlink(p, folder / f"reused_{p.name}")
             out = subprocess.run(
                 [sys.executable, __file__, "--rss-child", str(folder), str(tmp / f"rss{n}.h5"),
                  "--image-size", str(s), "--batch-size", str(b)],

@@ -270,7 +270,8 @@ def test_permission_denied_reason_for_unprivileged_user(tmp_path):
 
 def test_discovery_names_case_links_and_order(tmp_path):
     root = tmp_path / "imgs"
-    for name in ("b/x.jpg", "a/x.jpg", "été photo 1.jpg", "日本 写真.png", "A.PNG", "a.png"):
+    names = ("b/x.jpg", "a/x.jpg", "été photo 1.jpg", "日本 写真.png", "A.PNG", "a.png", "a.PNG")
+    for name in names:
         save(photo(len(name)), root / name)
     save(photo(1), root / "c" / "deep" / "y.JPEG")
     (root / "notes.txt").write_text("not an image")
@@ -287,6 +288,7 @@ def test_discovery_names_case_links_and_order(tmp_path):
     assert keys == sorted(keys)
     assert set(keys) == {
         "A.PNG",
+        "a.PNG",
         "a.png",
         "a/x.jpg",
         "b/x.jpg",
@@ -765,3 +767,141 @@ def test_interrupt_saves_finished_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(ex.Backbone, "__call__", real)
     s = extract_features(root, tmp_path / "f.h5", **RUN)
     assert s.extracted == 4 and s.cached == 8
+
+
+def test_parts_left_after_the_cache_was_written_are_not_double_counted(tmp_path):
+    """Killed between writing the cache and deleting the parts: the next run changes nothing."""
+    from tripletsk.store import PartsJournal
+
+    root = tmp_path / "imgs"
+    for i in range(3):
+        save(photo(i), root / f"{i}.png")
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    store = FeatureStore(out)
+    before = read_store(out)
+    meta = {"provenance": store.provenance, "dim": store.dim}
+    journal = PartsJournal(os.fspath(out), meta)
+    journal.open()
+    journal.write(store.keys[:2], store.lookup(store.keys[:2]), store.fingerprints[:2], [])
+    s = extract_features(root, out, **RUN)
+    assert (s.extracted, s.changed, s.cached, s.resumed) == (0, 0, 3, 0)
+    assert not (tmp_path / "f.h5.parts").exists()
+    after = read_store(out)
+    assert list(after) == list(before)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_empty_parts_of_a_failed_run_with_other_settings_do_not_block(tmp_path):
+    """A run that failed before its first batch (e.g. ImageNet offline) is not in the way."""
+    from tripletsk.store import PartsJournal
+
+    root = tmp_path / "imgs"
+    save(photo(1), root / "a.png")
+    out = tmp_path / "f.h5"
+    other = {"provenance": {"weights": "imagenet", "image_size": 224}, "dim": 2048}
+    PartsJournal(os.fspath(out), other).open()
+    assert (tmp_path / "f.h5.parts" / "meta.json").exists()
+    s = extract_features(root, out, **RUN)
+    assert s.extracted == 1
+
+
+def test_unwritable_output_is_a_user_error(tmp_path):
+    save(photo(1), tmp_path / "imgs" / "a.png")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write the cache"):
+        extract_features(tmp_path / "imgs", tmp_path / "file" / "f.h5", **RUN)
+    with pytest.raises(UserError, match="not a folder"):
+        extract_features(tmp_path / "imgs", tmp_path / "imgs", **RUN)
+
+
+def test_run_with_nothing_to_do_does_not_load_tensorflow(tmp_path):
+    root = tmp_path / "imgs"
+    p = save(photo(1), root / "a.png")
+    old = 1_600_000_000_000_000_000
+    os.utime(p, ns=(old, old))
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from tripletsk.extraction import extract_features
+        s = extract_features({os.fspath(root)!r}, {os.fspath(out)!r}, weights="none",
+                             image_size={SIZE}, batch_size={BATCH}, progress=False)
+        print(s.cached, s.extracted, "tensorflow" in sys.modules)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["1", "0", "False"]
+
+
+def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
+    root = tmp_path / "imgs"
+    p = save(photo(1), root / "a.png")
+    future = 4_100_000_000_000_000_000  # year 2099: a camera with a wrong clock
+    os.utime(p, ns=(future, future))
+    out = tmp_path / "f.h5"
+    extract_features(root, out, **RUN)
+    s = extract_features(root, out, **RUN)
+    assert (s.cached, s.written) == (1, False)  # not re-hashed, cache not rewritten
+
+
+def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
+    """SIGKILL during the final cache write: the cache is still the old complete file."""
+    from tripletsk.extraction import provenance_for
+    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+
+    root = tmp_path / "imgs"
+    for i in range(8):
+        save(photo(i), root / f"{i}.png")
+    out = tmp_path / "f.h5"
+    # an existing cache with many rows whose files are gone (kept): the new cache must copy them,
+    # which takes long enough to kill the process in the middle of it
+    n, dim = 15_000, 2048
+    keys = [f"gone/{i:06d}.jpg" for i in range(n)]
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **provenance_for(resolve_weights("none", 0), SIZE),
+    }
+    block = np.ones((1000, dim), np.float32)
+    write_cache(
+        out, keys=keys, fingerprints=np.zeros(n, FINGERPRINT_DTYPE),
+        feature_blocks=(block * i for i in range(n // 1000)), dim=dim, dtype="float32",
+        failed=[], attrs=attrs,
+    )  # fmt: skip
+    size_before = out.stat().st_size
+    code = textwrap.dedent(
+        f"""
+        from tripletsk.extraction import extract_features
+        extract_features({os.fspath(root)!r}, {os.fspath(out)!r}, weights="none",
+                         image_size={SIZE}, batch_size={BATCH}, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stderr=subprocess.PIPE)
+    killed_during_write = False
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.startswith("f.h5.tmp-") for p in os.listdir(tmp_path)):
+                proc.send_signal(signal.SIGKILL)
+                killed_during_write = True
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    if not killed_during_write or proc.returncode != -signal.SIGKILL:
+        pytest.skip("the cache write finished before it could be killed")
+    store = FeatureStore(out)  # the old file, complete and readable
+    assert len(store) == n and out.stat().st_size == size_before
+    np.testing.assert_array_equal(store.lookup(["gone/014999.jpg"])[0], np.full(dim, 14.0))
+    s = extract_features(root, out, **RUN)  # finishes the job from the parts
+    assert s.resumed == 8 and s.extracted == 8 and s.missing == n
+    assert not any(p.startswith("f.h5.tmp-") for p in os.listdir(tmp_path))
+    assert len(FeatureStore(out)) == n + 8

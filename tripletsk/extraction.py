@@ -572,7 +572,10 @@ class ExtractionSummary:
     interrupted: bool = False
     written: bool = False  # whether the cache file was (re)written
     seconds: float = 0.0
-    setup_seconds: float = 0.0  # building the model, before the first batch could run
+    setup_seconds: float = 0.0  # from the start until the model was ready
+    #: seconds spent: "model" (forward passes), "wait_decode" (model idle, waiting for decoded
+    #: images), "wait_write" (waiting for the previous part file), "write_cache" (final write)
+    timings: dict = field(default_factory=dict)
 
     def format(self) -> str:
         lines = [f"features: {self.output} ({self.n_images} images)"]
@@ -599,6 +602,12 @@ class ExtractionSummary:
             lines.append(f"  ignored (not an image extension): {self.ignored}")
         for d, reason in self.skipped_dirs[:10]:
             lines.append(f"  skipped folder {d}: {reason}")
+        if self.seconds:
+            done = self.extracted + self.changed - self.resumed
+            rate = ""
+            if done and self.seconds > self.setup_seconds:
+                rate = f", {done / (self.seconds - self.setup_seconds):.1f} images/s after setup"
+            lines.append(f"  time: {self.seconds:.1f} s{rate}")
         if self.interrupted:
             lines.append("  interrupted: finished images are saved; run again to continue")
         return "\n".join(lines)
@@ -609,7 +618,7 @@ def _trust_stat(fp, size: int, mtime_ns: int) -> bool:
     return (
         int(fp["size"]) == size
         and int(fp["mtime_ns"]) == mtime_ns
-        and int(fp["hashed_ns"]) - mtime_ns > RACY_NS
+        and abs(int(fp["hashed_ns"]) - mtime_ns) > RACY_NS  # (future mtimes are fine too)
     )
 
 
@@ -719,7 +728,11 @@ def extract_features(
         )
 
     out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        os.close(os.open(output + ".lock", os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as err:
+        raise UserError(f"cannot write the cache {output}: {err.strerror or err}") from None
     summary = ExtractionSummary(output=output, ignored=found.ignored)
     summary.skipped_dirs = list(found.skipped_dirs)
     from PIL import Image
@@ -746,12 +759,21 @@ def extract_features(
                 "image_root": os.path.abspath(root),
             },
         )
-        had_parts = journal.exists()
         parts = journal.open()
-        _run(
-            found, old, journal, parts, had_parts, spec, summary, output, store_dtype,
-            prov, root, image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
-        )  # fmt: skip
+        try:
+            _run(
+                found=found, old=old, journal=journal, parts=parts, spec=spec, summary=summary,
+                output=output, store_dtype=store_dtype, prov=prov, root=root,
+                image_size=image_size, batch_size=batch_size, workers=workers,
+                max_pixels=max_pixels, verify=verify, prune=prune, show=show, t0=t0,
+            )  # fmt: skip
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise UserError(
+                f"cannot write the cache {output}: {err.strerror or err}. Finished batches are "
+                f"kept in {journal.dir}; fix the problem and run the same command again."
+            ) from err
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -759,9 +781,10 @@ def extract_features(
 
 
 def _run(
-    found, old, journal, parts, had_parts, spec, summary, output, store_dtype,
-    prov, root, image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
-):  # fmt: skip
+    *, found, old, journal, parts, spec, summary, output, store_dtype, prov, root,
+    image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
+) -> None:  # fmt: skip
+    """Classify the files (cached / resumed / to check / to extract), extract, write the cache."""
     # Latest parts entry per key (parts are newer than the cache).
     part_ok: dict[str, tuple[int, int]] = {}  # key -> (part index, row)
     part_fail: dict[str, tuple[str, int, int]] = {}  # key -> (reason, size, mtime)
@@ -773,6 +796,13 @@ def _run(
             part_fail[k] = (reason, size, mtime)
             part_ok.pop(k, None)
     old_index = {k: i for i, k in enumerate(old.keys)} if old is not None else {}
+    # Parts already merged into the cache (a run killed between writing the cache and deleting
+    # its parts): the cache holds the same file version, so the cache entry is used.
+    for k in [k for k in part_ok if k in old_index]:
+        pi, r = part_ok[k]
+        a, b = parts[pi].fingerprints[r], old.fingerprints[old_index[k]]
+        if a["blake2b"] == b["blake2b"] and a["size"] == b["size"]:
+            del part_ok[k]
 
     use_part: dict[str, tuple[int, int]] = {}
     keep_old: dict[str, np.void] = {}  # key -> fingerprint (maybe refreshed)
@@ -908,6 +938,7 @@ def _run(
             for pi, rows in new_sel:
                 yield load_part_features(journal.parts[pi].path)[rows]
 
+        t = time.perf_counter()
         write_cache(
             output,
             keys=keys,
@@ -919,6 +950,7 @@ def _run(
             attrs=attrs,
         )
         summary.written = True
+        summary.timings["write_cache"] = time.perf_counter() - t
     journal.remove()
     summary.failed_list = _write_failed_list(output, failed)
 
@@ -985,16 +1017,23 @@ def _extract_pending(
             submit_next()
         backbone = None  # built when first needed (a run of only unreadable files needs none)
         bar = _progress(len(pending), "extracting", show)
+        tm = summary.timings
+        tm.update(model=0.0, wait_decode=0.0, wait_write=0.0)
         while inflight:
             futures = inflight.popleft()
             submit_next()
+            t = time.perf_counter()
             results = [fu.result() for fu in futures]
             ok = [r for r in results if r.array is not None]
             if ok:
                 if backbone is None:  # the decoding of the next batches runs meanwhile
                     backbone = _cached_backbone(spec, image_size, batch_size)
                     summary.setup_seconds = time.perf_counter() - t0
+                    t = time.perf_counter()
+                tm["wait_decode"] += time.perf_counter() - t
+                t = time.perf_counter()
                 feats = backbone(np.stack([r.array for r in ok]))
+                tm["model"] += time.perf_counter() - t
             else:
                 feats = np.zeros((0, FEATURE_DIM), np.float32)
             fps = np.array(
@@ -1007,7 +1046,9 @@ def _extract_pending(
                 if r.array is None
             ]
             if write_future is not None:
+                t = time.perf_counter()
                 write_future.result()
+                tm["wait_write"] += time.perf_counter() - t
             write_future = writer.submit(
                 journal.write, [r.file.key for r in ok], feats, fps, failed
             )

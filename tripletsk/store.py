@@ -402,10 +402,14 @@ class FeatureStore:
         known = self._hdr.keys
         parts = []
         for k in shown:
-            close = difflib.get_close_matches(k, known, n=3, cutoff=0.6) if len(known) else []
+            base = k.rsplit("/", 1)[-1]
+            pool = known
+            if len(known) > 20000:  # difflib is slow on huge caches: same folder or file name
+                folder = k.rsplit("/", 1)[0] + "/" if "/" in k else ""
+                pool = [x for x in known if x.startswith(folder) or x.endswith(base)][:20000]
+            close = difflib.get_close_matches(k, pool, n=3, cutoff=0.6) if len(pool) else []
             if not close:  # also try by file name, for keys given without their folder
-                base = k.rsplit("/", 1)[-1]
-                close = [x for x in known if x.rsplit("/", 1)[-1] == base][:3]
+                close = [x for x in pool if x.rsplit("/", 1)[-1] == base][:3]
             hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             parts.append(f"{k!r}{hint}")
         more = f" and {len(uniq) - len(shown)} more" if len(uniq) > len(shown) else ""
@@ -492,7 +496,7 @@ class CacheLock:
             _lock_fd(fd)
         except OSError:
             holder = ""
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(Exception):  # (no os.pread on Windows)
                 txt = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
                 holder = f" (held by {txt})" if txt else ""
             os.close(fd)
@@ -501,7 +505,7 @@ class CacheLock:
                 f"or write to another --output. (The lock is {self.path}; it is released when "
                 "that process exits.)"
             ) from None
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} since {now_iso()}\n".encode(), 0)
         self._fd = fd
@@ -582,8 +586,11 @@ class PartsJournal:
             with contextlib.suppress(OSError, ValueError):
                 with open(meta_path, encoding="utf-8") as fh:
                     old = json.load(fh)
-            if old is None:  # killed before the meta was written: nothing usable in there
-                shutil.rmtree(self.dir, ignore_errors=True)
+            has_parts = any(
+                n.startswith("part-") and n.endswith(".npz") for n in os.listdir(self.dir)
+            )
+            if old is None or not has_parts:  # nothing finished in there (e.g. a run that
+                shutil.rmtree(self.dir, ignore_errors=True)  # failed before its first batch)
             else:
                 try:
                     check_provenance(old.get("provenance", {}), self.meta["provenance"], self.dir)
