@@ -64,8 +64,26 @@ def write_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> 
 
 def rss_child(folder: str, output: str, image_size: int, batch_size: int) -> None:
     """Run one extraction in this (fresh) process and print its peak RSS as JSON."""
+    import threading
+
     from tripletsk.extraction import extract_features
 
+    parts = Path(output + ".parts")
+    by_batch: dict[int, float] = {}  # finished batches -> current RSS (MB), sampled
+
+    def sample() -> None:
+        while True:
+            try:
+                with open("/proc/self/status") as fh:
+                    rss = next(int(x.split()[1]) for x in fh if x.startswith("VmRSS:"))
+                n = len(list(parts.glob("*.npz"))) if parts.exists() else 0
+            except (OSError, StopIteration):
+                return  # not Linux, or the run is over
+            if n:
+                by_batch[n] = rss / 1024
+            time.sleep(0.2)
+
+    threading.Thread(target=sample, daemon=True).start()
     t = time.perf_counter()
     s = extract_features(
         folder, output, weights="none", image_size=image_size, batch_size=batch_size,
@@ -73,7 +91,11 @@ def rss_child(folder: str, output: str, image_size: int, batch_size: int) -> Non
     )  # fmt: skip
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     dt = time.perf_counter() - t
-    print(json.dumps({"n": s.n_images, "peak_rss_mb": peak_kb / 1024, "s": dt}))
+    first, last = (min(by_batch), max(by_batch)) if by_batch else (0, 0)
+    res = {"n": s.n_images, "peak_rss_mb": peak_kb / 1024, "s": dt}
+    if by_batch:
+        res.update(first=[first, by_batch[first]], last=[last, by_batch[last]])
+    print(json.dumps(res))
 
 
 def main() -> None:
@@ -187,6 +209,12 @@ def main() -> None:
                 f"peak RSS extracting {res['n']} photos in a fresh process: "
                 f"{res['peak_rss_mb']:.0f} MB ({res['s']:.1f} s)"
             )
+            if "first" in res:
+                (b1, r1), (b2, r2) = res["first"], res["last"]
+                print(
+                    f"    RSS during that run: {r1:.0f} MB after batch {b1}, "
+                    f"{r2:.0f} MB after batch {b2}"
+                )
         print(f"peak RSS ratio 2N / N: {rss[1]['peak_rss_mb'] / rss[0]['peak_rss_mb']:.3f}")
 
 
