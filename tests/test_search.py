@@ -173,9 +173,11 @@ def test_search_restricted_keys_and_reused_index(encoder):
     assert encoder.transform_sizes == [1]  # only the query was embedded
 
 
-def test_search_needs_keys_somewhere():
+def test_search_needs_keys_somewhere(tmp_path):
+    from tripletsk.errors import CacheNotFoundError
+
     class Bare:
-        features = "cache/features.h5"
+        features = None
 
         def transform(self, X):
             return np.asarray(X, dtype=float)
@@ -184,6 +186,9 @@ def test_search_needs_keys_somewhere():
         search(Bare(), [[0.0]], k=1)
     found = search(Bare(), [[0.0]], k=1, index=NeighborIndex([[1.0], [3.0]]))
     assert found.indices.tolist() == [[0]]
+    Bare.features = str(tmp_path / "missing.h5")  # a cache path: its keys are the index
+    with pytest.raises(CacheNotFoundError, match="missing.h5"):
+        search(Bare(), [[0.0]], k=1)
 
 
 def test_docstring_examples_run():
