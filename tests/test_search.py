@@ -187,7 +187,7 @@ def test_search_needs_keys_somewhere(tmp_path):
     found = search(Bare(), [[0.0]], k=1, index=NeighborIndex([[1.0], [3.0]]))
     assert found.indices.tolist() == [[0]]
     Bare.features = str(tmp_path / "missing.h5")  # a cache path: its keys are the index
-    with pytest.raises(CacheNotFoundError, match="missing.h5"):
+    with pytest.raises(CacheNotFoundError, match=r"missing\.h5"):
         search(Bare(), [[0.0]], k=1)
 
 
