@@ -460,3 +460,21 @@ def test_hard_mining_on_triplets_learns(blobs):
     )
     with pytest.raises(ValueError, match="mining='hard' mines within given triplets"):
         TripletEncoder(mining="hard", **SMALL).fit(X, y)
+
+
+def test_hybrid_refreshes_hard_examples_with_the_head(blobs, monkeypatch):
+    import tripletsk.estimator as estimator
+
+    calls = []
+    original = estimator._offline_hard_examples
+
+    def spy(features, labels, per_anchor):
+        calls.append(features.shape[1])
+        return original(features, labels, per_anchor)
+
+    monkeypatch.setattr(estimator, "_offline_hard_examples", spy)
+    X, y = blobs
+    params = {**SMALL, "mining": "hybrid", "max_epochs": 6, "refresh_every": 2}
+    enc = TripletEncoder(**params).fit(X, y)
+    # Once on the 12 frozen features, then on the 4-d embeddings at epochs 2 and 4.
+    assert calls == [12, 4, 4] and enc.n_iter_ == 6

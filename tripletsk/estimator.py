@@ -86,6 +86,9 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         K of the P x K batches of online mining.
     hard_per_anchor : int, default=2
         For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
+    refresh_every : int, default=0
+        For ``mining="hybrid"``: every this many epochs, find the hard examples again on the
+        current embeddings instead of the frozen features; 0 never refreshes.
     learning_rate : float, default=1e-3
         Adam's learning rate.
     batch_size : int, default=256
@@ -165,6 +168,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
         "samples_per_class": [Interval(Integral, 2, None, closed="left")],
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
+        "refresh_every": [Interval(Integral, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -189,6 +193,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         mining="auto",
         samples_per_class=4,
         hard_per_anchor=2,
+        refresh_every=0,
         learning_rate=1e-3,
         batch_size=256,
         max_epochs=100,
@@ -209,6 +214,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.mining = mining
         self.samples_per_class = samples_per_class
         self.hard_per_anchor = hard_per_anchor
+        self.refresh_every = refresh_every
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -400,6 +406,16 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             hard = _offline_hard_examples(scaled[train], train_labels, self.hard_per_anchor)
 
         def pk(epoch, weights):
+            nonlocal hard
+            if (
+                hard is not None
+                and self.refresh_every
+                and epoch
+                and epoch % self.refresh_every == 0
+            ):
+                # Re-mine with the head as trained so far: what is hard changes as it learns.
+                embedded = forward(scaled[train], weights)
+                hard = _offline_hard_examples(embedded, train_labels, self.hard_per_anchor)
             for batch in pk_batches(train_labels, p, k, random_state=rng):
                 if hard is not None:
                     batch = _with_hard_examples(batch, hard, p, rng)
