@@ -11,6 +11,7 @@ from tripletsk.losses import (
     TripletLoss,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
+    mined_triplets,
     paired_distance,
     pairwise_distance,
     semi_hard_triplet_loss,
@@ -180,3 +181,41 @@ def test_triplet_loss_class_round_trips_through_keras_serialization():
 def test_unknown_distance_is_rejected():
     with pytest.raises(ValueError, match="distance must be one of"):
         TripletLoss(distance="hamming")
+
+
+def ref_mined(emb, labels, mining, distance, margin):
+    """(a, p, n, active) of every triplet the strategy picks, by brute force."""
+    n = len(labels)
+    d = np.array([[ref_distance(a, b, distance) for b in emb] for a in emb])
+    m = 0.0 if margin is None else margin
+    picked = []
+    for a in range(n):
+        pos = [p for p in range(n) if p != a and labels[p] == labels[a]]
+        neg = [q for q in range(n) if labels[q] != labels[a]]
+        if not pos or not neg:
+            continue
+        if mining == "batch_all":
+            picked += [(a, p, q) for p in pos for q in neg]
+        elif mining == "batch_hard":
+            picked.append((a, max(pos, key=lambda p: d[a, p]), min(neg, key=lambda q: d[a, q])))
+        else:
+            for p in pos:
+                farther = [q for q in neg if d[a, q] > d[a, p]]
+                q = (
+                    min(farther, key=lambda q: d[a, q])
+                    if farther
+                    else max(neg, key=lambda q: d[a, q])
+                )
+                picked.append((a, p, q))
+    return sorted((a, p, q, d[a, p] - d[a, q] + m > 0) for a, p, q in picked)
+
+
+@pytest.mark.parametrize("mining", ["batch_all", "batch_hard", "semi_hard"])
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("margin", [0.5, None])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mined_triplets_and_their_activity_match_reference(mining, distance, margin, seed):
+    emb, labels = random_batch(seed)
+    triplets, active = mined_triplets(emb, labels, mining, distance, margin)
+    got = [(*map(int, t), bool(a)) for t, a in zip(triplets, active, strict=True)]
+    assert got == ref_mined(emb, labels, mining, distance, margin)

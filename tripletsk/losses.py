@@ -28,6 +28,7 @@ default batch sizes where it costs less than a megabyte per 64 items.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 DISTANCES = ("l1", "l2", "sqeuclidean", "cosine")
@@ -161,10 +162,17 @@ def batch_all_triplet_loss(
     return _mean_or_zero(losses, weights), _mean_or_zero(active_f, valid_f)
 
 
-def _anchor_weights(is_pos: tf.Tensor, is_neg: tf.Tensor, dtype) -> tf.Tensor:
-    """1 for anchors that have at least one positive and one negative in the batch."""
+def _hardest(dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
+    """Batch-hard selection: per anchor, the farthest positive and the nearest negative.
+
+    Returns ``(positive index, negative index, counts)`` of shape (b,); ``counts`` is 1 for
+    anchors that have both a positive and a negative in the batch.
+    """
+    hardest_pos = tf.argmax(tf.where(is_pos, dist, -tf.ones_like(dist)), axis=1)
+    big = tf.fill(tf.shape(dist), dist.dtype.max)
+    hardest_neg = tf.argmin(tf.where(is_neg, dist, big), axis=1)
     has_both = tf.logical_and(tf.reduce_any(is_pos, axis=1), tf.reduce_any(is_neg, axis=1))
-    return tf.cast(has_both, dtype)
+    return tf.cast(hardest_pos, tf.int32), tf.cast(hardest_neg, tf.int32), has_both
 
 
 def batch_hard_triplet_loss(
@@ -176,15 +184,31 @@ def batch_hard_triplet_loss(
     ``(loss, active_fraction)`` over the anchors that count.
     """
     dist = pairwise_distance(embeddings, distance)
-    is_pos, is_neg = _label_masks(labels)
-    d_ap = tf.reduce_max(tf.where(is_pos, dist, tf.zeros_like(dist)), axis=1)
-    d_an = tf.reduce_min(tf.where(is_neg, dist, tf.fill(tf.shape(dist), dist.dtype.max)), axis=1)
-    weights = _anchor_weights(is_pos, is_neg, dist.dtype)
-    # Where an anchor has no negative, d_an is dtype.max: keep the loss finite before weighting.
-    d_an = tf.where(weights > 0, d_an, d_ap)
+    hardest_pos, hardest_neg, counts = _hardest(dist, *_label_masks(labels))
+    d_ap = tf.gather(dist, hardest_pos, batch_dims=1)
+    d_an = tf.gather(dist, hardest_neg, batch_dims=1)
+    weights = tf.cast(counts, dist.dtype)
     losses = triplet_margin_loss(d_ap, d_an, margin)
     active = tf.cast(_active(d_ap, d_an, margin), dist.dtype) * weights
     return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
+
+
+def _semi_hard(dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
+    """Semi-hard selection: for each (anchor, positive), the index of its negative.
+
+    The nearest negative strictly farther than the positive; when there is none, the farthest
+    negative. Returns ``(negative index (b, b), counts (b, b))``; ``counts`` marks the
+    anchor-positive pairs whose anchor has a negative. Sorting each anchor's negatives once and
+    locating every positive distance by binary search keeps memory O(b^2).
+    """
+    big = tf.fill(tf.shape(dist), dist.dtype.max)
+    order = tf.argsort(tf.where(is_neg, dist, big), axis=1, stable=True)
+    neg_sorted = tf.gather(tf.where(is_neg, dist, big), order, batch_dims=1)
+    n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
+    first_farther = tf.searchsorted(neg_sorted, dist, side="right")
+    farthest = tf.broadcast_to(tf.maximum(n_neg - 1, 0), tf.shape(first_farther))
+    rank = tf.where(first_farther < n_neg, first_farther, farthest)
+    return tf.gather(order, rank, batch_dims=1), tf.logical_and(is_pos, n_neg > 0)
 
 
 def semi_hard_triplet_loss(
@@ -197,26 +221,53 @@ def semi_hard_triplet_loss(
     beyond it, the pair is easy and contributes 0. Fallback when no negative is farther than
     the positive (all of them are harder): the farthest negative, i.e. the least hard of the
     hard ones, as TensorFlow Addons does, which avoids the collapse that the very hardest
-    negatives cause early in training. Uses O(batch^2) memory: each anchor's negative
-    distances are sorted once and every positive distance is located by binary search.
-    Returns ``(loss, active_fraction)`` over the anchor-positive pairs.
+    negatives cause early in training. Uses O(batch^2) memory. Returns
+    ``(loss, active_fraction)`` over the anchor-positive pairs.
     """
     dist = pairwise_distance(embeddings, distance)
-    is_pos, is_neg = _label_masks(labels)
-    big = dist.dtype.max
-    neg_sorted = tf.sort(tf.where(is_neg, dist, tf.fill(tf.shape(dist), big)), axis=1)
-    n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
-    # First negative strictly farther than each positive, per anchor row.
-    first_farther = tf.searchsorted(neg_sorted, dist, side="right")
-    has_farther = first_farther < n_neg
-    farthest = tf.gather(neg_sorted, tf.maximum(n_neg - 1, 0), batch_dims=1)
-    semi = tf.gather(neg_sorted, tf.minimum(first_farther, tf.shape(dist)[1] - 1), batch_dims=1)
-    d_an = tf.where(has_farther, semi, tf.broadcast_to(farthest, tf.shape(dist)))
-    weights = tf.cast(tf.logical_and(is_pos, n_neg > 0), dist.dtype)
-    d_an = tf.where(weights > 0, d_an, dist)  # keep unused entries finite
+    negative, counts = _semi_hard(dist, *_label_masks(labels))
+    d_an = tf.gather(dist, negative, batch_dims=1)
+    weights = tf.cast(counts, dist.dtype)
     losses = triplet_margin_loss(dist, d_an, margin)
     active = tf.cast(_active(dist, d_an, margin), dist.dtype) * weights
     return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
+
+
+def mined_triplets(
+    embeddings, labels, mining: str, distance: str = "l2", margin: float | None = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """The triplets a mining strategy picks in a batch, and which of them are active.
+
+    For inspection and tests: it uses the same selection as the losses. ``batch_all`` picks
+    every valid triplet, ``batch_hard`` one per anchor, ``semi_hard`` one per anchor-positive
+    pair.
+
+    Returns
+    -------
+    triplets : ndarray of shape (m, 3)
+        ``(anchor, positive, negative)`` batch indices, sorted.
+    active : ndarray of shape (m,), bool
+        Whether each triplet has ``d(a, p) - d(a, n) + margin > 0``.
+    """
+    dist = pairwise_distance(tf.convert_to_tensor(embeddings, tf.float32), distance)
+    is_pos, is_neg = _label_masks(tf.convert_to_tensor(labels))
+    if mining == "batch_all":
+        triplets = tf.where(tf.logical_and(is_pos[:, :, None], is_neg[:, None, :]))
+    elif mining == "batch_hard":
+        hardest_pos, hardest_neg, counts = _hardest(dist, is_pos, is_neg)
+        anchors = tf.range(tf.shape(dist)[0])
+        triplets = tf.boolean_mask(tf.stack([anchors, hardest_pos, hardest_neg], 1), counts)
+    elif mining == "semi_hard":
+        negative, counts = _semi_hard(dist, is_pos, is_neg)
+        pairs = tf.cast(tf.where(counts), tf.int32)
+        triplets = tf.concat([pairs, tf.gather_nd(negative, pairs)[:, None]], axis=1)
+    else:
+        raise ValueError(f"mining must be batch_all, batch_hard or semi_hard; got {mining!r}.")
+    triplets = np.asarray(triplets, dtype=np.int64).reshape(-1, 3)
+    triplets = triplets[np.lexsort(triplets.T[::-1])]
+    d = dist.numpy()
+    a, p, n = triplets.T
+    return triplets, d[a, p] - d[a, n] + (0.0 if margin is None else margin) > 0
 
 
 BATCH_LOSSES = {
