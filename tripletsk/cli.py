@@ -1,7 +1,8 @@
 """The ``tripletsk`` command line: from a folder of images to predictions, scores and search.
 
-Commands: ``extract-features``, ``make-triplets``, ``fit``, ``predict``, ``score``, ``search``,
-``info``; ``tripletsk COMMAND --help`` shows an example of each (see ``docs/cli.md``).
+Commands: ``extract-features``, ``merge-features``, ``make-triplets``, ``fit``, ``predict``,
+``score``, ``search``, ``info``; ``tripletsk COMMAND --help`` shows an example of each (see
+``docs/cli.md``).
 
 Exit status: 0 on success, 2 for a usage error (bad option), 1 for any other error. Errors the
 user can fix (a missing file, a bad triplet line, an unknown image, a model/cache mismatch) are
@@ -85,7 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         "tripletsk extract-features images/ --weights none --image-size 32   # offline test",
     )
     add_extract_arguments(p)
+    _add_scale_arguments(p)
     p.set_defaults(run=_run_extract)
+
+    p = _command(
+        sub,
+        "merge-features",
+        "Merge the shard caches of `extract-features --shard I/N` into one cache.",
+        "tripletsk merge-features cache/features-*-of-4.h5 -o cache/features.h5",
+    )
+    p.add_argument("shards", metavar="SHARD", nargs="+", help="the N shard caches")
+    p.add_argument("-o", "--output", required=True, help="merged cache to write")
+    p.add_argument(
+        "--remove-shards", action="store_true", help="delete the shard files after the merge"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.set_defaults(run=_run_merge)
 
     p = _command(
         sub,
@@ -218,10 +234,75 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
+def _shard_arg(value: str) -> tuple[int, int]:
+    from tripletsk.shards import parse_shard
+
+    try:
+        return parse_shard(value)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """``extract-features`` options to spread the work over processes and machines."""
+    g = parser.add_argument_group("scaling out (docs/scaling.md)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="I/N",
+        help="extract only shard I of N (1-based); merge the N files with merge-features",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster (e.g. tcp://host:8786); workers need the images folder and "
+        "the output folder at the same paths",
+    )
+    where.add_argument(
+        "--dask-workers",
+        type=int,
+        metavar="N",
+        help="run on a local Dask cluster of N worker processes",
+    )
+    g.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="with --scheduler/--dask-workers: number of shards (default: 4 per worker)",
+    )
+    g.add_argument(
+        "--gpus",
+        metavar="auto|LIST",
+        help="with --dask-workers: one worker per GPU (auto: all visible; or e.g. 0,1)",
+    )
+
+
 def _run_extract(args: argparse.Namespace) -> int:
+    if args.shards is not None and args.scheduler is None and args.dask_workers is None:
+        raise UsageError("--shards needs --scheduler or --dask-workers")
+    if args.gpus is not None and args.dask_workers is None and args.scheduler is None:
+        raise UsageError("--gpus needs --dask-workers (a local cluster, one worker per GPU)")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise UsageError(f"--dask-workers must be at least 1, got {args.dask_workers}")
+    if args.shards is not None and args.shards < 1:
+        raise UsageError(f"--shards must be at least 1, got {args.shards}")
+    if args.scheduler is not None or args.dask_workers is not None or args.gpus is not None:
+        from tripletsk.distributed import run_extract_dask
+
+        return run_extract_dask(args)
     from tripletsk.extraction import run_extract
 
     return run_extract(args)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from tripletsk.shards import merge_shards
+
+    summary = merge_shards(args.shards, args.output, remove=args.remove_shards)
+    if not args.quiet:
+        print(summary.format())
+    return 0
 
 
 def _keys_of(source: str) -> tuple[np.ndarray, object]:

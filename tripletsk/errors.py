@@ -31,6 +31,10 @@ class CacheLockedError(UserError, RuntimeError):
     """Another extraction is writing the same cache."""
 
 
+class ShardError(UserError, ValueError):
+    """Shard caches that do not fit together: missing, overlapping, or from other listings."""
+
+
 class UnknownKeyError(UserError, KeyError, ValueError):
     """Some requested image keys are not in the cache."""
 

@@ -653,6 +653,7 @@ def extract_features(
     verify: bool = False,
     workers: int | None = None,
     max_pixels: int | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> ExtractionSummary:
     """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
 
@@ -686,6 +687,9 @@ def extract_features(
         Decoding threads (default: number of CPUs, at most 8).
     max_pixels : int or None
         Decompression-bomb limit (default ``PIL.Image.MAX_IMAGE_PIXELS``).
+    shard : "I/N", (I, N) or None
+        Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
+        key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
 
     Returns
     -------
@@ -726,6 +730,11 @@ def extract_features(
         raise UserError(
             f"no images found in {root} (searched {how}for {' '.join(IMAGE_EXTENSIONS)}, any case)"
         )
+    shard_attrs = None
+    if shard is not None:
+        from tripletsk.shards import select_shard
+
+        found, shard_attrs = select_shard(found, shard)
 
     out_dir = os.path.dirname(os.path.abspath(output))
     try:
@@ -743,6 +752,10 @@ def extract_features(
         old = read_header(output) if os.path.exists(output) else None
         if old is not None:
             check_provenance(old.provenance, prov, output)
+            if shard_attrs is not None or "shard" in old.attrs:
+                from tripletsk.shards import check_shard_output
+
+                check_shard_output(old.attrs, shard_attrs, output)
             if dtype is not None and dtype != old.dtype:
                 raise CacheMismatchError(
                     f"{output} stores {old.dtype} features; pass --dtype {old.dtype} (or omit "
@@ -766,6 +779,7 @@ def extract_features(
                 output=output, store_dtype=store_dtype, prov=prov, root=root,
                 image_size=image_size, batch_size=batch_size, workers=workers,
                 max_pixels=max_pixels, verify=verify, prune=prune, show=show, t0=t0,
+                shard_attrs=shard_attrs,
             )  # fmt: skip
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
@@ -782,7 +796,7 @@ def extract_features(
 
 def _run(
     *, found, old, journal, parts, spec, summary, output, store_dtype, prov, root,
-    image_size, batch_size, workers, max_pixels, verify, prune, show, t0,
+    image_size, batch_size, workers, max_pixels, verify, prune, show, t0, shard_attrs=None,
 ) -> None:  # fmt: skip
     """Classify the files (cached / resumed / to check / to extract), extract, write the cache."""
     # Latest parts entry per key (parts are newer than the cache).
@@ -906,6 +920,8 @@ def _run(
     fps = np.array(old_fps + new_fps, dtype=FINGERPRINT_DTYPE).reshape(-1)
 
     old_failed = sorted(old.failed) if old is not None else None
+    if shard_attrs is not None:  # a shard records whether it holds its whole share
+        shard_attrs = {**shard_attrs, "shard_complete": int(not interrupted)}
     fp_changed = old is not None and any(
         not np.array_equal(old.fingerprints[i], fp) for i, fp in zip(old_rows, old_fps, strict=True)
     )
@@ -916,6 +932,7 @@ def _run(
         or fp_changed
         or failed != old_failed
         or os.path.abspath(root) != old.attrs.get("image_root")
+        or any(old.attrs.get(k) != v for k, v in (shard_attrs or {}).items())
     )
     if need_write:
         now = now_iso()
@@ -930,6 +947,7 @@ def _run(
             "updated": now,
             "image_root": os.path.abspath(root),
             "generation": os.urandom(8).hex(),
+            **(shard_attrs or {}),
         }
 
         def blocks():
@@ -1225,6 +1243,7 @@ def run_extract(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             verify=getattr(args, "verify", False),
             workers=getattr(args, "workers", None),
+            shard=getattr(args, "shard", None),
         )
     except KeyboardInterrupt:
         print(
