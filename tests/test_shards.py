@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +38,11 @@ def make_images(root: Path, n: int = 24) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
     (root / "a" / "broken.jpg").write_bytes(b"not an image")
+    # Files written less than 3 s before they are hashed are hashed again on the next run (the
+    # "racy" rule of extraction): date them back so that a rerun is a pure cache hit.
+    an_hour_ago = time.time() - 3600
+    for path in root.rglob("*.*"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
     return root
 
 
