@@ -138,6 +138,9 @@ def train_head(
     import keras
 
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    # Create the optimizer's slots now: variables created inside the first call of a
+    # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
+    optimizer.build(model.trainable_variables)
     feats = tf.constant(features, dtype=tf.float32)
     labs = tf.constant(labels, dtype=tf.int32) if labels is not None else None
     triplet_loop, batch_loop = _make_steps(model, optimizer, feats, labs, distance, margin, mining)
