@@ -34,10 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np
 
 
 def write_images(folder: Path, n: int, size: int, n_classes: int, seed: int = 0) -> np.ndarray:
