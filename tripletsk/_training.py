@@ -2,7 +2,9 @@
 
 Features live in memory as one tensor; each step receives only the indices of its batch, so a
 step costs a gather and the small head. Each distinct item of a batch is embedded once,
-whatever the number of triplets it appears in.
+whatever the number of triplets it appears in. An epoch's batches are fed as stacked index
+arrays and run inside one compiled loop, so Python is not involved between steps. Measured
+throughput against the machine's matrix-multiply peak: ``benchmarks/head_training.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +32,23 @@ class TrainingResult:
     stopped_on_nan: bool = False
 
 
-def _make_steps(model, optimizer, features, labels, distance, margin, mining):
-    """Compiled train steps: one for index triplets, one for labelled batches."""
+PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.int32)], reduce_retracing=True)
+
+def _make_steps(model, optimizer, features, labels, distance, margin, mining):
+    """Compiled training loops: one for index triplets, one for labelled batches.
+
+    Each takes a stack of equally sized batches, shape (k, b, 3) or (k, b), and runs its k
+    steps inside one graph (a ``tf.while_loop``), returning each step's loss and active
+    fraction. One call per run of equal batches instead of one per step removes the Python
+    and dispatch overhead between steps, which dominates when features are narrow.
+    """
+
     def triplet_step(idx):
         unique, inverse = tf.unique(tf.reshape(idx, [-1]))
         with tf.GradientTape() as tape:
             emb = model(tf.gather(features, unique), training=True)
+            emb = tf.cast(emb, tf.float32)
             emb = tf.reshape(tf.gather(emb, inverse), [-1, 3, tf.shape(emb)[-1]])
             loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
@@ -46,16 +57,45 @@ def _make_steps(model, optimizer, features, labels, distance, margin, mining):
 
     batch_loss = BATCH_LOSSES.get(mining)  # None for triplet-only training
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], reduce_retracing=True)
     def batch_step(idx):
         with tf.GradientTape() as tape:
-            emb = model(tf.gather(features, idx), training=True)
+            emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
             loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss, active
 
-    return triplet_step, batch_step
+    def looped(step, signature):
+        @tf.function(input_signature=[signature], reduce_retracing=True)
+        def run(batches):
+            n = tf.shape(batches)[0]
+            losses = tf.TensorArray(tf.float32, size=n)
+            actives = tf.TensorArray(tf.float32, size=n)
+            for i in tf.range(n):
+                loss, active = step(batches[i])
+                losses = losses.write(i, loss)
+                actives = actives.write(i, active)
+            return losses.stack(), actives.stack()
+
+        return run
+
+    return (
+        looped(triplet_step, tf.TensorSpec([None, None, 3], tf.int32)),
+        looped(batch_step, tf.TensorSpec([None, None], tf.int32)),
+    )
+
+
+def _runs_of_equal_batches(batches: Iterable[np.ndarray]):
+    """Group consecutive batches of the same shape into stacks: (k, b, 3) or (k, b)."""
+    run: list[np.ndarray] = []
+    for batch in batches:
+        batch = np.asarray(batch)
+        if run and batch.shape != run[0].shape:
+            yield np.stack(run)
+            run = []
+        run.append(batch)
+    if run:
+        yield np.stack(run)
 
 
 def train_head(
@@ -75,6 +115,7 @@ def train_head(
     validation_score: Callable[[HeadWeights], float] | None,
     seed: int,
     verbose: int = 0,
+    precision: str = "float32",
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -84,26 +125,37 @@ def train_head(
     ``tol`` for ``n_iter_no_change`` epochs and the best weights are returned; without it, the
     same rule applies to the training loss and the last weights are returned. A non-finite loss
     stops training with a warning and returns the last finite weights.
+
+    ``precision="bfloat16"`` runs the head's layers under Keras' ``mixed_bfloat16`` policy
+    (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
+    in float32.
     """
-    model = build_keras_head(initial_weights, dropout=dropout, seed=seed)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {precision!r}.")
+    model = build_keras_head(
+        initial_weights, dropout=dropout, seed=seed, dtype=PRECISIONS[precision]
+    )
     import keras
 
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    # Create the optimizer's slots now: variables created inside the first call of a
+    # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
+    optimizer.build(model.trainable_variables)
     feats = tf.constant(features, dtype=tf.float32)
     labs = tf.constant(labels, dtype=tf.int32) if labels is not None else None
-    triplet_step, batch_step = _make_steps(model, optimizer, feats, labs, distance, margin, mining)
+    triplet_loop, batch_loop = _make_steps(model, optimizer, feats, labs, distance, margin, mining)
 
     result = TrainingResult(weights=initial_weights)
     best, best_weights, no_change = -math.inf, initial_weights, 0
     last_finite = initial_weights
     for epoch in range(max_epochs):
         losses, actives, sizes = [], [], []
-        for batch in epoch_batches(epoch, last_finite):
-            step = triplet_step if batch.ndim == 2 else batch_step
-            loss, active = step(tf.constant(batch, dtype=tf.int32))
-            losses.append(float(loss))
-            actives.append(float(active))
-            sizes.append(len(batch))
+        for run in _runs_of_equal_batches(epoch_batches(epoch, last_finite)):
+            loop = triplet_loop if run.ndim == 3 else batch_loop
+            run_losses, run_actives = loop(tf.constant(run, dtype=tf.int32))
+            losses.extend(run_losses.numpy().tolist())
+            actives.extend(run_actives.numpy().tolist())
+            sizes.extend([run.shape[1]] * len(run))
         epoch_loss = float(np.average(losses, weights=sizes))
         if not math.isfinite(epoch_loss):
             warnings.warn(

@@ -116,6 +116,13 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         gives the same embeddings; global random state is never touched.
     verbose : int, default=0
         Print the loss of each epoch when positive.
+    precision : {"float32", "bfloat16"}, default="float32"
+        Arithmetic of the head's matrix products while training. ``"bfloat16"`` uses Keras'
+        ``mixed_bfloat16`` policy on the head's layers only (float32 weights, optimizer and
+        loss; the global Keras policy is untouched). It is faster only where the hardware
+        multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, recent GPUs); the fitted
+        weights and inference stay float32. See ``benchmarks/README.md`` for measured speed
+        and accuracy.
 
     Attributes
     ----------
@@ -179,6 +186,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         "standardize": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "precision": [StrOptions({"float32", "bfloat16"})],
     }
 
     def __init__(
@@ -204,6 +212,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         standardize=True,
         random_state=None,
         verbose=0,
+        precision="float32",
     ):
         self.features = features
         self.hidden_units = hidden_units
@@ -225,6 +234,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.standardize = standardize
         self.random_state = random_state
         self.verbose = verbose
+        self.precision = precision
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -302,6 +312,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             validation_score=validation_score,
             seed=seed,
             verbose=self.verbose,
+            precision=self.precision,
         )
         self.weights_ = result.weights
         self.loss_curve_ = result.loss_curve

@@ -61,11 +61,15 @@ def forward(x: np.ndarray, weights: HeadWeights) -> np.ndarray:
     return l2_normalize(out)
 
 
-def build_keras_head(weights: HeadWeights, dropout: float = 0.0, seed: int | None = None):
+def build_keras_head(
+    weights: HeadWeights, dropout: float = 0.0, seed: int | None = None, dtype: str | None = None
+):
     """A Keras model of the head, initialised with ``weights``.
 
     Dropout layers get seeds derived from ``seed``, so training is reproducible without touching
-    Keras' global random state.
+    Keras' global random state. ``dtype`` is the Keras dtype policy of the Dense and Dropout
+    layers (e.g. ``"mixed_bfloat16"``: float32 weights, bfloat16 arithmetic); the global policy
+    is never changed, and the final L2 normalisation always runs in float32.
     """
     import keras
 
@@ -80,11 +84,12 @@ def build_keras_head(weights: HeadWeights, dropout: float = 0.0, seed: int | Non
             # A seeded initialiser: unseeded Keras ones draw from Python's global `random`.
             kernel_initializer=keras.initializers.HeUniform(seed=0 if seed is None else seed + i),
             name="embedding" if last else f"hidden_{i}",
+            dtype=dtype,
         )(x)
         if not last and dropout > 0:
             layer_seed = None if seed is None else seed + i
-            x = keras.layers.Dropout(dropout, seed=layer_seed, name=f"dropout_{i}")(x)
-    outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
+            x = keras.layers.Dropout(dropout, seed=layer_seed, name=f"dropout_{i}", dtype=dtype)(x)
+    outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalize", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="tripletsk_head")
     set_head_weights(model, weights)
     return model
