@@ -478,3 +478,12 @@ def test_hybrid_refreshes_hard_examples_with_the_head(blobs, monkeypatch):
     enc = TripletEncoder(**params).fit(X, y)
     # Once on the 12 frozen features, then on the 4-d embeddings at epochs 2 and 4.
     assert calls == [12, 4, 4] and enc.n_iter_ == 6
+
+
+def test_bfloat16_training_keeps_float32_weights_and_learns(blobs):
+    X, y = blobs
+    params = {**SMALL, "max_epochs": 30}
+    fp32 = TripletEncoder(**params).fit(X, y)
+    bf16 = TripletEncoder(precision="bfloat16", **params).fit(X, y)
+    assert all(k.dtype == np.float32 for k, _ in bf16.weights_)
+    assert bf16.score(X, y) >= fp32.score(X, y) - 0.03
