@@ -285,6 +285,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             triplets = None
         self._fit_scaler(items)
         scaled = self._scale(items)
+        del items  # often a private copy of the looked-up rows: let it go before training
 
         train, validation_score = self._split_validation(scaled, triplets, labels, rng)
         mining = self._effective_mining(labels)
@@ -334,8 +335,9 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             # Centre each feature, then divide by one overall scale (the root mean variance).
             # Per-feature unit variance would blow up near-constant features (rare pixels,
             # rarely firing CNN channels) into noise as loud as the informative ones.
-            self.feature_mean_ = items.mean(axis=0, dtype=np.float64).astype(np.float32)
-            scale = float(np.sqrt(items.var(axis=0, dtype=np.float64).mean()))
+            mean, variance = _column_mean_and_variance(items)
+            self.feature_mean_ = mean.astype(np.float32)
+            scale = float(np.sqrt(variance.mean()))
             scale = scale if scale > 10 * np.finfo(np.float32).eps else 1.0
             self.feature_scale_ = np.full(items.shape[1], scale, dtype=np.float32)
         else:
@@ -343,7 +345,10 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             self.feature_scale_ = np.ones(items.shape[1], dtype=np.float32)
 
     def _scale(self, items: np.ndarray) -> np.ndarray:
-        return ((items - self.feature_mean_) / self.feature_scale_).astype(np.float32)
+        # One new float32 array, scaled in place: features can be most of the memory.
+        scaled = np.subtract(items, self.feature_mean_, dtype=np.float32)
+        scaled /= self.feature_scale_
+        return scaled
 
     def _split_validation(self, scaled, triplets, labels, rng):
         """Training rows (triplet rows or sample rows) and the validation scorer, if any."""
@@ -480,7 +485,12 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             return features.lookup
         if isinstance(features, Mapping):
             return lambda keys: _lookup_mapping(features, keys)
-        array = check_array(features, dtype=np.float32, input_name="features")
+        # Only the rows used are converted and checked (in _lookup), not the whole array.
+        array = np.asarray(features)
+        if array.ndim != 2:
+            raise ValueError(
+                f"features must be a 2-d array (n_samples, n_features); got shape {array.shape}."
+            )
         if is_text:
             raise ValueError(
                 "features is an array, so items must be integer row indices; got strings "
@@ -505,6 +515,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         except KeyError as exc:  # a store's unknown key: keep its message, as a ValueError
             raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
         rows = check_array(np.asarray(rows), dtype=np.float32, input_name="features")
+        if len(unique) == ids.size and np.array_equal(unique, ids.ravel()):
+            return rows.reshape(*ids.shape, rows.shape[1])  # already distinct and sorted
         return rows[inverse.ravel()].reshape(*ids.shape, rows.shape[1])
 
     def _triplet_items(self, T, fitting: bool = False):
@@ -732,6 +744,19 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _column_mean_and_variance(x: np.ndarray, chunk_rows: int = 65536):
+    """Per-column mean and variance in float64, a chunk of rows at a time.
+
+    ``x.var(dtype=float64)`` would build float64 temporaries twice the size of ``x``.
+    """
+    mean = x.mean(axis=0, dtype=np.float64)
+    squares = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, len(x), chunk_rows):
+        centred = x[start : start + chunk_rows] - mean
+        squares += np.einsum("ij,ij->j", centred, centred)
+    return mean, squares / len(x)
 
 
 def _needs_y_error(T: np.ndarray) -> ValueError:
