@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--components", type=int, default=10)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256])
-    parser.add_argument("--epochs", type=int, default=2, help="extra epochs timed (E)")
+    parser.add_argument("--epochs", type=int, default=6, help="extra epochs timed (E)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=None)
     args = parser.parse_args(argv)

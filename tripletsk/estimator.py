@@ -58,6 +58,10 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         cache of ``tripletsk extract-features`` (a :class:`~tripletsk.store.FeatureStore`);
         any mapping of key -> vector works too. ``None`` means inputs hold the feature vectors
         themselves, or, for string keys, the default cache ``cache/features.h5``.
+        scikit-learn's ``clone`` (used by ``GridSearchCV``, ``cross_val_score``) deep-copies
+        a plain array once per fit; wrap a large array as
+        :class:`tripletsk.shared.SharedFeatures` (``features=SharedFeatures(X)``), which
+        clones share instead of copying, or pass a cache path / ``FeatureStore``.
     hidden_units : int or tuple of int, default=512
         Sizes of the hidden ReLU layers; ``()`` makes a linear head.
     n_components : int, default=10
