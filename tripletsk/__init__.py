@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "TripletEncoder": "tripletsk.estimator",
     "FeatureStore": "tripletsk.store",
+    "SharedFeatures": "tripletsk.shared",
     "extract_features": "tripletsk.extraction",
     "read_triplets": "tripletsk.triplets",
     "write_triplets": "tripletsk.triplets",

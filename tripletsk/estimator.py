@@ -594,7 +594,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
     def _embed_items(self, X) -> np.ndarray:
         """(n, d) features of the samples in ``X`` (rows, or indices / keys into features)."""
-        if self.features is not None and np.ndim(np.asarray(X, dtype=object)) == 1:
+        if self.features is not None and np.ndim(X) == 1:
             return self._check_width(self._lookup(np.asarray(X)), fitting=False)
         return validate_data(self, X, dtype=np.float32, reset=False)
 
