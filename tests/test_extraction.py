@@ -905,3 +905,67 @@ def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
     assert s.resumed == 8 and s.extracted == 8 and s.missing == n
     assert not any(p.startswith("f.h5.tmp-") for p in os.listdir(tmp_path))
     assert len(FeatureStore(out)) == n + 8
+
+
+# ------------------------------------------------------------------ backends and precision
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """Eight real, photo-like PNGs (crops of scikit-learn's sample photos)."""
+    from sklearn.datasets import load_sample_images
+
+    root = tmp_path_factory.mktemp("photos")
+    for i, image in enumerate(load_sample_images().images):
+        for j in range(4):
+            crop = image[j * 60 : j * 60 + 200, j * 80 : j * 80 + 200]
+            Image.fromarray(crop).save(root / f"{i}-{j}.png")
+    return root
+
+
+def _cosines(a, b):
+    a = a - a.mean(0)  # random-weight features share a large common part: compare what differs
+    b = b - b.mean(0)
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_bfloat16_extraction_is_recorded_close_to_float32_and_never_mixed(photo_folder, tmp_path):
+    from tripletsk.errors import CacheMismatchError
+    from tripletsk.extraction import features_for_files
+
+    run = dict(weights="none", image_size=64, batch_size=4, quiet=True)
+    fp32, bf16 = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
+    extract_features(photo_folder, fp32, **run)
+    extract_features(photo_folder, bf16, precision="bfloat16", **run)
+    a, b = FeatureStore(fp32), FeatureStore(bf16)
+    assert (
+        b.provenance["compute_dtype"] == "bfloat16" and a.provenance["compute_dtype"] == "float32"
+    )
+    assert a.keys == b.keys
+    assert _cosines(a.to_array(), b.to_array()).min() >= 0.99
+    with pytest.raises(CacheMismatchError, match="compute_dtype"):
+        extract_features(photo_folder, bf16, **run)  # float32 into a bfloat16 cache
+    again = features_for_files([photo_folder / b.keys[0]], like=b)  # rebuilt in bfloat16
+    np.testing.assert_allclose(again[0], b.lookup([b.keys[0]])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_openvino_backend_matches_tensorflow(photo_folder, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    run = dict(weights="none", image_size=64, batch_size=4, quiet=True)
+    extract_features(photo_folder, tmp_path / "tf.h5", **run)
+    extract_features(photo_folder, tmp_path / "ov.h5", backend="openvino", **run)
+    tf_store, ov_store = FeatureStore(tmp_path / "tf.h5"), FeatureStore(tmp_path / "ov.h5")
+    assert ov_store.provenance["backend"] == "openvino"
+    np.testing.assert_allclose(ov_store.to_array(), tf_store.to_array(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("backend", "precision", "match"),
+    [("onnx", "float32", "--backend must be one of"), ("tensorflow", "int8", "--precision")],
+)
+def test_unknown_backend_or_precision(photo_folder, tmp_path, backend, precision, match):
+    from tripletsk.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        extract_features(photo_folder, tmp_path / "x.h5", weights="none", image_size=64,
+                         backend=backend, precision=precision)  # fmt: skip

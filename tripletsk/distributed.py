@@ -277,7 +277,7 @@ def _check_output(output: str, kwargs: dict) -> None:
     """Fail early, on the client, if ``output`` exists with other settings or is a shard."""
     if not os.path.exists(output):
         return
-    from tripletsk.extraction import provenance_for, resolve_weights
+    from tripletsk.extraction import check_backend, provenance_for, resolve_weights
 
     old = read_header(output)
     if "shard" in old.attrs:
@@ -285,7 +285,9 @@ def _check_output(output: str, kwargs: dict) -> None:
             f"{output} is shard {old.attrs['shard']}; write the cluster's result to another -o"
         )
     spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
-    check_provenance(old.provenance, provenance_for(spec, kwargs.get("image_size", 224)), output)
+    backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
+    expected = provenance_for(spec, kwargs.get("image_size", 224), *backend)
+    check_provenance(old.provenance, expected, output)
 
 
 def extract_with_dask(
@@ -439,6 +441,8 @@ def run_extract_dask(args: argparse.Namespace) -> int:
         seed=args.seed,
         verify=args.verify,
         workers=args.workers,
+        backend=args.backend,
+        precision=args.precision,
     )
     if not args.quiet:
         print(s.format())

@@ -416,15 +416,37 @@ def resolve_weights(weights, seed: int = 0) -> WeightsSpec:
     return WeightsSpec("file", f"file:blake2b={b2}", path, 0, os.path.abspath(path))
 
 
-def provenance_for(spec: WeightsSpec, image_size: int) -> dict:
-    """The attributes that identify the features a model produces."""
+BACKENDS = ("tensorflow", "openvino")
+
+
+def check_backend(backend: str, precision: str) -> tuple[str, str]:
+    """Validated ``(backend, precision)``; precision spelled ``float32`` or ``bfloat16``."""
+    from tripletsk.backends import normalize_precision
+
+    if backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    try:
+        return backend, normalize_precision(precision)
+    except ValueError as e:
+        raise UserError(f"--precision: {e}") from None
+
+
+def provenance_for(
+    spec: WeightsSpec, image_size: int, backend: str = "tensorflow", precision: str = "float32"
+) -> dict:
+    """The attributes that identify the features a model produces.
+
+    ``compute_dtype`` takes part in the mismatch check: bfloat16 and float32 features are never
+    mixed in one cache. The backend is recorded but not checked, since TensorFlow and OpenVINO
+    agree to float32 rounding at the same precision.
+    """
     return {
         "backbone": BACKBONE,
         "weights": spec.identity,
         "image_size": int(image_size),
         "preprocessing": PREPROCESSING,
-        "compute_dtype": "float32",
-        "backend": "tensorflow",
+        "compute_dtype": precision,
+        "backend": backend,
         "weights_source": spec.source,
     }
 
@@ -459,20 +481,32 @@ class Backbone:
     same whatever else is in its batch.
     """
 
-    def __init__(self, model, spec: WeightsSpec, image_size: int, batch_size: int):
+    def __init__(
+        self,
+        model,
+        spec: WeightsSpec,
+        image_size: int,
+        batch_size: int,
+        backend: str = "tensorflow",
+        precision: str = "float32",
+    ):
         import tensorflow as tf
         from keras.applications.resnet50 import preprocess_input
 
         self.model, self.spec = model, spec
         self.image_size, self.batch_size = int(image_size), int(batch_size)
-        self.provenance = provenance_for(spec, image_size)
+        self.provenance = provenance_for(spec, image_size, backend, precision)
         self.dim = int(model.output_shape[-1])
-        sig = [tf.TensorSpec([self.batch_size, self.image_size, self.image_size, 3], tf.uint8)]
+        if (backend, precision) == ("tensorflow", "float32"):
+            sig = [tf.TensorSpec([self.batch_size, self.image_size, self.image_size, 3], tf.uint8)]
 
-        def forward(x):
-            return model(preprocess_input(tf.cast(x, tf.float32)), training=False)
+            def forward(x):
+                return model(preprocess_input(tf.cast(x, tf.float32)), training=False)
 
-        self._fn = tf.function(forward, input_signature=sig, jit_compile=False)
+            compiled = tf.function(forward, input_signature=sig, jit_compile=False)
+            self._fn = lambda x: compiled(x).numpy()
+        else:
+            self._fn = _backend_runner(model, backend, precision, self.batch_size)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.uint8)
@@ -485,8 +519,24 @@ class Backbone:
             m = len(chunk)
             if m < b:
                 chunk = np.concatenate([chunk, np.zeros((b - m, s, s, 3), np.uint8)])
-            out[start : start + m] = self._fn(chunk).numpy()[:m]
+            out[start : start + m] = self._fn(chunk)[:m]
         return out
+
+
+def _backend_runner(model, backend: str, precision: str, batch_size: int):
+    """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16)."""
+    from keras.applications.resnet50 import preprocess_input
+
+    from tripletsk import backends
+
+    if backend == "openvino":
+        try:
+            run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
+        except ImportError as e:
+            raise UserError(str(e)) from None
+    else:
+        run = backends.make_tensorflow_runner(model, precision)
+    return lambda x: run(preprocess_input(np.asarray(x, dtype=np.float32)))
 
 
 def _quiet_tf() -> None:
@@ -494,7 +544,12 @@ def _quiet_tf() -> None:
 
 
 def build_backbone(
-    weights="imagenet", image_size: int = 224, seed: int = 0, batch_size: int = 32
+    weights="imagenet",
+    image_size: int = 224,
+    seed: int = 0,
+    batch_size: int = 32,
+    backend: str = "tensorflow",
+    precision: str = "float32",
 ) -> Backbone:
     """Build the frozen ResNet50 backbone and compile its forward function.
 
@@ -545,7 +600,7 @@ def build_backbone(
         )
         _seeded_init(model, spec.seed)
     model.trainable = False
-    return Backbone(model, spec, image_size, batch_size)
+    return Backbone(model, spec, image_size, batch_size, *check_backend(backend, precision))
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,6 +709,8 @@ def extract_features(
     workers: int | None = None,
     max_pixels: int | None = None,
     shard: str | tuple[int, int] | None = None,
+    backend: str = "tensorflow",
+    precision: str = "float32",
 ) -> ExtractionSummary:
     """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
 
@@ -690,6 +747,12 @@ def extract_features(
     shard : "I/N", (I, N) or None
         Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
         key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
+    backend : "tensorflow" or "openvino", default "tensorflow"
+        What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``.
+    precision : "float32" or "bfloat16", default "float32"
+        Arithmetic of the model. bfloat16 is faster only on hardware with native bfloat16
+        (AVX512-BF16 or AMX CPUs, recent GPUs); its features differ slightly from float32 ones
+        (``benchmarks/extraction_bf16.py``), so a cache holds one precision only.
 
     Returns
     -------
@@ -720,7 +783,7 @@ def extract_features(
     if os.path.isdir(output):
         raise UserError(f"--output must be a file path, not a folder: {output}")
     spec = resolve_weights(weights, seed)
-    prov = provenance_for(spec, image_size)
+    prov = provenance_for(spec, image_size, *check_backend(backend, precision))
     show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
     workers = int(workers) if workers else min(8, os.cpu_count() or 1)
 
@@ -875,8 +938,9 @@ def _run(
     interrupted = False
     if pending:
         interrupted = _extract_pending(
-            pending, journal, spec, image_size, batch_size, workers, max_pixels, show, summary, t0
-        )
+            pending, journal, spec, image_size, batch_size, workers, max_pixels, show, summary, t0,
+            backend=prov["backend"], precision=prov["compute_dtype"],
+        )  # fmt: skip
         for k, (pi, r) in _latest_entries(journal.parts, {f.key for f in pending}).items():
             if pi is None:
                 failed_now[k] = r
@@ -1009,8 +1073,9 @@ def _write_failed_list(output: str, failed: list) -> str | None:
 
 
 def _extract_pending(
-    pending, journal, spec, image_size, batch_size, workers, max_pixels, show, summary, t0
-) -> bool:
+    pending, journal, spec, image_size, batch_size, workers, max_pixels, show, summary, t0,
+    backend="tensorflow", precision="float32",
+) -> bool:  # fmt: skip
     """Decode (threads) and run the model batch by batch, writing one journal part per batch.
     Returns True if interrupted by KeyboardInterrupt."""
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
@@ -1045,7 +1110,7 @@ def _extract_pending(
             ok = [r for r in results if r.array is not None]
             if ok:
                 if backbone is None:  # the decoding of the next batches runs meanwhile
-                    backbone = _cached_backbone(spec, image_size, batch_size)
+                    backbone = _cached_backbone(spec, image_size, batch_size, backend, precision)
                     summary.setup_seconds = time.perf_counter() - t0
                     t = time.perf_counter()
                 tm["wait_decode"] += time.perf_counter() - t
@@ -1100,17 +1165,27 @@ _BACKBONES: dict = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def _cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int) -> Backbone:
-    """Build a backbone once per (weights, image size, batch size) in this process."""
-    key = (spec.identity, spec.path, int(image_size), int(batch_size))
+def _cached_backbone(
+    spec: WeightsSpec,
+    image_size: int,
+    batch_size: int,
+    backend: str = "tensorflow",
+    precision: str = "float32",
+) -> Backbone:
+    """Build a backbone once per (weights, image size, batch size, backend) in this process."""
+    key = (spec.identity, spec.path, int(image_size), int(batch_size), backend, precision)
     with _BACKBONES_LOCK:
         bb = _BACKBONES.get(key)
         if bb is None:
-            bb = build_backbone(spec, image_size, spec.seed, batch_size)
+            bb = build_backbone(spec, image_size, spec.seed, batch_size, backend, precision)
             bb(np.zeros((1, image_size, image_size, 3), np.uint8))  # trace now
             _BACKBONES.clear()  # keep one model in memory
             _BACKBONES[key] = bb
         return bb
+
+
+def _dtype(prov: dict) -> str:
+    return str(prov.get("compute_dtype") or "float32")
 
 
 def features_for_files(
@@ -1146,7 +1221,7 @@ def features_for_files(
         if spec.kind == "none":
             m = re.match(r"none:seed=(-?\d+)", ident)
             spec = resolve_weights("none", int(m.group(1)) if m else 0)
-        check_provenance(prov, provenance_for(spec, image_size), store.path)
+        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
     elif ident.startswith("none:"):
         m = re.match(r"none:seed=(-?\d+):init=(.*)$", ident)
         if not m or m.group(2) != RANDOM_INIT:
@@ -1163,7 +1238,7 @@ def features_for_files(
                 "pass weights=PATH (the same file)"
             )
         spec = resolve_weights(src)
-        check_provenance(prov, provenance_for(spec, image_size), store.path)
+        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
     arrays = []
     for p in paths:
         try:
@@ -1172,7 +1247,9 @@ def features_for_files(
             raise UserError(f"cannot read {os.fspath(p)} as an image: {e}") from None
     if not arrays:
         return np.zeros((0, store.dim), np.float32)
-    backbone = _cached_backbone(spec, image_size, int(batch_size))
+    backend = str(prov.get("backend") or "tensorflow")
+    precision = _dtype(prov)
+    backbone = _cached_backbone(spec, image_size, int(batch_size), backend, precision)
     return backbone(np.stack(arrays))
 
 
@@ -1220,6 +1297,20 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "modification time changed)",
     )
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="tensorflow",
+        help="what runs the model; openvino needs `pip install tripletsk[openvino]` "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model arithmetic; bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs "
+        "(default: %(default)s)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -1243,6 +1334,8 @@ def run_extract(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             verify=getattr(args, "verify", False),
             workers=getattr(args, "workers", None),
+            backend=getattr(args, "backend", "tensorflow"),
+            precision=getattr(args, "precision", "float32"),
             shard=getattr(args, "shard", None),
         )
     except KeyboardInterrupt:
