@@ -356,7 +356,7 @@ def extract_with_dask(
     root, output = os.path.abspath(images_dir), os.path.abspath(output)
     bad = set(extract_kwargs) - {
         "weights", "image_size", "batch_size", "dtype", "recursive", "prune", "seed", "verify",
-        "workers", "max_pixels",
+        "workers", "max_pixels", "backend", "precision",
     }  # fmt: skip
     if bad:
         raise TypeError(f"extract_with_dask() got unexpected arguments {sorted(bad)}")
@@ -424,6 +424,8 @@ def extract_with_dask(
 
 def run_extract_dask(args: argparse.Namespace) -> int:
     """``tripletsk extract-features --scheduler ADDRESS | --dask-workers N`` from parsed args."""
+    from tripletsk.extraction import extraction_options
+
     s = extract_with_dask(
         args.images_dir,
         args.output,
@@ -431,18 +433,7 @@ def run_extract_dask(args: argparse.Namespace) -> int:
         n_workers=args.dask_workers,
         n_shards=args.shards,
         gpus=args.gpus,
-        quiet=args.quiet,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        recursive=args.recursive,
-        prune=args.prune,
-        seed=args.seed,
-        verify=args.verify,
-        workers=args.workers,
-        backend=args.backend,
-        precision=args.precision,
+        **extraction_options(args),
     )
     if not args.quiet:
         print(s.format())

@@ -1315,6 +1315,24 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def extraction_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`extract_features` that the parsed options set."""
+    return {
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "recursive": args.recursive,
+        "prune": args.prune,
+        "seed": args.seed,
+        "quiet": args.quiet,
+        "verify": getattr(args, "verify", False),
+        "workers": getattr(args, "workers", None),
+        "backend": getattr(args, "backend", "tensorflow"),
+        "precision": getattr(args, "precision", "float32"),
+    }
+
+
 def run_extract(args: argparse.Namespace) -> int:
     """Run ``extract-features`` from parsed arguments; print the summary; return the exit code.
 
@@ -1324,19 +1342,8 @@ def run_extract(args: argparse.Namespace) -> int:
         s = extract_features(
             args.images_dir,
             output=args.output,
-            weights=args.weights,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            recursive=args.recursive,
-            prune=args.prune,
-            seed=args.seed,
-            quiet=args.quiet,
-            verify=getattr(args, "verify", False),
-            workers=getattr(args, "workers", None),
-            backend=getattr(args, "backend", "tensorflow"),
-            precision=getattr(args, "precision", "float32"),
             shard=getattr(args, "shard", None),
+            **extraction_options(args),
         )
     except KeyboardInterrupt:
         print(
