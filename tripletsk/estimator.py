@@ -452,15 +452,22 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             and self.loss_curve_
             and abs(self.loss_curve_[-1] - self.margin) < 1e-3 * max(self.margin, 1e-3)
         )
-        if spread < 1e-3 or stuck:
-            warnings.warn(
-                f"The embedding collapsed: the mean distance of embeddings to their centre is "
-                f"{spread:.2e} and the final loss is {self.loss_curve_[-1]:.4f} "
-                f"(margin {self.margin}). Keep standardize=True, lower learning_rate, or check "
-                "that the features differ between images.",
-                EmbeddingCollapseWarning,
-                stacklevel=3,
+        if spread < 1e-3:
+            what = f"the embedding collapsed (mean distance to the centre {spread:.2e})"
+        elif stuck:
+            what = (
+                f"the loss stayed at the margin ({self.loss_curve_[-1]:.4f}, margin "
+                f"{self.margin}): anchors are no closer to positives than to negatives, so "
+                "nothing was learned (or the triplets carry no signal)"
             )
+        else:
+            return
+        warnings.warn(
+            f"Training failed: {what}. Keep standardize=True, lower learning_rate, or check "
+            "that the features differ between images and the triplets agree with them.",
+            EmbeddingCollapseWarning,
+            stacklevel=3,
+        )
 
     # ------------------------------------------------------------------ inputs
 
