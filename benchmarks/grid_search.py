@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import peak_rss  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
@@ -100,16 +101,6 @@ def time_part(args) -> None:
     print(f"  one fit + score alone:       {alone:8.2f} s (mean of before and after)")
     print(f"  ratio per fit / alone:       {wall / n_fits / alone:8.2f}")
     print(f"  best: {search.best_params_}, mean held-out accuracy {search.best_score_:.4f}")
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (Linux VmHWM; unlike ru_maxrss it is
-    not inherited from the parent across fork + exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def memory_child(variant: str, rows: int) -> None:

@@ -27,19 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import peak_rss  # benchmarks/ is on sys.path when a script runs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def peak_rss() -> int:
-    """Peak resident memory of this process in bytes (Linux VmHWM; unlike ru_maxrss it is
-    not inherited from the parent across fork + exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def child(rows: int, features_kind: str) -> None:
