@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -488,10 +489,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                     "pass features= (a cache path, a FeatureStore or a key -> vector mapping)."
                 )
         if isinstance(features, str | os.PathLike):
-            from tripletsk.store import FeatureStore
-
-            store = FeatureStore(features)
-            return store.lookup
+            return _open_cache(features).lookup
         if hasattr(features, "lookup"):
             return features.lookup
         if isinstance(features, Mapping):
@@ -755,6 +753,30 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _open_cache(path):
+    """The FeatureStore of a cache path, opened once per version of the file.
+
+    Opening reads every key to build the key index; ``transform`` and ``search`` call lookups
+    chunk by chunk, so reopening each time would repeat that work. The file's identity (inode,
+    size, modification time) is part of the cache key: extraction replaces the file atomically,
+    so a re-extracted cache is opened afresh.
+    """
+    path = os.path.abspath(os.fspath(path))
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None  # let FeatureStore raise its own, clear error
+    identity = None if stat is None else (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return _open_cache_version(path, identity)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cache_version(path: str, identity):
+    from tripletsk.store import FeatureStore
+
+    return FeatureStore(path)
 
 
 def _column_mean_and_variance(x: np.ndarray, chunk_rows: int = 65536):
