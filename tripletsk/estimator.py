@@ -544,13 +544,13 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             # in the standardisation and is embedded once per batch.
             items, inverse = np.unique(flat, axis=0, return_inverse=True)
             return self._check_width(items, fitting), inverse.reshape(-1, 3)
+        # (n, 3) ids: always with features=; without, keys use the default cache and integer
+        # indices get _feature_source's "need features=" error. Float rows need labels.
         if (
             T.ndim == 2
             and T.shape[1] == 3
-            and (self.features is not None or T.dtype.kind in "USO" or T.dtype.kind in "iu")
+            and (self.features is not None or T.dtype.kind in "iuUSO")
         ):
-            if T.dtype.kind in "fc" and self.features is None:
-                raise _needs_y_error(T)
             unique, inverse = np.unique(_as_ids(T), return_inverse=True)
             items = self._lookup(unique)
             return self._check_width(items, fitting), inverse.reshape(-1, 3)
