@@ -1,22 +1,27 @@
 """The TensorFlow training loop of the head (private: used by ``TripletEncoder.fit``).
 
-Features live in memory as one tensor; each step receives only the indices of its batch, so a
-step costs a gather and the small head. Each distinct item of a batch is embedded once,
-whatever the number of triplets it appears in. An epoch's batches are fed as stacked index
-arrays and run inside one compiled loop, so Python is not involved between steps. Measured
-throughput against the machine's matrix-multiply peak: ``benchmarks/head_training.py``.
+An epoch's batches are fed in windows: consecutive, equally shaped batches whose rows together
+fit in ``WINDOW_BYTES``. A window's distinct rows are read once (standardised, as one tensor)
+and its batches arrive as stacked index arrays into it; they run inside one compiled loop, so
+Python is not involved between steps. Each distinct item of a batch is embedded once, however
+many triplets it appears in. The next window is read in a background thread while the current
+one trains, so reading overlaps computing, and memory stays O(window) whatever the number of
+cached images. Measured throughput against the machine's matrix-multiply peak:
+``benchmarks/head_training.py``; memory: ``benchmarks/memory.py``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
+from tripletsk._rows import FeatureRows
 from tripletsk.head import HeadWeights, build_keras_head, get_head_weights
 from tripletsk.losses import BATCH_LOSSES, triplet_loss
 
@@ -34,17 +39,22 @@ class TrainingResult:
 
 PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
+# Feature rows read per window (64 MiB: 8,192 rows at 2048-d, ~10 batches of 256 triplets).
+# Two windows are alive at once (one training, one being read), plus TensorFlow's copy.
+WINDOW_BYTES = 64 * 2**20
 
-def _make_steps(model, optimizer, features, labels, distance, margin, mining):
+
+def _make_steps(model, optimizer, distance, margin, mining):
     """Compiled training loops: one for index triplets, one for labelled batches.
 
-    Each takes a stack of equally sized batches, shape (k, b, 3) or (k, b), and runs its k
-    steps inside one graph (a ``tf.while_loop``), returning each step's loss and active
-    fraction. One call per run of equal batches instead of one per step removes the Python
-    and dispatch overhead between steps, which dominates when features are narrow.
+    Each takes a window's features (and labels), and a stack of equally sized batches of
+    indices into them, shape (k, b, 3) or (k, b), and runs its k steps inside one graph (a
+    ``tf.while_loop``), returning each step's loss and active fraction. One call per window
+    instead of one per step removes the Python and dispatch overhead between steps, which
+    dominates when features are narrow.
     """
 
-    def triplet_step(idx):
+    def triplet_step(features, labels, idx):
         unique, inverse = tf.unique(tf.reshape(idx, [-1]))
         with tf.GradientTape() as tape:
             emb = model(tf.gather(features, unique), training=True)
@@ -57,7 +67,7 @@ def _make_steps(model, optimizer, features, labels, distance, margin, mining):
 
     batch_loss = BATCH_LOSSES.get(mining)  # None for triplet-only training
 
-    def batch_step(idx):
+    def batch_step(features, labels, idx):
         with tf.GradientTape() as tape:
             emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
             loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
@@ -66,13 +76,20 @@ def _make_steps(model, optimizer, features, labels, distance, margin, mining):
         return loss, active
 
     def looped(step, signature):
-        @tf.function(input_signature=[signature], reduce_retracing=True)
-        def run(batches):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.float32),
+                tf.TensorSpec([None], tf.int32),
+                signature,
+            ],
+            reduce_retracing=True,
+        )
+        def run(features, labels, batches):
             n = tf.shape(batches)[0]
             losses = tf.TensorArray(tf.float32, size=n)
             actives = tf.TensorArray(tf.float32, size=n)
             for i in tf.range(n):
-                loss, active = step(batches[i])
+                loss, active = step(features, labels, batches[i])
                 losses = losses.write(i, loss)
                 actives = actives.write(i, active)
             return losses.stack(), actives.stack()
@@ -85,21 +102,51 @@ def _make_steps(model, optimizer, features, labels, distance, margin, mining):
     )
 
 
-def _runs_of_equal_batches(batches: Iterable[np.ndarray]):
-    """Group consecutive batches of the same shape into stacks: (k, b, 3) or (k, b)."""
+def _windows(batches: Iterable[np.ndarray], max_rows: int) -> Iterator[np.ndarray]:
+    """Group consecutive batches into stacks (k, b, 3) or (k, b): equal shapes, at most
+    ``max_rows`` indices in all (a larger batch is a window of its own)."""
     run: list[np.ndarray] = []
+    size = 0
     for batch in batches:
         batch = np.asarray(batch)
-        if run and batch.shape != run[0].shape:
+        if run and (batch.shape != run[0].shape or size + batch.size > max_rows):
             yield np.stack(run)
-            run = []
+            run, size = [], 0
         run.append(batch)
+        size += batch.size
     if run:
         yield np.stack(run)
 
 
+def _read_window(items: FeatureRows, labels: np.ndarray | None, stack: np.ndarray):
+    """A window's distinct rows (standardised), their labels, and the batches as indices into
+    those rows: tensors for the compiled loop."""
+    ids, local = np.unique(stack, return_inverse=True)
+    window_labels = labels[ids] if labels is not None else np.zeros(0, dtype=np.int32)
+    return (
+        tf.convert_to_tensor(items.take(ids)),
+        tf.convert_to_tensor(window_labels, dtype=tf.int32),
+        tf.convert_to_tensor(local.reshape(stack.shape), dtype=tf.int32),
+    )
+
+
+def _read_ahead(iterable: Iterable) -> Iterator:
+    """Iterate ``iterable`` one item ahead in a background thread.
+
+    TensorFlow releases the GIL while it trains on one window, so the next window's batches are
+    planned and its rows read meanwhile.
+    """
+    done = object()
+    iterator = iter(iterable)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripletsk-read") as pool:
+        pending = pool.submit(next, iterator, done)
+        while (item := pending.result()) is not done:
+            pending = pool.submit(next, iterator, done)
+            yield item
+
+
 def train_head(
-    features: np.ndarray,
+    items: FeatureRows,
     initial_weights: HeadWeights,
     epoch_batches: Callable[[int, HeadWeights], Iterable[np.ndarray]],
     *,
@@ -119,6 +166,7 @@ def train_head(
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
+    ``items`` are the (standardised) feature rows, read a window at a time.
     ``epoch_batches(epoch, current_weights)`` yields the epoch's batches: arrays of shape
     (b, 3) of item indices (triplets) or of shape (b,) (labelled batches mined online with
     ``mining``). With ``validation_score``, training stops once the score has not improved by
@@ -141,21 +189,22 @@ def train_head(
     # Create the optimizer's slots now: variables created inside the first call of a
     # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
     optimizer.build(model.trainable_variables)
-    feats = tf.constant(features, dtype=tf.float32)
-    labs = tf.constant(labels, dtype=tf.int32) if labels is not None else None
-    triplet_loop, batch_loop = _make_steps(model, optimizer, feats, labs, distance, margin, mining)
+    triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)
+    window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
 
     result = TrainingResult(weights=initial_weights)
     best, best_weights, no_change = -math.inf, initial_weights, 0
     last_finite = initial_weights
     for epoch in range(max_epochs):
         losses, actives, sizes = [], [], []
-        for run in _runs_of_equal_batches(epoch_batches(epoch, last_finite)):
-            loop = triplet_loop if run.ndim == 3 else batch_loop
-            run_losses, run_actives = loop(tf.constant(run, dtype=tf.int32))
+        windows = _windows(epoch_batches(epoch, last_finite), window_rows)
+        read = (_read_window(items, labels, stack) for stack in windows)
+        for features, window_labels, stack in _read_ahead(read):
+            loop = triplet_loop if stack.shape.rank == 3 else batch_loop
+            run_losses, run_actives = loop(features, window_labels, stack)
             losses.extend(run_losses.numpy().tolist())
             actives.extend(run_actives.numpy().tolist())
-            sizes.extend([run.shape[1]] * len(run))
+            sizes.extend([int(stack.shape[1])] * int(stack.shape[0]))
         epoch_loss = float(np.average(losses, weights=sizes))
         if not math.isfinite(epoch_loss):
             warnings.warn(

@@ -18,7 +18,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from tripletsk.head import forward, init_head_weights, normalize_hidden_units
+from tripletsk._rows import FeatureRows, embed
+from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
 from tripletsk.triplets import pk_batches, sample_label_triplets
 
@@ -288,21 +289,22 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                 )
             items, labels = self._labelled_items(X, y)
             triplets = None
+        # ``items`` describes the rows used without copying them: memory stays the features
+        # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
         self._fit_scaler(items)
-        scaled = self._scale(items)
-        del items  # often a private copy of the looked-up rows: let it go before training
+        items = items.standardized(self.feature_mean_, self.feature_scale_)
 
-        train, validation_score = self._split_validation(scaled, triplets, labels, rng)
+        train, validation_score = self._split_validation(items, triplets, labels, rng)
         mining = self._effective_mining(labels)
-        init = init_head_weights(scaled.shape[1], hidden, self.n_components, rng)
+        init = init_head_weights(items.n_features, hidden, self.n_components, rng)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
-        epoch_batches = self._batch_plan(scaled, triplets, labels, train, mining, batch_rng)
+        epoch_batches = self._batch_plan(items, triplets, labels, train, mining, batch_rng)
 
         from tripletsk._training import train_head  # TensorFlow is needed only from here
 
         result = train_head(
-            scaled,
+            items,
             init,
             epoch_batches,
             labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
@@ -326,7 +328,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
         self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
-        self._warn_if_collapsed(scaled, rng)
+        self._warn_if_collapsed(items, rng)
         return self
 
     def _effective_mining(self, labels) -> str:
@@ -334,20 +336,21 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             return "hard" if self.mining == "hard" else "given"
         return "batch_hard" if self.mining == "auto" else self.mining
 
-    def _fit_scaler(self, items: np.ndarray) -> None:
-        self.n_features_in_ = items.shape[1]
+    def _fit_scaler(self, items: FeatureRows) -> None:
+        self.n_features_in_ = d = items.n_features
+        # One pass over the rows: checks them (NaN, infinity) and gives the statistics.
+        mean, variance = items.checked_mean_and_variance()
         if self.standardize:
             # Centre each feature, then divide by one overall scale (the root mean variance).
             # Per-feature unit variance would blow up near-constant features (rare pixels,
             # rarely firing CNN channels) into noise as loud as the informative ones.
-            mean, variance = _column_mean_and_variance(items)
             self.feature_mean_ = mean.astype(np.float32)
             scale = float(np.sqrt(variance.mean()))
             scale = scale if scale > 10 * np.finfo(np.float32).eps else 1.0
-            self.feature_scale_ = np.full(items.shape[1], scale, dtype=np.float32)
+            self.feature_scale_ = np.full(d, scale, dtype=np.float32)
         else:
-            self.feature_mean_ = np.zeros(items.shape[1], dtype=np.float32)
-            self.feature_scale_ = np.ones(items.shape[1], dtype=np.float32)
+            self.feature_mean_ = np.zeros(d, dtype=np.float32)
+            self.feature_scale_ = np.ones(d, dtype=np.float32)
 
     def _scale(self, items: np.ndarray) -> np.ndarray:
         # One new float32 array, scaled in place: features can be most of the memory.
@@ -355,7 +358,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         scaled /= self.feature_scale_
         return scaled
 
-    def _split_validation(self, scaled, triplets, labels, rng):
+    def _split_validation(self, items: FeatureRows, triplets, labels, rng):
         """Training rows (triplet rows or sample rows) and the validation scorer, if any."""
         n = len(triplets) if triplets is not None else len(labels)
         everything = np.arange(n)
@@ -365,11 +368,12 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             train, held = train_test_split(
                 everything, test_size=self.validation_fraction, random_state=rng
             )
-            held_triplets = triplets[held]
+            # Only the held-out triplets' items are embedded to score an epoch.
+            held_items, held_triplets = np.unique(triplets[held], return_inverse=True)
+            held_triplets = held_triplets.reshape(-1, 3)
 
             def score(weights):
-                emb = forward(scaled, weights)
-                d_ap, d_an = self._paired(emb, held_triplets)
+                d_ap, d_an = self._paired(embed(items, weights, held_items), held_triplets)
                 return triplet_accuracy(d_ap, d_an)
 
             return train, score
@@ -389,14 +393,14 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
         def score(weights):
             try:
-                return label_triplet_accuracy(forward(scaled[held], weights), labels[held], metric)
+                return label_triplet_accuracy(embed(items, weights, held), labels[held], metric)
             except ValueError:  # the held-out labels define no triplet
                 return 0.0
 
         return train, score
 
-    def _batch_plan(self, scaled, triplets, labels, train, mining, rng):
-        """A function epoch -> batches of indices into ``scaled``, for the training loop."""
+    def _batch_plan(self, items: FeatureRows, triplets, labels, train, mining, rng):
+        """A function epoch -> batches of indices into ``items``, for the training loop."""
         batch_size = self.batch_size
         if labels is None:
             train_triplets = triplets[train]
@@ -404,7 +408,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             def given(epoch, weights):
                 epoch_triplets = train_triplets
                 if mining == "hard":
-                    mined = _hardest_known(train_triplets, forward(scaled, weights), self.distance)
+                    mined = _hardest_known(train_triplets, embed(items, weights), self.distance)
                     epoch_triplets = np.concatenate([train_triplets, mined])
                 order = rng.permutation(len(epoch_triplets))
                 for start in range(0, len(order), batch_size):
@@ -424,7 +428,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         p = max(2, batch_size // k)
         hard = None
         if mining == "hybrid":
-            hard = _offline_hard_examples(scaled[train], train_labels, self.hard_per_anchor)
+            hard = _offline_hard_examples(items.select(train), train_labels, self.hard_per_anchor)
 
         def pk(epoch, weights):
             nonlocal hard
@@ -435,7 +439,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                 and epoch % self.refresh_every == 0
             ):
                 # Re-mine with the head as trained so far: what is hard changes as it learns.
-                embedded = forward(scaled[train], weights)
+                embedded = embed(items, weights, train)
                 hard = _offline_hard_examples(embedded, train_labels, self.hard_per_anchor)
             for batch in pk_batches(train_labels, p, k, random_state=rng):
                 if hard is not None:
@@ -444,9 +448,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
         return pk
 
-    def _warn_if_collapsed(self, scaled, rng) -> None:
-        sample = scaled[rng.permutation(len(scaled))[:2000]]
-        emb = forward(sample, self.weights_)
+    def _warn_if_collapsed(self, items: FeatureRows, rng) -> None:
+        emb = embed(items, self.weights_, np.sort(rng.permutation(len(items))[:2000]))
         spread = float(np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean())
         stuck = (
             self.margin is not None
@@ -472,10 +475,27 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ inputs
 
-    def _feature_source(self, ids: np.ndarray):
-        """A function ids -> (n, d) feature rows, from ``self.features``."""
+    def _feature_rows(self, ids) -> tuple[FeatureRows, np.ndarray]:
+        """The distinct items of ``ids`` as rows of ``features``, and ``ids`` as indices into them.
+
+        Rows are described, not copied: an array, :class:`~tripletsk.shared.SharedFeatures` or
+        feature cache is read later, a chunk at a time. Only a mapping (or another object with
+        just a ``lookup`` method) is gathered into a new array here.
+        """
+        ids = np.asarray(ids)
+        if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
+            ids = ids.astype(np.int64)  # e.g. indices that went through a float array
+        if ids.dtype.kind not in "iuUSO":
+            raise ValueError(
+                f"With features set, items must be integer indices or string keys; got dtype "
+                f"{ids.dtype}."
+            )
+        if ids.dtype.kind == "O":
+            ids = ids.astype(str)
+        unique, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(ids.shape)
         features = self.features
-        is_text = ids.dtype.kind in "USO"
+        is_text = ids.dtype.kind in "US"
         if features is None:
             if not is_text:
                 raise ValueError(
@@ -489,44 +509,21 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                     "pass features= (a cache path, a FeatureStore or a key -> vector mapping)."
                 )
         if isinstance(features, str | os.PathLike):
-            return _open_cache(features).lookup
-        if hasattr(features, "lookup"):
-            return features.lookup
-        if isinstance(features, Mapping):
-            return lambda keys: _lookup_mapping(features, keys)
-        # Only the rows used are converted and checked (in _lookup), not the whole array.
-        array = np.asarray(features)
-        if array.ndim != 2:
-            raise ValueError(
-                f"features must be a 2-d array (n_samples, n_features); got shape {array.shape}."
-            )
-        if is_text:
-            raise ValueError(
-                "features is an array, so items must be integer row indices; got strings "
-                f"such as {ids.ravel()[0]!r}. Pass a feature cache or a mapping for keys."
-            )
-        return lambda idx: array[_check_indices(idx, len(array))]
-
-    def _lookup(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
-        if ids.dtype.kind == "f" and np.all(np.isfinite(ids)) and np.all(ids == np.round(ids)):
-            ids = ids.astype(np.int64)  # e.g. indices that went through a float array
-        if ids.dtype.kind not in "iuUSO":
-            raise ValueError(
-                f"With features set, items must be integer indices or string keys; got dtype "
-                f"{ids.dtype}."
-            )
-        if ids.dtype.kind == "O":
-            ids = ids.astype(str)
-        unique, inverse = np.unique(ids, return_inverse=True)
+            features = _open_cache(features)
         try:
-            rows = self._feature_source(ids)(unique)
+            if hasattr(features, "indices") and hasattr(features, "take"):
+                # FeatureStore, SharedFeatures: row numbers now, features when read.
+                return FeatureRows(features.take, features.indices(unique), features.dim), inverse
+            if hasattr(features, "lookup"):
+                gathered = features.lookup(unique)
+            elif isinstance(features, Mapping):
+                gathered = _lookup_mapping(features, unique)
+            else:
+                return _array_rows(features, unique, is_text), inverse
         except KeyError as exc:  # a store's unknown key: keep its message, as a ValueError
             raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
-        rows = check_array(np.asarray(rows), dtype=np.float32, input_name="features")
-        if len(unique) == ids.size and np.array_equal(unique, ids.ravel()):
-            return rows.reshape(*ids.shape, rows.shape[1])  # already distinct and sorted
-        return rows[inverse.ravel()].reshape(*ids.shape, rows.shape[1])
+        gathered = check_array(np.asarray(gathered), dtype=np.float32, input_name="features")
+        return FeatureRows.from_array(gathered), inverse
 
     def _triplet_items(self, T, fitting: bool = False):
         """Distinct items of triplets ``T`` as (m, d) features, and (n, 3) indices into them."""
@@ -543,7 +540,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             # One row per distinct vector, as for keys: an image in many triplets counts once
             # in the standardisation and is embedded once per batch.
             items, inverse = np.unique(flat, axis=0, return_inverse=True)
-            return self._check_width(items, fitting), inverse.reshape(-1, 3)
+            self._check_width(items.shape[1], fitting)
+            return FeatureRows.from_array(items), inverse.reshape(-1, 3)
         # (n, 3) ids: always with features=; without, keys use the default cache and integer
         # indices get _feature_source's "need features=" error. Float rows need labels.
         if (
@@ -551,9 +549,9 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             and T.shape[1] == 3
             and (self.features is not None or T.dtype.kind in "iuUSO")
         ):
-            unique, inverse = np.unique(_as_ids(T), return_inverse=True)
-            items = self._lookup(unique)
-            return self._check_width(items, fitting), inverse.reshape(-1, 3)
+            items, inverse = self._feature_rows(_as_ids(T))
+            self._check_width(items.n_features, fitting)
+            return items, inverse
         if T.ndim == 2:
             raise _needs_y_error(T)
         raise ValueError(
@@ -564,13 +562,14 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
     def _labelled_items(self, X, y):
         X_arr = np.asarray(X) if not hasattr(X, "iloc") else X
         if self.features is not None and np.ndim(X_arr) == 1:
-            items = self._lookup(np.asarray(X_arr))
+            distinct, inverse = self._feature_rows(np.asarray(X_arr))
+            items = distinct.select(inverse)  # one item per sample, repeats included
             y = np.asarray(y)
             if len(y) != len(items):
                 raise ValueError(f"X has {len(items)} items but y has {len(y)} labels.")
-            self._check_width(items, fitting=True)
         else:
-            items, y = validate_data(self, X, y, dtype=np.float32, y_numeric=False)
+            X, y = validate_data(self, X, y, dtype=np.float32, y_numeric=False)
+            items = FeatureRows.from_array(X)
         if y.ndim != 1:
             raise ValueError(f"y should be a 1d array of class labels; got shape {y.shape}.")
         from sklearn.utils.multiclass import check_classification_targets
@@ -589,19 +588,16 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             )
         return items, y
 
-    def _check_width(self, items: np.ndarray, fitting: bool) -> np.ndarray:
-        if not fitting and items.shape[1] != self.n_features_in_:
+    def _check_width(self, n_features: int, fitting: bool) -> None:
+        if not fitting and n_features != self.n_features_in_:
             raise ValueError(
-                f"X has {items.shape[1]} features, but TripletEncoder is expecting "
+                f"X has {n_features} features, but TripletEncoder is expecting "
                 f"{self.n_features_in_} features as input."
             )
-        return items
 
-    def _embed_items(self, X) -> np.ndarray:
-        """(n, d) features of the samples in ``X`` (rows, or indices / keys into features)."""
-        if self.features is not None and np.ndim(X) == 1:
-            return self._check_width(self._lookup(np.asarray(X)), fitting=False)
-        return validate_data(self, X, dtype=np.float32, reset=False)
+    def _embed(self, items: FeatureRows) -> np.ndarray:
+        """Embeddings of ``items``, standardised and embedded a chunk at a time."""
+        return embed(items.standardized(self.feature_mean_, self.feature_scale_), self.weights_)
 
     # ------------------------------------------------------------------ inference
 
@@ -618,7 +614,12 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             L2-normalised embeddings.
         """
         check_is_fitted(self)
-        return forward(self._scale(self._embed_items(X)), self.weights_)
+        if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
+            items, inverse = self._feature_rows(np.asarray(X))
+            self._check_width(items.n_features, fitting=False)
+            return self._embed(items)[inverse]
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        return self._embed(FeatureRows.from_array(X))
 
     def _paired(self, emb: np.ndarray, triplets: np.ndarray):
         a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
@@ -637,7 +638,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         items, triplets = self._triplet_items(T)
-        d_ap, d_an = self._paired(forward(self._scale(items), self.weights_), triplets)
+        d_ap, d_an = self._paired(self._embed(items), triplets)
         return d_an - d_ap
 
     def predict_triplets(self, T) -> np.ndarray:
@@ -779,19 +780,6 @@ def _open_cache_version(path: str, identity):
     return FeatureStore(path)
 
 
-def _column_mean_and_variance(x: np.ndarray, chunk_rows: int = 65536):
-    """Per-column mean and variance in float64, a chunk of rows at a time.
-
-    ``x.var(dtype=float64)`` would build float64 temporaries twice the size of ``x``.
-    """
-    mean = x.mean(axis=0, dtype=np.float64)
-    squares = np.zeros(x.shape[1], dtype=np.float64)
-    for start in range(0, len(x), chunk_rows):
-        centred = x[start : start + chunk_rows] - mean
-        squares += np.einsum("ij,ij->j", centred, centred)
-    return mean, squares / len(x)
-
-
 def _needs_y_error(T: np.ndarray) -> ValueError:
     return ValueError(
         f"TripletEncoder requires y to be passed, but the target y is None: X of shape "
@@ -817,6 +805,23 @@ def _check_indices(idx: np.ndarray, n: int) -> np.ndarray:
             f"{n - 1}), e.g. {idx[bad][:5].tolist()}."
         )
     return idx
+
+
+def _array_rows(features, ids: np.ndarray, is_text: bool) -> FeatureRows:
+    """Rows ``ids`` of a 2-d feature array, read (and converted to float32) when used."""
+    array = np.asarray(features)
+    if array.ndim != 2:
+        raise ValueError(
+            f"features must be a 2-d array (n_samples, n_features); got shape {array.shape}."
+        )
+    if is_text:
+        raise ValueError(
+            "features is an array, so items must be integer row indices; got strings "
+            f"such as {ids.ravel()[0]!r}. Pass a feature cache or a mapping for keys."
+        )
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"features must be numeric; got an array of dtype {array.dtype}.")
+    return FeatureRows(array.__getitem__, _check_indices(ids, len(array)), array.shape[1])
 
 
 def _lookup_mapping(mapping: Mapping, keys: np.ndarray) -> np.ndarray:
@@ -861,25 +866,48 @@ def _hardest_known(triplets: np.ndarray, embeddings: np.ndarray, distance: str) 
 def _offline_hard_examples(features, labels, per_anchor: int, chunk_size: int = 1024):
     """For each sample: its ``per_anchor`` farthest same-class and nearest other-class samples.
 
-    Distances are Euclidean on the (standardised) input features, computed in chunks of
-    anchors. Returns (hard_positives, hard_negatives), each (n, per_anchor) indices, -1 where
-    a class has fewer members.
+    ``features`` is an array or :class:`FeatureRows` (read a chunk at a time, never whole).
+    Distances are Euclidean on the (standardised) input features, computed for a chunk of
+    anchors against a chunk of candidates at a time, keeping the running best. Returns
+    (hard_positives, hard_negatives), each (n, per_anchor) indices, -1 where a class has
+    fewer members.
     """
+    if isinstance(features, FeatureRows):
+        take, candidates_per_chunk = features.take, features.chunk_size
+    else:
+        take, candidates_per_chunk = features.__getitem__, 8 * chunk_size
     n = len(labels)
     hard_pos = np.full((n, per_anchor), -1, dtype=np.int64)
     hard_neg = np.full((n, per_anchor), -1, dtype=np.int64)
     for start in range(0, n, chunk_size):
         rows = np.arange(start, min(start + chunk_size, n))
-        dist = pairwise_distances(features[rows], features)
-        same = labels[rows][:, None] == labels[None, :]
-        pos = np.where(same, dist, -np.inf)
-        pos[np.arange(len(rows)), rows] = -np.inf
-        neg = np.where(same, np.inf, dist)
-        far = np.argsort(-pos, axis=1)[:, :per_anchor]
-        near = np.argsort(neg, axis=1)[:, :per_anchor]
-        hard_pos[rows] = np.where(np.isfinite(np.take_along_axis(pos, far, 1)), far, -1)
-        hard_neg[rows] = np.where(np.isfinite(np.take_along_axis(neg, near, 1)), near, -1)
+        anchors = take(rows)
+        # Running best: distances, with -inf / inf meaning "none yet".
+        pos_d = np.full((len(rows), per_anchor), -np.inf)
+        neg_d = np.full((len(rows), per_anchor), np.inf)
+        pos_i = np.full((len(rows), per_anchor), -1, dtype=np.int64)
+        neg_i = np.full((len(rows), per_anchor), -1, dtype=np.int64)
+        for c_start in range(0, n, candidates_per_chunk):
+            cols = np.arange(c_start, min(c_start + candidates_per_chunk, n))
+            dist = pairwise_distances(anchors, take(cols))
+            same = labels[rows][:, None] == labels[cols][None, :]
+            pos = np.where(same & (rows[:, None] != cols[None, :]), dist, -np.inf)
+            neg = np.where(same, np.inf, dist)
+            pos_d, pos_i = _keep_best(pos_d, pos_i, -pos, cols, per_anchor, negate=True)
+            neg_d, neg_i = _keep_best(neg_d, neg_i, neg, cols, per_anchor)
+        hard_pos[rows] = np.where(np.isfinite(pos_d), pos_i, -1)
+        hard_neg[rows] = np.where(np.isfinite(neg_d), neg_i, -1)
     return hard_pos, hard_neg
+
+
+def _keep_best(best_d, best_i, d, cols, k, negate=False):
+    """Merge candidates ``d`` (smaller is better) for columns ``cols`` into the running best k."""
+    keyed = -best_d if negate else best_d
+    all_d = np.concatenate([keyed, d], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(cols, d.shape)], axis=1)
+    order = np.argsort(all_d, axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(all_d, order, 1)
+    return (-chosen if negate else chosen), np.take_along_axis(all_i, order, 1)
 
 
 def _with_hard_examples(batch, hard, n_anchors, rng):

@@ -102,6 +102,11 @@ class SharedFeatures:
         (as the estimator does for a plain array).
         """
         ids = np.asarray(ids)
+        return self.take(self.indices(ids)).reshape(*ids.shape, self.dim)
+
+    def indices(self, ids) -> np.ndarray:
+        """Row numbers (int64) of integer indices or string keys, checked; same shape as ids."""
+        ids = np.asarray(ids)
         if ids.dtype.kind in "USO":
             if self._index is None:
                 raise KeyError(
@@ -116,7 +121,7 @@ class SharedFeatures:
                     f"e.g. {missing[:5]}."
                 )
             rows = np.fromiter((self._index[k] for k in names), dtype=np.int64, count=len(names))
-            return self._array[rows.reshape(ids.shape)]
+            return rows.reshape(ids.shape)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers or string keys; got dtype {ids.dtype}.")
         bad = (ids < 0) | (ids >= len(self))
@@ -125,7 +130,11 @@ class SharedFeatures:
                 f"{int(bad.sum())} indices are outside the {len(self)} rows of features "
                 f"(valid: 0 to {len(self) - 1}), e.g. {ids[bad][:5].tolist()}."
             )
-        return self._array[ids]
+        return ids.astype(np.int64)
+
+    def take(self, rows) -> np.ndarray:
+        """Features of row numbers ``rows`` (from :meth:`indices`), as a new array."""
+        return self._array[np.asarray(rows, dtype=np.int64).ravel()]
 
     # Shared, not copied: clone() and copy.deepcopy() hand out the same object.
     def __copy__(self) -> SharedFeatures:
