@@ -487,3 +487,121 @@ def test_bfloat16_training_keeps_float32_weights_and_learns(blobs):
     bf16 = TripletEncoder(precision="bfloat16", **params).fit(X, y)
     assert all(k.dtype == np.float32 for k, _ in bf16.weights_)
     assert bf16.score(X, y) >= fp32.score(X, y) - 0.03
+
+
+# ---------------------------------------------------------------------- memory and streaming
+
+
+def test_fit_and_transform_do_not_copy_the_features(monkeypatch):
+    """A fit holds the features plus O(batch): here every row is used, and NumPy's peak
+    allocation stays a fraction of the features (TensorFlow's own buffers are not traced)."""
+    import tracemalloc
+
+    import tripletsk._rows as rows_module
+    import tripletsk._training as training
+
+    monkeypatch.setattr(rows_module, "CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(training, "WINDOW_BYTES", 2**20)
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(20_000, 256)).astype(np.float32)  # 20 MB
+    T = rng.permutation(len(X)).reshape(-1, 4)[:, :3]
+    enc = TripletEncoder(features=X, **{**SMALL, "max_epochs": 1, "batch_size": 256})
+    enc.fit(T[:10])  # TensorFlow's one-off allocations happen here, before tracing
+    tracemalloc.start()
+    try:
+        enc.fit(T)
+        emb = enc.transform(np.arange(len(X)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert emb.shape == (len(X), 4)
+    assert peak < X.nbytes / 4, f"peak {peak / 1e6:.1f} MB for {X.nbytes / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("as_rows", [False, True])
+def test_offline_hard_examples_in_chunks_match_brute_force(as_rows):
+    from sklearn.metrics import pairwise_distances
+
+    from tripletsk._rows import FeatureRows
+    from tripletsk.estimator import _offline_hard_examples
+
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(70, 5)).astype(np.float32)
+    y = rng.randint(0, 4, size=70)
+    y[69] = 9  # a class of one: no positive
+    features = FeatureRows.from_array(X) if as_rows else X
+    hard_pos, hard_neg = _offline_hard_examples(features, y, per_anchor=2, chunk_size=8)
+    dist = pairwise_distances(X)
+    for i in range(70):
+        same = (y == y[i]) & (np.arange(70) != i)
+        expect_pos = np.argsort(-np.where(same, dist[i], -np.inf), kind="stable")[: same.sum()]
+        expect_neg = np.argsort(np.where(y != y[i], dist[i], np.inf), kind="stable")[:2]
+        np.testing.assert_array_equal(hard_pos[i][hard_pos[i] >= 0], expect_pos[:2])
+        np.testing.assert_array_equal(hard_neg[i], expect_neg)
+    assert (hard_pos[69] == -1).all()
+
+
+@pytest.fixture(scope="module")
+def class_sorted_digits_cache(tmp_path_factory):
+    """Digits as a real HDF5 cache whose rows are sorted by class: a worst case for reading
+    in storage order, since a block of rows holds a single class."""
+    from sklearn.datasets import load_digits
+
+    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+
+    X, y = load_digits(return_X_y=True)
+    order = np.argsort(y, kind="stable")
+    X, y = X[order].astype(np.float32), y[order]
+    keys = [f"{label}/{i:04d}.png" for i, label in enumerate(y)]
+    path = tmp_path_factory.mktemp("digits") / "features.h5"
+    provenance = {"model": "digits-pixels", "layer": "pixels", "weights": "none",
+                  "image_size": 8, "preprocessing": "none", "compute_dtype": "float32",
+                  "backend": "none", "weights_source": "none", "versions": "{}"}  # fmt: skip
+    write_cache(
+        path,
+        keys=keys,
+        fingerprints=np.zeros(len(keys), dtype=FINGERPRINT_DTYPE),
+        feature_blocks=[X],
+        dim=X.shape[1],
+        dtype="float32",
+        failed=[],
+        attrs={**provenance, "format": FORMAT_NAME, "format_version": FORMAT_VERSION},
+    )
+    return path, np.array(keys), y
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stream_reads_a_cache_block_by_block_and_still_learns(
+    class_sorted_digits_cache, monkeypatch, stream
+):
+    import tripletsk._rows as rows_module
+    import tripletsk._training as training
+    from tripletsk.store import FeatureStore
+
+    path, keys, y = class_sorted_digits_cache
+    block_rows, window_rows = 32, 256  # 64-d rows: 8 KiB blocks, 64 KiB windows
+    monkeypatch.setattr(rows_module, "BLOCK_BYTES", block_rows * 64 * 4)
+    monkeypatch.setattr(training, "WINDOW_BYTES", window_rows * 64 * 4)
+    reads = []
+    original_take = FeatureStore.take
+
+    def recording_take(self, idx):
+        reads.append(np.asarray(idx).copy())
+        return original_take(self, idx)
+
+    monkeypatch.setattr(FeatureStore, "take", recording_take)
+    held_out = np.random.RandomState(0).rand(len(y)) < 0.3
+    params = dict(max_epochs=20, batch_size=64, random_state=0, stream=stream)
+    enc = TripletEncoder(features=FeatureStore(path), **params)
+    enc.fit(keys[~held_out], y[~held_out])
+    assert len(enc.loss_curve_) == 20
+    # Training reads are per window (the statistics pass reads whole chunks in order).
+    window_reads = [r for r in reads if len(r) <= 2 * window_rows]
+    blocks_per_read = max(len(np.unique(r // block_rows)) for r in window_reads)
+    # Two streamed windows can share a training window: at most 2 x (256/32 + 1) blocks.
+    if stream:
+        assert blocks_per_read <= 2 * (window_rows // block_rows + 1)
+    else:  # rows at random: a window touches most of the 57 blocks
+        assert blocks_per_read > 2 * (window_rows // block_rows + 1)
+    emb = enc.transform(keys[held_out])
+    assert label_triplet_accuracy(emb, y[held_out]) >= 0.98

@@ -19,6 +19,9 @@ from tripletsk.head import HeadWeights, forward
 # Rows read at a time: 32 MiB of float32 features (4,096 rows at 2048-d). Large enough that
 # per-chunk overhead is negligible, small enough to count as O(batch) next to the features.
 CHUNK_BYTES = 32 * 2**20
+# Contiguous rows read as one block when streaming (``stream=True``): 2 MiB (256 rows at
+# 2048-d), or whole HDF5 chunks of a chunked cache. Large enough for sequential disk reads.
+BLOCK_BYTES = 2 * 2**20
 
 
 class FeatureRows:
@@ -34,6 +37,8 @@ class FeatureRows:
         Width of the rows.
     mean, scale : ndarray of shape (n_features,), optional
         If given, rows come out standardised: ``(x - mean) / scale``.
+    chunk_rows : int, optional
+        Rows per chunk of the source's storage (an HDF5 chunked dataset), if any.
     """
 
     def __init__(
@@ -43,12 +48,14 @@ class FeatureRows:
         n_features: int,
         mean: np.ndarray | None = None,
         scale: np.ndarray | None = None,
+        chunk_rows: int | None = None,
     ):
         self._take = take
         self.rows = np.asarray(rows, dtype=np.int64)
         self.n_features = int(n_features)
         self.mean = mean
         self.scale = scale
+        self.chunk_rows = chunk_rows
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> FeatureRows:
@@ -64,23 +71,43 @@ class FeatureRows:
 
     def select(self, idx) -> FeatureRows:
         """Items ``idx`` of these (repeats allowed), still unread."""
-        return FeatureRows(self._take, self.rows[idx], self.n_features, self.mean, self.scale)
+        return FeatureRows(
+            self._take, self.rows[idx], self.n_features, self.mean, self.scale, self.chunk_rows
+        )
+
+    @property
+    def block_rows(self) -> int:
+        """Rows per block for streaming: ``BLOCK_BYTES`` of rows, in whole storage chunks."""
+        rows = max(1, BLOCK_BYTES // (4 * max(self.n_features, 1)))
+        if self.chunk_rows:
+            rows = max(1, rows // self.chunk_rows) * self.chunk_rows
+        return rows
 
     @property
     def chunk_size(self) -> int:
         """Rows per chunk: ``CHUNK_BYTES`` of float32 features, at least 256."""
         return max(256, CHUNK_BYTES // (4 * max(self.n_features, 1)))
 
+    def raw(self) -> FeatureRows:
+        """The same items, read as stored (not standardised)."""
+        return FeatureRows(self._take, self.rows, self.n_features, chunk_rows=self.chunk_rows)
+
     def standardized(self, mean: np.ndarray, scale: np.ndarray) -> FeatureRows:
         """The same items, read as ``(x - mean) / scale``."""
-        return FeatureRows(self._take, self.rows, self.n_features, mean, scale)
+        return FeatureRows(self._take, self.rows, self.n_features, mean, scale, self.chunk_rows)
 
     def take(self, idx=None) -> np.ndarray:
         """Features of items ``idx`` (default: all) as a new float32 array."""
         rows = self.rows if idx is None else self.rows[idx]
-        out = np.asarray(self._take(rows), dtype=np.float32)
-        if not out.flags.writeable:
-            out = np.array(out)  # ``take`` gives a new array; a read-only one is copied to scale
+        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
+            # Read in row order (sequential on disk), then put the rows back in item order.
+            order = np.argsort(rows, kind="stable")
+            out = np.empty((len(rows), self.n_features), dtype=np.float32)
+            out[order] = self._take(rows[order])
+        else:
+            out = np.asarray(self._take(rows), dtype=np.float32)
+            if not out.flags.writeable:
+                out = np.array(out)  # ``take`` gives a new array; copy a read-only one to scale
         if self.mean is not None:
             out -= self.mean
             out /= self.scale
@@ -123,3 +150,21 @@ def embed(rows: FeatureRows, weights: HeadWeights, idx=None) -> np.ndarray:
     for part, chunk in rows.chunks(idx):
         out[part] = forward(chunk, weights)
     return out
+
+
+def block_windows(rows: np.ndarray, block_rows: int, window_size: int, rng) -> list[np.ndarray]:
+    """Positions into ``rows`` grouped by storage block, for reading in block order.
+
+    Rows fall into blocks of ``block_rows`` consecutive row numbers. The blocks are visited in
+    a random order and cut into windows of whole blocks holding about ``window_size`` positions
+    (a window closes once it reaches that size); positions are shuffled within each window.
+    Reading window after window then reads every block once, instead of rows at random.
+    """
+    blocks, of_block = np.unique(np.asarray(rows) // block_rows, return_inverse=True)
+    rank = rng.permutation(len(blocks))[of_block]  # each position's block, in visiting order
+    per_block = np.bincount(rank, minlength=len(blocks))
+    window_of_block = np.concatenate([[0], np.cumsum(per_block)[:-1]]) // max(window_size, 1)
+    window = window_of_block[rank]
+    order = np.lexsort((rng.random_sample(len(rank)), window))
+    cuts = np.flatnonzero(np.diff(window[order])) + 1
+    return np.split(order, cuts)

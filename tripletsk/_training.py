@@ -44,20 +44,24 @@ PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 WINDOW_BYTES = 64 * 2**20
 
 
-def _make_steps(model, optimizer, distance, margin, mining):
+def _make_steps(model, optimizer, mean, scale, distance, margin, mining):
     """Compiled training loops: one for index triplets, one for labelled batches.
 
     Each takes a window's features (and labels), and a stack of equally sized batches of
     indices into them, shape (k, b, 3) or (k, b), and runs its k steps inside one graph (a
     ``tf.while_loop``), returning each step's loss and active fraction. One call per window
     instead of one per step removes the Python and dispatch overhead between steps, which
-    dominates when features are narrow.
+    dominates when features are narrow. Rows arrive as stored and are standardised with
+    ``mean`` and ``scale`` in the graph, per batch (cheaper than a pass over each window).
     """
+
+    def standardized(features, idx):
+        return (tf.gather(features, idx) - mean) / scale
 
     def triplet_step(features, labels, idx):
         unique, inverse = tf.unique(tf.reshape(idx, [-1]))
         with tf.GradientTape() as tape:
-            emb = model(tf.gather(features, unique), training=True)
+            emb = model(standardized(features, unique), training=True)
             emb = tf.cast(emb, tf.float32)
             emb = tf.reshape(tf.gather(emb, inverse), [-1, 3, tf.shape(emb)[-1]])
             loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
@@ -69,7 +73,7 @@ def _make_steps(model, optimizer, distance, margin, mining):
 
     def batch_step(features, labels, idx):
         with tf.GradientTape() as tape:
-            emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
+            emb = tf.cast(model(standardized(features, idx), training=True), tf.float32)
             loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
@@ -119,8 +123,8 @@ def _windows(batches: Iterable[np.ndarray], max_rows: int) -> Iterator[np.ndarra
 
 
 def _read_window(items: FeatureRows, labels: np.ndarray | None, stack: np.ndarray):
-    """A window's distinct rows (standardised), their labels, and the batches as indices into
-    those rows: tensors for the compiled loop."""
+    """A window's distinct rows, their labels, and the batches as indices into those rows:
+    tensors for the compiled loop."""
     ids, local = np.unique(stack, return_inverse=True)
     window_labels = labels[ids] if labels is not None else np.zeros(0, dtype=np.int32)
     return (
@@ -166,7 +170,7 @@ def train_head(
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
-    ``items`` are the (standardised) feature rows, read a window at a time.
+    ``items`` are the feature rows (with their standardisation), read a window at a time.
     ``epoch_batches(epoch, current_weights)`` yields the epoch's batches: arrays of shape
     (b, 3) of item indices (triplets) or of shape (b,) (labelled batches mined online with
     ``mining``). With ``validation_score``, training stops once the score has not improved by
@@ -189,7 +193,11 @@ def train_head(
     # Create the optimizer's slots now: variables created inside the first call of a
     # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
     optimizer.build(model.trainable_variables)
-    triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)
+    d = items.n_features
+    mean = tf.constant(np.zeros(d) if items.mean is None else items.mean, tf.float32)
+    scale = tf.constant(np.ones(d) if items.scale is None else items.scale, tf.float32)
+    triplet_loop, batch_loop = _make_steps(model, optimizer, mean, scale, distance, margin, mining)
+    stored = items.raw()  # standardised in the graph
     window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
 
     result = TrainingResult(weights=initial_weights)
@@ -198,7 +206,7 @@ def train_head(
     for epoch in range(max_epochs):
         losses, actives, sizes = [], [], []
         windows = _windows(epoch_batches(epoch, last_finite), window_rows)
-        read = (_read_window(items, labels, stack) for stack in windows)
+        read = (_read_window(stored, labels, stack) for stack in windows)
         for features, window_labels, stack in _read_ahead(read):
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop
             run_losses, run_actives = loop(features, window_labels, stack)

@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from tripletsk._rows import FeatureRows, embed
+from tripletsk._rows import FeatureRows, block_windows, embed
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
 from tripletsk.triplets import pk_batches, sample_label_triplets
@@ -129,6 +129,17 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, recent GPUs); the fitted
         weights and inference stay float32. See ``benchmarks/README.md`` for measured speed
         and accuracy.
+    stream : bool, default=False
+        Read the features in storage order, for caches larger than memory. A fit never copies
+        the features (memory is the features plus O(batch); a cache is memory-mapped, so only
+        the pages read are held, and the operating system can drop them again), but by
+        default it reads their rows in random order. With ``stream=True`` each epoch visits
+        the rows in blocks of consecutive rows (2 MiB, or whole HDF5 chunks) in a random
+        order of blocks, a 64 MiB window of blocks at a time: labelled batches are drawn within
+        a window, given triplets are grouped by their anchor's block. Every block is then read
+        once per epoch, sequentially, instead of row by row. Batches draw on one window rather
+        than on the whole set, so results differ a little from ``stream=False``; see
+        ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -193,6 +204,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "precision": [StrOptions({"float32", "bfloat16"})],
+        "stream": ["boolean"],
     }
 
     def __init__(
@@ -219,6 +231,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         random_state=None,
         verbose=0,
         precision="float32",
+        stream=False,
     ):
         self.features = features
         self.hidden_units = hidden_units
@@ -241,6 +254,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.precision = precision
+        self.stream = stream
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -402,6 +416,11 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
     def _batch_plan(self, items: FeatureRows, triplets, labels, train, mining, rng):
         """A function epoch -> batches of indices into ``items``, for the training loop."""
         batch_size = self.batch_size
+        # Rows of features per training window (see _training.py): with stream=True, an
+        # epoch visits the rows window by window, each window made of whole storage blocks.
+        from tripletsk._training import WINDOW_BYTES
+
+        window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
         if labels is None:
             train_triplets = triplets[train]
 
@@ -410,18 +429,37 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                 if mining == "hard":
                     mined = _hardest_known(train_triplets, embed(items, weights), self.distance)
                     epoch_triplets = np.concatenate([train_triplets, mined])
-                order = rng.permutation(len(epoch_triplets))
+                if self.stream:  # by the storage block of each triplet's anchor
+                    anchor_rows = items.rows[epoch_triplets[:, 0]]
+                    windows = block_windows(anchor_rows, items.block_rows, window_rows // 3, rng)
+                    order = np.concatenate(windows)
+                else:
+                    order = rng.permutation(len(epoch_triplets))
                 for start in range(0, len(order), batch_size):
                     yield epoch_triplets[order[start : start + batch_size]]
 
             return given
+
+        def windows():
+            """Positions into ``train``: all at once, or block windows when streaming."""
+            if not self.stream:
+                return [np.arange(len(train))]
+            return block_windows(items.rows[train], items.block_rows, window_rows, rng)
+
         train_labels = labels[train]
         if mining == "random":
 
             def random_triplets(epoch, weights):
-                sampled = train[sample_label_triplets(train_labels, random_state=rng)]
-                for start in range(0, len(sampled), batch_size):
-                    yield sampled[start : start + batch_size]
+                for window in windows():
+                    try:
+                        sampled = sample_label_triplets(train_labels[window], random_state=rng)
+                    except ValueError:
+                        if not self.stream:
+                            raise
+                        continue  # a streamed window with a single class or no pair: skip it
+                    sampled = train[window[sampled]]
+                    for start in range(0, len(sampled), batch_size):
+                        yield sampled[start : start + batch_size]
 
             return random_triplets
         k = self.samples_per_class
@@ -441,10 +479,12 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                 # Re-mine with the head as trained so far: what is hard changes as it learns.
                 embedded = embed(items, weights, train)
                 hard = _offline_hard_examples(embedded, train_labels, self.hard_per_anchor)
-            for batch in pk_batches(train_labels, p, k, random_state=rng):
-                if hard is not None:
-                    batch = _with_hard_examples(batch, hard, p, rng)
-                yield train[batch]
+            for window in windows():
+                for batch in pk_batches(train_labels[window], p, k, random_state=rng):
+                    batch = window[batch]
+                    if hard is not None:
+                        batch = _with_hard_examples(batch, hard, p, rng)
+                    yield train[batch]
 
         return pk
 
@@ -513,7 +553,13 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         try:
             if hasattr(features, "indices") and hasattr(features, "take"):
                 # FeatureStore, SharedFeatures: row numbers now, features when read.
-                return FeatureRows(features.take, features.indices(unique), features.dim), inverse
+                rows = FeatureRows(
+                    features.take,
+                    features.indices(unique),
+                    features.dim,
+                    chunk_rows=getattr(features, "chunk_rows", None),
+                )
+                return rows, inverse
             if hasattr(features, "lookup"):
                 gathered = features.lookup(unique)
             elif isinstance(features, Mapping):

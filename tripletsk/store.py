@@ -256,6 +256,12 @@ class FeatureStore:
                 self._h5, self._feats = f, ds
         return self._feats
 
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per HDF5 chunk of the features, or None when they are stored contiguously."""
+        chunks = getattr(self._features(), "chunks", None)  # memmaps and arrays have none
+        return int(chunks[0]) if chunks else None
+
     def close(self) -> None:
         """Release the file (the store reopens it on next use)."""
         if self._h5 is not None:
