@@ -585,9 +585,9 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
     reads = []
     original_take = FeatureStore.take
 
-    def recording_take(self, idx):
+    def recording_take(self, idx, out=None):
         reads.append(np.asarray(idx).copy())
-        return original_take(self, idx)
+        return original_take(self, idx, out)
 
     monkeypatch.setattr(FeatureStore, "take", recording_take)
     held_out = np.random.RandomState(0).rand(len(y)) < 0.3

@@ -30,7 +30,8 @@ class FeatureRows:
     Parameters
     ----------
     take : callable
-        Row numbers (1-d int64) -> float array (len, n_features); a new array each call.
+        ``take(rows, out=None)``: row numbers (1-d int64) -> a new float array (len,
+        n_features), or the rows written into ``out`` (float32, that shape) and returned.
     rows : ndarray of shape (n_items,)
         Row number of each item in the source.
     n_features : int
@@ -39,6 +40,9 @@ class FeatureRows:
         If given, rows come out standardised: ``(x - mean) / scale``.
     chunk_rows : int, optional
         Rows per chunk of the source's storage (an HDF5 chunked dataset), if any.
+    prefetch : callable, optional
+        ``prefetch(rows)``: start reading these (sorted, distinct) row numbers from disk in the
+        background; for sources on disk.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class FeatureRows:
         mean: np.ndarray | None = None,
         scale: np.ndarray | None = None,
         chunk_rows: int | None = None,
+        prefetch: Callable[[np.ndarray], None] | None = None,
     ):
         self._take = take
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -56,11 +61,12 @@ class FeatureRows:
         self.mean = mean
         self.scale = scale
         self.chunk_rows = chunk_rows
+        self._prefetch = prefetch
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> FeatureRows:
         """Every row of a 2-d array, in order (no copy of ``array``)."""
-        return cls(array.__getitem__, np.arange(len(array)), array.shape[1])
+        return cls(array_take(array), np.arange(len(array)), array.shape[1])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -71,8 +77,11 @@ class FeatureRows:
 
     def select(self, idx) -> FeatureRows:
         """Items ``idx`` of these (repeats allowed), still unread."""
+        return self._like(self.rows[idx], self.mean, self.scale)
+
+    def _like(self, rows, mean, scale) -> FeatureRows:
         return FeatureRows(
-            self._take, self.rows[idx], self.n_features, self.mean, self.scale, self.chunk_rows
+            self._take, rows, self.n_features, mean, scale, self.chunk_rows, self._prefetch
         )
 
     @property
@@ -88,22 +97,21 @@ class FeatureRows:
         """Rows per chunk: ``CHUNK_BYTES`` of float32 features, at least 256."""
         return max(256, CHUNK_BYTES // (4 * max(self.n_features, 1)))
 
-    def raw(self) -> FeatureRows:
-        """The same items, read as stored (not standardised)."""
-        return FeatureRows(self._take, self.rows, self.n_features, chunk_rows=self.chunk_rows)
-
     def standardized(self, mean: np.ndarray, scale: np.ndarray) -> FeatureRows:
         """The same items, read as ``(x - mean) / scale``."""
-        return FeatureRows(self._take, self.rows, self.n_features, mean, scale, self.chunk_rows)
+        return self._like(self.rows, mean, scale)
 
-    def take(self, idx=None) -> np.ndarray:
-        """Features of items ``idx`` (default: all) as a new float32 array."""
+    def prefetch(self, idx) -> None:
+        """Start reading items ``idx`` from disk, if the source is there; returns at once."""
+        if self._prefetch is not None and len(idx):
+            self._prefetch(np.unique(self.rows[idx]))
+
+    def take(self, idx=None, out: np.ndarray | None = None) -> np.ndarray:
+        """Features of items ``idx`` (default: all) as a new float32 array, or written into
+        the first rows of ``out`` (a float32 array with room for them) and returned."""
         rows = self.rows if idx is None else self.rows[idx]
-        if len(rows) > 1 and np.any(rows[1:] < rows[:-1]):
-            # Read in row order (sequential on disk), then put the rows back in item order.
-            order = np.argsort(rows, kind="stable")
-            out = np.empty((len(rows), self.n_features), dtype=np.float32)
-            out[order] = self._take(rows[order])
+        if out is not None:
+            out = self._take(rows, out=out[: len(rows)])
         else:
             out = np.asarray(self._take(rows), dtype=np.float32)
             if not out.flags.writeable:
@@ -141,6 +149,21 @@ class FeatureRows:
             squares += chunk_squares + delta**2 * (count * m / total)
             count = total
         return mean, squares / max(count, 1)
+
+
+def array_take(array: np.ndarray) -> Callable:
+    """The ``take(rows, out=None)`` of a 2-d array (rows already checked)."""
+
+    def take(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return array[rows]
+        if array.dtype == out.dtype:
+            # mode="clip" (rows are checked) lets numpy skip a buffered copy.
+            return np.take(array, rows, axis=0, out=out, mode="clip")
+        out[...] = array[rows]
+        return out
+
+    return take
 
 
 def embed(rows: FeatureRows, weights: HeadWeights, idx=None) -> np.ndarray:

@@ -1,13 +1,16 @@
 """The TensorFlow training loop of the head (private: used by ``TripletEncoder.fit``).
 
 An epoch's batches are fed in windows: consecutive, equally shaped batches whose rows together
-fit in ``WINDOW_BYTES``. A window's distinct rows are read once (standardised, as one tensor)
-and its batches arrive as stacked index arrays into it; they run inside one compiled loop, so
-Python is not involved between steps. Each distinct item of a batch is embedded once, however
-many triplets it appears in. The next window is read in a background thread while the current
-one trains, so reading overlaps computing, and memory stays O(window) whatever the number of
-cached images. Measured throughput against the machine's matrix-multiply peak:
-``benchmarks/head_training.py``; memory: ``benchmarks/memory.py``.
+fit in ``WINDOW_BYTES``. A window's distinct rows are read once, standardised, into one of two
+reused, aligned buffers that TensorFlow reads without a copy (DLPack), and its batches arrive
+as stacked index arrays into it; they run inside one compiled loop, so Python is not involved
+between steps. Each distinct item of a batch is embedded once, however many triplets it
+appears in. Before a window trains, the disk reads of the next one are started (the kernel reads
+while TensorFlow computes); memory stays O(window) whatever the number of cached images.
+Reading rows in a second thread instead was measured slower on 2 cores: the copy competes with
+TensorFlow's threads for cores and memory bandwidth.
+Measured throughput against the machine's matrix-multiply peak: ``benchmarks/head_training.py``;
+memory: ``benchmarks/memory.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,24 +46,20 @@ PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 WINDOW_BYTES = 64 * 2**20
 
 
-def _make_steps(model, optimizer, mean, scale, distance, margin, mining):
+def _make_steps(model, optimizer, distance, margin, mining):
     """Compiled training loops: one for index triplets, one for labelled batches.
 
     Each takes a window's features (and labels), and a stack of equally sized batches of
     indices into them, shape (k, b, 3) or (k, b), and runs its k steps inside one graph (a
     ``tf.while_loop``), returning each step's loss and active fraction. One call per window
     instead of one per step removes the Python and dispatch overhead between steps, which
-    dominates when features are narrow. Rows arrive as stored and are standardised with
-    ``mean`` and ``scale`` in the graph, per batch (cheaper than a pass over each window).
+    dominates when features are narrow.
     """
-
-    def standardized(features, idx):
-        return (tf.gather(features, idx) - mean) / scale
 
     def triplet_step(features, labels, idx):
         unique, inverse = tf.unique(tf.reshape(idx, [-1]))
         with tf.GradientTape() as tape:
-            emb = model(standardized(features, unique), training=True)
+            emb = model(tf.gather(features, unique), training=True)
             emb = tf.cast(emb, tf.float32)
             emb = tf.reshape(tf.gather(emb, inverse), [-1, 3, tf.shape(emb)[-1]])
             loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
@@ -73,7 +71,7 @@ def _make_steps(model, optimizer, mean, scale, distance, margin, mining):
 
     def batch_step(features, labels, idx):
         with tf.GradientTape() as tape:
-            emb = tf.cast(model(standardized(features, idx), training=True), tf.float32)
+            emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
             loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
@@ -122,31 +120,52 @@ def _windows(batches: Iterable[np.ndarray], max_rows: int) -> Iterator[np.ndarra
         yield np.stack(run)
 
 
-def _read_window(items: FeatureRows, labels: np.ndarray | None, stack: np.ndarray):
-    """A window's distinct rows, their labels, and the batches as indices into those rows:
-    tensors for the compiled loop."""
+class _WindowBuffer:
+    """One float32 buffer, reused for the rows of each window in turn.
+
+    It starts on a 64-byte boundary, so TensorFlow uses it in place (through DLPack) instead of
+    copying each window, and reusing it saves faulting in fresh pages per window. Windows are
+    read one after another, so a window's rows are only overwritten once its training call has
+    returned.
+    """
+
+    def __init__(self, n_features: int):
+        self.n_features = n_features
+        self._buffer = np.empty((0, n_features), np.float32)
+
+    def rows(self, n: int) -> np.ndarray:
+        if len(self._buffer) < n:
+            self._buffer = _aligned_empty((n, self.n_features))
+        return self._buffer[:n]
+
+
+def _aligned_empty(shape: tuple[int, int], alignment: int = 64) -> np.ndarray:
+    raw = np.empty(shape[0] * shape[1] * 4 + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start : start + shape[0] * shape[1] * 4].view(np.float32).reshape(shape)
+
+
+def _read_window(items: FeatureRows, labels, stack: np.ndarray, buffer: _WindowBuffer):
+    """A window's distinct rows (standardised), their labels, and the batches as indices into
+    those rows: tensors for the compiled loop."""
     ids, local = np.unique(stack, return_inverse=True)
+    rows = items.take(ids, out=buffer.rows(len(ids)))
     window_labels = labels[ids] if labels is not None else np.zeros(0, dtype=np.int32)
     return (
-        tf.convert_to_tensor(items.take(ids)),
+        tf.experimental.dlpack.from_dlpack(rows.__dlpack__()),  # no copy
         tf.convert_to_tensor(window_labels, dtype=tf.int32),
         tf.convert_to_tensor(local.reshape(stack.shape), dtype=tf.int32),
     )
 
 
-def _read_ahead(iterable: Iterable) -> Iterator:
-    """Iterate ``iterable`` one item ahead in a background thread.
-
-    TensorFlow releases the GIL while it trains on one window, so the next window's batches are
-    planned and its rows read meanwhile.
-    """
-    done = object()
+def _with_next(iterable: Iterable) -> Iterator[tuple]:
+    """``(item, next item or None)`` pairs: the plan of the next window, to prefetch it."""
     iterator = iter(iterable)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tripletsk-read") as pool:
-        pending = pool.submit(next, iterator, done)
-        while (item := pending.result()) is not done:
-            pending = pool.submit(next, iterator, done)
-            yield item
+    current = next(iterator, None)
+    while current is not None:
+        upcoming = next(iterator, None)
+        yield current, upcoming
+        current = upcoming
 
 
 def train_head(
@@ -170,7 +189,7 @@ def train_head(
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
-    ``items`` are the feature rows (with their standardisation), read a window at a time.
+    ``items`` are the (standardised) feature rows, read a window at a time.
     ``epoch_batches(epoch, current_weights)`` yields the epoch's batches: arrays of shape
     (b, 3) of item indices (triplets) or of shape (b,) (labelled batches mined online with
     ``mining``). With ``validation_score``, training stops once the score has not improved by
@@ -193,11 +212,8 @@ def train_head(
     # Create the optimizer's slots now: variables created inside the first call of a
     # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
     optimizer.build(model.trainable_variables)
-    d = items.n_features
-    mean = tf.constant(np.zeros(d) if items.mean is None else items.mean, tf.float32)
-    scale = tf.constant(np.ones(d) if items.scale is None else items.scale, tf.float32)
-    triplet_loop, batch_loop = _make_steps(model, optimizer, mean, scale, distance, margin, mining)
-    stored = items.raw()  # standardised in the graph
+    triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)
+    buffer = _WindowBuffer(items.n_features)
     window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
 
     result = TrainingResult(weights=initial_weights)
@@ -206,8 +222,10 @@ def train_head(
     for epoch in range(max_epochs):
         losses, actives, sizes = [], [], []
         windows = _windows(epoch_batches(epoch, last_finite), window_rows)
-        read = (_read_window(stored, labels, stack) for stack in windows)
-        for features, window_labels, stack in _read_ahead(read):
+        for plan, upcoming in _with_next(windows):
+            features, window_labels, stack = _read_window(items, labels, plan, buffer)
+            if upcoming is not None:
+                items.prefetch(np.unique(upcoming))
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop
             run_losses, run_actives = loop(features, window_labels, stack)
             losses.extend(run_losses.numpy().tolist())

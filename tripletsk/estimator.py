@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from tripletsk._rows import FeatureRows, block_windows, embed
+from tripletsk._rows import FeatureRows, array_take, block_windows, embed
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
 from tripletsk.triplets import pk_batches, sample_label_triplets
@@ -558,6 +558,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                     features.indices(unique),
                     features.dim,
                     chunk_rows=getattr(features, "chunk_rows", None),
+                    prefetch=getattr(features, "prefetch", None),
                 )
                 return rows, inverse
             if hasattr(features, "lookup"):
@@ -867,7 +868,7 @@ def _array_rows(features, ids: np.ndarray, is_text: bool) -> FeatureRows:
         )
     if array.dtype.kind not in "biuf":
         raise ValueError(f"features must be numeric; got an array of dtype {array.dtype}.")
-    return FeatureRows(array.__getitem__, _check_indices(ids, len(array)), array.shape[1])
+    return FeatureRows(array_take(array), _check_indices(ids, len(array)), array.shape[1])
 
 
 def _lookup_mapping(mapping: Mapping, keys: np.ndarray) -> np.ndarray:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tripletsk._rows import array_take
+
 
 class SharedFeatures:
     """A read-only (n, d) feature array, optionally with one string key per row.
@@ -132,9 +134,10 @@ class SharedFeatures:
             )
         return ids.astype(np.int64)
 
-    def take(self, rows) -> np.ndarray:
-        """Features of row numbers ``rows`` (from :meth:`indices`), as a new array."""
-        return self._array[np.asarray(rows, dtype=np.int64).ravel()]
+    def take(self, rows, out: np.ndarray | None = None) -> np.ndarray:
+        """Features of row numbers ``rows`` (from :meth:`indices`), as a new array or in
+        ``out`` (a float32 array of that shape)."""
+        return array_take(self._array)(np.asarray(rows, dtype=np.int64).ravel(), out)
 
     # Shared, not copied: clone() and copy.deepcopy() hand out the same object.
     def __copy__(self) -> SharedFeatures:

@@ -453,8 +453,9 @@ class FeatureStore:
         idx = self.indices(keys)
         return self.take(idx)
 
-    def take(self, idx) -> np.ndarray:
-        """Features of row numbers ``idx`` as an (n, D) float32 array."""
+    def take(self, idx, out: np.ndarray | None = None) -> np.ndarray:
+        """Features of row numbers ``idx`` as an (n, D) float32 array (written to ``out`` if
+        given: a float32 array of that shape)."""
         feats = self._features()
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         n = len(self)
@@ -463,11 +464,14 @@ class FeatureStore:
         idx = np.where(idx < 0, idx + n, idx)
         if isinstance(feats, np.ndarray):  # mapped or in memory: numpy handles order/duplicates
             self._will_need(np.unique(idx))
-            return np.asarray(feats[idx], dtype=np.float32)
+            if out is not None and feats.dtype == out.dtype:
+                # mode="clip" (indices are checked above) lets numpy skip a buffered copy.
+                return np.take(feats, idx, axis=0, out=out, mode="clip")
+            return _into(np.asarray(feats[idx], dtype=np.float32), out)
         # h5py dataset: fancy reads need sorted unique indices; read those, then reorder.
         uniq, inverse = np.unique(idx, return_inverse=True)
         if uniq.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return _into(np.zeros((0, self.dim), dtype=np.float32), out)
         span = int(uniq[-1] - uniq[0] + 1)
         if span <= 4 * uniq.size:  # dense: read whole blocks and pick
             rows = np.empty((uniq.size, self.dim), dtype=np.float32)
@@ -479,7 +483,7 @@ class FeatureStore:
                     rows[sel] = feats[start:stop][uniq[sel] - start]
         else:
             rows = np.asarray(feats[uniq], dtype=np.float32)
-        return rows[inverse.reshape(-1)]
+        return _into(rows[inverse.reshape(-1)], out)
 
     def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, features)`` in row order, ``chunk_size`` rows at a time."""
@@ -497,6 +501,11 @@ class FeatureStore:
         feats = self._features()
         self._will_need(np.arange(len(feats)))
         return np.asarray(feats[()], dtype=np.float32)
+
+    def prefetch(self, idx) -> None:
+        """Start reading rows ``idx`` from disk in the background (a hint; returns at once)."""
+        self._features()
+        self._will_need(np.unique(np.asarray(idx, dtype=np.int64)))
 
     def _will_need(self, rows: np.ndarray) -> None:
         """Have the kernel read exactly the pages of ``rows`` (sorted, distinct), all at once.
@@ -517,6 +526,13 @@ class FeatureStore:
         starts -= starts % mmap.PAGESIZE  # madvise wants page-aligned starts
         for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             self._mmap.madvise(mmap.MADV_WILLNEED, start, end - start)
+
+
+def _into(rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None:
+        return rows
+    out[...] = rows
+    return out
 
 
 # --------------------------------------------------------------------------------------------
