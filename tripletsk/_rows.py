@@ -22,6 +22,9 @@ CHUNK_BYTES = 32 * 2**20
 # Contiguous rows read as one block when streaming (``stream=True``): 2 MiB (256 rows at
 # 2048-d), or whole HDF5 chunks of a chunked cache. Large enough for sequential disk reads.
 BLOCK_BYTES = 2 * 2**20
+# Rows copied and standardised together into a buffer: 1 MiB stays in the CPU cache between
+# the copy and the arithmetic (measured 2x faster than a whole window per step).
+CACHE_BYTES = 2**20
 
 
 class FeatureRows:
@@ -104,22 +107,29 @@ class FeatureRows:
     def prefetch(self, idx) -> None:
         """Start reading items ``idx`` from disk, if the source is there; returns at once."""
         if self._prefetch is not None and len(idx):
-            self._prefetch(np.unique(self.rows[idx]))
+            self._prefetch(np.unique(self.rows[np.asarray(idx)]))
 
     def take(self, idx=None, out: np.ndarray | None = None) -> np.ndarray:
         """Features of items ``idx`` (default: all) as a new float32 array, or written into
         the first rows of ``out`` (a float32 array with room for them) and returned."""
         rows = self.rows if idx is None else self.rows[idx]
-        if out is not None:
-            out = self._take(rows, out=out[: len(rows)])
-        else:
+        if out is None:
             out = np.asarray(self._take(rows), dtype=np.float32)
             if not out.flags.writeable:
                 out = np.array(out)  # ``take`` gives a new array; copy a read-only one to scale
-        if self.mean is not None:
-            out -= self.mean
-            out /= self.scale
+            self._standardize(out)
+            return out
+        out = out[: len(rows)]
+        step = max(1, CACHE_BYTES // (4 * max(self.n_features, 1)))
+        for start in range(0, len(rows), step):
+            part = out[start : start + step]
+            self._standardize(self._take(rows[start : start + step], out=part))
         return out
+
+    def _standardize(self, x: np.ndarray) -> None:
+        if self.mean is not None:
+            x -= self.mean
+            x /= self.scale
 
     def chunks(self, idx=None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, features)`` of items ``idx`` (default: all), a chunk at a time."""

@@ -225,7 +225,7 @@ def train_head(
         for plan, upcoming in _with_next(windows):
             features, window_labels, stack = _read_window(items, labels, plan, buffer)
             if upcoming is not None:
-                items.prefetch(np.unique(upcoming))
+                items.prefetch(upcoming.ravel())
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop
             run_losses, run_actives = loop(features, window_labels, stack)
             losses.extend(run_losses.numpy().tolist())

@@ -21,6 +21,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tripletsk._rows import FeatureRows, array_take, block_windows, embed
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
+from tripletsk.shared import SharedFeatures
+from tripletsk.store import FeatureStore
 from tripletsk.triplets import pk_batches, sample_label_triplets
 
 DEFAULT_CACHE = Path("cache") / "features.h5"
@@ -551,8 +553,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         if isinstance(features, str | os.PathLike):
             features = _open_cache(features)
         try:
-            if hasattr(features, "indices") and hasattr(features, "take"):
-                # FeatureStore, SharedFeatures: row numbers now, features when read.
+            if isinstance(features, FeatureStore | SharedFeatures):
+                # Row numbers now, features when read (their take can fill a buffer).
                 rows = FeatureRows(
                     features.take,
                     features.indices(unique),
@@ -822,8 +824,6 @@ def _open_cache(path):
 
 @functools.lru_cache(maxsize=4)
 def _open_cache_version(path: str, identity):
-    from tripletsk.store import FeatureStore
-
     return FeatureStore(path)
 
 
