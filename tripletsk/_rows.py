@@ -133,10 +133,11 @@ class FeatureRows:
 
     def chunks(self, idx=None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, features)`` of items ``idx`` (default: all), a chunk at a time."""
-        n = len(self) if idx is None else len(idx)
-        for start in range(0, n, self.chunk_size):
-            part = slice(start, min(start + self.chunk_size, n))
-            yield part, self.take(np.arange(part.start, part.stop) if idx is None else idx[part])
+        idx = np.arange(len(self)) if idx is None else np.asarray(idx)
+        size = self.chunk_size
+        for start in range(0, len(idx), size):
+            self.prefetch(idx[start + size : start + 2 * size])  # disk reads the next meanwhile
+            yield slice(start, min(start + size, len(idx))), self.take(idx[start : start + size])
 
     def checked_mean_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and variance (float64) of all items, checking each chunk.
