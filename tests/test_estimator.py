@@ -502,6 +502,7 @@ def test_fit_and_transform_do_not_copy_the_features(monkeypatch):
 
     monkeypatch.setattr(rows_module, "CHUNK_BYTES", 2**20)
     monkeypatch.setattr(training, "WINDOW_BYTES", 2**20)
+    monkeypatch.setattr(training, "RESIDENT_BYTES", 2**20)  # else read once: one copy
     rng = np.random.RandomState(0)
     X = rng.normal(size=(20_000, 256)).astype(np.float32)  # 20 MB
     T = rng.permutation(len(X)).reshape(-1, 4)[:, :3]
@@ -582,6 +583,7 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
     block_rows, window_rows = 32, 256  # 64-d rows: 8 KiB blocks, 64 KiB windows
     monkeypatch.setattr(rows_module, "BLOCK_BYTES", block_rows * 64 * 4)
     monkeypatch.setattr(training, "WINDOW_BYTES", window_rows * 64 * 4)
+    monkeypatch.setattr(training, "RESIDENT_BYTES", 0)  # windows for stream=False too
     reads = []
     original_take = FeatureStore.take
 
@@ -605,3 +607,26 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
         assert blocks_per_read > 2 * (window_rows // block_rows + 1)
     emb = enc.transform(keys[held_out])
     assert label_triplet_accuracy(emb, y[held_out]) >= 0.98
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_windows_train_exactly_as_one_resident_tensor(blobs, monkeypatch, labelled):
+    """Reading rows per window (large sets) only changes how batches are fed, not training."""
+    import tripletsk._training as training
+
+    X, y = blobs
+    T = sample_label_triplets(y, 300, random_state=0)
+    params = {**SMALL, "features": X, "dropout": 0.2, "max_epochs": 4}
+
+    def fit():
+        enc = TripletEncoder(**params)
+        return enc.fit(np.arange(len(X)), y) if labelled else enc.fit(T)
+
+    resident = fit()
+    monkeypatch.setattr(training, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(training, "WINDOW_BYTES", 40 * 12 * 4)  # 40 rows: many windows
+    windowed = fit()
+    for (k1, b1), (k2, b2) in zip(resident.weights_, windowed.weights_, strict=True):
+        np.testing.assert_allclose(k1, k2, atol=1e-5)
+        np.testing.assert_allclose(b1, b2, atol=1e-5)
+    np.testing.assert_allclose(resident.loss_curve_, windowed.loss_curve_, rtol=1e-5)

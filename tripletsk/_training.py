@@ -1,16 +1,17 @@
 """The TensorFlow training loop of the head (private: used by ``TripletEncoder.fit``).
 
-An epoch's batches are fed in windows: consecutive, equally shaped batches whose rows together
-fit in ``WINDOW_BYTES``. A window's distinct rows are read once, standardised, into one of two
-reused, aligned buffers that TensorFlow reads without a copy (DLPack), and its batches arrive
-as stacked index arrays into it; they run inside one compiled loop, so Python is not involved
-between steps. Each distinct item of a batch is embedded once, however many triplets it
-appears in. Before a window trains, the disk reads of the next one are started (the kernel reads
-while TensorFlow computes); memory stays O(window) whatever the number of cached images.
-Reading rows in a second thread instead was measured slower on 2 cores: the copy competes with
-TensorFlow's threads for cores and memory bandwidth.
-Measured throughput against the machine's matrix-multiply peak: ``benchmarks/head_training.py``;
-memory: ``benchmarks/memory.py``.
+Feature rows up to ``RESIDENT_BYTES`` are read once per fit, standardised, into one tensor that
+stays resident; an epoch's batches arrive as stacked index arrays into it and run inside one
+compiled loop, so Python is not involved between steps. Larger sets (or ``stream=True``) bound
+memory instead: the batches are fed in windows, consecutive equally shaped batches whose rows
+fit in ``WINDOW_BYTES``. A window's distinct rows are read, standardised, into one reused
+buffer, and its batches arrive as indices into it. Either buffer is 64-byte aligned, so
+TensorFlow uses it without a copy (DLPack). Each distinct item of a batch is embedded once,
+however many triplets it appears in. Before a window trains, the disk reads of the next one are
+started (the kernel reads while TensorFlow computes); memory stays O(window) whatever the
+number of cached images. Reading rows in a second thread instead was measured slower on 2
+cores: the copy competes with TensorFlow's threads for cores and memory bandwidth. Measured:
+``benchmarks/head_training.py`` (speed), ``benchmarks/memory.py``, ``benchmarks/streaming.py``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class TrainingResult:
 
 PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
+# Up to this size (128k images at 2048-d) the rows of a fit are read once into one resident
+# tensor: no per-epoch copies, measured ~20% faster per epoch than windows on 2 cores
+# (benchmarks/head_training.py). Beyond it, memory matters more: windows of WINDOW_BYTES.
+RESIDENT_BYTES = 1024 * 2**20
 # Feature rows read per window (64 MiB: 8,192 rows at 2048-d, ~10 batches of 256 triplets).
 # Two windows are alive at once (one training, one being read), plus TensorFlow's copy.
 WINDOW_BYTES = 64 * 2**20
@@ -186,10 +191,12 @@ def train_head(
     seed: int,
     verbose: int = 0,
     precision: str = "float32",
+    stream: bool = False,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
-    ``items`` are the (standardised) feature rows, read a window at a time.
+    ``items`` are the (standardised) feature rows: read once if they fit ``RESIDENT_BYTES``
+    and ``stream`` is false, else a window at a time.
     ``epoch_batches(epoch, current_weights)`` yields the epoch's batches: arrays of shape
     (b, 3) of item indices (triplets) or of shape (b,) (labelled batches mined online with
     ``mining``). With ``validation_score``, training stops once the score has not improved by
@@ -213,8 +220,22 @@ def train_head(
     # tf.function make it trace twice, and tracing is most of a small fit's fixed cost.
     optimizer.build(model.trainable_variables)
     triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)
-    buffer = _WindowBuffer(items.n_features)
-    window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
+    if not stream and 4 * items.n_features * len(items) <= RESIDENT_BYTES:
+        rows = items.take(out=_aligned_empty((len(items), items.n_features)))
+        resident = (
+            tf.experimental.dlpack.from_dlpack(rows.__dlpack__()),  # no copy
+            tf.convert_to_tensor(np.zeros(0) if labels is None else labels, dtype=tf.int32),
+        )
+        window_rows = np.iinfo(np.int64).max  # one window: all equally shaped batches at once
+
+        def read(plan):
+            return (*resident, tf.convert_to_tensor(plan, dtype=tf.int32))
+    else:
+        buffer = _WindowBuffer(items.n_features)
+        window_rows = max(1, WINDOW_BYTES // (4 * items.n_features))
+
+        def read(plan):
+            return _read_window(items, labels, plan, buffer)
 
     result = TrainingResult(weights=initial_weights)
     best, best_weights, no_change = -math.inf, initial_weights, 0
@@ -223,7 +244,7 @@ def train_head(
         losses, actives, sizes = [], [], []
         windows = _windows(epoch_batches(epoch, last_finite), window_rows)
         for plan, upcoming in _with_next(windows):
-            features, window_labels, stack = _read_window(items, labels, plan, buffer)
+            features, window_labels, stack = read(plan)
             if upcoming is not None:
                 items.prefetch(upcoming.ravel())
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop

@@ -337,6 +337,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             seed=seed,
             verbose=self.verbose,
             precision=self.precision,
+            stream=self.stream,
         )
         self.weights_ = result.weights
         self.loss_curve_ = result.loss_curve
