@@ -133,9 +133,11 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         and accuracy.
     stream : bool, default=False
         Read the features in storage order, for caches larger than memory. A fit never copies
-        the features (memory is the features plus O(batch); a cache is memory-mapped, so only
-        the pages read are held, and the operating system can drop them again), but by
-        default it reads their rows in random order. With ``stream=True`` each epoch visits
+        the whole set of features: it keeps one standardised copy of the rows it trains on
+        while they fit in 1 GiB (faster epochs), else reads them per epoch in 64 MiB windows;
+        a cache is memory-mapped, so only the pages read are held, and the operating system
+        can drop them again. By default rows are read in random order. With ``stream=True``
+        (always windows) each epoch visits
         the rows in blocks of consecutive rows (2 MiB, or whole HDF5 chunks) in a random
         order of blocks, a 64 MiB window of blocks at a time: labelled batches are drawn within
         a window, given triplets are grouped by their anchor's block. Every block is then read
