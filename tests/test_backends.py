@@ -1,11 +1,16 @@
+import warnings
+
 import numpy as np
 import pytest
 
+import tripletsk.backends as backends
 from tripletsk.backends import (
     bfloat16_copy,
+    cpu_supports_bfloat16,
     make_openvino_runner,
     make_tensorflow_runner,
     normalize_precision,
+    warn_if_bfloat16_is_emulated,
 )
 
 
@@ -69,9 +74,27 @@ def test_tensorflow_bfloat16_runner_is_close_and_leaves_global_policy(small_cnn,
 def test_openvino_runner(small_cnn, batch, precision):
     pytest.importorskip("openvino")
     ref = small_cnn(batch, training=False).numpy()
-    out = make_openvino_runner(small_cnn, precision, batch_size=4)(batch)
+    runner = make_openvino_runner(small_cnn, precision, batch_size=4)
+    out = runner(batch)
     assert out.dtype == np.float32 and out.shape == ref.shape
+    # OpenVINO computes bf16 only where the CPU has it; the runner says what it chose.
+    native = precision == "bf16" and cpu_supports_bfloat16()
+    assert runner.precision == ("bfloat16" if native else "float32")
     if precision == "f32":
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     else:
         assert _cos(out, ref).min() > 0.99
+
+
+def test_emulated_bfloat16_is_warned_about(monkeypatch):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow computes bfloat16 on the GPU here")
+    monkeypatch.setattr(backends, "cpu_supports_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="Extraction in bfloat16: .* emulated .* float32"):
+        warn_if_bfloat16_is_emulated("Extraction")
+    monkeypatch.setattr(backends, "cpu_supports_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_bfloat16_is_emulated("Extraction")

@@ -489,6 +489,19 @@ def test_bfloat16_training_keeps_float32_weights_and_learns(blobs):
     assert bf16.score(X, y) >= fp32.score(X, y) - 0.03
 
 
+def test_bfloat16_training_warns_where_it_is_emulated(blobs, monkeypatch):
+    import tensorflow as tf
+
+    import tripletsk.backends as backends
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow computes bfloat16 on the GPU here")
+    X, y = blobs
+    monkeypatch.setattr(backends, "cpu_supports_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="Training in bfloat16: .* emulated"):
+        TripletEncoder(**{**SMALL, "precision": "bfloat16", "max_epochs": 1}).fit(X, y)
+
+
 # ---------------------------------------------------------------------- memory and streaming
 
 

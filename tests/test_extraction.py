@@ -962,6 +962,20 @@ def test_openvino_backend_matches_tensorflow(photo_folder, tmp_path):
     np.testing.assert_allclose(ov_store.to_array(), tf_store.to_array(), rtol=1e-3, atol=1e-3)
 
 
+def test_openvino_bfloat16_is_refused_where_it_would_compute_float32(photo_folder, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from tripletsk.backends import cpu_supports_bfloat16
+    from tripletsk.errors import UserError
+
+    if cpu_supports_bfloat16():
+        pytest.skip("this CPU runs OpenVINO bfloat16 natively")
+    out = tmp_path / "ov.h5"
+    with pytest.raises(UserError, match="OpenVINO computes in float32 on this CPU"):
+        extract_features(photo_folder, out, weights="none", image_size=64, quiet=True,
+                         backend="openvino", precision="bfloat16")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
 @pytest.mark.parametrize(
     ("backend", "precision", "match"),
     [("onnx", "float32", "--backend must be one of"), ("tensorflow", "int8", "--precision")],

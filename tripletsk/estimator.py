@@ -321,6 +321,11 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
 
         from tripletsk._training import train_head  # TensorFlow is needed only from here
 
+        if self.precision == "bfloat16":
+            from tripletsk.backends import warn_if_bfloat16_is_emulated
+
+            warn_if_bfloat16_is_emulated("Training", stacklevel=4)  # the caller of fit
+
         result = train_head(
             items,
             init,

@@ -420,15 +420,30 @@ BACKENDS = ("tensorflow", "openvino")
 
 
 def check_backend(backend: str, precision: str) -> tuple[str, str]:
-    """Validated ``(backend, precision)``; precision spelled ``float32`` or ``bfloat16``."""
-    from tripletsk.backends import normalize_precision
+    """Validated ``(backend, precision)``; precision spelled ``float32`` or ``bfloat16``.
+
+    OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
+    OpenVINO would compute in float32 while the cache recorded bfloat16.
+    """
+    from tripletsk.backends import cpu_supports_bfloat16, normalize_precision
 
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     try:
-        return backend, normalize_precision(precision)
+        precision = normalize_precision(precision)
     except ValueError as e:
         raise UserError(f"--precision: {e}") from None
+    if (backend, precision) == ("openvino", "bfloat16") and not cpu_supports_bfloat16():
+        raise _openvino_runs_other_precision(precision, "float32")
+    return backend, precision
+
+
+def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
+    return UserError(
+        f"--precision {asked}: OpenVINO computes in {chosen} on this CPU (it has no "
+        "AVX512-BF16 or AMX). Use --precision float32: OpenVINO float32 ran at 1.75x "
+        "TensorFlow float32 on such a CPU (benchmarks/README.md)."
+    )
 
 
 def provenance_for(
@@ -534,7 +549,11 @@ def _backend_runner(model, backend: str, precision: str, batch_size: int):
             run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
         except ImportError as e:
             raise UserError(str(e)) from None
+        if run.precision != precision:  # the cache would record a precision never used
+            raise _openvino_runs_other_precision(precision, run.precision)
     else:
+        if precision == "bfloat16":
+            backends.warn_if_bfloat16_is_emulated("Feature extraction")
         run = backends.make_tensorflow_runner(model, precision)
     return lambda x: run(preprocess_input(np.asarray(x, dtype=np.float32)))
 
