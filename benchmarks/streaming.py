@@ -20,6 +20,7 @@ Usage::
 
     python benchmarks/streaming.py                  # 200,000 images, 1 GiB limit
     python benchmarks/streaming.py --rows 100000 --limit-mib 600
+    python benchmarks/streaming.py --early-stopping  # plus a validation pass per epoch
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _read_bytes() -> int:
         return int(next(line for line in f if line.startswith("read_bytes")).split()[1])
 
 
-def child(path: str, stream: bool) -> None:
+def child(path: str, stream: bool, early_stopping: bool) -> None:
     from tripletsk import TripletEncoder
     from tripletsk.store import FeatureStore
 
@@ -122,7 +123,9 @@ def child(path: str, stream: bool) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     read_before, start = _read_bytes(), time.perf_counter()
-    enc = TripletEncoder(features=path, max_epochs=1, random_state=0, stream=stream)
+    enc = TripletEncoder(
+        features=path, max_epochs=1, random_state=0, stream=stream, early_stopping=early_stopping
+    )
     enc.fit(keys, labels)
     wall = time.perf_counter() - start
     done.set()
@@ -170,8 +173,9 @@ class MemoryCgroup:
             self.dir.rmdir()
 
 
-def run(path: Path, stream: bool, cgroup: MemoryCgroup | None) -> dict:
+def run(path: Path, stream: bool, cgroup: MemoryCgroup | None, early_stopping: bool) -> dict:
     command = [sys.executable, __file__, "--child", str(path)] + (["--stream"] if stream else [])
+    command += ["--early-stopping"] if early_stopping else []
     preexec = None
     if cgroup is not None:
         evict(path)
@@ -196,9 +200,14 @@ def main(argv=None) -> None:
     parser.add_argument("--limit-mib", type=int, default=1024)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="fit with early_stopping=True: a held-out 10%% is embedded after the epoch",
+    )
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.stream)
+        child(args.child, args.stream, args.early_stopping)
         return
     gib = 2**30
     with tempfile.TemporaryDirectory(dir=REPO) as tmp:
@@ -221,7 +230,7 @@ def main(argv=None) -> None:
             widths = (10, 7, 12, 9, 12, 13, 15)
             print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
             for name, stream, group in runs:
-                r = results[name] = run(path, stream, group)
+                r = results[name] = run(path, stream, group, args.early_stopping)
                 if "error" in r:
                     print(f"{name:>10} {r['error']}")
                     continue

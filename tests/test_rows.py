@@ -62,6 +62,23 @@ def test_embed_in_chunks_equals_one_forward_pass(source, monkeypatch):
     np.testing.assert_allclose(embed(items, weights, idx), forward(source[idx], weights))
 
 
+def test_embed_reads_in_storage_order_and_answers_in_the_order_asked(source, monkeypatch):
+    monkeypatch.setattr(rows_module, "CHUNK_BYTES", 1)  # 256 rows per chunk
+    weights = init_head_weights(6, (8,), 3, np.random.RandomState(0))
+    reads = []
+
+    def recording_take(rows, out=None):
+        reads.extend(rows)
+        return array_take(source)(rows, out)
+
+    items = FeatureRows(recording_take, np.random.RandomState(1).permutation(500), 6)
+    idx = np.random.RandomState(2).permutation(500)[:400]  # e.g. a shuffled validation split
+    got = embed(items, weights, idx)
+    np.testing.assert_allclose(got, forward(source[items.rows[idx]], weights), rtol=1e-6)
+    assert sorted(reads) == reads  # one forward sweep over the source, chunk after chunk
+    assert len(reads) == 400
+
+
 def test_block_rows_are_whole_storage_chunks():
     assert FeatureRows(None, [], 2048).block_rows == 256  # 2 MiB of float32 rows
     assert FeatureRows(None, [], 2048, chunk_rows=100).block_rows == 200

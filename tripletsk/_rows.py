@@ -178,11 +178,17 @@ def array_take(array: np.ndarray) -> Callable:
 
 
 def embed(rows: FeatureRows, weights: HeadWeights, idx=None) -> np.ndarray:
-    """Embeddings of items ``idx`` (default: all), computed a chunk at a time."""
-    n = len(rows) if idx is None else len(idx)
-    out = np.empty((n, weights[-1][0].shape[1]), dtype=np.float32)
-    for part, chunk in rows.chunks(idx):
-        out[part] = forward(chunk, weights)
+    """Embeddings of items ``idx`` (default: all), computed a chunk at a time.
+
+    Items are read in the order of their source rows, whatever the order of ``idx`` (a
+    shuffled validation split, say), so a pass over a cache on disk is one forward sweep
+    instead of random reads; the embeddings are returned in the order of ``idx``.
+    """
+    idx = np.arange(len(rows)) if idx is None else np.asarray(idx)
+    out = np.empty((len(idx), weights[-1][0].shape[1]), dtype=np.float32)
+    order = np.argsort(rows.rows[idx], kind="stable")
+    for part, chunk in rows.chunks(idx[order]):
+        out[order[part]] = forward(chunk, weights)
     return out
 
 

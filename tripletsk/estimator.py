@@ -413,6 +413,9 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
                 f"early_stopping could not hold out validation_fraction="
                 f"{self.validation_fraction} of {n} samples: {exc}"
             ) from exc
+        # In item order, so passes over the training items (hybrid's offline mining) read a
+        # cache forward when the items are in the cache's order, not at random.
+        train = np.sort(train)
         metric = _SKLEARN_METRIC[self.distance]
 
         def score(weights):
