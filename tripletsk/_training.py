@@ -66,19 +66,13 @@ class _FusedAdam:
         self.variables = list(variables)
         # Slots are created here, not in the first traced call (which would trace twice).
         self.moments = [
-            (tf.Variable(tf.zeros_like(v), trainable=False), tf.Variable(tf.zeros_like(v)))
+            (tf.Variable(tf.zeros_like(v), trainable=False),
+             tf.Variable(tf.zeros_like(v), trainable=False))
             for v in self.variables
-        ]
+        ]  # fmt: skip
         self.iterations = tf.Variable(0.0, trainable=False)
-        self.hyper = {
-            name: tf.constant(value, tf.float32)
-            for name, value in [
-                ("lr", learning_rate),
-                ("beta1", beta_1),
-                ("beta2", beta_2),
-                ("epsilon", epsilon),
-            ]
-        }
+        hyper = {"lr": learning_rate, "beta1": beta_1, "beta2": beta_2, "epsilon": epsilon}
+        self.hyper = {name: tf.constant(value, tf.float32) for name, value in hyper.items()}
 
     def apply_gradients(self, grads) -> None:
         step = self.iterations.assign_add(1.0)

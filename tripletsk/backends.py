@@ -46,14 +46,25 @@ def normalize_precision(precision: str) -> str:
         ) from None
 
 
-def cpu_supports_bfloat16() -> bool:
-    """True when the CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16; Linux)."""
+def _cpu_has_bfloat16() -> bool | None:
+    """Whether the CPU multiplies bfloat16 natively (x86 AVX512-BF16 or AMX-BF16), or None
+    where its flags cannot be read (they are read from Linux's ``/proc/cpuinfo``)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
-        return False
+        return None
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True when the CPU is known to multiply bfloat16 natively (AVX512-BF16 or AMX-BF16)."""
+    return bool(_cpu_has_bfloat16())
+
+
+def cpu_lacks_bfloat16() -> bool:
+    """True when the CPU is known to have no native bfloat16 (False where flags are unknown)."""
+    return _cpu_has_bfloat16() is False
 
 
 def warn_if_bfloat16_is_emulated(what: str, stacklevel: int = 3) -> None:

@@ -425,7 +425,7 @@ def check_backend(backend: str, precision: str) -> tuple[str, str]:
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
-    from tripletsk.backends import cpu_supports_bfloat16, normalize_precision
+    from tripletsk.backends import cpu_lacks_bfloat16, normalize_precision
 
     if backend not in BACKENDS:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -435,10 +435,8 @@ def check_backend(backend: str, precision: str) -> tuple[str, str]:
         raise UserError(f"--precision: {e}") from None
     # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
     # own report of the precision OpenVINO chose is checked when it is built.
-    flags_known = os.path.exists("/proc/cpuinfo")
-    if (backend, precision) == ("openvino", "bfloat16") and flags_known:
-        if not cpu_supports_bfloat16():
-            raise _openvino_runs_other_precision(precision, "float32")
+    if (backend, precision) == ("openvino", "bfloat16") and cpu_lacks_bfloat16():
+        raise _openvino_runs_other_precision(precision, "float32")
     return backend, precision
 
 
