@@ -28,16 +28,16 @@ tripletsk extract-features images --weights none --image-size 32
 tripletsk make-triplets cache/features.h5 -n 2000 -o train.txt --split test.txt --test-size 0.3
 
 # 4. Learn the similarity (the model remembers the cache it was fitted on).
-tripletsk fit --triplets train.txt -o model.joblib --set max_epochs="$EPOCHS" \
+tripletsk fit --triplets train.txt -o model.npz --set max_epochs="$EPOCHS" \
     --set random_state=0 --plot loss.png
 
 # 5. For each test triplet <A, B, C>: 1 if A is more similar to B than to C, else 0.
-tripletsk predict --model model.joblib --triplets test.txt -o predictions.txt
+tripletsk predict --model model.npz --triplets test.txt -o predictions.txt
 head -n 3 predictions.txt
 
 # 6. How often is that right, and how well are images of a class retrieved?
-tripletsk score --model model.joblib --triplets test.txt --labels-from-folders \
+tripletsk score --model model.npz --triplets test.txt --labels-from-folders \
     --plot distances.png
 
 # 7. The images most similar to a cached image, and a picture of the result.
-tripletsk search --model model.joblib 3/0.png -k 5 --sheet neighbours.png
+tripletsk search --model model.npz 3/0.png -k 5 --sheet neighbours.png

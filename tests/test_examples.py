@@ -17,15 +17,34 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
+def _write_shim(path: Path, interpreter: str, *args: str) -> None:
+    """An executable script running ``interpreter *args``. A script, not a symlink: a symlink to
+    a virtualenv's interpreter, placed elsewhere, starts the base interpreter without the
+    virtualenv's packages."""
+    path.write_text(f'#!/bin/sh\nexec "{interpreter}" {" ".join(args)} "$@"\n')
+    path.chmod(0o755)
+
+
+def test_python_shim_keeps_a_virtualenv(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    _write_shim(tmp_path / "python", str(venv / "bin" / "python"))
+    out = subprocess.run(
+        [tmp_path / "python", "-c", "import sys; print(sys.prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(out).resolve() == venv.resolve()
+
+
 @pytest.fixture
 def env(tmp_path):
     """Environment whose ``tripletsk`` and ``python`` are this checkout's, whatever is installed."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "tripletsk"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tripletsk "$@"\n')
-    shim.chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    _write_shim(bin_dir / "tripletsk", sys.executable, "-m", "tripletsk")
+    _write_shim(bin_dir / "python", sys.executable)
     return {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
