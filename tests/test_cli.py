@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tripletsk import cli as cli_module
-from tripletsk.cli import _parse_params, cli
+from tripletsk.cli import cli
+from tripletsk.cli.train import parse_params
 from tripletsk.errors import UserError
 from tripletsk.estimator import TripletEncoder
 from tripletsk.triplets import labels_from_folders, read_triplets
@@ -292,7 +293,7 @@ def test_fit_labels_from_folders(capsys, work, tmp_path):
     ],
 )
 def test_set_values_are_literals_or_strings(assignment, expected):
-    assert _parse_params([assignment]) == expected
+    assert parse_params([assignment]) == expected
 
 
 @pytest.mark.parametrize(

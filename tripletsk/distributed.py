@@ -331,8 +331,6 @@ def extract_with_dask(
     DaskExtractionSummary
     """
     distributed = _distributed()
-    from tqdm import tqdm
-
     from tripletsk.shards import merge_shards_locked, remove_shard_files, shard_path
 
     t0 = time.perf_counter()
@@ -381,22 +379,7 @@ def extract_with_dask(
             for i, p in enumerate(paths, start=1)
         ]
         summary = DaskExtractionSummary(output=output, n_shards=n, n_workers=len(workers))
-        bar = tqdm(total=n, desc="shards", unit="shard", file=sys.stderr, disable=not show)
-        try:
-            for fut in distributed.as_completed(futures, loop=client.loop):
-                res = fut.result()
-                if "error" in res:
-                    raise res["error"]
-                for k in ("extracted", "cached", "changed", "resumed"):
-                    setattr(summary, k, getattr(summary, k) + res[k])
-                summary.workers.setdefault(res["worker"], []).append(res["shard"])
-                bar.update(1)
-                bar.set_postfix(images=summary.extracted + summary.changed, refresh=False)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        finally:
-            bar.close()
+        _collect(client, futures, summary, show)
         merged = merge_shards_locked(paths, output)
     if not keep_shards:
         remove_shard_files(paths)
@@ -404,3 +387,26 @@ def extract_with_dask(
     summary.failed_list = merged.failed_list
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _collect(client, futures: list, summary: DaskExtractionSummary, show: bool) -> None:
+    """Add up the shards' results as they finish; cancel the rest on the first error."""
+    from tqdm import tqdm
+
+    distributed = _distributed()
+    bar = tqdm(total=len(futures), desc="shards", unit="shard", file=sys.stderr, disable=not show)
+    try:
+        for fut in distributed.as_completed(futures, loop=client.loop):
+            res = fut.result()
+            if "error" in res:
+                raise res["error"]
+            for k in ("extracted", "cached", "changed", "resumed"):
+                setattr(summary, k, getattr(summary, k) + res[k])
+            summary.workers.setdefault(res["worker"], []).append(res["shard"])
+            bar.update(1)
+            bar.set_postfix(images=summary.extracted + summary.changed, refresh=False)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        bar.close()

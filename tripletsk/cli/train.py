@@ -18,6 +18,11 @@ __all__ = ["parse_params", "register"]
 
 def register(sub) -> None:
     """Add ``make-triplets`` and ``fit`` to the sub-commands ``sub``."""
+    _add_make_triplets(sub)
+    _add_fit(sub)
+
+
+def _add_make_triplets(sub) -> None:
     p = add_command(
         sub,
         "make-triplets",
@@ -52,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.set_defaults(run=_run_make_triplets)
 
+
+def _add_fit(sub) -> None:
     p = add_command(
         sub,
         "fit",

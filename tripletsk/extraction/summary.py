@@ -54,7 +54,7 @@ class ExtractionSummary:
         if len(self.failed) > 10:
             lines.append(f"    ... and {len(self.failed) - 10} more")
         if self.missing:
-            lines.append(f"  files gone, features kept: {self.missing} (pruning drops them)")
+            lines.append(f"  files gone, features kept: {self.missing} (use --prune to drop them)")
         if self.pruned:
             lines.append(f"  pruned (file gone): {self.pruned}")
         if self.ignored:
