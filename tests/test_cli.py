@@ -16,8 +16,9 @@ import joblib
 import numpy as np
 import pytest
 
-from tripletsk import cli as cli_module
-from tripletsk.cli import _parse_params, cli
+from tripletsk.cli import cli
+from tripletsk.cli import info as info_command
+from tripletsk.cli.train import parse_params
 from tripletsk.errors import UserError
 from tripletsk.estimator import TripletEncoder
 from tripletsk.triplets import labels_from_folders, read_triplets
@@ -292,7 +293,7 @@ def test_fit_labels_from_folders(capsys, work, tmp_path):
     ],
 )
 def test_set_values_are_literals_or_strings(assignment, expected):
-    assert _parse_params([assignment]) == expected
+    assert parse_params([assignment]) == expected
 
 
 @pytest.mark.parametrize(
@@ -649,7 +650,7 @@ def test_unexpected_error_is_one_line_with_debug_hint(capsys, monkeypatch, model
     def broken(args):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(cli_module, "_run_info", broken)
+    monkeypatch.setattr(info_command, "_run_info", broken)
     status, _, err = run(capsys, *(["--debug"] if debug else []), "info", model)
     assert status == 1
     assert "tripletsk: error: unexpected RuntimeError: something broke" in err

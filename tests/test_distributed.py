@@ -144,7 +144,7 @@ def test_cli_on_a_running_scheduler(client, data, tmp_path, capsys):
 
 
 def test_user_errors_on_workers_reach_the_client(client, data, tmp_path):
-    with pytest.raises(UserError, match="image-size must be at least 32"):
+    with pytest.raises(UserError, match="image_size must be at least 32"):
         extract_with_dask(
             data["images"], tmp_path / "f.h5", client=client, quiet=True, weights="none",
             image_size=16,
@@ -217,7 +217,7 @@ def test_gpu_arguments_are_checked(monkeypatch):
         gpu_worker_env("0,0")
     with pytest.raises(UserError, match="no GPU is visible on this machine"):
         local_cluster(gpus="auto")
-    with pytest.raises(UserError, match="--dask-workers 3 with only 2 GPU"):
+    with pytest.raises(UserError, match="3 workers with only 2 GPU"):
         local_cluster(3, gpus="0,1")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tripletsk.cli.extract import add_extract_arguments, run_extract
 from tripletsk.errors import (
     CacheLockedError,
     CacheMismatchError,
@@ -32,17 +33,15 @@ from tripletsk.errors import (
 from tripletsk.extraction import (
     IMAGE_EXTENSIONS,
     ExtractionSummary,
-    _cached_backbone,
-    _process_file,
-    add_extract_arguments,
     build_backbone,
     discover_images,
     extract_features,
     features_for_files,
     load_image,
     resolve_weights,
-    run_extract,
 )
+from tripletsk.extraction.backbone import cached_backbone
+from tripletsk.extraction.decode import process_file
 from tripletsk.store import CacheLock, FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +89,7 @@ def write_png_bomb(path: Path, w: int = 30000, h: int = 30000) -> None:
 @pytest.fixture(scope="session")
 def backbone():
     """The backbone the extraction runs use (built once per session, cached in-process)."""
-    return _cached_backbone(resolve_weights("none", 0), SIZE, BATCH)
+    return cached_backbone(resolve_weights("none", 0), SIZE, BATCH)
 
 
 def feats_of(backbone, path) -> np.ndarray:
@@ -246,7 +245,7 @@ def test_permission_denied_reason_for_unprivileged_user(tmp_path):
         try:
             os.setgid(65534)
             os.setuid(65534)
-            res = _process_file(f, SIZE, None)
+            res = process_file(f, SIZE, None)
             os.write(w, str(res.reason).encode())
         finally:
             os._exit(0)
@@ -324,7 +323,7 @@ def test_bad_arguments(tmp_path):
     save(photo(1), tmp_path / "i" / "a.png")
     for kw, msg in (
         ({"image_size": 16}, "at least 32"),
-        ({"batch_size": 0}, "batch-size"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"dtype": "int8"}, "float32 or float16"),
         ({"weights": tmp_path / "no.h5"}, "weights file not found"),
     ):
@@ -673,23 +672,33 @@ def test_random_weights_identical_in_a_new_process(backbone):
 def test_imagenet_offline_error_says_what_to_do(tmp_path):
     code = textwrap.dedent(
         """
+        import sys
+        from tripletsk.cli import cli
         from tripletsk.extraction import build_backbone
         from tripletsk.errors import WeightsUnavailableError
         try:
             build_backbone("imagenet", 32)
         except WeightsUnavailableError as e:
             print("ERROR:", e)
+        sys.stderr = sys.stdout  # the command line's one-line error
+        cli(["extract-features", sys.argv[1], "-o", sys.argv[2], "--image-size", "32"])
         """
     )
+    save(photo(0), tmp_path / "imgs" / "a.png")
     dead = "http://127.0.0.1:9"  # nothing listens there: the download fails fast
     env = _env(KERAS_HOME=os.fspath(tmp_path / "keras"), HTTPS_PROXY=dead, https_proxy=dead)
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
+        [sys.executable, "-c", code, tmp_path / "imgs", tmp_path / "f.h5"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("ERROR:")]
     assert line, out.stdout + out.stderr[-2000:]
-    assert "--weights path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in line[0]
-    assert "--weights none" in line[0]
+    assert "weights='path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'" in line[0]
+    assert "weights='none'" in line[0] and "--weights" not in line[0]  # library: no flags
+    cli_line = [ln for ln in out.stdout.splitlines() if ln.startswith("tripletsk: error:")]
+    assert cli_line, out.stdout + out.stderr[-2000:]
+    assert "cannot get the ImageNet weights" in cli_line[0]
+    assert "On the command line: --weights PATH, or --weights none." in cli_line[0]
     assert issubclass(WeightsUnavailableError, RuntimeError)
 
 
@@ -978,7 +987,7 @@ def test_openvino_bfloat16_is_refused_where_it_would_compute_float32(photo_folde
 
 @pytest.mark.parametrize(
     ("backend", "precision", "match"),
-    [("onnx", "float32", "--backend must be one of"), ("tensorflow", "int8", "--precision")],
+    [("onnx", "float32", "^backend must be one of"), ("tensorflow", "int8", "^precision must be")],
 )
 def test_unknown_backend_or_precision(photo_folder, tmp_path, backend, precision, match):
     from tripletsk.errors import UserError

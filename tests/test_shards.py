@@ -163,7 +163,7 @@ def test_split_cache_seeds_an_incremental_shard(runs, tmp_path):
 @pytest.mark.parametrize(
     ("shard", "existing", "match"),
     [
-        (None, 0, r"is shard 1/3 of a sharded extraction; pass --shard 1/3"),
+        (None, 0, r"is shard 1/3 of a sharded extraction; extract shard 1/3 to update it"),
         ((2, N), 0, r"holds shard 1/3, not 2/3"),
         ((1, N), None, r"is a whole \(unsharded\) cache; write shard 1/3 to its own file"),
     ],
@@ -279,7 +279,7 @@ def test_cli_merge_refuses_a_whole_cache(capsys, runs, tmp_path):
         capsys, "merge-features", runs["single"], *runs["shards"], "-o", str(tmp_path / "m")
     )
     assert status == 1
-    assert "is not a shard (it was extracted without --shard)" in one_error_line(err)
+    assert "is not a shard (it was extracted without a shard)" in one_error_line(err)
 
 
 def test_cli_merge_refuses_to_overwrite_a_shard(capsys, runs):

@@ -16,7 +16,6 @@ Importing this module does not import TensorFlow; it imports ``distributed`` if 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -26,8 +25,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from tripletsk.errors import UserError
+from tripletsk.extraction.summary import ExtractionSummary
 from tripletsk.store import DEFAULT_CACHE, CacheLock, check_provenance, read_header
 
 __all__ = [
@@ -159,7 +160,7 @@ def gpu_worker_env(gpus: str | Sequence[str] | None) -> list[dict[str, str]]:
         ids = [str(g) for g in gpus]
     ids = [g.strip() for g in ids if g.strip()]
     if len(set(ids)) != len(ids):
-        raise UserError(f"--gpus lists a GPU twice: {','.join(ids)}")
+        raise UserError(f"gpus lists a GPU twice: {','.join(ids)}")
     return [{"CUDA_VISIBLE_DEVICES": g} for g in ids]
 
 
@@ -176,8 +177,8 @@ def local_cluster(
     envs = gpu_worker_env(gpus)
     if gpus is not None and not envs:
         raise UserError(
-            "--gpus auto: no GPU is visible on this machine (CUDA_VISIBLE_DEVICES / nvidia-smi); "
-            "omit --gpus to run on the CPU"
+            f"gpus={gpus!r}: no GPU is visible on this machine (CUDA_VISIBLE_DEVICES / "
+            "nvidia-smi); leave gpus unset to run on the CPU"
         )
     kwargs.setdefault("dashboard_address", ":0")
     kwargs.setdefault("silence_logs", logging.ERROR)  # e.g. the nannies' shutdown warnings
@@ -185,7 +186,7 @@ def local_cluster(
         n = n_workers or max(1, (os.cpu_count() or 1) // 2)
         return distributed.LocalCluster(n_workers=n, processes=True, threads_per_worker=1, **kwargs)
     if n_workers is not None and n_workers > len(envs):
-        raise UserError(f"--dask-workers {n_workers} with only {len(envs)} GPU(s) in --gpus")
+        raise UserError(f"{n_workers} workers with only {len(envs)} GPU(s) in gpus")
     envs = envs[: n_workers or len(envs)]
     silence = kwargs.pop("silence_logs")
     scheduler = {
@@ -208,36 +209,17 @@ def local_cluster(
 
 
 @dataclass
-class DaskExtractionSummary:
+class DaskExtractionSummary(ExtractionSummary):
     """What :func:`extract_with_dask` did (totals over the shards)."""
 
-    output: str
     n_shards: int = 0
     n_workers: int = 0
-    n_images: int = 0
-    extracted: int = 0
-    cached: int = 0
-    changed: int = 0
-    resumed: int = 0
-    failed: list = field(default_factory=list)  # [(key, reason)]
-    seconds: float = 0.0
     workers: dict = field(default_factory=dict)  # worker address -> shards extracted there
 
-    def format(self) -> str:
-        lines = [
-            f"features: {self.output} ({self.n_images} images, {self.n_shards} shards on "
-            f"{self.n_workers} Dask workers)",
-            f"  extracted: {self.extracted}"
-            + (f" ({self.resumed} resumed from interrupted shards)" if self.resumed else ""),
-            f"  already cached: {self.cached}",
-            f"  changed and re-extracted: {self.changed}",
-            f"  failed: {len(self.failed)}",
-        ]
-        lines += [f"    {k}: {r}" for k, r in self.failed[:10]]
-        if len(self.failed) > 10:
-            lines.append(f"    ... and {len(self.failed) - 10} more")
-        lines.append(f"  time: {self.seconds:.1f} s")
-        return "\n".join(lines)
+    resumed_note: ClassVar[str] = "resumed from interrupted shards"
+
+    def describe_output(self) -> str:
+        return f"{self.n_images} images, {self.n_shards} shards on {self.n_workers} Dask workers"
 
 
 def _extract_shard(images_dir: str, output: str, path: str, i: int, n: int, kwargs: dict):
@@ -282,7 +264,8 @@ def _check_output(output: str, kwargs: dict) -> None:
     old = read_header(output)
     if "shard" in old.attrs:
         raise UserError(
-            f"{output} is shard {old.attrs['shard']}; write the cluster's result to another -o"
+            f"{output} is shard {old.attrs['shard']}; write the cluster's result to another "
+            "output file"
         )
     spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
     backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
@@ -348,8 +331,6 @@ def extract_with_dask(
     DaskExtractionSummary
     """
     distributed = _distributed()
-    from tqdm import tqdm
-
     from tripletsk.shards import merge_shards_locked, remove_shard_files, shard_path
 
     t0 = time.perf_counter()
@@ -361,7 +342,7 @@ def extract_with_dask(
     if bad:
         raise TypeError(f"extract_with_dask() got unexpected arguments {sorted(bad)}")
     if os.path.isdir(output):
-        raise UserError(f"--output must be a file path, not a folder: {output}")
+        raise UserError(f"the output must be a file path, not a folder: {output}")
     if client is not None and (scheduler or n_workers or gpus):
         raise UserError("pass either client= or scheduler=/n_workers=/gpus=, not both")
     os.makedirs(os.path.dirname(output), exist_ok=True)
@@ -398,45 +379,34 @@ def extract_with_dask(
             for i, p in enumerate(paths, start=1)
         ]
         summary = DaskExtractionSummary(output=output, n_shards=n, n_workers=len(workers))
-        bar = tqdm(total=n, desc="shards", unit="shard", file=sys.stderr, disable=not show)
-        try:
-            for fut in distributed.as_completed(futures, loop=client.loop):
-                res = fut.result()
-                if "error" in res:
-                    raise res["error"]
-                for k in ("extracted", "cached", "changed", "resumed"):
-                    setattr(summary, k, getattr(summary, k) + res[k])
-                summary.workers.setdefault(res["worker"], []).append(res["shard"])
-                bar.update(1)
-                bar.set_postfix(images=summary.extracted + summary.changed, refresh=False)
-        except BaseException:
-            client.cancel(futures)
-            raise
-        finally:
-            bar.close()
+        _collect(client, futures, summary, show)
         merged = merge_shards_locked(paths, output)
     if not keep_shards:
         remove_shard_files(paths)
     summary.n_images, summary.failed = merged.n_images, merged.failed
+    summary.failed_list = merged.failed_list
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def run_extract_dask(args: argparse.Namespace) -> int:
-    """``tripletsk extract-features --scheduler ADDRESS | --dask-workers N`` from parsed args."""
-    from tripletsk.extraction import extraction_options
+def _collect(client, futures: list, summary: DaskExtractionSummary, show: bool) -> None:
+    """Add up the shards' results as they finish; cancel the rest on the first error."""
+    from tqdm import tqdm
 
-    s = extract_with_dask(
-        args.images_dir,
-        args.output,
-        scheduler=args.scheduler,
-        n_workers=args.dask_workers,
-        n_shards=args.shards,
-        gpus=args.gpus,
-        **extraction_options(args),
-    )
-    if not args.quiet:
-        print(s.format())
-    elif s.failed:
-        print(f"{len(s.failed)} file(s) could not be read as images", file=sys.stderr)
-    return 0
+    distributed = _distributed()
+    bar = tqdm(total=len(futures), desc="shards", unit="shard", file=sys.stderr, disable=not show)
+    try:
+        for fut in distributed.as_completed(futures, loop=client.loop):
+            res = fut.result()
+            if "error" in res:
+                raise res["error"]
+            for k in ("extracted", "cached", "changed", "resumed"):
+                setattr(summary, k, getattr(summary, k) + res[k])
+            summary.workers.setdefault(res["worker"], []).append(res["shard"])
+            bar.update(1)
+            bar.set_postfix(images=summary.extracted + summary.changed, refresh=False)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    finally:
+        bar.close()

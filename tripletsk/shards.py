@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, ShardError
+from tripletsk.failures import write_failed_list
 from tripletsk.store import (
     CacheHeader,
     CacheLock,
@@ -74,7 +75,7 @@ def parse_shard(shard: str | Sequence[int]) -> tuple[int, int]:
         m = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", shard)
         if not m:
             raise ShardError(
-                f"--shard must be I/N, e.g. 1/4 for the first of 4 shards; got {shard!r}"
+                f"shard must be I/N, e.g. 1/4 for the first of 4 shards; got {shard!r}"
             )
         i, n = int(m.group(1)), int(m.group(2))
     else:
@@ -83,10 +84,10 @@ def parse_shard(shard: str | Sequence[int]) -> tuple[int, int]:
         except (TypeError, ValueError):
             raise ShardError(f"shard must be 'I/N' or a pair (I, N); got {shard!r}") from None
     if n < 1:
-        raise ShardError(f"--shard I/N needs N >= 1 shards; got {i}/{n}")
+        raise ShardError(f"shard I/N needs N >= 1 shards; got {i}/{n}")
     if not 1 <= i <= n:
         raise ShardError(
-            f"--shard {i}/{n}: shards are numbered from 1 to {n} (1-based, as in "
+            f"shard {i}/{n}: shards are numbered from 1 to {n} (1-based, as in "
             f"features-{max(i, 1)}-of-{n}.h5); pass 1/{n} ... {n}/{n}"
         )
     return i, n
@@ -143,17 +144,17 @@ def check_shard_output(old_attrs: dict, shard_attrs: dict | None, output: str) -
         return
     if want is None:
         raise ShardError(
-            f"{output} is shard {have} of a sharded extraction; pass --shard {have} to update it, "
-            "or merge the shards with `tripletsk merge-features` and update the merged cache"
+            f"{output} is shard {have} of a sharded extraction; extract shard {have} to update "
+            "it, or merge the shards and update the merged cache"
         )
     if have is None:
         raise ShardError(
             f"{output} is a whole (unsharded) cache; write shard {want} to its own file, e.g. "
-            f"-o {shard_path(output, *parse_shard(want))}"
+            f"{shard_path(output, *parse_shard(want))}"
         )
     raise ShardError(
         f"{output} holds shard {have}, not {want}; write each shard to its own file, e.g. "
-        f"-o {shard_path(output, *parse_shard(want))}"
+        f"{shard_path(output, *parse_shard(want))}"
     )
 
 
@@ -171,6 +172,7 @@ class MergeSummary:
     n_images: int = 0
     failed: list = field(default_factory=list)  # [(key, reason)]
     shards: list = field(default_factory=list)  # shard files, in shard order
+    failed_list: str | None = None  # path of the text file listing failures
 
     def format(self) -> str:
         return (
@@ -185,8 +187,8 @@ def _read_shards(paths: Sequence[str]) -> list[CacheHeader]:
         h = read_header(p)
         if "shard" not in h.attrs:
             raise ShardError(
-                f"{p} is not a shard (it was extracted without --shard); merge only the files "
-                "written by `tripletsk extract-features IMAGES_DIR --shard I/N`"
+                f"{p} is not a shard (it was extracted without a shard); merge only the caches "
+                "of one sharded extraction (each extracted with shard I/N)"
             )
         if h.attrs.get("shard_assignment") != SHARD_ASSIGNMENT:
             raise ShardError(
@@ -230,8 +232,8 @@ def check_shards(headers: Sequence[CacheHeader]) -> list[CacheHeader]:
     if missing:
         names = ", ".join(f"{i}/{n}" for i in missing)
         raise ShardError(
-            f"missing shard(s) {names} of {n}: extract them with `tripletsk extract-features "
-            f"IMAGES_DIR --shard I/{n} -o ...` and pass all {n} files"
+            f"missing shard(s) {names} of {n}: extract them (shard I/{n}, each to its own "
+            f"file) and pass all {n} files"
         )
     ordered = [by_index[i] for i in range(1, n + 1)]
     for h in ordered:
@@ -246,7 +248,7 @@ def check_shards(headers: Sequence[CacheHeader]) -> list[CacheHeader]:
         if h.dim != first.dim or h.dtype != first.dtype:
             raise CacheMismatchError(
                 f"{h.path} stores ({h.dim}, {h.dtype}) features, {first.path} ({first.dim}, "
-                f"{first.dtype}); extract all shards with the same --dtype"
+                f"{first.dtype}); extract all shards with the same dtype"
             )
         if not int(h.attrs.get("shard_complete", 0)):
             raise ShardError(
@@ -265,7 +267,7 @@ def check_shards(headers: Sequence[CacheHeader]) -> list[CacheHeader]:
         if stray:
             raise ShardError(
                 f"{h.path} (shard {i}/{n}) holds {len(stray)} image(s) of other shards, e.g. "
-                f"{stray[0]!r}; it is not a file written by --shard {i}/{n}"
+                f"{stray[0]!r}; it is not a cache extracted as shard {i}/{n}"
             )
     return ordered
 
@@ -301,9 +303,11 @@ def merge_shards(
     output = os.fspath(output)
     paths = [os.fspath(p) for p in paths]
     if any(os.path.abspath(p) == os.path.abspath(output) for p in paths):
-        raise ShardError(f"-o {output} is one of the shard files; write the merge to a new file")
+        raise ShardError(
+            f"the output {output} is one of the shard files; write the merge to a new file"
+        )
     if os.path.isdir(output):
-        raise ShardError(f"-o must be a file path, not a folder: {output}")
+        raise ShardError(f"the output must be a file path, not a folder: {output}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with CacheLock(output):
         summary = merge_shards_locked(paths, output)
@@ -314,8 +318,6 @@ def merge_shards(
 
 def merge_shards_locked(paths: Sequence[str], output: str) -> MergeSummary:
     """:func:`merge_shards` for a caller that already holds ``output``'s :class:`CacheLock`."""
-    from tripletsk.extraction import _write_failed_list
-
     remove_stale_temp_files(output)
     shards = check_shards(_read_shards(paths))
     first = shards[0]
@@ -360,8 +362,9 @@ def merge_shards_locked(paths: Sequence[str], output: str) -> MergeSummary:
     finally:
         for st in stores:
             st.close()
-    _write_failed_list(output, failed)
-    return MergeSummary(output, len(shards), len(keys), failed, [h.path for h in shards])
+    failed_list = write_failed_list(output, failed)
+    shard_files = [h.path for h in shards]
+    return MergeSummary(output, len(shards), len(keys), failed, shard_files, failed_list)
 
 
 def remove_shard_files(paths: Sequence[str]) -> None:

@@ -1,0 +1,253 @@
+"""``extract-features`` and ``merge-features``: the command-line side of extraction.
+
+Arguments become the keyword arguments of :func:`tripletsk.extraction.extract_features` (or of
+:func:`tripletsk.distributed.extract_with_dask` on a Dask cluster); library errors speak of those
+parameters, and this module words the ones a user meets most often in terms of the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tripletsk.cli._common import UsageError, add_command
+from tripletsk.errors import UserError, WeightsUnavailableError
+from tripletsk.store import DEFAULT_CACHE
+
+__all__ = ["add_extract_arguments", "extraction_options", "register", "run_extract"]
+
+
+def register(sub) -> None:
+    """Add ``extract-features`` and ``merge-features`` to the sub-commands ``sub``."""
+    p = add_command(
+        sub,
+        "extract-features",
+        "Pass every image of a folder once through ResNet50 and cache the features (HDF5).",
+        "tripletsk extract-features images/ -o cache/features.h5\n"
+        "tripletsk extract-features images/ --weights none --image-size 32   # offline test",
+    )
+    add_extract_arguments(p)
+    _add_scale_arguments(p)
+    p.set_defaults(run=_run_extract)
+
+    p = add_command(
+        sub,
+        "merge-features",
+        "Merge the shard caches of `extract-features --shard I/N` into one cache.",
+        "tripletsk merge-features cache/features-*-of-4.h5 -o cache/features.h5",
+    )
+    p.add_argument("shards", metavar="SHARD", nargs="+", help="the N shard caches")
+    p.add_argument("-o", "--output", required=True, help="merged cache to write")
+    p.add_argument(
+        "--remove-shards", action="store_true", help="delete the shard files after the merge"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    p.set_defaults(run=_run_merge)
+
+
+def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``extract-features`` arguments to ``parser``."""
+    from tripletsk.extraction.backbone import BACKENDS
+
+    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
+    parser.add_argument(
+        "-o", "--output", default=DEFAULT_CACHE, help="feature cache (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (Keras download), none (random, for tests) or PATH to a weights file "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default=None,
+        help="storage precision (default: float32, or the existing cache's)",
+    )
+    parser.add_argument(
+        "--recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search sub-folders (default: yes)",
+    )
+    parser.add_argument(
+        "--prune", action="store_true", help="drop cached images whose file is gone"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random weights for --weights none"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every cached file to detect changes (default: only files whose size or "
+        "modification time changed)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="tensorflow",
+        help="what runs the model; openvino needs `pip install tripletsk[openvino]` "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model arithmetic; bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def _shard_arg(value: str) -> tuple[int, int]:
+    from tripletsk.shards import parse_shard
+
+    try:
+        return parse_shard(value)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """``extract-features`` options to spread the work over processes and machines."""
+    g = parser.add_argument_group("scaling out (docs/scaling.md)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="I/N",
+        help="extract only shard I of N (1-based); merge the N files with merge-features",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a Dask cluster (e.g. tcp://host:8786); workers need the images folder and "
+        "the output folder at the same paths",
+    )
+    where.add_argument(
+        "--dask-workers",
+        type=int,
+        metavar="N",
+        help="run on a local Dask cluster of N worker processes",
+    )
+    g.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="with --scheduler/--dask-workers: number of shards (default: 4 per worker)",
+    )
+    g.add_argument(
+        "--gpus",
+        metavar="auto|LIST",
+        help="with --dask-workers: one worker per GPU (auto: all visible; or e.g. 0,1)",
+    )
+
+
+def extraction_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`extract_features` that the parsed options set."""
+    return {
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "dtype": args.dtype,
+        "recursive": args.recursive,
+        "prune": args.prune,
+        "seed": args.seed,
+        "quiet": args.quiet,
+        "verify": getattr(args, "verify", False),
+        "workers": getattr(args, "workers", None),
+        "backend": getattr(args, "backend", "tensorflow"),
+        "precision": getattr(args, "precision", "float32"),
+    }
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """The size options, checked here to name the flags (the library names its parameters)."""
+    if args.image_size < 32:
+        raise UserError(f"--image-size must be at least 32 for ResNet50, got {args.image_size}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    if args.shards is not None and args.scheduler is None and args.dask_workers is None:
+        raise UsageError("--shards needs --scheduler or --dask-workers")
+    if args.gpus is not None and args.dask_workers is None and args.scheduler is None:
+        raise UsageError("--gpus needs --dask-workers (a local cluster, one worker per GPU)")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise UsageError(f"--dask-workers must be at least 1, got {args.dask_workers}")
+    if args.shards is not None and args.shards < 1:
+        raise UsageError(f"--shards must be at least 1, got {args.shards}")
+    _check_sizes(args)
+    try:
+        if args.scheduler is not None or args.dask_workers is not None or args.gpus is not None:
+            return run_extract_dask(args)
+        return run_extract(args)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(
+            f"{e} On the command line: --weights PATH, or --weights none."
+        ) from None
+
+
+def _print_summary(args: argparse.Namespace, summary) -> None:
+    if not args.quiet:
+        print(summary.format())
+    elif summary.failed:
+        where = f"; see {summary.failed_list}" if summary.failed_list else ""
+        print(f"{len(summary.failed)} file(s) could not be read as images{where}", file=sys.stderr)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Run ``extract-features`` from parsed arguments; print the summary; return the exit code.
+
+    User mistakes raise :class:`~tripletsk.errors.UserError` (the CLI prints it as one line).
+    """
+    from tripletsk.extraction import extract_features
+
+    try:
+        s = extract_features(
+            args.images_dir,
+            output=args.output,
+            shard=getattr(args, "shard", None),
+            **extraction_options(args),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished images are saved in {args.output}; run the same command "
+            "again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    _print_summary(args, s)
+    return 0
+
+
+def run_extract_dask(args: argparse.Namespace) -> int:
+    """``tripletsk extract-features --scheduler ADDRESS | --dask-workers N`` from parsed args."""
+    from tripletsk.distributed import extract_with_dask
+
+    s = extract_with_dask(
+        args.images_dir,
+        args.output,
+        scheduler=args.scheduler,
+        n_workers=args.dask_workers,
+        n_shards=args.shards,
+        gpus=args.gpus,
+        **extraction_options(args),
+    )
+    _print_summary(args, s)
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from tripletsk.shards import merge_shards
+
+    summary = merge_shards(args.shards, args.output, remove=args.remove_shards)
+    if not args.quiet:
+        print(summary.format())
+    return 0

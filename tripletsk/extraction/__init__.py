@@ -1,0 +1,45 @@
+"""Feature extraction: find images, decode them, run a frozen ResNet50, cache the features.
+
+The expensive one-time step. ``extract_features(images_dir)`` (``tripletsk extract-features``)
+passes every image once through ResNet50 up to its ``avg_pool`` layer (2048 numbers) and stores the
+features in an HDF5 cache (see :mod:`tripletsk.store`). Runs are incremental (only new or changed
+images are extracted), resumable after any interruption (SIGKILL included), and unreadable files
+are skipped and reported with a reason.
+
+Modules: ``discovery`` (finding images), ``decode`` (Pillow decoding, fingerprints), ``backbone``
+(weights, the model, provenance), ``plan`` (what a run keeps, extracts and drops), ``pipeline``
+(decoding threads feeding the model), ``run`` (one run, :func:`extract_features`), ``summary``,
+``query`` (:func:`features_for_files`). TensorFlow is imported only when a model is built.
+"""
+
+from tripletsk.extraction.backbone import (
+    Backbone,
+    WeightsSpec,
+    build_backbone,
+    check_backend,
+    provenance_for,
+    resolve_weights,
+)
+from tripletsk.extraction.decode import PREPROCESSING, load_image
+from tripletsk.extraction.discovery import IMAGE_EXTENSIONS, Discovery, ImageFile, discover_images
+from tripletsk.extraction.query import features_for_files
+from tripletsk.extraction.run import extract_features
+from tripletsk.extraction.summary import ExtractionSummary
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PREPROCESSING",
+    "Backbone",
+    "Discovery",
+    "ExtractionSummary",
+    "ImageFile",
+    "WeightsSpec",
+    "build_backbone",
+    "check_backend",
+    "discover_images",
+    "extract_features",
+    "features_for_files",
+    "load_image",
+    "provenance_for",
+    "resolve_weights",
+]

@@ -1,0 +1,217 @@
+"""Decoding and hashing: one image file -> pixels the model takes, and the file's fingerprint.
+
+Decoding (Pillow): EXIF orientation applied, any mode converted to RGB (alpha composited on
+white, 16-bit scaled to 8-bit, CMYK converted, first frame of animations), resized to
+``image_size`` x ``image_size`` with bilinear filtering (aspect ratio not kept). A fingerprint is
+``(size, mtime_ns, blake2b hex, hashed_ns)``: the file's content hash and when it was taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from tripletsk.errors import ImageDecodeError
+from tripletsk.extraction.discovery import ImageFile, reason_from_oserror
+
+__all__ = [
+    "PREPROCESSING",
+    "DecodedFile",
+    "decode",
+    "fingerprint_file",
+    "load_image",
+    "process_file",
+    "safe_fingerprint",
+]
+
+#: Identifies the decoding + preprocessing; bump the version when pixels could change.
+PREPROCESSING = (
+    "tripletsk-v1: pillow decode, jpeg draft>=size, exif transpose, rgb (alpha on white, "
+    "16-bit/257), resize bilinear to size x size; resnet50.preprocess_input (caffe)"
+)
+_BIG_FILE = 256 * 1024 * 1024  # files larger than this are hashed by streaming, then decoded
+
+
+def _to_rgb(im):
+    """Convert a Pillow image of any mode to 8-bit RGB (alpha composited onto white)."""
+    from PIL import Image
+
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            a = np.nan_to_num(a.astype(np.float64))
+            scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
+            a8 = np.clip(a * scale, 0, 255).round().astype(np.uint8)
+        else:  # 16-bit samples (also "I", how Pillow opens some 16-bit files): 0..65535 -> 0..255
+            a8 = ((np.clip(a.astype(np.int64), 0, 65535) + 128) // 257).astype(np.uint8)
+        return Image.fromarray(a8, mode="L").convert("RGB")
+    if mode == "P":
+        if "transparency" in im.info:
+            im = im.convert("RGBA")
+            mode = "RGBA"
+        else:
+            return im.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX, ...
+
+
+def decode(data: bytes | str, image_size: int, max_pixels: int | None) -> np.ndarray:
+    """Decode bytes (or a path) to a (size, size, 3) uint8 array; ImageDecodeError with a reason."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if max_pixels is None:
+        max_pixels = Image.MAX_IMAGE_PIXELS
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with Image.open(src) as im:
+            n_pixels = im.width * im.height
+            if max_pixels and n_pixels > max_pixels:
+                raise ImageDecodeError(
+                    f"decompression bomb: {im.width}x{im.height} = {n_pixels} pixels exceeds "
+                    f"the limit of {max_pixels}"
+                )
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)  # animations: first frame
+            if im.format == "JPEG":
+                im.draft(None, (image_size, image_size))  # DCT downscaling, keeps >= size
+            im.load()
+            try:
+                img = ImageOps.exif_transpose(im)
+            except Exception:  # broken EXIF: use the pixels as stored
+                img = im
+            rgb = _to_rgb(img)
+            if rgb.size != (image_size, image_size):
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(f"decompression bomb: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image: cannot identify the image format") from None
+    except MemoryError:
+        raise ImageDecodeError("image too large to decode (out of memory)") from None
+    except OSError as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg:
+            raise ImageDecodeError(f"truncated or corrupt image ({msg})") from None
+        raise ImageDecodeError(f"corrupt image ({msg})") from None
+    except Exception as e:
+        raise ImageDecodeError(f"cannot decode image ({type(e).__name__}: {e})") from None
+    if arr.shape != (image_size, image_size, 3):
+        raise ImageDecodeError(f"unexpected decoded shape {arr.shape}")
+    return arr
+
+
+def load_image(
+    path: str | os.PathLike | bytes, image_size: int = 224, *, max_pixels: int | None = None
+) -> np.ndarray:
+    """Read one image as the extractor does: a (image_size, image_size, 3) uint8 RGB array.
+
+    EXIF orientation is applied; any mode is converted to RGB (transparency composited on white,
+    16-bit samples scaled to 8 bits, CMYK converted, first frame of animations); the image is
+    resized to a square with bilinear filtering (aspect ratio not kept). ``max_pixels`` (default
+    ``PIL.Image.MAX_IMAGE_PIXELS``) guards against decompression bombs.
+
+    Raises
+    ------
+    ImageDecodeError
+        With the reason, if the file is not a readable image.
+    """
+    if isinstance(path, bytes):
+        data = path
+    else:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as e:
+            raise ImageDecodeError(reason_from_oserror(e)) from None
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    with warnings.catch_warnings():
+        from PIL import Image
+
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return decode(data, int(image_size), max_pixels)
+
+
+@dataclass
+class DecodedFile:
+    """One file read by :func:`process_file`: its pixels, or the reason it has none."""
+
+    file: ImageFile
+    array: np.ndarray | None
+    fingerprint: tuple  # (size, mtime_ns, blake2b hex, hashed_ns)
+    reason: str | None
+
+
+def _open_regular(path: str):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ImageDecodeError("not a regular file")
+    return os.fdopen(fd, "rb"), st
+
+
+def _hash_stream(fh) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint_file(f: ImageFile) -> tuple:
+    """(size, mtime_ns, blake2b, hashed_ns) of a file, by content (OSError if unreadable)."""
+    t = time.time_ns()
+    fh, st = _open_regular(f.path)
+    with fh:
+        digest = _hash_stream(fh)
+    return (st.st_size, st.st_mtime_ns, digest, t)
+
+
+def process_file(f: ImageFile, image_size: int, max_pixels: int | None) -> DecodedFile:
+    """Read, hash and decode one file (runs in a worker thread)."""
+    t = time.time_ns()
+    fp = (f.size, f.mtime_ns, "", t)
+    try:
+        fh, st = _open_regular(f.path)
+        with fh:
+            fp = (st.st_size, st.st_mtime_ns, "", t)
+            if st.st_size > _BIG_FILE:
+                digest, data = _hash_stream(fh), f.path
+            else:
+                data = fh.read()
+                digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        fp = (st.st_size, st.st_mtime_ns, digest, t)
+        if st.st_size == 0:
+            raise ImageDecodeError("empty file (0 bytes)")
+        arr = decode(data, image_size, max_pixels)
+        return DecodedFile(f, arr, fp, None)
+    except ImageDecodeError as e:
+        return DecodedFile(f, None, fp, str(e))
+    except OSError as e:
+        return DecodedFile(f, None, fp, reason_from_oserror(e))
+    except Exception as e:  # never let one file stop the run
+        return DecodedFile(f, None, fp, f"cannot decode image ({type(e).__name__}: {e})")
+
+
+def safe_fingerprint(f: ImageFile) -> tuple | None:
+    """:func:`fingerprint_file`, or None if the file cannot be read now."""
+    try:
+        return fingerprint_file(f)
+    except (OSError, ImageDecodeError):
+        return None

@@ -1,0 +1,71 @@
+"""The settings of one extraction run, checked once and passed to each step."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from tripletsk.errors import UserError
+from tripletsk.extraction.backbone import (
+    WeightsSpec,
+    check_backend,
+    check_image_size,
+    provenance_for,
+    resolve_weights,
+)
+
+__all__ = ["ExtractOptions"]
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Validated arguments of :func:`~tripletsk.extraction.extract_features`."""
+
+    root: str
+    output: str
+    spec: WeightsSpec
+    image_size: int
+    batch_size: int
+    backend: str = "tensorflow"
+    precision: str = "float32"
+    dtype: str | None = None  # requested storage precision; None keeps the cache's
+    recursive: bool = True
+    prune: bool = False
+    verify: bool = False
+    workers: int = 1  # decoding threads
+    max_pixels: int | None = None
+    show: bool = False  # progress bars
+    shard: object = None  # "I/N", (I, N) or None
+
+    @classmethod
+    def from_arguments(
+        cls, images_dir, output, *, weights, seed, image_size, batch_size, dtype, backend,
+        precision, progress, quiet, workers, **rest,
+    ) -> ExtractOptions:  # fmt: skip
+        """Check the arguments (a :class:`UserError` saying which and why) and resolve them."""
+        root, output = os.fspath(images_dir), os.fspath(output)
+        image_size, batch_size = int(image_size), int(batch_size)
+        if not os.path.exists(root):
+            raise UserError(f"images folder does not exist: {root}")
+        if not os.path.isdir(root):
+            raise UserError(f"not a folder: {root} (pass the folder that holds the images)")
+        check_image_size(image_size)
+        if batch_size < 1:
+            raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        if dtype is not None and dtype not in ("float32", "float16"):
+            raise UserError(f"dtype must be float32 or float16, got {dtype!r}")
+        if os.path.isdir(output):
+            raise UserError(f"the output must be a file path, not a folder: {output}")
+        spec = resolve_weights(weights, seed)
+        backend, precision = check_backend(backend, precision)
+        show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
+        workers = int(workers) if workers else min(8, os.cpu_count() or 1)
+        return cls(
+            root, output, spec, image_size, batch_size, backend, precision, dtype,
+            show=show, workers=workers, **rest,
+        )  # fmt: skip
+
+    @property
+    def provenance(self) -> dict:
+        return provenance_for(self.spec, self.image_size, self.backend, self.precision)

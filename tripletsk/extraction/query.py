@@ -1,0 +1,103 @@
+"""Features of image files outside the cache, computed exactly as the cache's were.
+
+Used for search queries that are not in the cache: the backbone, weights, image size,
+preprocessing and precision are read from the cache's provenance and rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from tripletsk.errors import CacheMismatchError, ImageDecodeError, UserError
+from tripletsk.extraction.backbone import (
+    BACKBONE,
+    RANDOM_INIT,
+    cached_backbone,
+    provenance_for,
+    resolve_weights,
+)
+from tripletsk.extraction.decode import PREPROCESSING, load_image
+from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
+
+__all__ = ["features_for_files"]
+
+
+def _dtype(prov: dict) -> str:
+    return str(prov.get("compute_dtype") or "float32")
+
+
+def features_for_files(
+    paths: Sequence[str | os.PathLike],
+    like: FeatureStore | str | os.PathLike = DEFAULT_CACHE,
+    *,
+    weights=None,
+    batch_size: int = 32,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Features of image files computed exactly as for the cache ``like`` (same backbone, weights,
+    image size, preprocessing), e.g. for a search query that is not in the cache.
+
+    ``weights`` is needed only if the cache was made from a local weights file that has moved.
+
+    Raises
+    ------
+    UserError
+        If a file cannot be read as an image, or the cache's model cannot be rebuilt.
+    """
+    store = like if isinstance(like, FeatureStore) else FeatureStore(like)
+    prov = store.provenance
+    if prov.get("preprocessing") != PREPROCESSING or prov.get("backbone") != BACKBONE:
+        raise CacheMismatchError(
+            f"{store.path} was made with another backbone or preprocessing "
+            f"({prov.get('backbone')!r}, {prov.get('preprocessing')!r}) than this tripletsk "
+            "version uses; extract features again with this version"
+        )
+    image_size = int(prov["image_size"])
+    spec = _weights_of(store, weights)
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(load_image(p, image_size, max_pixels=max_pixels))
+        except ImageDecodeError as e:
+            raise UserError(f"cannot read {os.fspath(p)} as an image: {e}") from None
+    if not arrays:
+        return np.zeros((0, store.dim), np.float32)
+    backend = str(prov.get("backend") or "tensorflow")
+    precision = _dtype(prov)
+    backbone = cached_backbone(spec, image_size, int(batch_size), backend, precision)
+    return backbone(np.stack(arrays))
+
+
+def _weights_of(store: FeatureStore, weights):
+    """The weights the cache's features were made with (``weights``: the file, if it moved)."""
+    prov = store.provenance
+    ident = str(prov.get("weights"))
+    image_size = int(prov["image_size"])
+    if weights is not None:
+        spec = resolve_weights(weights, 0)
+        if spec.kind == "none":
+            m = re.match(r"none:seed=(-?\d+)", ident)
+            spec = resolve_weights("none", int(m.group(1)) if m else 0)
+        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
+    elif ident.startswith("none:"):
+        m = re.match(r"none:seed=(-?\d+):init=(.*)$", ident)
+        if not m or m.group(2) != RANDOM_INIT:
+            raise CacheMismatchError(f"{store.path}: unknown random initialisation {ident!r}")
+        spec = resolve_weights("none", int(m.group(1)))
+    elif ident == "imagenet":
+        src = str(prov.get("weights_source") or "")
+        spec = resolve_weights(src if os.path.isfile(src) else "imagenet")
+    else:
+        src = str(prov.get("weights_source") or "")
+        if not os.path.isfile(src):
+            raise UserError(
+                f"{store.path} was made with the weights file {src or '?'}, which is not found; "
+                "pass weights=PATH (the same file)"
+            )
+        spec = resolve_weights(src)
+        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
+    return spec

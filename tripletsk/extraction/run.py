@@ -1,0 +1,332 @@
+"""One extraction run: find the images, plan what to do, extract, write the cache.
+
+Runs are incremental (only new or changed images are extracted), resumable after any
+interruption (SIGKILL included: finished batches are journal parts next to the cache), and
+unreadable files are skipped and reported with a reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.extraction.backbone import FEATURE_DIM
+from tripletsk.extraction.decode import safe_fingerprint
+from tripletsk.extraction.discovery import IMAGE_EXTENSIONS, Discovery, discover_images
+from tripletsk.extraction.options import ExtractOptions
+from tripletsk.extraction.pipeline import extract_pending, progress_bar
+from tripletsk.extraction.plan import (
+    Assembly,
+    Plan,
+    apply_checks,
+    assemble,
+    plan_run,
+    record_extracted,
+)
+from tripletsk.extraction.summary import ExtractionSummary
+from tripletsk.failures import write_failed_list
+from tripletsk.store import (
+    DEFAULT_CACHE,
+    FINGERPRINT_DTYPE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CacheHeader,
+    CacheLock,
+    PartsJournal,
+    check_provenance,
+    library_versions,
+    load_part_features,
+    now_iso,
+    read_feature_rows,
+    read_header,
+    remove_stale_temp_files,
+    write_cache,
+)
+
+__all__ = ["extract_features"]
+
+
+@dataclass
+class _Run:
+    """The state of a run once the cache is locked."""
+
+    opts: ExtractOptions
+    found: Discovery
+    shard_attrs: dict | None  # attributes recorded in a shard cache
+    old: CacheHeader | None  # the existing cache's header
+    store_dtype: str
+    journal: PartsJournal
+    summary: ExtractionSummary
+    t0: float
+
+    @property
+    def old_keys(self) -> list:
+        return self.old.keys if self.old is not None else []
+
+    @property
+    def old_fps(self) -> np.ndarray:
+        return self.old.fingerprints if self.old is not None else np.zeros(0, FINGERPRINT_DTYPE)
+
+
+def extract_features(
+    images_dir: str | os.PathLike,
+    output: str | os.PathLike = DEFAULT_CACHE,
+    weights="imagenet",
+    image_size: int = 224,
+    batch_size: int = 32,
+    dtype: str | None = None,
+    recursive: bool = True,
+    prune: bool = False,
+    seed: int = 0,
+    progress: bool | None = None,
+    quiet: bool = False,
+    *,
+    verify: bool = False,
+    workers: int | None = None,
+    max_pixels: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    backend: str = "tensorflow",
+    precision: str = "float32",
+) -> ExtractionSummary:
+    """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
+
+    Parameters
+    ----------
+    images_dir : path
+        Folder of images (``.jpg .jpeg .png .gif .bmp .webp .tif .tiff``, any case).
+    output : path, default "cache/features.h5"
+        The HDF5 cache; created, or updated incrementally if it exists.
+    weights : "imagenet", "none" or path, default "imagenet"
+        ImageNet weights (Keras download), random weights from ``seed``, or a local weights file.
+    image_size : int, default 224
+        Images are resized to ``image_size`` x ``image_size`` (at least 32).
+    batch_size : int, default 32
+    dtype : "float32", "float16" or None
+        Storage precision; None keeps an existing cache's, else float32.
+    recursive : bool, default True
+        Search sub-folders.
+    prune : bool, default False
+        Drop cached entries whose file is gone (otherwise they are kept).
+    seed : int, default 0
+        Seed of the random initialisation when ``weights="none"``.
+    progress : bool or None
+        Progress bar on stderr; None shows it when stderr is a terminal and not ``quiet``.
+    quiet : bool, default False
+        No progress bar.
+    verify : bool, default False
+        Hash every cached file's content to detect changes, instead of trusting unchanged size
+        and modification time.
+    workers : int or None
+        Decoding threads (default: number of CPUs, at most 8).
+    max_pixels : int or None
+        Decompression-bomb limit (default ``PIL.Image.MAX_IMAGE_PIXELS``).
+    shard : "I/N", (I, N) or None
+        Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
+        key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
+    backend : "tensorflow" or "openvino", default "tensorflow"
+        What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``.
+    precision : "float32" or "bfloat16", default "float32"
+        Arithmetic of the model. bfloat16 is faster only on hardware with native bfloat16
+        (AVX512-BF16 or AMX CPUs, recent GPUs); its features differ slightly from float32 ones
+        (``benchmarks/extraction_bf16.py``), so a cache holds one precision only.
+
+    Returns
+    -------
+    ExtractionSummary
+
+    Raises
+    ------
+    UserError
+        The folder does not exist or holds no images, bad arguments, or (subclasses)
+        :class:`CacheMismatchError` for a cache made with other settings,
+        :class:`CacheLockedError` when another extraction writes the same cache,
+        :class:`WeightsUnavailableError` when ImageNet weights cannot be downloaded.
+    """
+    t0 = time.perf_counter()
+    opts = ExtractOptions.from_arguments(
+        images_dir, output, weights=weights, seed=seed, image_size=image_size,
+        batch_size=batch_size, dtype=dtype, backend=backend, precision=precision,
+        progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
+        verify=verify, max_pixels=max_pixels, shard=shard,
+    )  # fmt: skip
+    found, shard_attrs = _discover(opts)
+    _make_output_folder(opts.output)
+    summary = ExtractionSummary(
+        output=opts.output, ignored=found.ignored, skipped_dirs=list(found.skipped_dirs)
+    )
+    from PIL import Image
+
+    with CacheLock(opts.output), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        run = _open_run(opts, found, shard_attrs, summary, t0)
+        try:
+            _execute(run)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise
+            raise UserError(
+                f"cannot write the cache {opts.output}: {err.strerror or err}. Finished batches "
+                f"are kept in {run.journal.dir}; fix the problem and run the same command again."
+            ) from err
+    summary.seconds = time.perf_counter() - t0
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None]:
+    """The images to consider (this shard's only, with ``shard``) and the shard's attributes."""
+    found = discover_images(opts.root, recursive=opts.recursive)
+    if not found.files and not found.failed:
+        how = "recursively " if opts.recursive else ""
+        raise UserError(
+            f"no images found in {opts.root} (searched {how}for {' '.join(IMAGE_EXTENSIONS)}, "
+            "any case)"
+        )
+    if opts.shard is None:
+        return found, None
+    from tripletsk.shards import select_shard
+
+    return select_shard(found, opts.shard)
+
+
+def _make_output_folder(output: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        os.close(os.open(output + ".lock", os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as err:
+        raise UserError(f"cannot write the cache {output}: {err.strerror or err}") from None
+
+
+def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
+    """Under the cache's lock: check the existing cache fits, open the parts journal."""
+    output, prov = opts.output, opts.provenance
+    remove_stale_temp_files(output)
+    old = read_header(output) if os.path.exists(output) else None
+    if old is not None:
+        check_provenance(old.provenance, prov, output)
+        if shard_attrs is not None or "shard" in old.attrs:
+            from tripletsk.shards import check_shard_output
+
+            check_shard_output(old.attrs, shard_attrs, output)
+        if opts.dtype is not None and opts.dtype != old.dtype:
+            raise CacheMismatchError(
+                f"{output} stores {old.dtype} features; extract with dtype {old.dtype} (or "
+                "leave the dtype unset), or write to another output file"
+            )
+    store_dtype = opts.dtype or (old.dtype if old is not None else "float32")
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "provenance": prov,
+        "dim": FEATURE_DIM,
+        "image_root": os.path.abspath(opts.root),
+    }
+    journal = PartsJournal(output, meta)
+    journal.open()
+    return _Run(opts, found, shard_attrs, old, store_dtype, journal, summary, t0)
+
+
+def _execute(run: _Run) -> None:
+    """Plan, check changed files by content, extract the rest, write the cache."""
+    opts, parts, summary = run.opts, run.journal.parts, run.summary
+    plan = plan_run(
+        run.found.files, run.found.failed, run.old_keys, run.old_fps, parts, verify=opts.verify
+    )
+    if plan.to_check:
+        _check_contents(plan, run)
+    summary.resumed = len(plan.use_part)
+    if plan.pending:
+        summary.interrupted, ready_at = extract_pending(plan.pending, run.journal, opts)
+        if ready_at is not None:
+            summary.setup_seconds = ready_at - run.t0
+        record_extracted(plan, run.journal.parts, {f.key for f in plan.pending})
+    rows = assemble(
+        plan, {f.key for f in run.found.files}, run.old_keys, run.old_fps, run.journal.parts,
+        prune=opts.prune,
+    )  # fmt: skip
+    failed = sorted(plan.failed.items())
+    summary.cached = len(plan.keep_old)
+    cached_keys = set(run.old_keys)
+    summary.changed = sum(1 for k in rows.new_keys if k in cached_keys)
+    summary.extracted = len(rows.new_keys) - summary.changed
+    summary.pruned, summary.missing = rows.pruned, rows.missing
+    summary.failed, summary.n_images = failed, len(rows.keys)
+    if run.shard_attrs is not None:  # a shard records whether it holds its whole share
+        run.shard_attrs = {**run.shard_attrs, "shard_complete": int(not summary.interrupted)}
+    if _needs_write(run, rows, failed):
+        _write(run, rows, failed)
+        summary.written = True
+    run.journal.remove()
+    summary.failed_list = write_failed_list(opts.output, failed)
+
+
+def _check_contents(plan: Plan, run: _Run) -> None:
+    """Hash the files whose size/mtime changed (or all, with verify): same content -> kept."""
+    files = plan.to_check
+    with (
+        ThreadPoolExecutor(run.opts.workers) as ex,
+        progress_bar(len(files), "checking", run.opts.show and len(files) > 200) as bar,
+    ):
+        checked = []
+        for f, res in zip(files, ex.map(safe_fingerprint, files), strict=True):
+            bar.update(1)
+            checked.append((f, res))
+    apply_checks(plan, checked, run.old_keys, run.old_fps, run.journal.parts)
+
+
+def _needs_write(run: _Run, rows: Assembly, failed: list) -> bool:
+    """Whether the cache on disk differs from the one the run would write."""
+    old = run.old
+    if old is None or rows.new_keys or len(rows.old_rows) != len(old.keys):
+        return True
+    pairs = zip(rows.old_rows, rows.old_fps, strict=True)
+    return (
+        any(not np.array_equal(old.fingerprints[i], fp) for i, fp in pairs)
+        or failed != sorted(old.failed)
+        or os.path.abspath(run.opts.root) != old.attrs.get("image_root")
+        or any(old.attrs.get(k) != v for k, v in (run.shard_attrs or {}).items())
+    )
+
+
+def _write(run: _Run, rows: Assembly, failed: list) -> None:
+    """Write the new cache: kept cache rows, then rows of the journal's parts."""
+    now = now_iso()
+    attrs = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **run.opts.provenance,
+        "dim": FEATURE_DIM,
+        "dtype": run.store_dtype,
+        "versions": json.dumps(library_versions(), sort_keys=True),
+        "created": run.old.attrs.get("created", now) if run.old is not None else now,
+        "updated": now,
+        "image_root": os.path.abspath(run.opts.root),
+        "generation": os.urandom(8).hex(),
+        **(run.shard_attrs or {}),
+    }
+
+    def blocks():
+        if rows.old_rows:
+            yield from read_feature_rows(run.opts.output, np.asarray(rows.old_rows))
+        for pi, sel in rows.new_sel:
+            yield load_part_features(run.journal.parts[pi].path)[sel]
+
+    write_cache(
+        run.opts.output,
+        keys=rows.keys,
+        fingerprints=rows.fingerprints(),
+        feature_blocks=blocks(),
+        dim=FEATURE_DIM,
+        dtype=run.store_dtype,
+        failed=failed,
+        attrs=attrs,
+    )
