@@ -3,6 +3,7 @@ early-stopping hold-out and its scorer, and the check that training learned some
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -10,6 +11,7 @@ from sklearn.model_selection import train_test_split
 
 from tripletsk._rows import FeatureRows, embed
 from tripletsk.distances import paired_distance, sklearn_metric
+from tripletsk.errors import EmbeddingCollapseWarning
 from tripletsk.head import HeadWeights
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
 
@@ -32,15 +34,18 @@ def standardization(items: FeatureRows, standardize: bool) -> tuple[np.ndarray, 
 
 
 def holdout(
-    items: FeatureRows, triplets, labels, fraction: float, distance: str, rng
-) -> tuple[np.ndarray, Callable[[HeadWeights], float]]:
+    items: FeatureRows, triplets, labels, fraction: float | None, distance: str, rng
+) -> tuple[np.ndarray, Callable[[HeadWeights], float] | None]:
     """Training rows (of ``triplets``, or items with ``labels``) and the held-out scorer.
 
     The scorer maps head weights to the held-out triplet accuracy. Labelled samples are
-    held out stratified by label when every class has two samples.
+    held out stratified by label when every class has two samples. ``fraction=None`` (no
+    early stopping) trains on everything, without a scorer.
     """
     n = len(triplets) if triplets is not None else len(labels)
     everything = np.arange(n)
+    if fraction is None:
+        return everything, None
     if labels is None:
         train, held = train_test_split(everything, test_size=fraction, random_state=rng)
         # Only the held-out triplets' items are embedded to score an epoch.
@@ -80,9 +85,19 @@ def holdout(
     return train, score
 
 
-def training_failure(
-    items: FeatureRows, weights: HeadWeights, loss_curve, margin, rng
-) -> str | None:
+def warn_if_failed(items: FeatureRows, weights: HeadWeights, loss_curve, margin, rng) -> None:
+    """Warn (:class:`EmbeddingCollapseWarning`) if the fitted head learned nothing useful."""
+    what = _failure(items, weights, loss_curve, margin, rng)
+    if what is not None:
+        warnings.warn(
+            f"Training failed: {what}. Keep standardize=True, lower learning_rate, or check "
+            "that the features differ between images and the triplets agree with them.",
+            EmbeddingCollapseWarning,
+            stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
+        )
+
+
+def _failure(items: FeatureRows, weights: HeadWeights, loss_curve, margin, rng) -> str | None:
     """Why the fitted head is useless (collapsed, or stuck at the margin), or ``None``."""
     emb = embed(items, weights, np.sort(rng.permutation(len(items))[:2000]))
     spread = float(np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
 
@@ -20,13 +19,14 @@ from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
 from tripletsk.errors import EmbeddingCollapseWarning
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
+from tripletsk.pairs import PairVerifierMixin
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
 _LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
 
 
-class TripletEncoder(TransformerMixin, BaseEstimator):
+class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     """Learn an L2-normalised embedding with triplet loss, on precomputed features.
 
     A small dense head (``hidden_units`` ReLU layers with dropout, then a linear layer of
@@ -69,15 +69,14 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         and 1.5 scored lower, see ``examples/digits_triplets.py``).
     mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
-        How ``fit(X, y)`` turns labels into triplets. ``"random"`` draws one random valid
-        triplet per anchor each epoch; the others mine online inside P x K batches
-        (``samples_per_class`` samples of ``batch_size // samples_per_class`` classes), see
-        :mod:`tripletsk.losses`; ``"hybrid"`` adds, for the anchors of each batch, their hard
-        positives and negatives found offline over the whole training set, then mines
-        batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)``, ``"auto"`` uses the given
-        triplets as they are, and ``"hard"`` mines within what they state: each epoch, every
-        anchor also gets a triplet of its currently farthest known positive and nearest known
-        negative (those it appears with in any training triplet), on top of the given ones.
+        How ``fit(X, y)`` turns labels into triplets (the words are those of
+        :mod:`tripletsk.mining`). ``"random"`` draws one random valid triplet per anchor each
+        epoch; the others mine online inside P x K batches (``samples_per_class`` samples of
+        ``batch_size // samples_per_class`` classes), see :mod:`tripletsk.losses`;
+        ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
+        then mines batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)``, ``"auto"``
+        uses the given triplets as they are, and ``"hard"`` adds, each epoch, each anchor's
+        hardest known triplet (its farthest known positive and nearest known negative).
     samples_per_class : int, default=4
         K of the P x K batches of online mining.
     hard_per_anchor : int, default=2
@@ -91,7 +90,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
     max_epochs : int, default=100
-        Maximum number of passes over the training data.
+        Maximum number of passes over the training data; reaching it while the loss (or
+        validation score) still improves warns with scikit-learn's ``ConvergenceWarning``.
     tol : float, default=1e-4
         Minimum improvement of the training loss (or of the validation score with
         ``early_stopping``) that resets the ``n_iter_no_change`` count.
@@ -104,9 +104,10 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
     n_iter_no_change : int, default=10
         Epochs without improvement before stopping.
     standardize : bool, default=True
-        Scale each input feature to zero mean and unit variance on the training data before
-        the head. CNN features have large positive means; without this, a ReLU head can
-        collapse to one point.
+        Centre each input feature on its training mean, then divide all features by one
+        overall scale (the root mean variance) before the head. CNN features have large
+        positive means; without this, a ReLU head can collapse to one point. One scale, not
+        one per feature, keeps near-constant features from being blown up into noise.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, dropout, batch order and triplet sampling. The same value
         gives the same embeddings; global random state is never touched.
@@ -300,12 +301,10 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.n_features_in_ = items.n_features
         self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
         items = items.standardized(self.feature_mean_, self.feature_scale_)
-        if self.early_stopping:
-            train, validation_score = _fitting.holdout(
-                items, triplets, labels, self.validation_fraction, self.distance, rng
-            )
-        else:
-            train, validation_score = np.arange(len(labels if triplets is None else triplets)), None
+        fraction = self.validation_fraction if self.early_stopping else None
+        train, validation_score = _fitting.holdout(
+            items, triplets, labels, fraction, self.distance, rng
+        )
         mining = self._effective_mining(labels)
         init = init_head_weights(items.n_features, hidden, self.n_components, rng)
         seed = int(rng.randint(np.iinfo(np.int32).max))
@@ -360,7 +359,7 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
         self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
-        self._warn_if_collapsed(items, rng)
+        _fitting.warn_if_failed(items, self.weights_, self.loss_curve_, self.margin, rng)
         return self
 
     def _effective_mining(self, labels) -> str:
@@ -368,27 +367,10 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             return "hard" if self.mining == "hard" else "given"
         return "batch_hard" if self.mining == "auto" else self.mining
 
-    def _warn_if_collapsed(self, items: FeatureRows, rng) -> None:
-        what = _fitting.training_failure(items, self.weights_, self.loss_curve_, self.margin, rng)
-        if what is not None:
-            warnings.warn(
-                f"Training failed: {what}. Keep standardize=True, lower learning_rate, or "
-                "check that the features differ between images and the triplets agree with "
-                "them.",
-                EmbeddingCollapseWarning,
-                stacklevel=3,
-            )
-
     # ------------------------------------------------------------------ inputs
 
     def _validate_xy(self, X, y):
         return validate_data(self, X, y, dtype=np.float32, y_numeric=False)
-
-    def _triplet_items(self, T) -> tuple[FeatureRows, np.ndarray]:
-        """Distinct items of triplets ``T`` as rows, and (n, 3) indices into them."""
-        items, triplets = sources.triplet_rows(self.features, T)
-        self._check_width(items.n_features)
-        return items, triplets
 
     def _check_width(self, n_features: int) -> None:
         if n_features != self.n_features_in_:
@@ -439,7 +421,8 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
         margin : ndarray of shape (n,)
         """
         check_is_fitted(self)
-        items, triplets = self._triplet_items(T)
+        items, triplets = sources.triplet_rows(self.features, T)
+        self._check_width(items.n_features)
         d_ap, d_an = self._paired(self._embed(items), triplets)
         return d_an - d_ap
 
@@ -471,31 +454,6 @@ class TripletEncoder(TransformerMixin, BaseEstimator):
             return float(np.mean(self.predict_triplets(X)))
         metric = sklearn_metric(self.distance)
         return label_triplet_accuracy(self.transform(X), np.asarray(y), metric)
-
-    # ------------------------------------------------------------------ pairs
-
-    def pair_distance(self, A, B) -> np.ndarray:
-        """Embedding distance between matching items of ``A`` and ``B``."""
-        return paired_distance(self.transform(A), self.transform(B), self.distance)
-
-    def fit_threshold(self, A, B, same, criterion: str = "balanced_accuracy"):
-        """Choose the "same / different" distance threshold on validation pairs.
-
-        Never call this with test pairs: a threshold tuned on test data inflates the test
-        figure. ``same`` is 1 for pairs of the same class. Sets ``threshold_``.
-        """
-        from tripletsk.metrics import choose_threshold
-
-        check_is_fitted(self)
-        self.threshold_ = float(
-            choose_threshold(self.pair_distance(A, B), np.asarray(same), criterion=criterion)
-        )
-        return self
-
-    def predict_pairs(self, A, B) -> np.ndarray:
-        """1 ("same") where the pair's distance is at most ``threshold_``, else 0."""
-        check_is_fitted(self, "threshold_")
-        return (self.pair_distance(A, B) <= self.threshold_).astype(int)
 
     # ------------------------------------------------------------------ saving
 

@@ -9,10 +9,18 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.metrics.pairwise import paired_distances
 from sklearn.utils import check_array, check_consistent_length, check_random_state, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
+from tripletsk.distances import paired_distance
 from tripletsk.mining import sample_label_triplets
 
-__all__ = ["choose_threshold", "make_pairs", "pair_distances", "pair_verification_report"]
+__all__ = [
+    "PairVerifierMixin",
+    "choose_threshold",
+    "make_pairs",
+    "pair_distances",
+    "pair_verification_report",
+]
 
 
 def make_pairs(y, n_pairs: int | None = None, random_state=None) -> tuple[np.ndarray, np.ndarray]:
@@ -177,3 +185,28 @@ def pair_verification_report(distances, same, threshold: float) -> dict[str, flo
         "base_rate": base_rate,
         "majority_accuracy": max(base_rate, 1.0 - base_rate),
     }
+
+
+class PairVerifierMixin:
+    """Pair verification for a fitted embedding estimator with ``transform`` and ``distance``."""
+
+    def pair_distance(self, A, B) -> np.ndarray:
+        """Embedding distance between matching items of ``A`` and ``B``."""
+        return paired_distance(self.transform(A), self.transform(B), self.distance)
+
+    def fit_threshold(self, A, B, same, criterion: str = "balanced_accuracy"):
+        """Choose the "same / different" distance threshold on validation pairs.
+
+        Never call this with test pairs: a threshold tuned on test data inflates the test
+        figure. ``same`` is 1 for pairs of the same class. Sets ``threshold_``.
+        """
+        check_is_fitted(self)
+        self.threshold_ = float(
+            choose_threshold(self.pair_distance(A, B), np.asarray(same), criterion=criterion)
+        )
+        return self
+
+    def predict_pairs(self, A, B) -> np.ndarray:
+        """1 ("same") where the pair's distance is at most ``threshold_``, else 0."""
+        check_is_fitted(self, "threshold_")
+        return (self.pair_distance(A, B) <= self.threshold_).astype(int)
