@@ -2,7 +2,7 @@
 
 Weights and standardisation are stored as arrays, parameters and history as one JSON string
 (``meta``). Unlike joblib or pickle files, such a file is safe to load when it comes from
-someone else. The layout is described in ``docs/formats.md``.
+someone else. The layout is described in ``docs/formats.md`` (Model files).
 """
 
 from __future__ import annotations
