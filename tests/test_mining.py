@@ -122,3 +122,41 @@ def test_hard_label_triplets_draw_among_the_hardest(n_candidates):
     assert all(n in hard_neg[a] for a, n in t[:, [0, 2]].tolist())
     again = hard_label_triplets(X, y, 100, n_candidates, random_state=0)
     np.testing.assert_array_equal(t, again)
+
+
+def _plan(mining_name, X, y=None, T=None, **kwargs):
+    items = FeatureRows.from_array(X)
+    n = len(T) if y is None else len(y)
+    return mining.epoch_batches(
+        items, T, y, np.arange(n), mining_name, np.random.RandomState(0),
+        **{"batch_size": 8, "window_rows": 10**6, **kwargs},
+    )  # fmt: skip
+
+
+def test_epoch_of_given_triplets_visits_each_once(blobs):
+    X, y = blobs
+    T = sample_label_triplets(y, 30, random_state=0)
+    batches = list(_plan("given", X, T=T)(0, None))
+    assert [len(b) for b in batches] == [8, 8, 8, 6]
+    assert sorted(map(tuple, np.concatenate(batches).tolist())) == sorted(map(tuple, T.tolist()))
+
+
+def test_epoch_of_hard_mining_adds_the_hardest_known(blobs):
+    from tripletsk.head import init_head_weights
+
+    X, y = blobs
+    T = sample_label_triplets(y, 30, random_state=0)
+    weights = init_head_weights(X.shape[1], (8,), 3, np.random.RandomState(0))
+    epoch = np.concatenate(list(_plan("hard", X, T=T)(0, weights)))
+    assert len(epoch) == len(T) + len(np.unique(T[:, 0]))
+
+
+@pytest.mark.parametrize("name", ["batch_hard", "hybrid"])
+def test_epoch_of_pk_batches_covers_the_samples(blobs, name):
+    X, y = blobs
+    batches = list(_plan(name, X, y=y, samples_per_class=4)(0, None))
+    assert set(np.concatenate(batches).tolist()) == set(range(len(y)))
+    if name == "batch_hard":
+        assert sum(len(b) for b in batches) == len(y)  # each sample once
+    else:  # hybrid adds offline hard examples beyond the P x K deal
+        assert sum(len(b) for b in batches) > len(y)
