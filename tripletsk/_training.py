@@ -304,7 +304,7 @@ def train_head(
                 f"Training diverged at epoch {epoch + 1} ({what}); training stopped and the "
                 "last finite weights were kept. Lower learning_rate.",
                 TrainingDivergedWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
             )
             result.stopped_on_nan = True
             break
@@ -338,7 +338,7 @@ def train_head(
             f"(by more than tol={tol} within n_iter_no_change={n_iter_no_change} epochs); "
             "increase max_epochs.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of fit
         )
     if validation_score is not None and result.validation_scores:
         result.weights = best_weights
