@@ -48,3 +48,16 @@ class WeightsUnavailableError(UserError, RuntimeError):
 
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
+
+
+# Warnings
+
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402  (warnings are appended here)
+
+
+class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
+    """Training stopped on a non-finite loss or weight; the last finite weights were kept."""
+
+
+class EmbeddingCollapseWarning(UserWarning):
+    """The learned embedding maps (nearly) every input to the same point."""
