@@ -11,12 +11,10 @@ import warnings
 import numpy as np
 
 from tripletsk.cli._common import UsageError, add_command, add_model_arguments, load_model_and_cache
+from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import UnknownKeyError, UserError
 
 __all__ = ["register"]
-
-#: Distances of TripletEncoder, as scikit-learn names them.
-_METRIC = {"l2": "euclidean", "l1": "manhattan", "sqeuclidean": "sqeuclidean", "cosine": "cosine"}
 
 
 def register(sub) -> None:
@@ -90,18 +88,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paired(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    from sklearn.metrics.pairwise import paired_distances
-
-    if metric == "sqeuclidean":
-        return paired_distances(a, b, metric="euclidean") ** 2
-    return paired_distances(a, b, metric=metric)
-
-
-def _triplet_distances(vectors: np.ndarray, index: np.ndarray, metric: str):
+def _triplet_distances(vectors: np.ndarray, index: np.ndarray, distance: str):
     """(d_ap, d_an) of triplets given as rows ``index`` (n, 3) into ``vectors``."""
     a, p, n = (vectors[index[:, i]] for i in range(3))
-    return _paired(a, p, metric), _paired(a, n, metric)
+    return paired_distance(a, p, distance), paired_distance(a, n, distance)
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -116,7 +106,7 @@ def _run_score(args: argparse.Namespace) -> int:
     keys, index = np.unique(triplets.astype(str), return_inverse=True)
     index = index.reshape(-1, 3)
     embeddings = model.transform(keys)
-    metric = _METRIC[model.distance]
+    metric = sklearn_metric(model.distance)
     scores = {"triplet_accuracy": float(model.score(triplets)), "n_triplets": len(triplets)}
     if args.labels_from_folders:
         ks = sorted({k for k in args.ks if k < len(keys)})
@@ -140,8 +130,8 @@ def _run_score(args: argparse.Namespace) -> int:
 
         raw = store.lookup(keys.tolist())
         scaled = (raw - model.feature_mean_) / model.feature_scale_
-        before = _triplet_distances(scaled, index, "euclidean")
-        after = _triplet_distances(embeddings, index, metric)
+        before = _triplet_distances(scaled, index, "l2")
+        after = _triplet_distances(embeddings, index, model.distance)
         plot_distance_histograms(
             before, after, args.plot, after_label=f"learned embedding ({model.distance})"
         )
@@ -192,7 +182,7 @@ def _run_search(args: argparse.Namespace) -> int:
             "is not found; pass --images-dir"
         )
     found = [_query_key(q, store, store.attrs.get("image_root")) for q in args.queries]
-    index = build_index(model, store.keys, metric=_METRIC[model.distance])
+    index = build_index(model, store.keys)
     neighbours = index.query(
         model.transform(_query_features(found, store)),
         k=args.k,
