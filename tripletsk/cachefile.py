@@ -1,0 +1,266 @@
+"""The feature cache file: format constants, its header, and writing a complete cache.
+
+File layout (format version 1, see ``docs/formats.md``)::
+
+    features      (N, D) float32 or float16, chunked with Fletcher-32 checksums (caches written
+                  before checksums: contiguous)
+    keys          (N,)   UTF-8 strings, image path relative to the image root, '/' separators
+    fingerprints  (N,)   compound: size, mtime_ns, blake2b (hex of a 16-byte digest), hashed_ns
+    failed        (F, 2) UTF-8 strings: key, reason
+    attributes    format, format_version, backbone, weights, image_size, preprocessing,
+                  compute_dtype, backend, weights_source, dim, dtype, versions (JSON),
+                  created, updated, image_root, generation
+
+A cache file is never modified in place: :func:`write_cache` writes a complete new file next to
+the old one and renames it over it (``os.replace``, atomic), so ``<cache>`` is always the old or
+the new complete file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tripletsk.errors import CacheFormatError, CacheMismatchError, CacheNotFoundError
+
+__all__ = [
+    "FINGERPRINT_DTYPE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "PROVENANCE_KEYS",
+    "CacheHeader",
+    "check_provenance",
+    "library_versions",
+    "now_iso",
+    "provenance_differences",
+    "read_feature_rows",
+    "read_header",
+    "write_cache",
+]
+
+FORMAT_NAME = "tripletsk-features"
+FORMAT_VERSION = 1
+#: Attributes that identify the model; two caches are compatible when these are equal.
+PROVENANCE_KEYS = ("backbone", "weights", "image_size", "preprocessing", "compute_dtype")
+#: Per-row file fingerprint: size and mtime to notice a change cheaply, a content hash to be sure.
+#: ``hashed_ns`` is when the hash was taken (to detect files modified within the mtime granularity).
+FINGERPRINT_DTYPE = np.dtype(
+    [("size", "<i8"), ("mtime_ns", "<i8"), ("blake2b", "S32"), ("hashed_ns", "<i8")]
+)
+READ_BLOCK = 4096  # rows per block when streaming features
+
+
+def h5py_module():
+    import h5py
+
+    return h5py
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. directories cannot be opened on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def provenance_differences(found: dict, expected: dict) -> list[tuple[str, object, object]]:
+    """``(key, found, expected)`` for each :data:`PROVENANCE_KEYS` entry that differs."""
+    return [
+        (k, found.get(k), expected.get(k))
+        for k in PROVENANCE_KEYS
+        if str(found.get(k)) != str(expected.get(k))  # (None and None are equal)
+    ]
+
+
+def check_provenance(found: dict, expected: dict, path: str | os.PathLike) -> None:
+    """Raise :class:`CacheMismatchError` when ``found`` and ``expected`` describe other models."""
+    diffs = [
+        f"{k}: cache has {a!r}, requested {b!r}"
+        for k, a, b in provenance_differences(found, expected)
+    ]
+    if diffs:
+        raise CacheMismatchError(
+            f"{path} was made with different settings ({'; '.join(diffs)}). Mixing features "
+            "from two models is not allowed: rerun with the cache's settings, or choose another "
+            "--output (or delete the cache) to start a new one."
+        )
+
+
+@dataclass
+class CacheHeader:
+    """Everything in a cache except the features (small enough to hold in memory)."""
+
+    path: str
+    attrs: dict
+    keys: list
+    fingerprints: np.ndarray
+    failed: list
+    dim: int
+    dtype: str
+    provenance: dict = field(default_factory=dict)
+
+
+def decode_str(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def read_header(path: str | os.PathLike) -> CacheHeader:
+    """Read a cache's attributes, keys, fingerprints and failures (not its features)."""
+    h5py = h5py_module()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CacheNotFoundError(
+            f"feature cache not found: {path}; run `tripletsk extract-features IMAGES_DIR` "
+            "first (or pass features= an array or another cache)"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            if attrs.get("format") != FORMAT_NAME:
+                raise CacheFormatError(f"{path} is not a tripletsk feature cache")
+            version = int(attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise CacheFormatError(
+                    f"{path} has cache format version {version}; this tripletsk reads up to "
+                    f"{FORMAT_VERSION}: upgrade tripletsk"
+                )
+            keys = [decode_str(k) for k in f["keys"][()]] if len(f["keys"]) else []
+            fps = np.asarray(f["fingerprints"][()], dtype=FINGERPRINT_DTYPE)
+            failed_ds = f["failed"]
+            failed = (
+                [(decode_str(k), decode_str(r)) for k, r in failed_ds[()]]
+                if failed_ds.shape[0]
+                else []
+            )
+            feats = f["features"]
+            dim, dtype = int(feats.shape[1]), str(feats.dtype)
+            if feats.shape[0] != len(keys) or len(fps) != len(keys):
+                raise CacheFormatError(
+                    f"{path} is inconsistent: {feats.shape[0]} feature rows, {len(keys)} keys, "
+                    f"{len(fps)} fingerprints"
+                )
+    except (OSError, KeyError) as e:
+        raise CacheFormatError(
+            f"{path} is not a readable tripletsk feature cache ({e}); choose another --output "
+            "or delete the file"
+        ) from e
+    prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, "backend", "weights_source")}
+    return CacheHeader(path, attrs, keys, fps, failed, dim, dtype, prov)
+
+
+def _attr_value(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_cache(
+    path: str | os.PathLike,
+    *,
+    keys: Sequence[str],
+    fingerprints: np.ndarray,
+    feature_blocks: Iterable[np.ndarray],
+    dim: int,
+    dtype: str,
+    failed: Sequence[tuple[str, str]],
+    attrs: dict,
+) -> None:
+    """Write a complete cache to a temporary file, fsync it, and atomically rename it to ``path``.
+
+    ``feature_blocks`` yields row blocks whose concatenation is aligned with ``keys``; memory stays
+    bounded by one block.
+    """
+    h5py = h5py_module()
+    path = os.fspath(path)
+    n = len(keys)
+    if len(fingerprints) != n:
+        raise ValueError("fingerprints and keys differ in length")
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            sdt = h5py.string_dtype("utf-8")
+            f.create_dataset("keys", data=np.array(list(keys), dtype=object), dtype=sdt, shape=(n,))
+            f.create_dataset(
+                "fingerprints", data=np.asarray(fingerprints, dtype=FINGERPRINT_DTYPE), shape=(n,)
+            )
+            fl = np.array([[k, r] for k, r in failed], dtype=object).reshape(-1, 2)
+            f.create_dataset("failed", data=fl, dtype=sdt, shape=(len(fl), 2))
+            ds = f.create_dataset("features", shape=(n, dim), dtype=np.dtype(dtype))
+            row = 0
+            for block in feature_blocks:
+                block = np.asarray(block)
+                if block.shape[0] == 0:
+                    continue
+                if block.ndim != 2 or block.shape[1] != dim:
+                    raise ValueError(f"feature block of shape {block.shape}, expected (m, {dim})")
+                if row + block.shape[0] > n:
+                    raise ValueError("more feature rows than keys")
+                ds[row : row + block.shape[0]] = block.astype(ds.dtype, copy=False)
+                row += block.shape[0]
+            if row != n:
+                raise ValueError(f"{row} feature rows written for {n} keys")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(os.path.dirname(path) or ".", directory=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_feature_rows(path: str, rows: np.ndarray, block: int = READ_BLOCK) -> Iterator[np.ndarray]:
+    """Yield the features of sorted ``rows`` of an existing cache, block by block."""
+    h5py = h5py_module()
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return
+    if np.any(np.diff(rows) <= 0):
+        raise ValueError("rows must be strictly increasing")
+    with h5py.File(path, "r") as f:
+        ds = f["features"]
+        lo = int(rows[0])
+        end = int(rows[-1]) + 1
+        for start in range(lo, end, block):
+            stop = min(start + block, end)
+            a, b = np.searchsorted(rows, [start, stop])
+            if a == b:
+                continue
+            data = ds[start:stop]
+            yield data[rows[a:b] - start]
+
+
+def library_versions() -> dict:
+    """Versions of the libraries that shape the features (recorded in the cache)."""
+    import sys
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("tripletsk", "tensorflow", "keras", "h5py", "numpy", "pillow"):
+        with contextlib.suppress(Exception):
+            out[name] = metadata.version(name)
+    if "tripletsk" not in out:
+        from tripletsk import __version__
+
+        out["tripletsk"] = __version__
+    return out
