@@ -54,6 +54,9 @@ FINGERPRINT_DTYPE = np.dtype(
     [("size", "<i8"), ("mtime_ns", "<i8"), ("blake2b", "S32"), ("hashed_ns", "<i8")]
 )
 READ_BLOCK = 4096  # rows per block when streaming features
+#: Target bytes per stored chunk of features: the unit of checksum verification. Small, as the
+#: first read of a row reads and verifies its whole chunk (64 KiB: 8 rows of 2048 float32).
+CHUNK_BYTES = 64 << 10
 
 
 def h5py_module():
@@ -194,6 +197,10 @@ def write_cache(
     n = len(keys)
     if len(fingerprints) != n:
         raise ValueError("fingerprints and keys differ in length")
+    row_bytes = max(1, dim * np.dtype(dtype).itemsize)
+    # Chunks of whole rows, each with its Fletcher-32 checksum (see ``tripletsk.mapped``).
+    chunk_rows = max(1, min(n, CHUNK_BYTES // row_bytes))
+    layout = {"chunks": (chunk_rows, dim), "fletcher32": True} if n and dim else {}
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with h5py.File(tmp, "w") as f:
@@ -206,7 +213,7 @@ def write_cache(
             )
             fl = np.array([[k, r] for k, r in failed], dtype=object).reshape(-1, 2)
             f.create_dataset("failed", data=fl, dtype=sdt, shape=(len(fl), 2))
-            ds = f.create_dataset("features", shape=(n, dim), dtype=np.dtype(dtype))
+            ds = f.create_dataset("features", shape=(n, dim), dtype=np.dtype(dtype), **layout)
             row = 0
             for block in feature_blocks:
                 block = np.asarray(block)

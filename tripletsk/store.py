@@ -14,8 +14,8 @@ import contextlib
 import copy
 import difflib
 import json
-import mmap
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -45,6 +45,7 @@ from tripletsk.journal import (
     remove_stale_temp_files,
 )
 from tripletsk.locking import CacheLock
+from tripletsk.mapped import MappedFeatures
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -99,12 +100,7 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike = DEFAULT_CACHE, *, in_memory: bool = False):
         self.path = os.fspath(path)
         self.in_memory = bool(in_memory)
-        self._hdr: CacheHeader | None = None
-        self._index: dict | None = None
-        self._feats = None
-        self._h5 = None
-        self._mmap = None  # the file's memory map, when the features are read through one
-        self._data_offset = 0
+        self._reset()
         self._open()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -112,9 +108,18 @@ class FeatureStore:
     def _lazy(cls, path: str, in_memory: bool) -> FeatureStore:
         obj = cls.__new__(cls)
         obj.path, obj.in_memory = path, in_memory
-        obj._hdr = obj._index = obj._feats = obj._h5 = obj._mmap = None
-        obj._data_offset = 0
+        obj._reset()
         return obj
+
+    def _reset(self) -> None:
+        self._hdr: CacheHeader | None = None
+        self._index: dict | None = None
+        # The features once opened: an in-memory array, a MappedFeatures (memory map of the
+        # file), or an h5py dataset (layouts only HDF5 reads) kept open in self._h5.
+        self._feats = None
+        self._h5 = None
+        self._chunk_rows: int | None = None
+        self._checksummed = False
 
     def _open(self) -> None:
         if self._hdr is not None:
@@ -122,43 +127,50 @@ class FeatureStore:
         hdr = read_header(self.path)
         index = {k: i for i, k in enumerate(hdr.keys)}
         if len(index) != len(hdr.keys):
-            raise CacheFormatError(f"{self.path} has duplicate keys")
+            raise CacheFormatError(f"corrupt cache: {self.path} has duplicate keys")
         self._hdr, self._index = hdr, index
 
     def _features(self):
-        """The (N, D) features: a read-only memmap, an in-memory array, or an h5py dataset."""
+        """The (N, D) features: an in-memory array, a MappedFeatures or an h5py dataset."""
         self._open()
         if self._feats is None:
-            h5py = h5py_module()
-            f = h5py.File(self.path, "r")
-            ds = f["features"]
-            offset = ds.id.get_offset() if ds.chunks is None and ds.compression is None else None
-            n, d = ds.shape
-            if n == 0:
-                self._feats = np.zeros((0, d), dtype=ds.dtype)
-                f.close()
-            elif offset is not None and ds.dtype.byteorder in "<=|":
-                f.close()
-                if self.in_memory:
-                    feats = np.fromfile(self.path, dtype=ds.dtype, count=n * d, offset=offset)
-                else:
-                    with open(self.path, "rb") as fh:
-                        self._mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                    self._data_offset = offset
-                    feats = np.frombuffer(self._mmap, dtype=ds.dtype, count=n * d, offset=offset)
-                self._feats = feats.reshape(n, d)
-            elif self.in_memory:
-                self._feats = ds[()]
-                f.close()
-            else:  # chunked or compressed (e.g. written by another tool): read through h5py
-                self._h5, self._feats = f, ds
+            f = h5py_module().File(self.path, "r")
+            try:
+                ds = f["features"]
+                self._chunk_rows = int(ds.chunks[0]) if ds.chunks else None
+                self._checksummed = ds.fletcher32
+                mapped = MappedFeatures.open(self.path, ds)
+                if ds.shape[0] == 0:
+                    feats = np.zeros(ds.shape, dtype=ds.dtype)
+                elif mapped is not None:
+                    feats = mapped
+                elif self.in_memory:
+                    feats = self._read_h5(ds, slice(None))
+                else:  # (e.g. compressed by another tool): read through h5py, file kept open
+                    self._h5, feats = f, ds
+            finally:
+                if self._h5 is None:
+                    f.close()
+            if len(feats) and not self._checksummed:
+                warn_unchecksummed(self.path)
+            if self.in_memory and isinstance(feats, MappedFeatures):
+                rows = np.arange(len(feats))
+                self._check(feats, rows)
+                feats = feats.take(rows)
+            self._feats = feats
         return self._feats
 
     @property
     def chunk_rows(self) -> int | None:
         """Rows per HDF5 chunk of the features, or None when they are stored contiguously."""
-        chunks = getattr(self._features(), "chunks", None)  # memmaps and arrays have none
-        return int(chunks[0]) if chunks else None
+        self._features()
+        return self._chunk_rows
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether the features carry checksums (caches written before checksums do not)."""
+        self._features()
+        return self._checksummed
 
     def close(self) -> None:
         """Release the file (the store reopens it on next use)."""
@@ -166,8 +178,7 @@ class FeatureStore:
             with contextlib.suppress(Exception):
                 self._h5.close()
         self._h5 = None
-        self._feats = None
-        self._mmap = None  # closed by the garbage collector once no array uses it
+        self._feats = None  # a memory map closes once no array uses it
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -184,8 +195,7 @@ class FeatureStore:
 
     def __setstate__(self, state: dict) -> None:
         self.path, self.in_memory = state["path"], state["in_memory"]
-        self._hdr = self._index = self._feats = self._h5 = self._mmap = None
-        self._data_offset = 0
+        self._reset()
 
     def __copy__(self) -> FeatureStore:
         return self._lazy(self.path, self.in_memory)
@@ -339,17 +349,27 @@ class FeatureStore:
 
     def take(self, idx, out: np.ndarray | None = None) -> np.ndarray:
         """Features of row numbers ``idx`` as an (n, D) float32 array (written to ``out`` if
-        given: a float32 array of that shape)."""
+        given: a float32 array of that shape).
+
+        Raises
+        ------
+        CacheFormatError
+            If a checksum shows that some of these rows were damaged on disk.
+        """
         feats = self._features()
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"row index out of range for a cache of {n} rows")
         idx = np.where(idx < 0, idx + n, idx)
-        if isinstance(feats, np.ndarray):  # mapped or in memory: numpy handles order/duplicates
-            self._will_need(np.unique(idx))
+        if isinstance(feats, MappedFeatures):
+            self._check(feats, idx)
+            feats.will_need(np.unique(idx))
             if out is not None and feats.dtype == out.dtype:
-                # mode="clip" (indices are checked above) lets numpy skip a buffered copy.
+                return feats.take_into(idx, out)
+            return _into(np.asarray(feats.take(idx), dtype=np.float32), out)
+        if isinstance(feats, np.ndarray):  # in memory: numpy handles order/duplicates
+            if out is not None and feats.dtype == out.dtype:
                 return np.take(feats, idx, axis=0, out=out, mode="clip")
             return _into(np.asarray(feats[idx], dtype=np.float32), out)
         # h5py dataset: fancy reads need sorted unique indices; read those, then reorder.
@@ -364,52 +384,99 @@ class FeatureStore:
                 stop = min(start + READ_BLOCK, lo0 + span)
                 sel = (uniq >= start) & (uniq < stop)
                 if sel.any():
-                    rows[sel] = feats[start:stop][uniq[sel] - start]
+                    rows[sel] = self._read_h5(feats, slice(start, stop))[uniq[sel] - start]
         else:
-            rows = np.asarray(feats[uniq], dtype=np.float32)
+            rows = np.asarray(self._read_h5(feats, uniq), dtype=np.float32)
         return _into(rows[inverse.reshape(-1)], out)
 
     def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, features)`` in row order, ``chunk_size`` rows at a time."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        feats = self._features()
+        self._features()
         keys = self._hdr.keys
         for start in range(0, len(keys), chunk_size):
             stop = min(start + chunk_size, len(keys))
-            self._will_need(np.arange(start, stop))
-            yield keys[start:stop], np.asarray(feats[start:stop], dtype=np.float32)
+            yield keys[start:stop], self.take(np.arange(start, stop))
 
     def to_array(self) -> np.ndarray:
         """All features as one (N, D) float32 array."""
-        feats = self._features()
-        self._will_need(np.arange(len(feats)))
-        return np.asarray(feats[()], dtype=np.float32)
+        return self.take(np.arange(len(self)))
 
     def prefetch(self, idx) -> None:
         """Start reading rows ``idx`` from disk in the background (a hint; returns at once)."""
-        self._features()
-        self._will_need(np.unique(np.asarray(idx, dtype=np.int64)))
+        feats = self._features()
+        if isinstance(feats, MappedFeatures):
+            feats.will_need(np.unique(np.asarray(idx, dtype=np.int64)))
 
-    def _will_need(self, rows: np.ndarray) -> None:
-        """Have the kernel read exactly the pages of ``rows`` (sorted, distinct), all at once.
+    # -- checksums ---------------------------------------------------------------------------
+    def corrupt_rows(self) -> np.ndarray:
+        """Row numbers (sorted int64) whose features fail their checksum; reads the whole file.
 
-        A page fault in a memory map reads the file around the faulting page, as much as the
-        device's read-ahead (``read_ahead_kb``: 8 MiB on the development machine). Once a cache
-        no longer fits the page cache, rows read at random would then read up to a thousand
-        times what they use. ``MADV_WILLNEED`` reads the given ranges only, and issues them
-        together; the copy that follows finds its pages in memory and reads nothing more.
+        Empty for a cache without checksums (see :attr:`checksummed`): damage to it cannot be
+        detected. ``tripletsk extract-features --verify`` re-extracts the rows listed here.
         """
-        if self._mmap is None or rows.size == 0 or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        row_bytes = self.dim * self.dtype.itemsize
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
-        first, last = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]]
-        starts = self._data_offset + first * row_bytes
-        ends = self._data_offset + (last + 1) * row_bytes
-        starts -= starts % mmap.PAGESIZE  # madvise wants page-aligned starts
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            self._mmap.madvise(mmap.MADV_WILLNEED, start, end - start)
+        feats = self._features()
+        if isinstance(feats, MappedFeatures):
+            return feats.all_bad_rows()
+        if isinstance(feats, np.ndarray) or not self._checksummed:
+            return np.zeros(0, dtype=np.int64)  # (in memory: verified when loaded)
+        bad = []
+        step = self._chunk_rows or READ_BLOCK
+        for start in range(0, len(self), step):
+            with contextlib.suppress(CacheFormatError):
+                self._read_h5(feats, slice(start, start + step))
+                continue
+            bad.append(np.arange(start, min(start + step, len(self))))
+        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+    def _check(self, feats: MappedFeatures, rows: np.ndarray) -> None:
+        bad = feats.bad_rows(rows)
+        if bad.size:
+            raise CacheFormatError(self._corrupt_message(bad, "its stored checksum does not match"))
+
+    def _read_h5(self, ds, sel) -> np.ndarray:
+        try:
+            return ds[sel]
+        except OSError as e:  # HDF5 verifies checksums (and decompresses) as it reads
+            why = f"HDF5 cannot read them: {e}"
+            raise CacheFormatError(self._corrupt_message(np.arange(len(self))[sel], why)) from None
+
+    def _corrupt_message(self, rows: np.ndarray, why: str) -> str:
+        keys = [self._hdr.keys[r] for r in rows[:3]]
+        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+        return (
+            f"corrupt cache: {self.path}: the features of {len(rows)} row(s) ({_ranges(rows)}; "
+            f"keys {', '.join(map(repr, keys))}{more}) are damaged ({why}). Re-run `tripletsk "
+            f"extract-features IMAGES_DIR -o {self.path} --verify` to re-extract them "
+            "(FeatureStore.corrupt_rows() lists every damaged row)."
+        )
+
+
+def _ranges(rows: np.ndarray, shown: int = 4) -> str:
+    """``"rows 8-15, 40-47"`` for sorted ``rows``, the first ``shown`` runs."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:shown])
+    return f"rows {text}" + (", ..." if len(runs) > shown else "")
+
+
+_warned_unchecksummed: set[str] = set()
+
+
+def warn_unchecksummed(path: str) -> None:
+    """Warn, once per file and process, that a cache has no checksums."""
+    key = os.path.abspath(path)
+    if key in _warned_unchecksummed:
+        return
+    _warned_unchecksummed.add(key)
+    warnings.warn(
+        f"{path} has no checksums (written before tripletsk checksummed its caches): damage "
+        "to its features cannot be detected. Rewrite it with checksums: run `tripletsk "
+        f"extract-features IMAGES_DIR -o {path} --verify`.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _into(rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
