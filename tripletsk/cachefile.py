@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -135,7 +137,7 @@ def read_header(path: str | os.PathLike) -> CacheHeader:
         )
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            attrs = _read_part(path, "its attributes", lambda: _read_attrs(f))
             if attrs.get("format") != FORMAT_NAME:
                 raise CacheFormatError(f"{path} is not a tripletsk feature cache")
             version = int(attrs.get("format_version", -1))
@@ -144,13 +146,18 @@ def read_header(path: str | os.PathLike) -> CacheHeader:
                     f"{path} has cache format version {version}; this tripletsk reads up to "
                     f"{FORMAT_VERSION}: upgrade tripletsk"
                 )
-            keys = [decode_str(k) for k in f["keys"][()]] if len(f["keys"]) else []
-            fps = np.asarray(f["fingerprints"][()], dtype=FINGERPRINT_DTYPE)
-            failed_ds = f["failed"]
-            failed = (
-                [(decode_str(k), decode_str(r)) for k, r in failed_ds[()]]
-                if failed_ds.shape[0]
-                else []
+            keys = _read_part(
+                path, "dataset 'keys'", lambda: [decode_str(k) for k in _all(f["keys"])]
+            )
+            fps = _read_part(
+                path,
+                "dataset 'fingerprints'",
+                lambda: np.asarray(_all(f["fingerprints"]), FINGERPRINT_DTYPE),
+            )
+            failed = _read_part(
+                path,
+                "failed",
+                lambda: [(decode_str(k), decode_str(r)) for k, r in _all(f["failed"])],
             )
             feats = f["features"]
             dim, dtype = int(feats.shape[1]), str(feats.dtype)
@@ -164,8 +171,74 @@ def read_header(path: str | os.PathLike) -> CacheHeader:
             f"{path} is not a readable tripletsk feature cache ({e}); choose another --output "
             "or delete the file"
         ) from e
+    _check_index(path, attrs, keys, fps, failed)
     prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, "backend", "weights_source")}
     return CacheHeader(path, attrs, keys, fps, failed, dim, dtype, prov)
+
+
+def _all(ds):
+    return ds[()] if ds.shape[0] else []
+
+
+def _read_attrs(f) -> dict:
+    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    for k, v in attrs.items():  # h5py decodes invalid UTF-8 to lone surrogates
+        if isinstance(v, str) and any("\udc80" <= c <= "\udcff" for c in v):
+            raise UnicodeError(f"attribute {k!r} is not valid UTF-8")
+    return attrs
+
+
+def _read_part(path: str, name: str, read):
+    """``read()``, with damage to dataset ``name`` reported as a corrupt cache."""
+    try:
+        return read()
+    except (KeyError, CacheFormatError):
+        raise
+    except (OSError, ValueError, TypeError) as e:  # (UnicodeError is a ValueError)
+        raise CacheFormatError(
+            f"corrupt cache: {path}: {name} cannot be read ({e}). Re-extract it "
+            f"(`tripletsk extract-features IMAGES_DIR -o {path}`; delete the file first if that "
+            "fails too)."
+        ) from None
+
+
+#: Attribute holding a checksum of each of the small datasets (keys, fingerprints, failed).
+INDEX_CHECKSUMS = "index_checksums"
+
+
+def index_checksums(keys: Sequence[str], fingerprints: np.ndarray, failed) -> dict:
+    """blake2b digests of the keys, fingerprints and failures, as stored in a cache."""
+
+    def digest(data: bytes) -> str:
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+    def text(strings) -> bytes:  # (keys are paths: they hold no NUL)
+        return "\0".join(strings).encode("utf-8", "surrogatepass")
+
+    fps = np.ascontiguousarray(fingerprints, dtype=FINGERPRINT_DTYPE)
+    return {
+        "keys": digest(text(keys)),
+        "fingerprints": digest(fps.tobytes()),
+        "failed": digest(text(f"{k}\0{r}" for k, r in failed)),
+    }
+
+
+def _check_index(path: str, attrs: dict, keys, fps, failed) -> None:
+    """Compare the small datasets with their checksums (caches written before them have none)."""
+    if INDEX_CHECKSUMS not in attrs:
+        return
+    stored = _read_part(
+        path, f"attribute {INDEX_CHECKSUMS!r}", lambda: json.loads(attrs[INDEX_CHECKSUMS])
+    )
+    found = index_checksums(keys, fps, failed)
+    damaged = [name for name, value in found.items() if stored.get(name) != value]
+    if damaged:
+        raise CacheFormatError(
+            f"corrupt cache: {path}: dataset {' and '.join(map(repr, damaged))} does not match "
+            "its checksum "
+            f"(the file was damaged). Re-extract it (`tripletsk extract-features IMAGES_DIR -o "
+            f"{path}`; delete the file first if that fails)."
+        )
 
 
 def _attr_value(v):
@@ -206,6 +279,7 @@ def write_cache(
         with h5py.File(tmp, "w") as f:
             for k, v in attrs.items():
                 f.attrs[k] = v
+            f.attrs[INDEX_CHECKSUMS] = json.dumps(index_checksums(keys, fingerprints, failed))
             sdt = h5py.string_dtype("utf-8")
             f.create_dataset("keys", data=np.array(list(keys), dtype=object), dtype=sdt, shape=(n,))
             f.create_dataset(

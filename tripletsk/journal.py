@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tripletsk.cachefile import FINGERPRINT_DTYPE, check_provenance, fsync_path
-from tripletsk.errors import CacheMismatchError
+from tripletsk.errors import CacheFormatError, CacheMismatchError
 
 __all__ = ["PartInfo", "PartsJournal", "load_part_features", "remove_stale_temp_files"]
 
@@ -145,8 +146,15 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def load_part_features(path: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as z:
-        return np.asarray(z["features"], dtype=np.float32)
+    """The features of one part file (zip members carry a CRC-32: damage raises)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z["features"], dtype=np.float32)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise CacheFormatError(
+            f"corrupt part file {path} of an interrupted extraction ({e}); delete "
+            f"{os.path.dirname(path)} and run `tripletsk extract-features` again"
+        ) from None
 
 
 def remove_stale_temp_files(cache_path: str | os.PathLike) -> None:

@@ -12,12 +12,14 @@ same way, without verification.
 from __future__ import annotations
 
 import mmap
+import os
+import warnings
 
 import numpy as np
 
 from tripletsk.checksums import CHECKSUM_BYTES, checksums_match
 
-__all__ = ["MappedFeatures"]
+__all__ = ["MappedFeatures", "warn_unchecksummed"]
 
 _FILTER_FLETCHER32 = 3  # h5py.h5z.FILTER_FLETCHER32
 _VERIFY_BYTES = 8 << 20  # chunk bytes verified per batch (bounds the temporary memory)
@@ -165,6 +167,24 @@ class MappedFeatures:
     def _byte_offsets(self, rows: np.ndarray) -> np.ndarray:
         chunk, within = np.divmod(rows, self.rows_per_chunk)
         return self.offsets[chunk] + within * self.row_bytes
+
+
+_warned_unchecksummed: set[str] = set()
+
+
+def warn_unchecksummed(path: str) -> None:
+    """Warn, once per file and process, that a cache has no checksums."""
+    key = os.path.abspath(path)
+    if key in _warned_unchecksummed:
+        return
+    _warned_unchecksummed.add(key)
+    warnings.warn(
+        f"{path} has no checksums (written before tripletsk checksummed its caches): damage "
+        "to its features cannot be detected. Rewrite it with checksums: run `tripletsk "
+        f"extract-features IMAGES_DIR -o {path} --verify`.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _windows(flat: np.ndarray, width: int) -> np.ndarray:

@@ -15,7 +15,6 @@ import copy
 import difflib
 import json
 import os
-import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -45,7 +44,7 @@ from tripletsk.journal import (
     remove_stale_temp_files,
 )
 from tripletsk.locking import CacheLock
-from tripletsk.mapped import MappedFeatures
+from tripletsk.mapped import MappedFeatures, warn_unchecksummed
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -148,6 +147,11 @@ class FeatureStore:
                     feats = self._read_h5(ds, slice(None))
                 else:  # (e.g. compressed by another tool): read through h5py, file kept open
                     self._h5, feats = f, ds
+            except (OSError, ValueError, KeyError) as e:
+                raise CacheFormatError(
+                    f"corrupt cache: {self.path}: dataset 'features' cannot be read ({e}). "
+                    f"Re-extract it (`tripletsk extract-features IMAGES_DIR -o {self.path}`)."
+                ) from None
             finally:
                 if self._h5 is None:
                     f.close()
@@ -459,24 +463,6 @@ def _ranges(rows: np.ndarray, shown: int = 4) -> str:
     runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
     text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:shown])
     return f"rows {text}" + (", ..." if len(runs) > shown else "")
-
-
-_warned_unchecksummed: set[str] = set()
-
-
-def warn_unchecksummed(path: str) -> None:
-    """Warn, once per file and process, that a cache has no checksums."""
-    key = os.path.abspath(path)
-    if key in _warned_unchecksummed:
-        return
-    _warned_unchecksummed.add(key)
-    warnings.warn(
-        f"{path} has no checksums (written before tripletsk checksummed its caches): damage "
-        "to its features cannot be detected. Rewrite it with checksums: run `tripletsk "
-        f"extract-features IMAGES_DIR -o {path} --verify`.",
-        UserWarning,
-        stacklevel=3,
-    )
 
 
 def _into(rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:
