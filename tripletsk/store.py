@@ -420,11 +420,13 @@ class FeatureStore:
         Empty for a cache without checksums (see :attr:`checksummed`): damage to it cannot be
         detected. ``tripletsk extract-features --verify`` re-extracts the rows listed here.
         """
+        if self.in_memory:  # (loading refuses a damaged file): look at it through a map
+            return self._lazy(self.path, in_memory=False).corrupt_rows()
         feats = self._features()
         if isinstance(feats, MappedFeatures):
             return feats.all_bad_rows()
         if isinstance(feats, np.ndarray) or not self._checksummed:
-            return np.zeros(0, dtype=np.int64)  # (in memory: verified when loaded)
+            return np.zeros(0, dtype=np.int64)
         bad = []
         step = self._chunk_rows or READ_BLOCK
         for start in range(0, len(self), step):
