@@ -100,6 +100,12 @@ class MappedFeatures:
         data = self._rows_at[self._byte_offsets(rows)]
         return data.view(self.dtype).reshape(len(rows), self.shape[1])
 
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` in the storage dtype (a view of the map when contiguous)."""
+        if self._array is not None:
+            return self._array[start:stop]
+        return self.take(np.arange(start, stop))
+
     def take_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         """:meth:`take` written into ``out`` (an array of the storage dtype and that shape)."""
         if self._array is not None:

@@ -397,15 +397,25 @@ class FeatureStore:
         """Yield ``(keys, features)`` in row order, ``chunk_size`` rows at a time."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        self._features()
+        self._open()
         keys = self._hdr.keys
         for start in range(0, len(keys), chunk_size):
             stop = min(start + chunk_size, len(keys))
-            yield keys[start:stop], self.take(np.arange(start, stop))
+            yield keys[start:stop], self._block(start, stop)
 
     def to_array(self) -> np.ndarray:
         """All features as one (N, D) float32 array."""
-        return self.take(np.arange(len(self)))
+        return self._block(0, len(self))
+
+    def _block(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32 (a view of the file where it can be)."""
+        feats = self._features()
+        if not isinstance(feats, MappedFeatures):
+            return self.take(np.arange(start, stop))
+        rows = np.arange(start, stop)
+        self._check(feats, rows)
+        feats.will_need(rows)
+        return np.asarray(feats.block(start, stop), dtype=np.float32)
 
     def prefetch(self, idx) -> None:
         """Start reading rows ``idx`` from disk in the background (a hint; returns at once)."""
