@@ -124,8 +124,9 @@ class MappedFeatures:
         """
         if not self.checksummed or rows.size == 0:
             return np.zeros(0, dtype=np.int64)
-        chunks = np.unique(rows // self.rows_per_chunk)
-        return self._check_chunks(chunks[~self._verified[chunks]])
+        chunks = rows // self.rows_per_chunk
+        chunks = chunks[~self._verified[chunks]]
+        return self._check_chunks(np.unique(chunks)) if chunks.size else chunks
 
     def all_bad_rows(self) -> np.ndarray:
         """Verify every chunk (reading the whole file); the rows of the corrupt ones."""

@@ -367,8 +367,9 @@ class FeatureStore:
             raise IndexError(f"row index out of range for a cache of {n} rows")
         idx = np.where(idx < 0, idx + n, idx)
         if isinstance(feats, MappedFeatures):
-            self._check(feats, idx)
-            feats.will_need(np.unique(idx))
+            uniq = np.unique(idx)
+            self._check(feats, uniq)
+            feats.will_need(uniq)
             if out is not None and feats.dtype == out.dtype:
                 return feats.take_into(idx, out)
             return _into(np.asarray(feats.take(idx), dtype=np.float32), out)
