@@ -9,7 +9,7 @@ from test_store import KEYS, make_cache
 
 from tripletsk.errors import CacheFormatError
 from tripletsk.journal import PartsJournal, load_part_features
-from tripletsk.store import FINGERPRINT_DTYPE, FeatureStore, read_header
+from tripletsk.store import FINGERPRINT_DTYPE, FeatureStore, read_feature_rows, read_header
 
 
 def patch_bytes(path, old: bytes, new: bytes) -> None:
@@ -83,3 +83,20 @@ def test_corrupt_part_file_is_named(tmp_path):
         fh.write(bytes(raw))
     with pytest.raises(CacheFormatError, match=rf"corrupt part file {info.path} .*CRC"):
         load_part_features(info.path)
+
+
+def test_read_feature_rows_reports_a_damaged_chunk(tmp_path):
+    path = tmp_path / "f.h5"
+    keys = [f"k{i:04d}.jpg" for i in range(1000)]
+    feats = make_cache(path, keys, dim=64, block=500)  # 256 rows per chunk
+    with h5py.File(path, "r") as f:
+        offset = f["features"].id.get_chunk_info_by_coord((256, 0)).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 8] ^= 0x01
+    path.write_bytes(bytes(raw))
+    rows = np.array([3, 100])
+    np.testing.assert_array_equal(np.concatenate(list(read_feature_rows(path, rows))), feats[rows])
+    with pytest.raises(
+        CacheFormatError, match=rf"corrupt cache: {path}: rows 3-300 of dataset .*--verify"
+    ):
+        list(read_feature_rows(path, np.array([3, 300])))

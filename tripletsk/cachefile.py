@@ -188,17 +188,22 @@ def _read_attrs(f) -> dict:
     return attrs
 
 
-def _read_part(path: str, name: str, read):
-    """``read()``, with damage to dataset ``name`` reported as a corrupt cache."""
+def _read_part(path: str, name: str, read, *args):
+    """``read(*args)``, with damage to ``name`` (a part of the file) reported as corrupt."""
     try:
-        return read()
+        return read(*args)
     except (KeyError, CacheFormatError):
         raise
     except (OSError, ValueError, TypeError) as e:  # (UnicodeError is a ValueError)
+        if "'features'" in name:  # damaged rows can be re-extracted alone
+            todo = f"Re-run `tripletsk extract-features IMAGES_DIR -o {path} --verify`."
+        else:
+            todo = (
+                f"Re-extract it (`tripletsk extract-features IMAGES_DIR -o {path}`; delete the "
+                "file first if that fails too)."
+            )
         raise CacheFormatError(
-            f"corrupt cache: {path}: {name} cannot be read ({e}). Re-extract it "
-            f"(`tripletsk extract-features IMAGES_DIR -o {path}`; delete the file first if that "
-            "fails too)."
+            f"corrupt cache: {path}: {name} cannot be read ({e}). {todo}"
         ) from None
 
 
@@ -311,7 +316,10 @@ def write_cache(
 
 
 def read_feature_rows(path: str, rows: np.ndarray, block: int = READ_BLOCK) -> Iterator[np.ndarray]:
-    """Yield the features of sorted ``rows`` of an existing cache, block by block."""
+    """Yield the features of sorted ``rows`` of an existing cache, block by block.
+
+    HDF5 verifies the chunk checksums as it reads: damage raises ``CacheFormatError``.
+    """
     h5py = h5py_module()
     rows = np.asarray(rows, dtype=np.int64)
     if rows.size == 0:
@@ -327,7 +335,8 @@ def read_feature_rows(path: str, rows: np.ndarray, block: int = READ_BLOCK) -> I
             a, b = np.searchsorted(rows, [start, stop])
             if a == b:
                 continue
-            data = ds[start:stop]
+            where = f"rows {start}-{stop - 1} of dataset 'features'"
+            data = _read_part(path, where, ds.__getitem__, slice(start, stop))
             yield data[rows[a:b] - start]
 
 
