@@ -87,7 +87,9 @@ class FeatureStore:
     -----
     Keys, fingerprints and attributes are read when the store is opened; features are read on
     demand (memory-mapped). A store pickles and deep-copies as its path only, and reopens lazily,
-    so scikit-learn's ``clone`` and joblib never copy the features.
+    so scikit-learn's ``clone`` and joblib never copy the features. Each chunk of features is
+    verified against its checksum the first time any of its rows is read; damage raises
+    :class:`~tripletsk.errors.CacheFormatError` (see ``docs/formats.md``).
 
     Examples
     --------
@@ -147,6 +149,8 @@ class FeatureStore:
                     feats = self._read_h5(ds, slice(None))
                 else:  # (e.g. compressed by another tool): read through h5py, file kept open
                     self._h5, feats = f, ds
+            except CacheFormatError:
+                raise
             except (OSError, ValueError, KeyError) as e:
                 raise CacheFormatError(
                     f"corrupt cache: {self.path}: dataset 'features' cannot be read ({e}). "
