@@ -45,7 +45,7 @@ def test_written_chunked_with_checksums_and_read_through_the_map(cache):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a checksummed cache warns about nothing
         store = FeatureStore(path)
-        assert store.checksummed and store.chunk_rows == 256
+        assert store.checksummed and store.chunk_rows == 256 and store.info()["checksummed"]
         assert isinstance(store._features(), MappedFeatures)  # the fast path
         rng = np.random.default_rng(0)
         idx = rng.integers(-N, N, 300)
@@ -123,4 +123,5 @@ def test_cache_without_checksums_opens_with_one_warning(cache, tmp_path):
         again = FeatureStore(old)
         np.testing.assert_array_equal(again.to_array(), feats)
         assert not again.checksummed and again.corrupt_rows().size == 0
+        assert again.info()["checksummed"] is False
         assert again.chunk_rows is None

@@ -286,6 +286,7 @@ class FeatureStore:
             "updated": a.get("updated"),
             "versions": json.loads(a.get("versions", "{}")),
             "file_size": os.path.getsize(self.path) if os.path.exists(self.path) else None,
+            "checksummed": self.checksummed,
         }
 
     # -- look-ups ----------------------------------------------------------------------------
