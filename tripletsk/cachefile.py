@@ -1,6 +1,6 @@
 """The feature cache file: format constants, its header, and writing a complete cache.
 
-File layout (format version 1, see ``docs/formats.md``)::
+File layout (format version 1, see ``docs/extraction.md``; checksums: ``docs/formats.md``)::
 
     features      (N, D) float32 or float16, chunked with Fletcher-32 checksums (caches written
                   before checksums: contiguous)
@@ -9,7 +9,8 @@ File layout (format version 1, see ``docs/formats.md``)::
     failed        (F, 2) UTF-8 strings: key, reason
     attributes    format, format_version, backbone, weights, image_size, preprocessing,
                   compute_dtype, backend, weights_source, dim, dtype, versions (JSON),
-                  created, updated, image_root, generation
+                  created, updated, image_root, generation, index_checksums (JSON: BLAKE2b of
+                  keys, fingerprints and failed, checked on every open)
 
 A cache file is never modified in place: :func:`write_cache` writes a complete new file next to
 the old one and renames it over it (``os.replace``, atomic), so ``<cache>`` is always the old or

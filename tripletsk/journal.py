@@ -3,7 +3,8 @@
 A run writes each finished batch to its own file in ``<cache>.parts/`` (written under a
 temporary name, fsynced, then renamed), so a killed run loses at most the batch in progress and
 the next run picks up the finished ones. ``meta.json`` records the run's settings; parts of a
-run with other settings are refused.
+run with other settings are refused. Parts are ``.npz`` (zip) files, whose members carry a
+CRC-32: a damaged part is dropped when the journal is opened (its images are redone).
 """
 
 from __future__ import annotations
