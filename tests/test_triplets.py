@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 
 from tripletsk.errors import UserError
+from tripletsk.folders import labels_from_folders, list_image_keys, make_triplets_from_folders
 from tripletsk.triplets import (
     TripletDataError,
     TripletFileError,
-    labels_from_folders,
-    list_image_keys,
-    make_triplets_from_folders,
     read_triplets,
     read_triplets_with_lines,
     write_triplets,

@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
 from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk._rows import FeatureRows
+from tripletsk._tensorflow import import_tensorflow
 from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.head import HeadWeights, build_keras_head, get_head_weights
 from tripletsk.losses import BATCH_LOSSES, triplet_loss
+
+tf = import_tensorflow()
 
 
 @dataclass

@@ -46,6 +46,10 @@ class WeightsUnavailableError(UserError, RuntimeError):
     """The backbone weights cannot be obtained (e.g. ImageNet weights offline)."""
 
 
+class ModelFileError(UserError, ValueError):
+    """A model file that is damaged, hostile or not a tripletsk model."""
+
+
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
 

@@ -27,11 +27,13 @@ default batch sizes where it costs less than a megabyte per 64 items.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from tripletsk._tensorflow import import_keras, import_tensorflow
 from tripletsk.distances import DISTANCES, check_distance  # noqa: F401  (DISTANCES: re-export)
+
+tf = import_tensorflow()
+keras = import_keras()
 
 # Squared distances below this are treated as zero by the guarded square root.
 _SQRT_EPS = 1e-12

@@ -1,7 +1,8 @@
 """Triplet files: read and write triplets of image names, with line-exact errors.
 
 Triplets from class folders live in :mod:`tripletsk.folders`, triplets from labels and
-P x K batches in :mod:`tripletsk.mining`; their public names are re-exported here.
+P x K batches in :mod:`tripletsk.mining` (``sample_label_triplets`` and ``pk_batches`` are
+re-exported here).
 """
 
 from __future__ import annotations
@@ -30,19 +31,6 @@ __all__ = [
     "sample_label_triplets",
     "write_triplets",
 ]
-
-# Re-exported on first use: tripletsk.folders imports this module.
-_FOLDERS = ("IMAGE_EXTENSIONS", "labels_from_folders", "list_image_keys",
-            "make_triplets_from_folders")  # fmt: skip
-
-
-def __getattr__(name: str):
-    if name in _FOLDERS:
-        from tripletsk import folders
-
-        return getattr(folders, name)
-    raise AttributeError(f"module 'tripletsk.triplets' has no attribute {name!r}")
-
 
 # --------------------------------------------------------------------------------------------
 # Triplet files
@@ -407,5 +395,14 @@ def write_triplets(path: str | os.PathLike, triplets) -> None:
         if any(_needs_quotes(name) for name in names):
             names = [_quote(name) for name in names]
         lines.append(" ".join(names) + "\n")
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(lines)
+    # Written whole under a temporary name, then renamed: an interrupted write never leaves
+    # half a triplet file where a complete one was.
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
