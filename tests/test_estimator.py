@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tripletsk import TripletEncoder
+from tripletsk.errors import NonFiniteFeaturesError
 from tripletsk.estimator import EmbeddingCollapseWarning
 from tripletsk.metrics import label_triplet_accuracy
 from tripletsk.triplets import sample_label_triplets
@@ -504,31 +506,16 @@ def test_fit_and_transform_do_not_copy_the_features(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def class_sorted_digits_cache(tmp_path_factory):
+def class_sorted_digits_cache(tmp_path_factory, write_feature_cache):
     """Digits as a real HDF5 cache whose rows are sorted by class: a worst case for reading
     in storage order, since a block of rows holds a single class."""
     from sklearn.datasets import load_digits
-
-    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
 
     X, y = load_digits(return_X_y=True)
     order = np.argsort(y, kind="stable")
     X, y = X[order].astype(np.float32), y[order]
     keys = [f"{label}/{i:04d}.png" for i, label in enumerate(y)]
-    path = tmp_path_factory.mktemp("digits") / "features.h5"
-    provenance = {"model": "digits-pixels", "layer": "pixels", "weights": "none",
-                  "image_size": 8, "preprocessing": "none", "compute_dtype": "float32",
-                  "backend": "none", "weights_source": "none", "versions": "{}"}  # fmt: skip
-    write_cache(
-        path,
-        keys=keys,
-        fingerprints=np.zeros(len(keys), dtype=FINGERPRINT_DTYPE),
-        feature_blocks=[X],
-        dim=X.shape[1],
-        dtype="float32",
-        failed=[],
-        attrs={**provenance, "format": FORMAT_NAME, "format_version": FORMAT_VERSION},
-    )
+    path = write_feature_cache(tmp_path_factory.mktemp("digits") / "features.h5", keys, X)
     return path, np.array(keys), y
 
 
@@ -591,3 +578,17 @@ def test_windows_train_exactly_as_one_resident_tensor(blobs, monkeypatch, labell
         np.testing.assert_allclose(k1, k2, atol=1e-5)
         np.testing.assert_allclose(b1, b2, atol=1e-5)
     np.testing.assert_allclose(resident.loss_curve_, windowed.loss_curve_, rtol=1e-5)
+
+
+def test_transform_names_the_key_of_a_nan_feature_row(tmp_path, write_feature_cache):
+    rng = np.random.RandomState(0)
+    keys = [f"img{i}.png" for i in range(30)] + ["broken.png"]
+    features = np.vstack([rng.normal(size=(30, 6)), np.full((1, 6), np.nan)])
+    cache = write_feature_cache(tmp_path / "features.h5", keys, features)
+    encoder = TripletEncoder(features=cache, hidden_units=4, max_epochs=1, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        encoder.fit(np.array(keys[:30]), np.arange(30) % 3)  # the NaN row is not used
+    assert np.isfinite(encoder.transform(keys[:30])).all()
+    with pytest.raises(NonFiniteFeaturesError, match=r"'broken\.png' are NaN or infinite"):
+        encoder.transform(["img1.png", "broken.png", "img2.png"])

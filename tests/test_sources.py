@@ -17,38 +17,15 @@ from tripletsk.sources import (
     open_cache,
     triplet_rows,
 )
-from tripletsk.store import (
-    FINGERPRINT_DTYPE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    FeatureStore,
-    write_cache,
-)
+from tripletsk.store import FeatureStore
 
 X = np.arange(12, dtype=np.float32).reshape(4, 3)
 KEYS = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
-PROVENANCE = {"model": "test", "layer": "test", "weights": "none", "image_size": 8,
-              "preprocessing": "none", "compute_dtype": "float32", "backend": "none",
-              "weights_source": "none", "versions": "{}"}  # fmt: skip
-
-
-def _write_cache(path, features=X):
-    write_cache(
-        path,
-        keys=KEYS,
-        fingerprints=np.zeros(len(KEYS), dtype=FINGERPRINT_DTYPE),
-        feature_blocks=[features],
-        dim=features.shape[1],
-        dtype="float32",
-        failed=[],
-        attrs={**PROVENANCE, "format": FORMAT_NAME, "format_version": FORMAT_VERSION},
-    )
-    return path
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return _write_cache(tmp_path / "features.h5")
+def cache(tmp_path, write_feature_cache):
+    return write_feature_cache(tmp_path / "features.h5", KEYS, X)
 
 
 def _sources(cache_path):
@@ -117,20 +94,20 @@ def test_unknown_cache_key_is_a_value_error(cache):
         feature_rows(cache, np.array(["zz.jpg"]))
 
 
-def test_keys_without_features_need_the_default_cache(tmp_path, monkeypatch):
+def test_keys_without_features_need_the_default_cache(tmp_path, monkeypatch, write_feature_cache):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"default one .* does not exist"):
         feature_rows(None, np.array(["a.jpg"]))
     os.mkdir("cache")
-    _write_cache(tmp_path / "cache" / "features.h5")
+    write_feature_cache(tmp_path / "cache" / "features.h5", KEYS, X)
     rows, inverse = feature_rows(None, np.array(["d.jpg"]))
     np.testing.assert_array_equal(rows.take()[inverse], X[[3]])
 
 
-def test_open_cache_reopens_a_replaced_file(cache, tmp_path):
+def test_open_cache_reopens_a_replaced_file(cache, tmp_path, write_feature_cache):
     first = open_cache(cache)
     assert open_cache(os.fspath(cache)) is first  # opened once per version of the file
-    replaced = _write_cache(tmp_path / "new.h5", X + 100)
+    replaced = write_feature_cache(tmp_path / "new.h5", KEYS, X + 100)
     os.replace(replaced, cache)
     again = open_cache(cache)
     assert again is not first

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from sklearn.utils import check_array
 
+from tripletsk.errors import NonFiniteFeaturesError
 from tripletsk.head import HeadWeights, forward
 
 # Rows read at a time: 32 MiB of float32 features (4,096 rows at 2048-d). Large enough that
@@ -188,6 +189,14 @@ def embed(rows: FeatureRows, weights: HeadWeights, idx=None) -> np.ndarray:
     out = np.empty((len(idx), weights[-1][0].shape[1]), dtype=np.float32)
     order = np.argsort(rows.rows[idx], kind="stable")
     for part, chunk in rows.chunks(idx[order]):
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():  # a NaN row would embed as NaN and rank anywhere, silently
+            bad = idx[order[part]][~finite]
+            raise NonFiniteFeaturesError(
+                f"{len(bad)} feature row(s) hold NaN or infinite values (source rows "
+                f"{rows.rows[bad][:5].tolist()})",
+                items=bad,
+            )
         out[order[part]] = forward(chunk, weights)
     return out
 

@@ -104,8 +104,8 @@ def check_provenance(found: dict, expected: dict, path: str | os.PathLike) -> No
     if diffs:
         raise CacheMismatchError(
             f"{path} was made with different settings ({'; '.join(diffs)}). Mixing features "
-            "from two models is not allowed: rerun with the cache's settings, or choose another "
-            "--output (or delete the cache) to start a new one."
+            "from two models is not allowed: rerun with the cache's settings, or write the new "
+            "features to another cache file."
         )
 
 
@@ -169,8 +169,8 @@ def read_header(path: str | os.PathLike) -> CacheHeader:
                 )
     except (OSError, KeyError) as e:
         raise CacheFormatError(
-            f"{path} is not a readable tripletsk feature cache ({e}); choose another --output "
-            "or delete the file"
+            f"{path} is not a readable tripletsk feature cache ({e}); give the path of a cache "
+            "made by extract-features, or write a new cache to another file"
         ) from e
     _check_index(path, attrs, keys, fps, failed)
     prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, "backend", "weights_source")}

@@ -50,6 +50,14 @@ class ModelFileError(UserError, ValueError):
     """A model file that is damaged, hostile or not a tripletsk model."""
 
 
+class NonFiniteFeaturesError(UserError, ValueError):
+    """Feature rows hold NaN or infinite values; ``items`` are their positions in the request."""
+
+    def __init__(self, message: str, items=()):
+        super().__init__(message)
+        self.items = items
+
+
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
 

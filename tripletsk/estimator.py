@@ -16,7 +16,7 @@ from tripletsk import _fitting, persist, sources
 from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
 from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
-from tripletsk.errors import EmbeddingCollapseWarning
+from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
 from tripletsk.pairs import PairVerifierMixin
@@ -399,9 +399,19 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
-            items, inverse = sources.feature_rows(self.features, np.asarray(X))
+            ids = np.asarray(X)
+            items, inverse = sources.feature_rows(self.features, ids)
             self._check_width(items.n_features)
-            return self._embed(items)[inverse]
+            try:
+                return self._embed(items)[inverse]
+            except NonFiniteFeaturesError as exc:
+                named = ids[np.isin(inverse, exc.items)]
+                raise NonFiniteFeaturesError(
+                    f"the features of {', '.join(map(repr, named[:3].tolist()))}"
+                    f"{' and others' if len(named) > 3 else ''} are NaN or infinite, so they "
+                    "have no embedding; re-extract those images, or leave them out",
+                    items=np.flatnonzero(np.isin(inverse, exc.items)),
+                ) from None
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return self._embed(FeatureRows.from_array(X))
 

@@ -31,7 +31,7 @@ class CacheLock:
             os.close(fd)
             raise CacheLockedError(
                 f"another extraction is writing {self.cache_path}{holder}; wait for it to finish "
-                f"or write to another --output. (The lock is {self.path}; it is released when "
+                f"or write to another cache file. (The lock is {self.path}; it is released when "
                 "that process exits.)"
             ) from None
         with contextlib.suppress(Exception):

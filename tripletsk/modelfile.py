@@ -160,6 +160,8 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> Fitted
             model = TripletEncoder.load(path)
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data[_NPZ_NAME])) if _NPZ_NAME in data.files else {}
+        except UserError:
+            raise  # already names the file and the problem
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise UserError(f"{path} is not a tripletsk model saved as .npz ({exc})") from None
         return FittedModel(model, path, meta.get("cache", {}), meta.get("training", {}))

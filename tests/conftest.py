@@ -1,0 +1,43 @@
+"""Fixtures shared by the test modules: small real feature caches written with the library's
+own writer, so every test reads the same file format users get."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+
+#: Provenance of caches that hold arbitrary vectors rather than a backbone's features.
+PLAIN_PROVENANCE = {"model": "test", "layer": "test", "weights": "none", "image_size": 8,
+                    "preprocessing": "none", "compute_dtype": "float32", "backend": "none",
+                    "weights_source": "none", "versions": "{}"}  # fmt: skip
+
+
+def _write_feature_cache(path, keys, features, *, provenance=None, failed=(), block=None):
+    """Write ``features`` (n, d) under ``keys`` to a real cache at ``path``; return ``path``."""
+    features = np.asarray(features, dtype=np.float32)
+    block = block or max(1, len(features))
+    fingerprints = np.zeros(len(keys), dtype=FINGERPRINT_DTYPE)
+    fingerprints["size"] = np.arange(len(keys))
+    write_cache(
+        path,
+        keys=list(keys),
+        fingerprints=fingerprints,
+        feature_blocks=(features[i : i + block] for i in range(0, len(features), block)),
+        dim=features.shape[1],
+        dtype="float32",
+        failed=list(failed),
+        attrs={
+            **(provenance or PLAIN_PROVENANCE),
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_feature_cache():
+    """``write_feature_cache(path, keys, features, provenance=, failed=, block=)``."""
+    return _write_feature_cache
