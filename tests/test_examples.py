@@ -13,6 +13,8 @@ import pytest
 
 from tripletsk.triplets import read_triplets
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 

@@ -246,13 +246,3 @@ def test_scorers_of_a_cosine_encoder_measure_cosine(name, monkeypatch):
         monkeypatch.setattr(metrics, function, spy)
     SCORERS[name](encoder, X, y)
     assert used and set(used) == {"cosine"}
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import tripletsk.metrics
-
-    result = doctest.testmod(tripletsk.metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0

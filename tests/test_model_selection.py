@@ -214,13 +214,3 @@ def test_train_test_split_hits_size_with_independent_triplets():
 def test_train_test_split_errors(triplets, test_size, match):
     with pytest.raises(ValueError, match=match):
         triplet_train_test_split(triplets, test_size=test_size)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import tripletsk.model_selection
-
-    result = doctest.testmod(tripletsk.model_selection, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0

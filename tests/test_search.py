@@ -193,16 +193,6 @@ def test_search_needs_keys_somewhere(tmp_path):
         search(Bare(), [[0.0]], k=1)
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    import tripletsk.search
-
-    result = doctest.testmod(tripletsk.search, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0
-
-
 def test_search_uses_only_the_encoders_features_for_keys():
     class WithStoreAttribute:  # ``store_`` / ``features_`` are no attributes of any encoder
         features = None

@@ -297,13 +297,3 @@ def test_make_triplets_empty_root(tmp_path):
 def test_make_triplets_root_not_a_folder(tmp_path):
     with pytest.raises(TripletDataError, match="not a folder of images"):
         make_triplets_from_folders(os.fspath(tmp_path / "nope"), 5)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import tripletsk.triplets
-
-    result = doctest.testmod(tripletsk.triplets, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0
-    assert result.failed == 0

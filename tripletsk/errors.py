@@ -46,6 +46,18 @@ class WeightsUnavailableError(UserError, RuntimeError):
     """The backbone weights cannot be obtained (e.g. ImageNet weights offline)."""
 
 
+class TripletDataError(UserError, ValueError):
+    """Unusable triplet data, such as image keys that carry no class folder."""
+
+
+class TripletFileError(TripletDataError):
+    """A triplet file that cannot be used; the message names the file and, if any, the line."""
+
+
+class UsageError(UserError):
+    """A bad command-line option value found after parsing; reported like argparse's errors."""
+
+
 class ModelFileError(UserError, ValueError):
     """A model file that is damaged, hostile or not a tripletsk model."""
 

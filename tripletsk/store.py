@@ -93,9 +93,19 @@ class FeatureStore:
 
     Examples
     --------
-    >>> store = FeatureStore("cache/features.h5")  # doctest: +SKIP
-    >>> store.lookup(["a/x.jpg", "b/y.jpg", "a/x.jpg"]).shape  # doctest: +SKIP
-    (3, 2048)
+    A cache is normally written by ``tripletsk extract-features``; here, by hand:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    >>> path = os.path.join(tempfile.mkdtemp(), "features.h5")
+    >>> write_cache(path, keys=["a/x.jpg", "b/y.jpg"], dim=4, dtype="float32",
+    ...             fingerprints=np.zeros(2, FINGERPRINT_DTYPE), failed=[],
+    ...             feature_blocks=[np.eye(2, 4, dtype=np.float32)],
+    ...             attrs={"format": FORMAT_NAME, "format_version": FORMAT_VERSION})
+    >>> store = FeatureStore(path)
+    >>> store.lookup(["a/x.jpg", "b/y.jpg", "a/x.jpg"]).shape
+    (3, 4)
     """
 
     def __init__(self, path: str | os.PathLike = DEFAULT_CACHE, *, in_memory: bool = False):

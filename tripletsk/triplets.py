@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletsk.errors import UserError
+from tripletsk.errors import TripletDataError, TripletFileError, UserError  # noqa: F401 (re-exported)
 from tripletsk.mining import pk_batches, sample_label_triplets
 
 __all__ = [
@@ -42,14 +42,6 @@ _SPLIT = re.compile(r"[ \t]+")
 # A comment starts at a '#' at the start of a line or preceded by a space or tab.
 _COMMENT = re.compile(r"(?:^|[ \t])#.*$")
 _N_SHOWN = 5  # offending lines quoted in one error or warning message
-
-
-class TripletDataError(UserError, ValueError):
-    """Unusable triplet data, such as image keys that carry no class folder."""
-
-
-class TripletFileError(TripletDataError):
-    """A triplet file that cannot be used; the message names the file and, if any, the line."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import argparse
 import os
 import textwrap
 
+from tripletsk.errors import UsageError
+
 __all__ = [
     "PROG",
     "UsageError",
@@ -17,10 +19,6 @@ __all__ = [
 ]
 
 PROG = "tripletsk"
-
-
-class UsageError(Exception):
-    """A bad option value found after parsing; reported like argparse's errors (status 2)."""
 
 
 def add_command(subparsers, name: str, summary: str, example: str) -> argparse.ArgumentParser:
