@@ -37,12 +37,15 @@ def _tied_data(seed, n=30, n_classes=4):
 
 
 def _slow_retrieval(X, y, ks, metric):
-    """Obviously correct: rank the others of each query by (distance, index)."""
+    """Obviously correct: rank the others of each query by distance; at equal distances,
+    samples of other labels first (ties count against the model), then by index."""
     results = {f"recall_at_{k}": [] for k in ks}
     results.update(r_precision=[], map_at_r=[])
     for i in range(len(X)):
         others = [j for j in range(len(X)) if j != i]
-        ranked = sorted(others, key=lambda j: (DISTANCES[metric](X[i], X[j]), j))
+        ranked = sorted(
+            others, key=lambda j: (DISTANCES[metric](X[i], X[j]), y[j] == y[i], j)
+        )
         rel = [y[j] == y[i] for j in ranked]
         r = sum(rel)
         if r == 0:
@@ -80,10 +83,10 @@ def test_retrieval_matches_slow_loop(seed, chunk_size, metric):
         ([[0], [1], [10], [11], [12]], [0, 0, 1, 1, 1], (1.0, 1.0, 1.0)),
         # Duplicates are neighbours (self is excluded by index, not by distance 0).
         ([[0], [0], [5], [5]], [0, 0, 1, 1], (1.0, 1.0, 1.0)),
-        # Three identical points: ties go to the lower index; class 1 (R=0) is skipped.
-        ([[0], [0], [0]], [0, 1, 0], (0.5, 0.5, 0.5)),
-        # q0 -> [1, 3]: AP 1/2; q1 -> [0, 3]: 1/2; q2 -> [3, 1]: 1/4; q3 has R=0.
-        ([[0], [1], [3], [2]], [0, 0, 0, 1], (2 / 3, 0.5, 1.25 / 3)),
+        # Three identical points: ties count against the model; class 1 (R=0) is skipped.
+        ([[0], [0], [0]], [0, 1, 0], (0.0, 0.0, 0.0)),
+        # q0 -> [1, 3]: AP 1/2; q1 -> [3, 0] (3 ties with 0): 1/4; q2 -> [3, 1]: 1/4; q3 R=0.
+        ([[0], [1], [3], [2]], [0, 0, 0, 1], (1 / 3, 0.5, 1 / 3)),
     ],
 )
 def test_retrieval_hand_made(X, y, expected):
@@ -214,10 +217,10 @@ class FixedEncoder(BaseEstimator):
         return self.embeddings[np.asarray(X).ravel()]
 
 
-@pytest.mark.parametrize(("distance", "expected"), [("l1", 1.0), ("l2", 0.5)])
+@pytest.mark.parametrize(("distance", "expected"), [("l1", 1.0), ("l2", 0.75)])
 def test_scorers_measure_with_the_estimators_distance(distance, expected):
     # Sample 0's nearest is sample 2 (same class) by L1 distance, sample 1 (other) by L2.
-    emb = np.array([[0.0, 0.0], [1.0, 1.0], [1.5, -0.3], [5.0, 5.0], [5.1, 5.1]])
+    emb = np.array([[0.0, 0.0], [1.0, 1.0], [0.2, -1.5], [5.0, 5.0], [5.1, 5.1]])
     y = np.array([0, 1, 0, 2, 2])
     encoder = FixedEncoder(emb, distance=distance)
     assert precision_at_1_scorer(encoder, np.arange(5), y) == pytest.approx(expected)
@@ -246,3 +249,28 @@ def test_scorers_of_a_cosine_encoder_measure_cosine(name, monkeypatch):
         monkeypatch.setattr(metrics, function, spy)
     SCORERS[name](encoder, X, y)
     assert used and set(used) == {"cosine"}
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_collapsed_embedding_scores_no_better_than_chance(shuffle):
+    # Rows sorted by class, as extract-features writes them: breaking ties by index made a
+    # constant embedding score P@1 = MAP@R = 0.100 here (and 0.018 shuffled).
+    y = np.repeat(np.arange(10), 20)
+    if shuffle:
+        y = np.random.RandomState(0).permutation(y)
+    report = retrieval_report(np.ones((len(y), 4)), y, ks=[1, 5])
+    chance = 19 / 199  # another sample of the query's class, drawn at random
+    for name in ("precision_at_1", "r_precision", "map_at_r"):
+        assert report[name] <= chance, name
+
+
+def test_ties_count_against_the_model():
+    # The query 0 has a same-class sample and an other-class sample at the same distance.
+    embeddings = np.array([[0.0], [1.0], [-1.0], [5.0]])
+    y = np.array([0, 0, 1, 1])
+    # Query 0 fails (by index it succeeded), 1 succeeds, 2 and 3 fail.
+    assert precision_at_1(embeddings, y) == 0.25
+    report = retrieval_report(embeddings, y, ks=[1, 2])
+    assert report["recall_at_2"] == 0.5  # queries 0 and 1 find their class within two
+    # Without the tie, query 0 succeeds.
+    assert precision_at_1(np.array([[0.0], [1.0], [-1.1], [5.0]]), y) == 0.5

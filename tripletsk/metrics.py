@@ -136,14 +136,16 @@ def _n_relevant(y: np.ndarray) -> np.ndarray:
     return counts[inverse] - 1
 
 
-def _nearest_others(embeddings, metric, chunk_size, depth):
+def _nearest_others(embeddings, metric, chunk_size, depth, y):
     """Yield ``(rows, neighbours)``: for each query row, the ``depth`` nearest other samples.
 
     ``depth`` is an int or one int per sample (the chunk uses its largest). The query itself
     is excluded by index, so a duplicate of it at distance 0 is still a neighbour. Ties are
-    broken by sample index, so results are deterministic and match a stable sort. Memory
-    is O(chunk_size * n_samples): a partition finds each row's depth-th distance, and only
-    the candidates up to it are sorted.
+    counted against the model: among samples at the same distance, those of another label
+    than the query's (``y``) rank first, then by index. So a tie never helps a score, and a
+    collapsed embedding (every distance equal) scores no better than chance, whatever the
+    order of the rows. Memory is O(chunk_size * n_samples): a partition finds each row's
+    depth-th distance, and only the candidates up to it are sorted.
     """
     n = len(embeddings)
     depth = np.broadcast_to(np.asarray(depth), (n,))
@@ -157,7 +159,8 @@ def _nearest_others(embeddings, metric, chunk_size, depth):
         dist[np.arange(len(rows)), rows] = np.inf  # exclude self by index, not by distance
         cutoff = np.partition(dist, width - 1, axis=1)[:, width - 1 : width]
         r, c = np.nonzero(dist <= cutoff)  # row-major: ascending index within each row
-        order = np.lexsort((c, dist[r, c], r))
+        relevant = y[c] == y[rows[r]]
+        order = np.lexsort((c, relevant, dist[r, c], r))
         r, c = r[order], c[order]
         first = np.searchsorted(r, np.arange(len(rows)))
         keep = np.arange(len(r)) - first[r] < width
@@ -173,7 +176,8 @@ def retrieval_report(
 ) -> dict[str, float]:
     """Leave-one-out retrieval figures in one pass: precision@1, recall@k, R-precision, MAP@R.
 
-    Each sample queries all the other samples, ranked by distance (ties broken by index).
+    Each sample queries all the other samples, ranked by distance; samples at equal distance
+    rank with the other labels first, so ties never raise a figure.
     A query with no other sample of its class (R = 0) can neither succeed nor fail, so it is
     skipped by every figure, as in Musgrave et al. (2020); ``n_queries`` counts the rest.
 
@@ -213,7 +217,7 @@ def retrieval_report(
         raise ValueError("No sample shares its label with another one: nothing to retrieve.")
     depth = np.maximum(relevant, ks[-1])
     totals = dict.fromkeys(["r_precision", "map_at_r", *(f"recall_at_{k}" for k in ks)], 0.0)
-    for rows, neighbours in _nearest_others(embeddings, metric, chunk_size, depth):
+    for rows, neighbours in _nearest_others(embeddings, metric, chunk_size, depth, y):
         query = relevant[rows] > 0
         rows, neighbours = rows[query], neighbours[query]
         hit = y[neighbours] == y[rows, None]  # (queries, depth): relevant at each rank
@@ -236,7 +240,7 @@ def precision_at_1(embeddings, y, metric: str = "euclidean", chunk_size: int = 1
     """Fraction of queries whose nearest *other* sample has the same label.
 
     Leave-one-out: each sample queries the others; the sample itself is excluded by index,
-    so an exact duplicate counts as a neighbour. Ties are broken by sample index. Samples
+    so an exact duplicate counts as a neighbour. Ties count against the model. Samples
     alone in their class are skipped (see :func:`retrieval_report`).
 
     Examples
