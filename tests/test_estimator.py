@@ -411,6 +411,24 @@ def test_collapse_is_detected_and_warned():
         TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(X, y)
 
 
+@pytest.mark.parametrize(("signal", "stuck"), [(0.0, True), (1.0, True), (6.0, False)])
+def test_a_fit_stuck_at_the_margin_warns(signal, stuck):
+    # Batch-hard on weak signal: every anchor stays active, the loss sits just above the
+    # margin and the embeddings shrink together. The old check (|loss - margin| < 0.1%)
+    # never fired for it.
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 10, 400)
+    X = rng.normal(size=(400, 32)) + signal * np.eye(10, 32)[y]
+    encoder = TripletEncoder(mining="batch_hard", max_epochs=30, random_state=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        encoder.fit(X, y)
+    messages = [str(w.message) for w in caught if w.category is EmbeddingCollapseWarning]
+    assert bool(messages) == stuck, messages
+    if stuck:
+        assert "the loss stayed at the margin" in messages[0]
+
+
 def test_huge_learning_rate_never_leaves_nan(blobs):
     X, y = blobs
     with warnings.catch_warnings():

@@ -359,7 +359,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
         self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
-        _fitting.warn_if_failed(items, self.weights_, self.loss_curve_, self.margin, rng)
+        _fitting.warn_if_failed(
+            items, self.weights_, self.loss_curve_, self.active_fraction_, self.margin, rng
+        )
         return self
 
     def _effective_mining(self, labels) -> str:
