@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,38 @@ def test_epoch_of_pk_batches_covers_the_samples(blobs, name):
         assert sum(len(b) for b in batches) == len(y)  # each sample once
     else:  # hybrid adds offline hard examples beyond the P x K deal
         assert sum(len(b) for b in batches) > len(y)
+
+
+def _batch_sizes(samples_per_class, batch_size=256, n_classes=10):
+    from tripletsk._rows import FeatureRows
+    from tripletsk.mining import epoch_batches
+
+    labels = np.repeat(np.arange(n_classes), 375)
+    plan = epoch_batches(
+        FeatureRows.from_array(np.zeros((len(labels), 2), np.float32)),
+        None,
+        labels,
+        np.arange(len(labels)),
+        "batch_hard",
+        np.random.RandomState(0),
+        batch_size=batch_size,
+        window_rows=10**6,
+        samples_per_class=samples_per_class,
+    )
+    return [len(batch) for batch in plan(0, None)]
+
+
+def test_auto_batches_hold_batch_size_samples_with_few_classes():
+    # With K = 4, 10 classes filled batches of 40 samples where 256 were asked for.
+    sizes = _batch_sizes("auto")
+    assert np.median(sizes) == 250  # 10 classes x 25
+    assert max(sizes) <= 256
+
+
+def test_a_samples_per_class_that_cannot_fill_the_batch_warns():
+    with pytest.warns(UserWarning, match=r"asks for 64 classes per batch, but there are 10"):
+        sizes = _batch_sizes(4)
+    assert max(sizes) == 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _batch_sizes(4, n_classes=100)  # enough classes: no warning

@@ -71,14 +71,17 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             default="auto"
         How ``fit(X, y)`` turns labels into triplets (the words are those of
         :mod:`tripletsk.mining`). ``"random"`` draws one random valid triplet per anchor each
-        epoch; the others mine online inside P x K batches (``samples_per_class`` samples of
-        ``batch_size // samples_per_class`` classes), see :mod:`tripletsk.losses`;
+        epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
+        of P = ``batch_size // K`` classes), see :mod:`tripletsk.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
         then mines batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)``, ``"auto"``
         uses the given triplets as they are, and ``"hard"`` adds, each epoch, each anchor's
         hardest known triplet (its farthest known positive and nearest known negative).
-    samples_per_class : int, default=4
-        K of the P x K batches of online mining.
+    samples_per_class : int or "auto", default="auto"
+        K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
+        fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
+        (10 classes, ``batch_size=256``: 10 classes x 25); a number that leaves the batch
+        short of classes warns (:func:`tripletsk.mining.pk_shape`).
     hard_per_anchor : int, default=2
         For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
     refresh_every : int, default=0
@@ -183,7 +186,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
         "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
-        "samples_per_class": [Interval(Integral, 2, None, closed="left")],
+        "samples_per_class": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "refresh_every": [Interval(Integral, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -210,7 +213,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         distance="l2",
         margin=1.0,
         mining="auto",
-        samples_per_class=4,
+        samples_per_class="auto",
         hard_per_anchor=2,
         refresh_every=0,
         learning_rate=1e-3,

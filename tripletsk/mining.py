@@ -27,6 +27,7 @@ consumes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -348,7 +349,7 @@ def epoch_batches(
     batch_size: int,
     window_rows: int,
     distance: str = "l2",
-    samples_per_class: int = 4,
+    samples_per_class: int | str = "auto",
     hard_per_anchor: int = 2,
     refresh_every: int = 0,
     stream: bool = False,
@@ -401,8 +402,7 @@ def epoch_batches(
                     yield sampled[start : start + batch_size]
 
         return random_triplets
-    k = samples_per_class
-    p = max(2, batch_size // k)
+    p, k = pk_shape(batch_size, samples_per_class, len(np.unique(train_labels)))
     hard = None
     if mining == "hybrid":
         hard = hard_examples(items.select(train), train_labels, hard_per_anchor)
@@ -420,6 +420,37 @@ def epoch_batches(
                 yield train[batch]
 
     return pk
+
+
+def pk_shape(batch_size: int, samples_per_class, n_classes: int) -> tuple[int, int]:
+    """``(P, K)``: classes and samples per class of P x K batches of ``batch_size`` items.
+
+    ``samples_per_class="auto"`` takes K = 4, or more when there are fewer than
+    ``batch_size // 4`` classes, so that a batch holds about ``batch_size`` items whatever the
+    number of classes. A K given as a number is kept; when the classes cannot fill the batch
+    with it, a warning says so (P x K asks for more classes than there are, and batches would
+    silently shrink to ``n_classes * K`` items).
+
+    Examples
+    --------
+    >>> from tripletsk.mining import pk_shape
+    >>> pk_shape(256, "auto", n_classes=10), pk_shape(256, "auto", n_classes=1000)
+    ((10, 25), (64, 4))
+    """
+    if samples_per_class == "auto":
+        k = max(4, batch_size // max(n_classes, 1))
+    else:
+        k = int(samples_per_class)
+        if n_classes * k < batch_size and batch_size // k > n_classes:
+            warnings.warn(
+                f"batch_size={batch_size} with samples_per_class={k} asks for "
+                f"{batch_size // k} classes per batch, but there are {n_classes}: batches "
+                f"hold at most {n_classes * k} samples. Use samples_per_class='auto' (or "
+                f"{batch_size // max(n_classes, 1)}), or a smaller batch_size.",
+                UserWarning,
+                stacklevel=5,  # the caller of fit
+            )
+    return max(2, batch_size // k), k
 
 
 def _triplet_plan(items, train_triplets, mining, rng, batch_size, window_rows, distance, stream):
