@@ -7,7 +7,6 @@ unreadable files are skipped and reported with a reason.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
@@ -31,7 +30,9 @@ from tripletsk.extraction.plan import (
     plan_run,
     record_extracted,
 )
+from tripletsk.extraction.roots import ImageFolderMismatchError, journal_meta, same_folder
 from tripletsk.extraction.summary import ExtractionSummary
+from tripletsk.extraction.write_errors import writing_cache
 from tripletsk.failures import write_failed_list
 from tripletsk.store import (
     DEFAULT_CACHE,
@@ -66,6 +67,7 @@ class _Run:
     journal: PartsJournal
     summary: ExtractionSummary
     t0: float
+    image_root: str  # recorded in the cache: the old cache's spelling of the same folder
 
     @property
     def old_keys(self) -> list:
@@ -95,6 +97,8 @@ def extract_features(
     shard: str | tuple[int, int] | None = None,
     backend: str = "tensorflow",
     precision: str = "float32",
+    replace: bool = False,
+    decode_memory: int | None = None,
 ) -> ExtractionSummary:
     """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
 
@@ -146,7 +150,10 @@ def extract_features(
     ------
     UserError
         The folder does not exist or holds no images, bad arguments, or (subclasses)
-        :class:`CacheMismatchError` for a cache made with other settings,
+        :class:`CacheMismatchError` for a cache made with other settings or of another images
+        folder (:class:`~tripletsk.extraction.roots.ImageFolderMismatchError`),
+        :class:`~tripletsk.extraction.write_errors.CacheWriteError` when the cache cannot be
+        written (disk full, file-size limit...; finished batches are kept),
         :class:`CacheLockedError` when another extraction writes the same cache,
         :class:`WeightsUnavailableError` when ImageNet weights cannot be downloaded.
     """
@@ -155,7 +162,8 @@ def extract_features(
         images_dir, output, weights=weights, seed=seed, image_size=image_size,
         batch_size=batch_size, dtype=dtype, backend=backend, precision=precision,
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
-        verify=verify, max_pixels=max_pixels, shard=shard,
+        verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
+        decode_memory=decode_memory,
     )  # fmt: skip
     found, shard_attrs = _discover(opts)
     _make_output_folder(opts.output)
@@ -167,15 +175,7 @@ def extract_features(
     with CacheLock(opts.output), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         run = _open_run(opts, found, shard_attrs, summary, t0)
-        try:
-            _execute(run)
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                raise
-            raise UserError(
-                f"cannot write the cache {opts.output}: {err.strerror or err}. Finished batches "
-                f"are kept in {run.journal.dir}; fix the problem and run the same command again."
-            ) from err
+        _execute(run)
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -210,7 +210,12 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
     """Under the cache's lock: check the existing cache fits, open the parts journal."""
     output, prov = opts.output, opts.provenance
     remove_stale_temp_files(output)
-    old = read_header(output) if os.path.exists(output) else None
+    old = read_header(output) if os.path.exists(output) and not opts.replace else None
+    image_root = os.path.abspath(opts.root)
+    if old is not None and old.attrs.get("image_root"):
+        if not same_folder(old.attrs["image_root"], opts.root):
+            raise ImageFolderMismatchError(output, old.attrs["image_root"], opts.root)
+        image_root = old.attrs["image_root"]
     if old is not None:
         check_provenance(old.provenance, prov, output)
         if shard_attrs is not None or "shard" in old.attrs:
@@ -228,11 +233,26 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
         "format_version": FORMAT_VERSION,
         "provenance": prov,
         "dim": FEATURE_DIM,
-        "image_root": os.path.abspath(opts.root),
+        "image_root": image_root,
     }
     journal = PartsJournal(output, meta)
-    journal.open()
-    return _Run(opts, found, shard_attrs, old, store_dtype, journal, summary, t0)
+    _check_journal(journal, opts)
+    with writing_cache(output, journal.dir):
+        journal.open()
+    return _Run(opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root)
+
+
+def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:
+    """Unfinished work of an interrupted run on another folder is refused (``replace``: dropped,
+    as is work made with other settings)."""
+    old = journal_meta(journal.dir)
+    if old is None:
+        return
+    if opts.replace:
+        if old != json.loads(json.dumps(journal.meta)):  # compared as stored: JSON types
+            journal.remove()
+    elif old.get("image_root") and not same_folder(old["image_root"], opts.root):
+        raise ImageFolderMismatchError(journal.dir, old["image_root"], opts.root)
 
 
 def _execute(run: _Run) -> None:
@@ -262,11 +282,12 @@ def _execute(run: _Run) -> None:
     summary.failed, summary.n_images = failed, len(rows.keys)
     if run.shard_attrs is not None:  # a shard records whether it holds its whole share
         run.shard_attrs = {**run.shard_attrs, "shard_complete": int(not summary.interrupted)}
-    if _needs_write(run, rows, failed):
-        _write(run, rows, failed)
-        summary.written = True
-    run.journal.remove()
-    summary.failed_list = write_failed_list(opts.output, failed)
+    with writing_cache(opts.output, run.journal.dir):
+        if _needs_write(run, rows, failed):
+            _write(run, rows, failed)
+            summary.written = True
+        run.journal.remove()
+        summary.failed_list = write_failed_list(opts.output, failed)
 
 
 def _check_contents(plan: Plan, run: _Run) -> None:
@@ -292,7 +313,7 @@ def _needs_write(run: _Run, rows: Assembly, failed: list) -> bool:
     return (
         any(not np.array_equal(old.fingerprints[i], fp) for i, fp in pairs)
         or failed != sorted(old.failed)
-        or os.path.abspath(run.opts.root) != old.attrs.get("image_root")
+        or run.image_root != old.attrs.get("image_root")
         or any(old.attrs.get(k) != v for k, v in (run.shard_attrs or {}).items())
     )
 
@@ -309,7 +330,7 @@ def _write(run: _Run, rows: Assembly, failed: list) -> None:
         "versions": json.dumps(library_versions(), sort_keys=True),
         "created": run.old.attrs.get("created", now) if run.old is not None else now,
         "updated": now,
-        "image_root": os.path.abspath(run.opts.root),
+        "image_root": run.image_root,
         "generation": os.urandom(8).hex(),
         **(run.shard_attrs or {}),
     }
