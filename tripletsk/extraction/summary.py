@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from tripletsk.failures import escape_field
+
 __all__ = ["ExtractionSummary"]
 
 
@@ -50,7 +52,7 @@ class ExtractionSummary:
             fail += f" (skipped, reasons stored in the cache's 'failed' list{where})"
         lines.append(fail)
         for key, reason in self.failed[:10]:
-            lines.append(f"    {key}: {reason}")
+            lines.append(f"    {escape_field(key)}: {escape_field(reason)}")
         if len(self.failed) > 10:
             lines.append(f"    ... and {len(self.failed) - 10} more")
         if self.missing:
@@ -60,7 +62,7 @@ class ExtractionSummary:
         if self.ignored:
             lines.append(f"  ignored (not an image extension): {self.ignored}")
         for d, reason in self.skipped_dirs[:10]:
-            lines.append(f"  skipped folder {d}: {reason}")
+            lines.append(f"  skipped folder {escape_field(d)}: {escape_field(reason)}")
         if self.seconds:
             lines.append(f"  time: {self.seconds:.1f} s{self._rate()}")
         if self.interrupted:
