@@ -32,7 +32,7 @@ from tripletsk.extraction.plan import (
 )
 from tripletsk.extraction.roots import ImageFolderMismatchError, journal_meta, same_folder
 from tripletsk.extraction.summary import ExtractionSummary
-from tripletsk.extraction.write_errors import writing_cache
+from tripletsk.extraction.write_errors import check_room, writing_cache
 from tripletsk.failures import write_failed_list
 from tripletsk.store import (
     DEFAULT_CACHE,
@@ -284,6 +284,9 @@ def _execute(run: _Run) -> None:
         run.shard_attrs = {**run.shard_attrs, "shard_complete": int(not summary.interrupted)}
     with writing_cache(opts.output, run.journal.dir):
         if _needs_write(run, rows, failed):
+            itemsize = np.dtype(run.store_dtype).itemsize
+            needed = len(rows.keys) * (FEATURE_DIM * itemsize + FINGERPRINT_DTYPE.itemsize)
+            check_room(opts.output, run.journal.dir, needed)
             _write(run, rows, failed)
             summary.written = True
         run.journal.remove()
