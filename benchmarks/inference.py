@@ -51,6 +51,7 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     from tripletsk import TripletEncoder
+    from tripletsk._rows import FeatureRows
     from tripletsk.head import build_keras_head
 
     n, d = args.rows, args.dim
@@ -63,7 +64,8 @@ def main(argv=None) -> None:
     flop_per_row = 2 * d * h + 2 * h * c
 
     model = build_keras_head(enc.weights_)
-    scaled = enc._scale(X)  # Keras gets rows already standardised, as in training
+    # Keras gets rows already standardised, as in training.
+    scaled = FeatureRows.from_array(X).standardized(enc.feature_mean_, enc.feature_scale_).take()
     call = tf.function(lambda x: model(x, training=False))
     # Agreement (and warm-up of every path).
     ref = enc.transform(X)

@@ -21,7 +21,9 @@ from tripletsk.cli import info as info_command
 from tripletsk.cli.train import parse_params
 from tripletsk.errors import UserError
 from tripletsk.estimator import TripletEncoder
-from tripletsk.triplets import labels_from_folders, read_triplets
+from tripletsk.folders import labels_from_folders
+from tripletsk.modelfile import load_model
+from tripletsk.triplets import read_triplets
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["extract-features", "make-triplets", "fit", "predict", "score", "search", "info"]
@@ -82,8 +84,8 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(work):
-    """A tiny model fitted on the training triplets, saved as .joblib, with its loss plot."""
-    path = work / "model.joblib"
+    """A tiny model fitted on the training triplets, saved as .npz, with its loss plot."""
+    path = work / "model.npz"
     argv = [
         "fit",
         "--features",
@@ -223,13 +225,13 @@ def _cache_keys(work: Path) -> list[str]:
 
 
 def test_fit_writes_model_with_cache_record_and_plot(work, model):
-    payload = joblib.load(model)
-    assert isinstance(payload["model"], TripletEncoder)
-    assert payload["model"].n_iter_ == 3 and payload["model"].hidden_units == 32
-    assert payload["model"].verbose == 0  # -q progress is not a saved parameter
-    assert payload["cache"]["dim"] == 2048 and payload["cache"]["n_images"] == 40
-    assert payload["cache"]["provenance"]["image_size"] == 32
-    assert payload["training"] == {
+    payload = load_model(model)
+    assert isinstance(payload.model, TripletEncoder)
+    assert payload.model.n_iter_ == 3 and payload.model.hidden_units == 32
+    assert payload.model.verbose == 0  # -q progress is not a saved parameter
+    assert payload.cache["dim"] == 2048 and payload.cache["n_images"] == 40
+    assert payload.cache["provenance"]["image_size"] == 32
+    assert payload.training == {
         "mode": "triplets",
         "triplets": str(work / "train.txt"),
         "n_triplets": 200,
@@ -365,7 +367,7 @@ def test_predict_one_answer_per_triplet_in_order(capsys, work, model, tmp_path):
     answers = out.split()
     test = read_triplets(work / "test.txt")
     assert len(answers) == len(test) and set(answers) <= {"0", "1"}
-    encoder = joblib.load(model)["model"]
+    encoder = load_model(model).model
     assert answers == [str(p) for p in encoder.predict_triplets(test)]
     status, _, _ = run(
         capsys,
@@ -455,6 +457,7 @@ def test_model_cache_width_mismatch(capsys, work, tmp_path):
         work / "test.txt",
         "--features",
         work / "cache.h5",
+        "--trust-pickle",
     )
     assert status == 1
     _assert_one_line_error(err, "expects 16 features per image but")
@@ -698,3 +701,120 @@ def test_python_dash_m_exit_status(tmp_path, argv, status, match):
     assert proc.returncode == status
     assert match in proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------- trust: files and what runs
+
+
+class _Payload:
+    """Unpickling this creates a folder: the proof that a pickle ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("command", ["predict", "score", "search"])
+def test_pickle_model_is_refused_without_trust_pickle(capsys, work, tmp_path, command):
+    marker = tmp_path / "pwned"
+    joblib.dump({"model": _Payload(marker)}, tmp_path / "evil.joblib")
+    extra = ["0/0.png"] if command == "search" else ["--triplets", work / "test.txt"]
+    status, _, err = run(capsys, command, "--model", tmp_path / "evil.joblib", *extra)
+    assert status == 1
+    _assert_one_line_error(err, "--trust-pickle")
+    assert not marker.exists()
+
+
+def test_info_never_opens_a_pickle(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    joblib.dump({"model": _Payload(marker)}, tmp_path / "evil.joblib")
+    status, out, _ = run(capsys, "info", tmp_path / "evil.joblib")
+    assert status == 0 and "not opened: loading runs code" in out
+    assert not marker.exists()
+
+
+def test_trust_pickle_opens_a_joblib_model(capsys, work, tmp_path):
+    path = tmp_path / "m.joblib"
+    argv = ["fit", "--features", work / "cache.h5", "--triplets", work / "train.txt", "-o", path]
+    assert run(capsys, *argv, "-q", *TINY)[0] == 0
+    argv = ["predict", "--model", path, "--triplets", work / "test.txt"]
+    assert run(capsys, *argv)[0] == 1
+    status, out, _ = run(capsys, *argv, "--trust-pickle")
+    assert status == 0 and len(out.split()) == len(read_triplets(work / "test.txt"))
+
+
+@pytest.mark.parametrize("option", ["-o", "--plot"])
+def test_fit_checks_outputs_before_training(capsys, work, tmp_path, monkeypatch, option):
+    def no_training(*args, **kwargs):
+        raise AssertionError("fit trained before checking its outputs")
+
+    monkeypatch.setattr(TripletEncoder, "fit", no_training)
+    outputs = {"-o": tmp_path / "m.npz", "--plot": tmp_path / "loss.png"}
+    outputs[option] = tmp_path / "missing" / "dir" / outputs[option].name
+    argv = ["fit", "--features", work / "cache.h5", "--triplets", work / "train.txt"]
+    status, _, err = run(capsys, *argv, "-o", outputs["-o"], "--plot", outputs["--plot"])
+    assert status == 2
+    assert f"{option}" in err and "missing/dir does not exist" in err
+
+
+def test_make_triplets_refuses_one_file_for_both_parts(capsys, work, tmp_path):
+    both = tmp_path / "t.txt"
+    both.write_text("kept\n")
+    argv = ["make-triplets", work / "cache.h5", "-n", "10", "-o", both, "--split", both]
+    status, _, err = run(capsys, *argv)
+    assert status == 2 and "--split" in err and "also -o/--output" in err
+    assert both.read_text() == "kept\n"
+
+
+def test_make_triplets_refuses_to_overwrite_its_source(capsys, work, tmp_path):
+    cache = tmp_path / "cache.h5"
+    shutil.copy(work / "cache.h5", cache)
+    before = cache.read_bytes()
+    status, _, err = run(capsys, "make-triplets", cache, "-n", "10", "-o", cache)
+    assert status == 2 and "is SOURCE" in err
+    assert cache.read_bytes() == before
+
+
+def test_make_triplets_split_writes_nothing_unless_every_part_can_be_made(capsys, tmp_path):
+    for label in "abc":
+        for i in range(3):
+            (tmp_path / "img" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "img" / label / f"{i}.png").touch()
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("previous\n")
+    argv = ["make-triplets", tmp_path / "img", "-n", "20", "-o", train, "--split", test]
+    status, _, err = run(capsys, *argv, "--test-size", "0.3")
+    assert status == 1
+    _assert_one_line_error(err, "raise --test-size")
+    assert train.read_text() == "previous\n" and not test.exists()
+
+
+def test_info_on_a_file_that_is_not_hdf5(capsys, tmp_path):
+    (tmp_path / "features.h5").write_text("not a cache")
+    status, _, err = run(capsys, "info", tmp_path / "features.h5")
+    assert status == 1
+    _assert_one_line_error(err, "is not an HDF5 file")
+
+
+def test_search_sheet_draws_a_placeholder_for_a_deleted_image(capsys, work, model, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(work / "images", images)
+    _, out, _ = run(capsys, "search", "--model", model, "0/0.png", "-k", "3")
+    nearest = out.splitlines()[1].split()[-1]
+    (images / nearest).unlink()
+    sheet = tmp_path / "sheet.png"
+    argv = ["search", "--model", model, "0/0.png", "-k", "3", "--images-dir", images]
+    status, _, err = run(capsys, *argv, "--sheet", sheet)
+    assert status == 0 and _is_png(sheet)
+    assert f"{nearest}: cannot read the image" in err and "placeholder" in err
+
+
+def test_search_query_through_a_symlink_is_not_its_own_neighbour(capsys, work, model, tmp_path):
+    link = tmp_path / "link.png"
+    link.symlink_to(work / "images" / "1" / "2.png")
+    status, out, _ = run(capsys, "search", "--model", model, link)
+    assert status == 0
+    neighbours = [line.split()[-1] for line in out.splitlines()[1:]]
+    assert len(neighbours) == 5 and "1/2.png" not in neighbours

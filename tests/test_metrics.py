@@ -7,14 +7,10 @@ from sklearn.model_selection import KFold, cross_val_score
 
 from tripletsk.metrics import (
     SCORERS,
-    choose_threshold,
     label_triplet_accuracy,
-    make_pairs,
     make_recall_at_k_scorer,
     map_at_r,
     map_at_r_scorer,
-    pair_distances,
-    pair_verification_report,
     precision_at_1,
     precision_at_1_scorer,
     r_precision,
@@ -142,126 +138,6 @@ def test_label_triplet_accuracy_matches_enumeration(seed):
     assert label_triplet_accuracy(X, y, chunk_size=4) == pytest.approx(correct / total)
 
 
-# ---- pairs ----------------------------------------------------------------------------------
-
-
-def test_make_pairs_all():
-    y = np.array([0, 0, 1, 1, 2])
-    pairs, same = make_pairs(y)
-    assert len(pairs) == 10
-    assert {tuple(p) for p in pairs.tolist()} == set(itertools.combinations(range(5), 2))
-    assert np.array_equal(same, y[pairs[:, 0]] == y[pairs[:, 1]])
-
-
-@pytest.mark.parametrize("n_pairs", [2, 9, 100])
-def test_make_pairs_balanced(n_pairs):
-    y = np.array([0] * 20 + [1] * 2 + [2])  # very unbalanced classes
-    pairs, same = make_pairs(y, n_pairs, random_state=0)
-    assert pairs.shape == (n_pairs, 2)
-    assert same.sum() == n_pairs // 2
-    assert np.array_equal(same, y[pairs[:, 0]] == y[pairs[:, 1]])
-    assert np.all(pairs[:, 0] != pairs[:, 1])
-    again = make_pairs(y, n_pairs, random_state=0)
-    assert np.array_equal(again[0], pairs)
-
-
-def test_make_pairs_errors():
-    with pytest.raises(ValueError, match="at least 2"):
-        make_pairs([0, 0, 1], n_pairs=1)
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        make_pairs([0, 0, 0], n_pairs=4)
-
-
-def test_pair_distances():
-    d = pair_distances([[0, 0], [3, 4], [3, 0]], [[0, 1], [1, 2], [2, 2]])
-    assert d.tolist() == [5.0, 4.0, 0.0]
-    with pytest.raises(ValueError, match=r"shape \(n_pairs, 2\)"):
-        pair_distances([[0], [1]], [[0, 1, 1]])
-
-
-def _slow_best_score(distances, same, criterion):
-    """Best score over every way to split the sorted distances."""
-    best = 0.0
-    for t in [-np.inf, *distances]:
-        predicted = distances <= t
-        tpr = np.mean(predicted[same])
-        tnr = np.mean(~predicted[~same])
-        acc = np.mean(predicted == same)
-        best = max(best, acc if criterion == "accuracy" else (tpr + tnr) / 2)
-    return best
-
-
-def _score(distances, same, t, criterion):
-    r = pair_verification_report(distances, same, t)
-    return r[criterion]
-
-
-@pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("criterion", ["accuracy", "balanced_accuracy"])
-def test_choose_threshold_is_optimal(seed, criterion):
-    rng = np.random.RandomState(seed)
-    same = rng.rand(40) < 0.2
-    distances = np.round(rng.rand(40) + 0.5 * ~same, 1)  # rounding makes ties
-    t = choose_threshold(distances, same, criterion)
-    assert _score(distances, same, t, criterion) == pytest.approx(
-        _slow_best_score(distances, same, criterion)
-    )
-
-
-@pytest.mark.parametrize(
-    ("distances", "same", "expected"),
-    [
-        ([0.1, 0.2, 0.9, 1.0], [True, True, False, False], 0.55),
-        ([1.0, 2.0], [False, True], 1.0 - 1e-16),  # best: answer "different" always
-        ([1.0, 1.0, 2.0], [True, True, False], 1.5),
-    ],
-)
-def test_choose_threshold_hand_made(distances, same, expected):
-    assert choose_threshold(distances, same) == pytest.approx(expected)
-
-
-def test_choose_threshold_accuracy_differs_from_balanced():
-    # One "same" pair among many "different": accuracy prefers never to answer "same".
-    distances = [0.5, 0.1, 0.2, 0.3, 0.6, 0.7]
-    same = [True, False, False, False, False, False]
-    balanced = pair_verification_report(distances, same, choose_threshold(distances, same))
-    assert balanced["balanced_accuracy"] == pytest.approx(0.7)
-    assert balanced["accuracy"] == pytest.approx(3 / 6)
-    accurate = pair_verification_report(
-        distances, same, choose_threshold(distances, same, "accuracy")
-    )
-    assert accurate["accuracy"] == pytest.approx(5 / 6)
-    assert accurate["balanced_accuracy"] == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize(
-    ("distances", "same", "criterion", "match"),
-    [
-        ([0.1, 0.2], [True, True], "accuracy", "both same-label and different-label"),
-        ([0.1, 0.2], [True, False], "f1", "criterion must be"),
-        ([], [], "accuracy", "at least one pair"),
-        ([0.1], [True, False], "accuracy", "inconsistent numbers of samples"),
-    ],
-)
-def test_choose_threshold_errors(distances, same, criterion, match):
-    with pytest.raises(ValueError, match=match):
-        choose_threshold(distances, same, criterion)
-
-
-def test_pair_report_shows_base_rate():
-    distances = np.arange(10.0)
-    same = np.zeros(10, dtype=bool)
-    same[0] = True
-    r = pair_verification_report(distances, same, threshold=-1.0)  # always "different"
-    assert r["accuracy"] == pytest.approx(0.9)
-    assert r["majority_accuracy"] == pytest.approx(0.9)
-    assert r["balanced_accuracy"] == pytest.approx(0.5)
-    assert r["base_rate"] == pytest.approx(0.1)
-    assert r["n_pairs"] == 10
-    r = pair_verification_report(distances, same, threshold=0.5)
-    assert r["accuracy"] == 1.0 and r["balanced_accuracy"] == 1.0
-
-
 # ---- scorers --------------------------------------------------------------------------------
 
 
@@ -325,6 +201,51 @@ def test_scorers_work_in_cross_val_score(name):
     )
     assert scores.shape == (3,)
     assert np.all(scores > 0.9)
+
+
+class FixedEncoder(BaseEstimator):
+    """A fitted stand-in with fixed embeddings and a training ``distance``."""
+
+    def __init__(self, embeddings=None, distance="l2"):
+        self.embeddings = embeddings
+        self.distance = distance
+
+    def transform(self, X):
+        return self.embeddings[np.asarray(X).ravel()]
+
+
+@pytest.mark.parametrize(("distance", "expected"), [("l1", 1.0), ("l2", 0.5)])
+def test_scorers_measure_with_the_estimators_distance(distance, expected):
+    # Sample 0's nearest is sample 2 (same class) by L1 distance, sample 1 (other) by L2.
+    emb = np.array([[0.0, 0.0], [1.0, 1.0], [1.5, -0.3], [5.0, 5.0], [5.1, 5.1]])
+    y = np.array([0, 1, 0, 2, 2])
+    encoder = FixedEncoder(emb, distance=distance)
+    assert precision_at_1_scorer(encoder, np.arange(5), y) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_scorers_of_a_cosine_encoder_measure_cosine(name, monkeypatch):
+    import tripletsk.metrics as metrics
+    from tripletsk import TripletEncoder
+
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(3), 8)
+    X = (rng.normal(size=(24, 5)) + 3 * y[:, None]).astype(np.float32)
+    params = dict(hidden_units=8, n_components=3, max_epochs=2, random_state=0)
+    encoder = TripletEncoder(distance="cosine", **params).fit(X, y)
+    used = []
+    for function in ("retrieval_report", "label_triplet_accuracy"):
+        original = getattr(metrics, function)
+
+        position = 3 if function == "retrieval_report" else 2  # of ``metric``
+
+        def spy(*args, _original=original, _position=position, **kwargs):
+            used.append(kwargs.get("metric", args[_position] if len(args) > _position else None))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(metrics, function, spy)
+    SCORERS[name](encoder, X, y)
+    assert used and set(used) == {"cosine"}
 
 
 def test_docstring_examples_run():

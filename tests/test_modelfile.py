@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -14,6 +15,7 @@ from tripletsk.modelfile import (
     FittedModel,
     check_model_cache,
     load_model,
+    model_info,
     open_model_cache,
     save_model,
 )
@@ -46,7 +48,7 @@ class FakeStore:
 def test_round_trip_keeps_model_and_records(tmp_path, encoder, name):
     model, X = encoder
     save_model(tmp_path / name, model, CACHE, {"mode": "triplets", "n_triplets": 5})
-    fitted = load_model(tmp_path / name)
+    fitted = load_model(tmp_path / name, trust_pickle=not name.endswith(".npz"))
     np.testing.assert_allclose(fitted.model.transform(X), model.transform(X), rtol=1e-6)
     assert fitted.cache == CACHE and fitted.training == {"mode": "triplets", "n_triplets": 5}
     assert list(tmp_path.iterdir()) == [tmp_path / name]  # no temporary file left
@@ -74,7 +76,7 @@ def test_load_errors(tmp_path, name, content, error, match):
     if content is not None:
         (tmp_path / name).write_bytes(content)
     with pytest.raises(error, match=match):
-        load_model(tmp_path / name)
+        load_model(tmp_path / name, trust_pickle=True)
 
 
 def test_joblib_of_something_else(tmp_path):
@@ -82,7 +84,45 @@ def test_joblib_of_something_else(tmp_path):
 
     joblib.dump({"weights": [1, 2]}, tmp_path / "m.joblib")
     with pytest.raises(UserError, match="does not hold a fitted tripletsk model"):
-        load_model(tmp_path / "m.joblib")
+        load_model(tmp_path / "m.joblib", trust_pickle=True)
+
+
+class MakesDirectory:
+    """Unpickles by calling ``os.makedirs(path)``: stands for any code a pickle file can run."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path, 0o777, True))  # (exist_ok: may be loaded twice)
+
+
+@pytest.mark.parametrize("name", ["m.joblib", "m.pkl"])
+def test_pickle_model_is_refused_without_running_it(tmp_path, encoder, name):
+    marker = tmp_path / "created-by-unpickling"
+    save_model(tmp_path / name, encoder[0], CACHE, {"mode": "labels", "x": MakesDirectory(marker)})
+    with pytest.raises(UserError, match=r"pickle file .*runs code.*--trust-pickle") as err:
+        load_model(tmp_path / name)
+    assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+    info = model_info(tmp_path / name)
+    assert info["kind"] == "model" and "not opened: loading runs code" in info["format"]
+    assert "parameters" not in info
+    assert not marker.exists()  # nothing in the file was executed
+
+    fitted = load_model(tmp_path / name, trust_pickle=True)  # the user vouches for the file
+    assert marker.is_dir() and fitted.training["mode"] == "labels"
+    np.testing.assert_allclose(fitted.model.transform(encoder[1]), encoder[0].transform(encoder[1]))
+    assert model_info(tmp_path / name, trust_pickle=True)["n_features_in"] == 6
+
+
+def test_npz_model_info_needs_no_trust(tmp_path, encoder):
+    save_model(tmp_path / "m.npz", encoder[0], CACHE, {"mode": "triplets"})
+    info = model_info(tmp_path / "m.npz")
+    assert info["n_features_in"] == 6 and info["n_components"] == 3
+    assert info["cache"] == CACHE and info["training"] == {"mode": "triplets"}
+    assert info["format"].startswith("npz")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        model_info(tmp_path / "gone.joblib")
 
 
 @pytest.mark.parametrize(

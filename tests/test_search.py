@@ -2,8 +2,10 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk.search import NeighborIndex, Neighbors, build_index, search
+from tripletsk.shared import SharedFeatures
 
 
 def _slow_neighbours(index_x, query, k, skip=None):
@@ -199,3 +201,31 @@ def test_docstring_examples_run():
     result = doctest.testmod(tripletsk.search, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_search_uses_only_the_encoders_features_for_keys():
+    class WithStoreAttribute:  # ``store_`` / ``features_`` are no attributes of any encoder
+        features = None
+        store_ = SharedFeatures(np.zeros((2, 1)), keys=["a.jpg", "b.jpg"])
+
+        def transform(self, X):
+            return np.asarray(X, dtype=float)
+
+    with pytest.raises(ValueError, match="features= has no keys"):
+        build_index(WithStoreAttribute())
+
+
+def test_search_measures_with_the_encoders_distance():
+    from tripletsk import TripletEncoder
+
+    X = np.random.RandomState(0).normal(size=(12, 3)).astype(np.float32)
+    keys = [f"{i}.jpg" for i in range(12)]
+    encoder = TripletEncoder(
+        features=SharedFeatures(X, keys=keys), distance="l1", hidden_units=4, max_epochs=1,
+        random_state=0,
+    )  # fmt: skip
+    with pytest.warns(ConvergenceWarning):
+        encoder.fit(np.array([[0, 1, 2], [3, 4, 5]]))
+    index = build_index(encoder)
+    assert index.metric == "manhattan" and index.keys.tolist() == keys
+    assert build_index(encoder, metric="cosine").metric == "cosine"

@@ -1,9 +1,13 @@
 """The private training loop: the fused Adam update, last finite weights, weights per epoch."""
 
+import warnings
+
 import numpy as np
 import pytest
+from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk._rows import FeatureRows, array_take
+from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.head import init_head_weights
 from tripletsk.triplets import sample_label_triplets
 
@@ -86,7 +90,7 @@ def test_each_epoch_sees_the_weights_trained_so_far(blobs):
 
 def test_divergence_keeps_the_weights_of_the_last_finite_epoch(blobs):
     X, y = blobs
-    with pytest.warns(RuntimeWarning, match="diverged at epoch 3 .*last finite weights"):
+    with pytest.warns(TrainingDivergedWarning, match="diverged at epoch 3 .*last finite weights"):
         diverged = _train(X, y, epochs=5, poison_from=2)
     assert diverged.stopped_on_nan
     assert diverged.n_iter == len(diverged.loss_curve) == 2
@@ -97,8 +101,28 @@ def test_divergence_hidden_from_the_loss_is_caught_in_the_weights(blobs):
     # Adam steps of 1e30 overflow the weights to NaN; NaN distances fail every comparison,
     # so the hinge loss still reads as a finite margin. The weights must be checked too.
     X, y = blobs
-    with pytest.warns(RuntimeWarning, match="non-finite weights"):
+    with pytest.warns(TrainingDivergedWarning, match="non-finite weights"):
         result = _train(X, y, epochs=5, learning_rate=1e30)
     assert result.stopped_on_nan
     assert np.isfinite(result.loss_curve).all()
     assert all(np.isfinite(k).all() and np.isfinite(b).all() for k, b in result.weights)
+
+
+def test_divergence_warning_is_a_convergence_warning_and_a_runtime_warning():
+    assert issubclass(TrainingDivergedWarning, ConvergenceWarning)
+    assert issubclass(TrainingDivergedWarning, RuntimeWarning)  # what it used to be
+
+
+def test_max_epochs_before_convergence_warns(blobs):
+    X, y = blobs
+    with pytest.warns(ConvergenceWarning, match="reached max_epochs=2 before the training loss"):
+        result = _train(X, y, epochs=2)
+    assert result.n_iter == 2 and not result.stopped_on_nan
+
+
+def test_stopping_for_no_improvement_does_not_warn(blobs):
+    X, y = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result = _train(X, y, epochs=50, tol=10.0, n_iter_no_change=2)
+    assert result.n_iter == 3  # the first epoch improves on -inf, the next two do not

@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 
 from tripletsk.errors import UserError
+from tripletsk.folders import labels_from_folders, list_image_keys, make_triplets_from_folders
 from tripletsk.triplets import (
     TripletDataError,
     TripletFileError,
-    labels_from_folders,
-    list_image_keys,
-    make_triplets_from_folders,
-    pk_batches,
     read_triplets,
     read_triplets_with_lines,
-    sample_label_triplets,
     write_triplets,
 )
 
@@ -31,31 +27,6 @@ def _write(tmp_path, text: str, name="train.txt"):
 
 
 # ---- sample_label_triplets and pk_batches (existing behaviour) ------------------------------
-
-
-@pytest.mark.parametrize("n_triplets", [None, 1, 50])
-def test_sample_label_triplets_are_valid(n_triplets):
-    y = np.array([0, 0, 0, 1, 1, 2, 3, 3])
-    t = sample_label_triplets(y, n_triplets, random_state=0)
-    assert t.shape == (n_triplets or 7, 3)
-    assert np.all(t[:, 0] != t[:, 1])
-    assert np.all(y[t[:, 0]] == y[t[:, 1]])
-    assert np.all(y[t[:, 0]] != y[t[:, 2]])
-
-
-@pytest.mark.parametrize(
-    ("y", "match"), [([0, 0, 0], "at least 2 classes"), ([0, 1, 2], "at least 2 samples")]
-)
-def test_sample_label_triplets_errors(y, match):
-    with pytest.raises(ValueError, match=match):
-        sample_label_triplets(y)
-
-
-def test_pk_batches_visit_each_sample_once():
-    y = np.repeat(np.arange(5), 4)
-    batches = list(pk_batches(y, p=2, k=2, random_state=0))
-    seen = np.concatenate(batches)
-    assert sorted(seen.tolist()) == list(range(len(y)))
 
 
 # ---- reading --------------------------------------------------------------------------------

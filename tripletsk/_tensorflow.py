@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["import_tensorflow"]
+__all__ = ["import_keras", "import_tensorflow"]
 
 
 @contextlib.contextmanager
@@ -62,3 +62,11 @@ def import_tensorflow():
             return tf
     os.write(2, said)  # the import failed: what it wrote may say why
     raise error
+
+
+def import_keras():
+    """Return the ``keras`` module, TensorFlow (its backend here) imported quietly first."""
+    import_tensorflow()
+    import keras
+
+    return keras

@@ -22,11 +22,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
+from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk._rows import FeatureRows
+from tripletsk._tensorflow import import_tensorflow
+from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.head import HeadWeights, build_keras_head, get_head_weights
 from tripletsk.losses import BATCH_LOSSES, triplet_loss
+
+tf = import_tensorflow()
 
 
 @dataclass
@@ -247,7 +251,9 @@ def train_head(
     ``mining``). With ``validation_score``, training stops once the score has not improved by
     ``tol`` for ``n_iter_no_change`` epochs and the best weights are returned; without it, the
     same rule applies to the training loss and the last weights are returned. A non-finite loss
-    or weight stops training with a warning and returns the last finite weights.
+    or weight stops training with a :class:`~tripletsk.errors.TrainingDivergedWarning` and
+    returns the last finite weights; reaching ``max_epochs`` first warns with scikit-learn's
+    ``ConvergenceWarning``.
 
     ``precision="bfloat16"`` runs the head's layers under Keras' ``mixed_bfloat16`` policy
     (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
@@ -299,8 +305,8 @@ def train_head(
             warnings.warn(
                 f"Training diverged at epoch {epoch + 1} ({what}); training stopped and the "
                 "last finite weights were kept. Lower learning_rate.",
-                RuntimeWarning,
-                stacklevel=3,
+                TrainingDivergedWarning,
+                stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
             )
             result.stopped_on_nan = True
             break
@@ -327,6 +333,15 @@ def train_head(
             no_change += 1
             if no_change >= n_iter_no_change:
                 break
+    else:  # every epoch ran and still improved by tol within the last n_iter_no_change
+        what = "validation score" if validation_score is not None else "training loss"
+        warnings.warn(
+            f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
+            f"(by more than tol={tol} within n_iter_no_change={n_iter_no_change} epochs); "
+            "increase max_epochs.",
+            ConvergenceWarning,
+            stacklevel=4,  # the caller of fit
+        )
     if validation_score is not None and result.validation_scores:
         result.weights = best_weights
         result.best_validation_score = best

@@ -46,5 +46,22 @@ class WeightsUnavailableError(UserError, RuntimeError):
     """The backbone weights cannot be obtained (e.g. ImageNet weights offline)."""
 
 
+class ModelFileError(UserError, ValueError):
+    """A model file that is damaged, hostile or not a tripletsk model."""
+
+
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
+
+
+# Warnings
+
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402  (warnings are appended here)
+
+
+class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
+    """Training stopped on a non-finite loss or weight; the last finite weights were kept."""
+
+
+class EmbeddingCollapseWarning(UserWarning):
+    """The learned embedding maps (nearly) every input to the same point."""

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tripletsk._tensorflow import import_keras
+
 HeadWeights = list[tuple[np.ndarray, np.ndarray]]
 
 # Embeddings shorter than this are left unscaled by the L2 normalisation (avoids 0 / 0).
@@ -71,7 +73,7 @@ def build_keras_head(
     layers (e.g. ``"mixed_bfloat16"``: float32 weights, bfloat16 arithmetic); the global policy
     is never changed, and the final L2 normalisation always runs in float32.
     """
-    import keras
+    keras = import_keras()
 
     n_features = weights[0][0].shape[0]
     inputs = keras.Input(shape=(n_features,), name="features")
@@ -96,7 +98,7 @@ def build_keras_head(
 
 
 def _dense_layers(model) -> list:
-    import keras
+    keras = import_keras()
 
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
 

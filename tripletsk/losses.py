@@ -27,19 +27,16 @@ default batch sizes where it costs less than a megabyte per 64 items.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-DISTANCES = ("l1", "l2", "sqeuclidean", "cosine")
+from tripletsk._tensorflow import import_keras, import_tensorflow
+from tripletsk.distances import DISTANCES, check_distance  # noqa: F401  (DISTANCES: re-export)
+
+tf = import_tensorflow()
+keras = import_keras()
 
 # Squared distances below this are treated as zero by the guarded square root.
 _SQRT_EPS = 1e-12
-
-
-def _check_distance(distance: str) -> None:
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}; got {distance!r}.")
 
 
 def safe_sqrt(x: tf.Tensor) -> tf.Tensor:
@@ -54,7 +51,7 @@ def _l2_normalize(x: tf.Tensor) -> tf.Tensor:
 
 def paired_distance(a: tf.Tensor, b: tf.Tensor, distance: str = "l2") -> tf.Tensor:
     """Distance between matching rows of ``a`` and ``b`` (both of shape (n, d)) -> (n,)."""
-    _check_distance(distance)
+    check_distance(distance)
     if distance == "l1":
         return tf.reduce_sum(tf.abs(a - b), axis=-1)
     if distance == "cosine":
@@ -65,7 +62,7 @@ def paired_distance(a: tf.Tensor, b: tf.Tensor, distance: str = "l2") -> tf.Tens
 
 def pairwise_distance(x: tf.Tensor, distance: str = "l2") -> tf.Tensor:
     """Distance matrix between all rows of ``x`` (n, d) -> (n, n), with an exact zero diagonal."""
-    _check_distance(distance)
+    check_distance(distance)
     if distance == "l1":
         return tf.reduce_sum(tf.abs(x[:, None, :] - x[None, :, :]), axis=-1)
     if distance == "cosine":
@@ -294,7 +291,7 @@ class TripletLoss(keras.losses.Loss):
     """
 
     def __init__(self, distance: str = "l2", margin: float | None = 0.2, name="triplet_loss"):
-        _check_distance(distance)
+        check_distance(distance)
         super().__init__(name=name, reduction="sum_over_batch_size")
         self.distance = distance
         self.margin = margin

@@ -9,7 +9,9 @@ Two formats, chosen by the file's extension:
 
 * ``.joblib`` (or ``.pkl``): ``joblib.dump`` of a dict ``{"format": "tripletsk-model",
   "format_version": 1, "model": TripletEncoder, "cache": {...}, "training": {...}}``.
-  Loading a joblib file runs code from it: only load files you trust.
+  Loading a joblib file runs code from it, so :func:`load_model` refuses it unless
+  ``trust_pickle=True`` (``--trust-pickle`` on the command line), and :func:`model_info` never
+  opens it.
 * ``.npz``: :meth:`TripletEncoder.save` (arrays and JSON only, safe to load from anyone), with
   the same ``cache`` and ``training`` metadata added as one more JSON member,
   ``tripletsk_cli.npy``. ``TripletEncoder.load`` ignores that member, so the file stays an
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, CacheNotFoundError, UserError
-from tripletsk.store import DEFAULT_CACHE, PROVENANCE_KEYS, FeatureStore
+from tripletsk.store import DEFAULT_CACHE, FeatureStore, provenance_differences
 
 __all__ = [
     "MODEL_EXTENSIONS",
@@ -34,6 +36,7 @@ __all__ = [
     "cache_record",
     "check_model_cache",
     "load_model",
+    "model_info",
     "open_model_cache",
     "save_model",
 ]
@@ -122,20 +125,34 @@ def save_model(
             os.remove(tmp)
 
 
-def load_model(path: str | os.PathLike) -> FittedModel:
+def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> FittedModel:
     """Read a model file written by :func:`save_model` (or a bare saved TripletEncoder).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npz`` file (arrays and JSON: safe) or a ``.joblib``/``.pkl`` file (pickle).
+    trust_pickle : bool, default False
+        Load pickle-based files. Unpickling runs code stored in the file, so only pass True
+        for files you made yourself or whose author you trust.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
     UserError
-        If it is not a tripletsk model.
+        If it is not a tripletsk model, or is a pickle file and ``trust_pickle`` is False.
     """
     path = os.fspath(path)
     fmt = model_format(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
+    if fmt == "joblib" and not trust_pickle:
+        raise UserError(
+            f"{path} is a pickle file (.joblib/.pkl): loading it runs code stored in it, so it "
+            "is refused; pass --trust-pickle (trust_pickle=True) only if you trust its author, "
+            "or use a model saved as .npz"
+        )
     if fmt == "npz":
         from tripletsk.estimator import TripletEncoder
 
@@ -161,6 +178,47 @@ def load_model(path: str | os.PathLike) -> FittedModel:
     raise UserError(f"{path} does not hold a fitted tripletsk model")
 
 
+def model_info(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
+    """A summary of a model file (parameters, training curves, training cache) for ``info``.
+
+    A pickle-based file is not opened unless ``trust_pickle`` is True (opening it runs code):
+    its summary then only says so.
+    """
+    path = os.fspath(path)
+    if model_format(path) == "joblib" and not trust_pickle:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        return {
+            "path": path,
+            "kind": "model",
+            "format": "pickle file (not opened: loading runs code; pass --trust-pickle to read it)",
+        }
+    fitted = load_model(path, trust_pickle=trust_pickle)
+    m = fitted.model
+    params = m.get_params()
+    params["features"] = getattr(params["features"], "path", params["features"])
+    if not isinstance(params["features"], str | type(None)):
+        params["features"] = type(params["features"]).__name__
+    if not isinstance(params["random_state"], int | type(None)):
+        params["random_state"] = repr(params["random_state"])
+    return {
+        "path": path,
+        "kind": "model",
+        "format": "npz (arrays and JSON)" if path.lower().endswith(".npz") else "pickle file",
+        "parameters": params,
+        "n_features_in": m.n_features_in_,
+        "n_components": m.n_components,
+        "n_epochs": m.n_iter_,
+        "loss_curve": [round(float(v), 6) for v in m.loss_curve_],
+        "active_fraction": [round(float(v), 6) for v in m.active_fraction_],
+        "validation_scores": m.validation_scores_,
+        "best_validation_score": m.best_validation_score_,
+        "threshold": getattr(m, "threshold_", None),
+        "cache": fitted.cache,
+        "training": fitted.training,
+    }
+
+
 def check_model_cache(fitted: FittedModel, store: FeatureStore) -> None:
     """Raise :class:`CacheMismatchError` if ``store``'s features do not fit the model.
 
@@ -178,18 +236,13 @@ def check_model_cache(fitted: FittedModel, store: FeatureStore) -> None:
     recorded = fitted.cache.get("provenance")
     if not recorded:
         return
-    found = store.provenance
-    diffs = [
-        f"{k} {recorded.get(k)!r} vs {found.get(k)!r}"
-        for k in PROVENANCE_KEYS
-        if str(recorded.get(k)) != str(found.get(k))
-    ]
+    diffs = provenance_differences(recorded, store.provenance)
     if diffs:
         raise CacheMismatchError(
             f"{fitted.path} was fitted on features made with other settings than "
-            f"{store.path} ({'; '.join(diffs)}): the features are not comparable. Pass "
-            f"--features with a cache made like {fitted.cache.get('path', 'the training one')}, "
-            "or fit a model on this cache"
+            f"{store.path} ({'; '.join(f'{k} {a!r} vs {b!r}' for k, a, b in diffs)}): the "
+            "features are not comparable. Pass --features with a cache made like "
+            f"{fitted.cache.get('path', 'the training one')}, or fit a model on this cache"
         )
 
 

@@ -7,6 +7,7 @@ the non-interactive Agg backend: figures are written to files, never shown in a 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,14 +101,38 @@ def plot_distance_histograms(
     _save(fig, path)
 
 
-def _read_image(path: str) -> np.ndarray:
+def _read_image(path: str) -> np.ndarray | None:
+    """The image at ``path`` as RGB, or None (with a warning) when it cannot be read.
+
+    A sheet is a picture of search results: an image deleted or damaged since it was cached
+    is drawn as a placeholder rather than losing the whole sheet.
+    """
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except OSError as exc:
-        raise UserError(f"cannot read image {path} for the sheet ({exc})") from None
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        warnings.warn(
+            f"{path}: cannot read the image ({reason}); drawn as a placeholder", stacklevel=3
+        )
+        return None
+
+
+def _show_image(ax, path: str) -> None:
+    image = _read_image(path)
+    if image is None:
+        ax.add_patch(_placeholder())
+        ax.text(0.5, 0.5, "image\nnot found", ha="center", va="center", fontsize=8)
+    else:
+        ax.imshow(image)
+
+
+def _placeholder():
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((0, 0), 1, 1, facecolor="0.85", edgecolor="0.5", hatch="//")
 
 
 def plot_neighbour_sheet(
@@ -134,10 +159,10 @@ def plot_neighbour_sheet(
     for ax in axes.ravel():
         ax.axis("off")
     for r, (title, query_path, neighbours) in enumerate(rows):
-        axes[r, 0].imshow(_read_image(query_path))
+        _show_image(axes[r, 0], query_path)
         axes[r, 0].set_title(f"query\n{_short(title)}", fontsize=8, fontweight="bold")
         for c, (key, distance) in enumerate(neighbours, start=1):
-            axes[r, c].imshow(_read_image(os.path.join(images_dir, key)))
+            _show_image(axes[r, c], os.path.join(images_dir, key))
             axes[r, c].set_title(f"{_short(key)}\nd = {distance:.3f}", fontsize=8)
     _save(fig, path)
 

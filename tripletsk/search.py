@@ -11,6 +11,8 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_array
 
+from tripletsk.distances import metric_of
+
 __all__ = ["NeighborIndex", "Neighbors", "build_index", "search"]
 
 
@@ -150,19 +152,17 @@ class NeighborIndex:
 
 
 def _indexed_keys(encoder) -> np.ndarray:
-    """All keys of the encoder's feature store (a cache path, or an object with ``keys``)."""
-    for name in ("store_", "features_", "features"):
-        store = getattr(encoder, name, None)
-        if isinstance(store, str | os.PathLike):
-            from tripletsk.store import FeatureStore
+    """All keys of the encoder's ``features``: a cache path, or an object with ``keys``."""
+    features = getattr(encoder, "features", None)
+    if isinstance(features, str | os.PathLike):
+        from tripletsk.sources import open_cache
 
-            store = FeatureStore(store)
-        if store is not None and not isinstance(store, np.ndarray):
-            keys = getattr(store, "keys", None)
-            if keys is not None and not callable(keys):
-                return _as_keys(keys)
+        features = open_cache(features)
+    keys = None if isinstance(features, np.ndarray) else getattr(features, "keys", None)
+    if keys is not None and not callable(keys):  # a mapping's keys() is not a key list
+        return _as_keys(keys)
     raise ValueError(
-        "Cannot tell which images to search: the encoder has no feature store with keys. "
+        "Cannot tell which images to search: the encoder's features= has no keys. "
         "Pass keys=, or build an index with build_index(encoder, keys)."
     )
 
@@ -178,7 +178,7 @@ def _is_key_list(queries) -> bool:
 
 
 def build_index(
-    encoder, keys=None, *, metric: str = "euclidean", chunk_size: int = 4096
+    encoder, keys=None, *, metric: str | None = None, chunk_size: int = 4096
 ) -> NeighborIndex:
     """Embed cached images with a fitted encoder and index them for :func:`search`.
 
@@ -189,8 +189,10 @@ def build_index(
         accept image keys.
     keys : array-like of str, default=None
         Images to index. ``None`` takes every key of the encoder's feature store (its
-        ``store_``, ``features_`` or ``features`` attribute with a ``keys`` attribute).
-    metric : str, default="euclidean"
+        ``features``: a cache path, or an object with a ``keys`` attribute).
+    metric : str, default=None
+        A :class:`~sklearn.neighbors.NearestNeighbors` metric; ``None`` uses the encoder's
+        ``distance`` (:func:`tripletsk.distances.metric_of`), Euclidean if it has none.
     chunk_size : int, default=4096
         Keys embedded at once, to bound memory.
 
@@ -202,6 +204,8 @@ def build_index(
     if len(keys) == 0:
         raise ValueError("No keys to index.")
     parts = [encoder.transform(keys[i : i + chunk_size]) for i in range(0, len(keys), chunk_size)]
+    if metric is None:
+        metric = metric_of(encoder)
     return NeighborIndex(np.concatenate(parts), keys, metric=metric)
 
 

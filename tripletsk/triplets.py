@@ -1,4 +1,9 @@
-"""Triplets: files of image-name triplets, sampling them from labels, P x K batches."""
+"""Triplet files: read and write triplets of image names, with line-exact errors.
+
+Triplets from class folders live in :mod:`tripletsk.folders`, triplets from labels and
+P x K batches in :mod:`tripletsk.mining` (``sample_label_triplets`` and ``pk_batches`` are
+re-exported here).
+"""
 
 from __future__ import annotations
 
@@ -12,151 +17,24 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import pairwise_distances
-from sklearn.neighbors import NearestNeighbors
-from sklearn.utils import check_array, check_random_state
 
 from tripletsk.errors import UserError
+from tripletsk.mining import pk_batches, sample_label_triplets
 
-
-def _class_members(y: np.ndarray) -> list[np.ndarray]:
-    """Indices of each class, in order of the sorted unique labels."""
-    _, inverse = np.unique(y, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    counts = np.bincount(inverse)
-    return np.split(order, np.cumsum(counts)[:-1])
-
-
-def sample_label_triplets(y, n_triplets: int | None = None, random_state=None) -> np.ndarray:
-    """Sample random valid triplets ``(anchor, positive, negative)`` of indices from labels.
-
-    An anchor is any sample whose class has at least two members; its positive is another
-    member of its class and its negative a member of another class, both drawn uniformly.
-
-    Parameters
-    ----------
-    y : array-like of shape (n_samples,)
-        Class labels.
-    n_triplets : int, default=None
-        How many triplets to draw. ``None`` draws one per eligible anchor, each anchor once.
-    random_state : int, RandomState instance or None, default=None
-        Controls the draw.
-
-    Returns
-    -------
-    triplets : ndarray of shape (n_triplets, 3), dtype int64
-        Row indices into ``y``.
-
-    Raises
-    ------
-    ValueError
-        If no class has two samples or there is only one class.
-
-    Examples
-    --------
-    >>> from tripletsk.triplets import sample_label_triplets
-    >>> t = sample_label_triplets([0, 0, 1, 1], random_state=0)
-    >>> t.shape
-    (4, 3)
-    """
-    y = np.asarray(y)
-    rng = check_random_state(random_state)
-    members = _class_members(y)
-    if len(members) < 2:
-        raise ValueError(
-            f"Sampling triplets from labels needs at least 2 classes; got {len(members)}."
-        )
-    _, inverse = np.unique(y, return_inverse=True)
-    sizes = np.array([len(m) for m in members])
-    eligible = np.flatnonzero(sizes[inverse] >= 2)
-    if eligible.size == 0:
-        raise ValueError(
-            "Sampling triplets from labels needs a class with at least 2 samples; "
-            "every class has a single sample."
-        )
-    if n_triplets is None:
-        anchors = rng.permutation(eligible)
-    else:
-        anchors = rng.choice(eligible, size=n_triplets, replace=True)
-    anchor_class = inverse[anchors]
-    # Positive: a uniformly drawn other member of the anchor's class.
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    flat = np.concatenate(members)
-    position = np.empty(len(y), dtype=np.int64)
-    position[flat] = np.arange(len(y)) - np.repeat(starts, sizes)
-    offset = rng.randint(0, sizes[anchor_class] - 1)
-    offset += offset >= position[anchors]  # skip the anchor itself
-    positives = flat[starts[anchor_class] + offset]
-    # Negative: a uniformly drawn sample outside the anchor's class.
-    pick = rng.randint(0, len(y) - sizes[anchor_class])
-    pick += (pick >= starts[anchor_class]) * sizes[anchor_class]
-    negatives = flat[pick]
-    return np.stack([anchors, positives, negatives], axis=1).astype(np.int64)
-
-
-def pk_batches(y, p: int, k: int, random_state=None) -> Iterator[np.ndarray]:
-    """Yield one epoch of P x K batches: ``p`` classes, up to ``k`` samples from each.
-
-    An epoch visits every sample whose class has at least two members about once: each
-    class's members are shuffled and dealt out ``k`` at a time, and each batch takes the next
-    deal from ``p`` classes (those with most samples left first, ties broken at random).
-    A class with fewer than ``k`` samples left contributes the ones it has, never duplicates:
-    a repeated sample would only add zero-distance, trivially easy positives. Classes with a
-    single sample never anchor a positive pair, so they are only used as extra negatives,
-    mixed in at random. Fewer than ``p`` classes left: the last batches hold fewer classes.
-
-    Parameters
-    ----------
-    y : array-like of shape (n_samples,)
-        Class labels.
-    p : int
-        Classes per batch.
-    k : int
-        Samples per class per batch.
-    random_state : int, RandomState instance or None, default=None
-        Makes the epoch deterministic.
-
-    Yields
-    ------
-    batch : ndarray of int64
-        Row indices into ``y``, between 2 and ``p * k`` of them, grouped by class.
-
-    Examples
-    --------
-    >>> from tripletsk.triplets import pk_batches
-    >>> [len(b) for b in pk_batches([0, 0, 1, 1, 2, 2], p=2, k=2, random_state=0)]
-    [4, 2]
-    """
-    if p < 1 or k < 2:
-        raise ValueError(f"pk_batches needs p >= 1 and k >= 2; got p={p}, k={k}.")
-    rng = check_random_state(random_state)
-    members = _class_members(np.asarray(y))
-    singles = np.concatenate([m for m in members if len(m) == 1] or [np.empty(0, np.int64)])
-    queues = [list(rng.permutation(m)) for m in members if len(m) >= 2]
-    singles = list(rng.permutation(singles))
-    while any(queues):
-        left = np.array([len(q) for q in queues])
-        candidates = np.flatnonzero(left > 0)
-        order = candidates[np.lexsort((rng.random_sample(len(candidates)), -left[candidates]))]
-        batch = []
-        for c in order[:p]:
-            take = queues[c][:k]
-            # Never strand one sample: it could not form a positive pair later.
-            if len(queues[c]) - len(take) == 1:
-                take = queues[c]
-            queues[c] = queues[c][len(take) :]
-            batch.extend(take)
-        if singles:
-            batch.extend(singles[:k])
-            singles = singles[k:]
-        yield np.asarray(batch, dtype=np.int64)
-
+__all__ = [
+    "TripletDataError",
+    "TripletFile",
+    "TripletFileError",
+    "pk_batches",
+    "read_triplets",
+    "read_triplets_with_lines",
+    "sample_label_triplets",
+    "write_triplets",
+]
 
 # --------------------------------------------------------------------------------------------
 # Triplet files
 # --------------------------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 
 # Only space and tab separate names: other Unicode spaces (e.g. U+00A0) are part of a name.
 _BLANKS = " \t"
@@ -517,207 +395,14 @@ def write_triplets(path: str | os.PathLike, triplets) -> None:
         if any(_needs_quotes(name) for name in names):
             names = [_quote(name) for name in names]
         lines.append(" ".join(names) + "\n")
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Triplets from class folders
-# --------------------------------------------------------------------------------------------
-
-
-def list_image_keys(root: str | os.PathLike) -> np.ndarray:
-    """Image files under ``root``, recursively, as sorted keys relative to it with ``/``.
-
-    Image files are recognised by extension, case-insensitively: jpg, jpeg, png, gif, bmp,
-    webp, tif, tiff. Hidden files and folders (starting with ``.``) are skipped.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> from tripletsk.triplets import list_image_keys
-    >>> root = tempfile.mkdtemp()
-    >>> os.makedirs(os.path.join(root, "cat"))
-    >>> for name in ["cat/1.JPG", "cat/notes.txt", "2.png"]:
-    ...     open(os.path.join(root, name), "wb").close()
-    >>> list_image_keys(root).tolist()
-    ['2.png', 'cat/1.JPG']
-    """
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise TripletDataError(f"{root}: not a folder of images.")
-    keys = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = os.path.relpath(folder, root)
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                key = name if rel == "." else os.path.join(rel, name)
-                keys.append(key.replace(os.sep, "/"))
-    return np.array(sorted(keys), dtype=object)
-
-
-def labels_from_folders(keys) -> np.ndarray:
-    """Class labels from image keys: the first folder of each key (``cat/x.jpg`` -> ``cat``).
-
-    Parameters
-    ----------
-    keys : array-like of str
-        Image keys with ``/`` separators, as in the feature cache.
-
-    Returns
-    -------
-    labels : ndarray of shape (n_keys,), dtype object
-
-    Raises
-    ------
-    TripletDataError
-        If a key has no folder: its class is unknown.
-
-    Examples
-    --------
-    >>> from tripletsk.triplets import labels_from_folders
-    >>> labels_from_folders(["cat/1.jpg", "dog/puppies/2.jpg"]).tolist()
-    ['cat', 'dog']
-    """
-    keys = [str(k) for k in np.asarray(keys, dtype=object).ravel().tolist()]
-    parts = [k.partition("/") for k in keys]
-    flat = [
-        k for k, (head, sep, rest) in zip(keys, parts, strict=True) if not (head and sep and rest)
-    ]
-    if flat:
-        raise TripletDataError(
-            f"{len(flat)} image(s) are not inside a class folder, e.g. {flat[0]!r}; class "
-            "labels come from the first folder (images/<class>/<image>)."
-        )
-    return np.array([p[0] for p in parts], dtype=object)
-
-
-def _hard_triplets(features, y, n_triplets, n_candidates, rng, chunk_size=256):
-    """Index triplets with a far positive and a near negative for each random anchor."""
-    _, inverse = np.unique(y, return_inverse=True)
-    members = _class_members(y)
-    sizes = np.bincount(inverse)
-    eligible = np.flatnonzero(sizes[inverse] >= 2)
-    if eligible.size == 0 or len(members) < 2:
-        # Same checks and messages as random sampling.
-        sample_label_triplets(y, 1, random_state=0)
-    anchors = rng.choice(eligible, size=n_triplets, replace=True)
-    triplets = np.empty((n_triplets, 3), dtype=np.int64)
-    triplets[:, 0] = anchors
-    index = NearestNeighbors(algorithm="brute").fit(features)
-    for c in np.unique(inverse[anchors]):
-        rows = np.flatnonzero(inverse[anchors] == c)
-        same = members[c]
-        # Among the k nearest, at most sizes[c] are of the anchor's class, so at least
-        # n_candidates (or all) others remain: enough near negatives without a full sort.
-        k = min(len(y), n_candidates + sizes[c])
-        for start in range(0, len(rows), chunk_size):
-            chunk = rows[start : start + chunk_size]
-            a = anchors[chunk]
-            # Far positives: the n_candidates farthest class members; the anchor is at
-            # distance 0 from itself, so it is pushed to -inf by index, not by distance.
-            d_same = pairwise_distances(features[a], features[same])
-            d_same[same[None, :] == a[:, None]] = -np.inf
-            n_pos = min(n_candidates, len(same) - 1)
-            far = np.argpartition(-d_same, n_pos - 1, axis=1)[:, :n_pos]
-            pick = far[np.arange(len(a)), rng.randint(0, n_pos, size=len(a))]
-            triplets[chunk, 1] = same[pick]
-            # Near negatives: the first n_candidates other-class neighbours, in distance order.
-            neighbours = index.kneighbors(features[a], n_neighbors=k, return_distance=False)
-            other = inverse[neighbours] != c
-            rank = np.cumsum(other, axis=1)
-            n_neg = rank[:, -1].clip(max=n_candidates)
-            choice = rng.randint(0, n_neg) + 1  # the choice-th other-class neighbour
-            column = np.argmax(other & (rank == choice[:, None]), axis=1)
-            triplets[chunk, 2] = neighbours[np.arange(len(a)), column]
-    return triplets
-
-
-def make_triplets_from_folders(
-    keys_or_root,
-    n_triplets: int,
-    *,
-    strategy: str = "random",
-    features=None,
-    n_candidates: int = 10,
-    random_state=None,
-    path: str | os.PathLike | None = None,
-) -> np.ndarray:
-    """Make triplets of image keys from class folders (``images/<class>/<image>``).
-
-    For users who have images sorted into one folder per class but no triplet file: the
-    class of an image is its first folder (:func:`labels_from_folders`).
-
-    Parameters
-    ----------
-    keys_or_root : str, path-like or array-like of str
-        A folder of class folders (listed recursively with :func:`list_image_keys`), or the
-        image keys themselves, e.g. the keys of the feature cache.
-    n_triplets : int
-        How many triplets to make; anchors are drawn with replacement.
-    strategy : {"random", "hard"}, default="random"
-        ``"random"``: uniform positives and negatives (:func:`sample_label_triplets`).
-        ``"hard"``: for each anchor, a positive drawn among the ``n_candidates`` farthest
-        members of its class and a negative among its ``n_candidates`` nearest images of
-        other classes, in ``features`` space. Hard triplets make training converge faster
-        but are more sensitive to label noise; mixing both files is a reasonable default.
-    features : array-like of shape (n_keys, n_features), default=None
-        Required for ``"hard"``: one row per key, in the order of the keys (for a folder,
-        the sorted order of :func:`list_image_keys`).
-    n_candidates : int, default=10
-        How many hardest candidates to draw from, so that hard triplets vary.
-    random_state : int, RandomState instance or None, default=None
-    path : str or path-like, default=None
-        If given, the triplets are also written there with :func:`write_triplets`.
-
-    Returns
-    -------
-    triplets : ndarray of shape (n_triplets, 3), dtype object
-        Image keys: anchor, positive, negative.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from tripletsk.triplets import make_triplets_from_folders
-    >>> keys = ["cat/1.jpg", "cat/2.jpg", "dog/1.jpg", "dog/2.jpg"]
-    >>> t = make_triplets_from_folders(keys, 3, random_state=0)
-    >>> t.shape
-    (3, 3)
-    >>> features = np.array([[0.0], [1.0], [0.2], [5.0]])
-    >>> make_triplets_from_folders(keys, 1, strategy="hard", features=features,
-    ...                            n_candidates=1, random_state=0).tolist()
-    [['cat/1.jpg', 'cat/2.jpg', 'dog/1.jpg']]
-    """
-    if strategy not in ("random", "hard"):
-        raise ValueError(f"strategy must be 'random' or 'hard'; got {strategy!r}.")
-    if isinstance(n_triplets, bool) or not isinstance(n_triplets, (int, np.integer)):
-        raise TypeError(f"n_triplets must be an int; got {n_triplets!r}.")
-    if n_triplets < 1:
-        raise ValueError(f"n_triplets must be at least 1; got {n_triplets}.")
-    if isinstance(keys_or_root, (str, os.PathLike)):
-        keys = list_image_keys(keys_or_root)
-        if keys.size == 0:
-            raise TripletDataError(f"{os.fspath(keys_or_root)}: no image files found.")
-    else:
-        keys = np.asarray(keys_or_root, dtype=object).ravel()
-    y = labels_from_folders(keys)
-    rng = check_random_state(random_state)
-    if strategy == "random":
-        triplets = sample_label_triplets(y, n_triplets, random_state=rng)
-    else:
-        if features is None:
-            raise ValueError("strategy='hard' needs features: one row per key.")
-        features = check_array(features, dtype=[np.float64, np.float32])
-        if len(features) != len(keys):
-            raise ValueError(
-                f"features has {len(features)} rows but there are {len(keys)} keys; "
-                "they must be aligned row for row."
-            )
-        if n_candidates < 1:
-            raise ValueError(f"n_candidates must be at least 1; got {n_candidates}.")
-        triplets = _hard_triplets(features, y, n_triplets, n_candidates, rng)
-    result = keys[triplets]
-    if path is not None:
-        write_triplets(path, result)
-    return result
+    # Written whole under a temporary name, then renamed: an interrupted write never leaves
+    # half a triplet file where a complete one was.
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

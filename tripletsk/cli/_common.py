@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 
-__all__ = ["PROG", "UsageError", "add_command", "add_model_arguments", "load_model_and_cache"]
+__all__ = [
+    "PROG",
+    "UsageError",
+    "add_command",
+    "add_model_arguments",
+    "add_trust_pickle_argument",
+    "check_output_path",
+    "load_model_and_cache",
+]
 
 PROG = "tripletsk"
 
@@ -35,12 +44,34 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="feature cache (default: the one the model was fitted on)",
     )
+    add_trust_pickle_argument(parser)
+
+
+def add_trust_pickle_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-pickle``: the one way to open a pickle-based (.joblib, .pkl) model file."""
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="open a .joblib/.pkl model: loading a pickle runs code stored in the file, so only "
+        "for files you made or whose author you trust (.npz models need no such trust)",
+    )
 
 
 def load_model_and_cache(args: argparse.Namespace):
     """The fitted model of ``--model`` and its feature cache, checked against each other."""
     from tripletsk.modelfile import load_model, open_model_cache
 
-    fitted = load_model(args.model)
+    fitted = load_model(args.model, trust_pickle=args.trust_pickle)
     store = open_model_cache(fitted, args.features)
     return fitted, store
+
+
+def check_output_path(path: str, option: str) -> None:
+    """Fail before any work when ``path`` (the value of ``option``) cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{option}: {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option}: the folder {os.path.dirname(path)} does not exist; create it")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{option}: the folder {os.path.dirname(path) or '.'} is not writable")

@@ -10,13 +10,17 @@ import warnings
 
 import numpy as np
 
-from tripletsk.cli._common import UsageError, add_command, add_model_arguments, load_model_and_cache
+from tripletsk.cli._common import (
+    UsageError,
+    add_command,
+    add_model_arguments,
+    check_output_path,
+    load_model_and_cache,
+)
+from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import UnknownKeyError, UserError
 
 __all__ = ["register"]
-
-#: Distances of TripletEncoder, as scikit-learn names them.
-_METRIC = {"l2": "euclidean", "l1": "manhattan", "sqeuclidean": "sqeuclidean", "cosine": "cosine"}
 
 
 def register(sub) -> None:
@@ -25,7 +29,7 @@ def register(sub) -> None:
         sub,
         "predict",
         "For each triplet <A, B, C>: 1 if A is more similar to B than to C, else 0.",
-        "tripletsk predict --model model.joblib --triplets test.txt > predictions.txt",
+        "tripletsk predict --model model.npz --triplets test.txt > predictions.txt",
     )
     add_model_arguments(p)
     p.add_argument("--triplets", required=True, help="triplet file")
@@ -36,7 +40,7 @@ def register(sub) -> None:
         sub,
         "score",
         "Triplet accuracy on a triplet file, and retrieval metrics when labels are known.",
-        "tripletsk score --model model.joblib --triplets test.txt --labels-from-folders",
+        "tripletsk score --model model.npz --triplets test.txt --labels-from-folders",
     )
     add_model_arguments(p)
     p.add_argument("--triplets", required=True, help="triplet file")
@@ -57,8 +61,8 @@ def register(sub) -> None:
         sub,
         "search",
         "Find the cached images most similar to each query (a cached key or an image file).",
-        "tripletsk search --model model.joblib 3/0.png -k 5\n"
-        "tripletsk search --model model.joblib photo.jpg -k 8 --sheet neighbours.png",
+        "tripletsk search --model model.npz 3/0.png -k 5\n"
+        "tripletsk search --model model.npz photo.jpg -k 8 --sheet neighbours.png",
     )
     add_model_arguments(p)
     p.add_argument("queries", metavar="QUERY", nargs="+", help="cached key or image file")
@@ -79,6 +83,8 @@ def _read_checked(path: str, store) -> np.ndarray:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_path(args.output, "-o/--output")
     fitted, store = load_model_and_cache(args)
     triplets = _read_checked(args.triplets, store)
     text = "".join(f"{p}\n" for p in fitted.model.predict_triplets(triplets).tolist())
@@ -90,33 +96,27 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paired(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    from sklearn.metrics.pairwise import paired_distances
-
-    if metric == "sqeuclidean":
-        return paired_distances(a, b, metric="euclidean") ** 2
-    return paired_distances(a, b, metric=metric)
-
-
-def _triplet_distances(vectors: np.ndarray, index: np.ndarray, metric: str):
+def _triplet_distances(vectors: np.ndarray, index: np.ndarray, distance: str):
     """(d_ap, d_an) of triplets given as rows ``index`` (n, 3) into ``vectors``."""
     a, p, n = (vectors[index[:, i]] for i in range(3))
-    return _paired(a, p, metric), _paired(a, n, metric)
+    return paired_distance(a, p, distance), paired_distance(a, n, distance)
 
 
 def _run_score(args: argparse.Namespace) -> int:
+    from tripletsk.folders import labels_from_folders
     from tripletsk.metrics import retrieval_report
-    from tripletsk.triplets import labels_from_folders
 
     if any(k < 1 for k in args.ks):
         raise UsageError("-k/--ks values must be positive")
+    if args.plot:
+        check_output_path(args.plot, "--plot")
     fitted, store = load_model_and_cache(args)
     model = fitted.model
     triplets = _read_checked(args.triplets, store)
     keys, index = np.unique(triplets.astype(str), return_inverse=True)
     index = index.reshape(-1, 3)
     embeddings = model.transform(keys)
-    metric = _METRIC[model.distance]
+    metric = sklearn_metric(model.distance)
     scores = {"triplet_accuracy": float(model.score(triplets)), "n_triplets": len(triplets)}
     if args.labels_from_folders:
         ks = sorted({k for k in args.ks if k < len(keys)})
@@ -140,8 +140,8 @@ def _run_score(args: argparse.Namespace) -> int:
 
         raw = store.lookup(keys.tolist())
         scaled = (raw - model.feature_mean_) / model.feature_scale_
-        before = _triplet_distances(scaled, index, "euclidean")
-        after = _triplet_distances(embeddings, index, metric)
+        before = _triplet_distances(scaled, index, "l2")
+        after = _triplet_distances(embeddings, index, model.distance)
         plot_distance_histograms(
             before, after, args.plot, after_label=f"learned embedding ({model.distance})"
         )
@@ -156,14 +156,26 @@ def _query_key(query: str, store, image_root: str | None) -> tuple[str | None, s
     if os.path.isfile(query):
         key = None
         if image_root:  # a file inside the image folder: leave its cached copy out of results
-            rel = os.path.relpath(os.path.abspath(query), image_root).replace(os.sep, "/")
-            key = rel if rel in store else None
+            key = _cached_key_of_file(query, image_root, store)
         return key, query
     try:
         store.indices([query])  # raises with the nearest known keys
     except UnknownKeyError as exc:
         raise UnknownKeyError(f"{exc}; a query is a cached key or an existing image file") from None
     raise AssertionError("unreachable: the key was not in the store")
+
+
+def _cached_key_of_file(path: str, image_root: str, store) -> str | None:
+    """The cached key of an image file, reached by its path or through symlinks, or None."""
+    candidates = (
+        os.path.relpath(os.path.abspath(path), image_root),
+        os.path.relpath(os.path.realpath(path), os.path.realpath(image_root)),
+    )
+    for rel in candidates:
+        key = rel.replace(os.sep, "/")
+        if key in store:
+            return key
+    return None
 
 
 def _query_features(found: list, store) -> np.ndarray:
@@ -183,6 +195,8 @@ def _run_search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
+    if args.sheet:
+        check_output_path(args.sheet, "--sheet")
     fitted, store = load_model_and_cache(args)
     model = fitted.model
     image_root = args.images_dir or store.attrs.get("image_root")
@@ -192,7 +206,7 @@ def _run_search(args: argparse.Namespace) -> int:
             "is not found; pass --images-dir"
         )
     found = [_query_key(q, store, store.attrs.get("image_root")) for q in args.queries]
-    index = build_index(model, store.keys, metric=_METRIC[model.distance])
+    index = build_index(model, store.keys)
     neighbours = index.query(
         model.transform(_query_features(found, store)),
         k=args.k,

@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 
-from tripletsk.cli._common import add_command
+from tripletsk.cli._common import add_command, add_trust_pickle_argument
+from tripletsk.errors import UserError
 
 __all__ = ["register"]
 
@@ -17,10 +18,11 @@ def register(sub) -> None:
         sub,
         "info",
         "Show what a feature cache or a model file holds.",
-        "tripletsk info cache/features.h5\ntripletsk info model.joblib",
+        "tripletsk info cache/features.h5\ntripletsk info model.npz",
     )
     p.add_argument("path", metavar="PATH", help="feature cache (.h5) or model (.joblib, .npz)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    add_trust_pickle_argument(p)
     p.set_defaults(run=_run_info)
 
 
@@ -28,34 +30,6 @@ def _is_cache(path: str) -> bool:
     import h5py
 
     return os.path.isfile(path) and h5py.is_hdf5(path)
-
-
-def _model_info(path: str) -> dict:
-    from tripletsk.modelfile import load_model
-
-    fitted = load_model(path)
-    m = fitted.model
-    params = m.get_params()
-    params["features"] = getattr(params["features"], "path", params["features"])
-    if not isinstance(params["features"], str | type(None)):
-        params["features"] = type(params["features"]).__name__
-    if not isinstance(params["random_state"], int | type(None)):
-        params["random_state"] = repr(params["random_state"])
-    return {
-        "path": path,
-        "kind": "model",
-        "parameters": params,
-        "n_features_in": m.n_features_in_,
-        "n_components": m.n_components,
-        "n_epochs": m.n_iter_,
-        "loss_curve": [round(float(v), 6) for v in m.loss_curve_],
-        "active_fraction": [round(float(v), 6) for v in m.active_fraction_],
-        "validation_scores": m.validation_scores_,
-        "best_validation_score": m.best_validation_score_,
-        "threshold": getattr(m, "threshold_", None),
-        "cache": fitted.cache,
-        "training": fitted.training,
-    }
 
 
 def _print_info(info: dict) -> None:
@@ -75,6 +49,7 @@ def _print_info(info: dict) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from tripletsk.modelfile import model_info
     from tripletsk.store import FeatureStore
 
     path = args.path
@@ -84,8 +59,10 @@ def _run_info(args: argparse.Namespace) -> int:
         store = FeatureStore(path)
         info = {"kind": "feature cache", **store.info()}
         info["failed"] = [f"{k}: {reason}" for k, reason in store.failed[:10]]
+    elif os.path.splitext(path)[1].lower() in (".h5", ".hdf5"):
+        raise UserError(f"{path} is not an HDF5 file, so not a feature cache (nor a model file)")
     else:
-        info = _model_info(path)
+        info = model_info(path, trust_pickle=args.trust_pickle)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tripletsk.cli._common import UsageError, add_command
+from tripletsk.cli._common import UsageError, add_command, check_output_path
 from tripletsk.errors import UserError
 from tripletsk.store import DEFAULT_CACHE
 
@@ -63,7 +63,7 @@ def _add_fit(sub) -> None:
         sub,
         "fit",
         "Fit a TripletEncoder on cached features and save it.",
-        "tripletsk fit --features cache/features.h5 --triplets train.txt -o model.joblib\n"
+        "tripletsk fit --features cache/features.h5 --triplets train.txt -o model.npz\n"
         "tripletsk fit --labels-from-folders -o model.npz --set margin=0.3 --set distance=cosine",
     )
     p.add_argument("--features", default=DEFAULT_CACHE, help="feature cache (default: %(default)s)")
@@ -75,7 +75,11 @@ def _add_fit(sub) -> None:
         help="fit on every cached image, labelled by its first folder",
     )
     p.add_argument(
-        "-o", "--output", required=True, help="model file: .joblib, or .npz (safe to share)"
+        "-o",
+        "--output",
+        required=True,
+        help="model file: .npz (arrays and JSON, safe to share), or .joblib (a pickle: "
+        "loading it runs code, so other commands then need --trust-pickle)",
     )
     p.add_argument(
         "--set",
@@ -92,8 +96,8 @@ def _add_fit(sub) -> None:
 
 def _keys_of(source: str) -> tuple[np.ndarray, object]:
     """Image keys of a cache file or an image folder, and the store (None for a folder)."""
+    from tripletsk.folders import list_image_keys
     from tripletsk.store import FeatureStore
-    from tripletsk.triplets import list_image_keys
 
     if os.path.isdir(source):
         return list_image_keys(source), None
@@ -104,17 +108,25 @@ def _keys_of(source: str) -> tuple[np.ndarray, object]:
 def _run_make_triplets(args: argparse.Namespace) -> int:
     from sklearn.model_selection import train_test_split
 
-    from tripletsk.triplets import labels_from_folders, make_triplets_from_folders
+    from tripletsk.folders import labels_from_folders, make_triplets_from_folders
+    from tripletsk.triplets import write_triplets
 
     if args.n_triplets < 1:
         raise UsageError("-n/--n-triplets must be at least 1")
     if not 0 < args.test_size < 1:
         raise UsageError("--test-size must be between 0 and 1")
+    outputs = [("-o/--output", args.output)] + ([("--split", args.split)] if args.split else [])
+    for option, path in outputs:
+        check_output_path(path, option)
+        if os.path.exists(path) and os.path.samefile(path, args.source):
+            raise UsageError(f"{option}: {path} is SOURCE; write the triplets to another file")
+    if args.split and os.path.abspath(args.split) == os.path.abspath(args.output):
+        raise UsageError(f"--split: {args.split} is also -o/--output; give two different files")
     keys, store = _keys_of(args.source)
     if args.strategy == "hard" and store is None:
         raise UsageError("--strategy hard needs a feature cache as SOURCE, not a folder")
     labels = labels_from_folders(keys)
-    parts = [(args.output, keys, args.n_triplets)]
+    parts = [("-o/--output", args.output, keys, args.n_triplets)]
     if args.split:
         # Hold out images, not triplets: the same share of each class, so no test image is
         # ever seen in training.
@@ -123,19 +135,43 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
                 keys, test_size=args.test_size, stratify=labels, random_state=args.seed
             )
         except ValueError as exc:
-            raise UserError(f"cannot hold out {args.test_size} of each class: {exc}") from None
+            raise UserError(
+                f"cannot hold out --test-size {args.test_size} of each class: {exc}"
+            ) from None
         share = args.test_size / (1 - args.test_size)
         n_test = args.n_test or max(1, round(args.n_triplets * share))
-        parts = [(args.output, train_keys, args.n_triplets), (args.split, test_keys, n_test)]
+        parts = [
+            ("-o/--output", args.output, train_keys, args.n_triplets),
+            ("--split", args.split, test_keys, n_test),
+        ]
+    # Every part is made before any file is written: a part that cannot be made leaves none.
     rng = np.random.RandomState(args.seed)
-    for path, part_keys, n in parts:
+    made = []
+    for option, path, part_keys, n in parts:
         part_keys = np.sort(part_keys)
         features = store.lookup(part_keys.tolist()) if args.strategy == "hard" else None
-        make_triplets_from_folders(
-            part_keys, n, strategy=args.strategy, features=features, random_state=rng, path=path
-        )
+        try:
+            triplets = make_triplets_from_folders(
+                part_keys, n, strategy=args.strategy, features=features, random_state=rng
+            )
+        except ValueError as exc:
+            hint = (
+                "; hold out more of each class (raise --test-size) or use more images per class"
+                if args.split
+                else ""
+            )
+            reason = str(exc).rstrip(".")
+            raise UserError(
+                f"cannot make the triplets of {option} {path}: {reason}{hint}"
+            ) from None
+        made.append((path, triplets, part_keys))
+    for path, triplets, part_keys in made:
+        write_triplets(path, triplets)
         n_classes = len(set(labels_from_folders(part_keys).tolist()))
-        print(f"wrote {n} triplets over {len(part_keys)} images ({n_classes} classes) to {path}")
+        print(
+            f"wrote {len(triplets)} triplets over {len(part_keys)} images ({n_classes} classes) "
+            f"to {path}"
+        )
     return 0
 
 
@@ -167,15 +203,20 @@ def _run_fit(args: argparse.Namespace) -> int:
     from sklearn.utils._param_validation import InvalidParameterError
 
     from tripletsk.estimator import TripletEncoder
+    from tripletsk.folders import labels_from_folders
     from tripletsk.modelfile import cache_record, model_format, save_model
     from tripletsk.store import FeatureStore
-    from tripletsk.triplets import labels_from_folders, read_triplets
+    from tripletsk.triplets import read_triplets
 
     params = parse_params(args.params)
+    # Outputs are checked now, not after training.
     try:
-        model_format(args.output)  # a bad extension fails now, not after training
+        model_format(args.output)
     except UserError as exc:
         raise UsageError(f"-o/--output: {exc}") from None
+    check_output_path(args.output, "-o/--output")
+    if args.plot:
+        check_output_path(args.plot, "--plot")
     user_verbose = params.get("verbose", 0)
     model = TripletEncoder(**{"verbose": 0 if args.quiet else 1, **params})
     try:

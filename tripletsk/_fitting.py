@@ -1,0 +1,116 @@
+"""The NumPy steps of a fit around the training loop (private): standardisation, the
+early-stopping hold-out and its scorer, and the check that training learned something."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from tripletsk._rows import FeatureRows, embed
+from tripletsk.distances import paired_distance, sklearn_metric
+from tripletsk.errors import EmbeddingCollapseWarning
+from tripletsk.head import HeadWeights
+from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
+
+
+def standardization(items: FeatureRows, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(mean, scale)`` that inputs are standardised with, as float32 vectors.
+
+    One pass over the rows, which also checks them (NaN, infinity). With ``standardize``,
+    each feature is centred, then all are divided by one overall scale (the root mean
+    variance): per-feature unit variance would blow up near-constant features (rare pixels,
+    rarely firing CNN channels) into noise as loud as the informative ones.
+    """
+    d = items.n_features
+    mean, variance = items.checked_mean_and_variance()
+    if not standardize:
+        return np.zeros(d, dtype=np.float32), np.ones(d, dtype=np.float32)
+    scale = float(np.sqrt(variance.mean()))
+    scale = scale if scale > 10 * np.finfo(np.float32).eps else 1.0
+    return mean.astype(np.float32), np.full(d, scale, dtype=np.float32)
+
+
+def holdout(
+    items: FeatureRows, triplets, labels, fraction: float | None, distance: str, rng
+) -> tuple[np.ndarray, Callable[[HeadWeights], float] | None]:
+    """Training rows (of ``triplets``, or items with ``labels``) and the held-out scorer.
+
+    The scorer maps head weights to the held-out triplet accuracy. Labelled samples are
+    held out stratified by label when every class has two samples. ``fraction=None`` (no
+    early stopping) trains on everything, without a scorer.
+    """
+    n = len(triplets) if triplets is not None else len(labels)
+    everything = np.arange(n)
+    if fraction is None:
+        return everything, None
+    if labels is None:
+        train, held = train_test_split(everything, test_size=fraction, random_state=rng)
+        # Only the held-out triplets' items are embedded to score an epoch.
+        held_items, held_triplets = np.unique(triplets[held], return_inverse=True)
+        held_triplets = held_triplets.reshape(-1, 3)
+
+        def score(weights):
+            emb = embed(items, weights, held_items)
+            a, pos, neg = (emb[held_triplets[:, i]] for i in range(3))
+            return triplet_accuracy(
+                paired_distance(a, pos, distance), paired_distance(a, neg, distance)
+            )
+
+        return train, score
+    _, counts = np.unique(labels, return_counts=True)
+    stratify = labels if counts.min() >= 2 else None
+    try:
+        train, held = train_test_split(
+            everything, test_size=fraction, random_state=rng, stratify=stratify
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"early_stopping could not hold out validation_fraction={fraction} of {n} "
+            f"samples: {exc}"
+        ) from exc
+    # In item order, so passes over the training items (hybrid's offline mining) read a
+    # cache forward when the items are in the cache's order, not at random.
+    train = np.sort(train)
+    metric = sklearn_metric(distance)
+
+    def score(weights):
+        try:
+            return label_triplet_accuracy(embed(items, weights, held), labels[held], metric)
+        except ValueError:  # the held-out labels define no triplet
+            return 0.0
+
+    return train, score
+
+
+def warn_if_failed(items: FeatureRows, weights: HeadWeights, loss_curve, margin, rng) -> None:
+    """Warn (:class:`EmbeddingCollapseWarning`) if the fitted head learned nothing useful."""
+    what = _failure(items, weights, loss_curve, margin, rng)
+    if what is not None:
+        warnings.warn(
+            f"Training failed: {what}. Keep standardize=True, lower learning_rate, or check "
+            "that the features differ between images and the triplets agree with them.",
+            EmbeddingCollapseWarning,
+            stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
+        )
+
+
+def _failure(items: FeatureRows, weights: HeadWeights, loss_curve, margin, rng) -> str | None:
+    """Why the fitted head is useless (collapsed, or stuck at the margin), or ``None``."""
+    emb = embed(items, weights, np.sort(rng.permutation(len(items))[:2000]))
+    spread = float(np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean())
+    if spread < 1e-3:
+        return f"the embedding collapsed (mean distance to the centre {spread:.2e})"
+    if (
+        margin is not None
+        and loss_curve
+        and abs(loss_curve[-1] - margin) < 1e-3 * max(margin, 1e-3)
+    ):
+        return (
+            f"the loss stayed at the margin ({loss_curve[-1]:.4f}, margin {margin}): anchors "
+            "are no closer to positives than to negatives, so nothing was learned (or the "
+            "triplets carry no signal)"
+        )
+    return None
