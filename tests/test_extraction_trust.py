@@ -331,3 +331,50 @@ def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, limit_kb, p
     assert f"extracted: 8{resumed}" in out.stdout
     with FeatureStore(cache) as store:
         assert len(store) == 12
+
+
+# --------------------------------------------------------------------------------------------
+# 5. verify repairs a damaged cache
+# --------------------------------------------------------------------------------------------
+
+
+def _damage_chunk(cache: Path, chunk: int) -> tuple[int, int]:
+    """Flip bytes in the middle of the ``chunk``-th stored chunk of the features, on disk; the
+    chunk's rows (start, stop)."""
+    with h5py.File(cache, "r") as f:
+        ds = f["features"]
+        info = ds.id.get_chunk_info(chunk)
+        rows = ds.chunks[0]
+    with open(cache, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        data = bytearray(fh.read(16))
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(b ^ 0xFF for b in data))
+    start = info.chunk_offset[0]
+    return start, start + rows
+
+
+def test_verify_re_extracts_exactly_the_damaged_rows(tmp_path):
+    imgs = _folder(tmp_path / "imgs", 24, seed=7)  # 8 rows per 64 KB chunk: 3 chunks
+    cache = tmp_path / "features.h5"
+    extract_features(imgs, cache, **RUN)
+    with FeatureStore(cache) as store:
+        keys, clean = list(store.keys), store.to_array()
+    start, stop = _damage_chunk(cache, 1)
+    with FeatureStore(cache) as store:
+        assert list(store.corrupt_rows()) == list(range(start, stop))
+    gone = keys[start]
+    (imgs / gone).unlink()  # a damaged row whose file is gone cannot be re-extracted: dropped
+
+    s = extract_features(imgs, cache, verify=True, **RUN)
+    assert (s.repaired, s.changed, s.lost) == (stop - start - 1, stop - start - 1, 1)
+    assert s.cached == len(keys) - (stop - start) and s.extracted == 0
+    assert "7 with damaged features in the cache" in s.format()
+    with FeatureStore(cache) as store:
+        assert len(store.corrupt_rows()) == 0
+        assert sorted(store.keys) == sorted(k for k in keys if k != gone)
+        got = store.lookup([k for k in keys if k != gone])
+    want = clean[[i for i, k in enumerate(keys) if k != gone]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    s = extract_features(imgs, cache, verify=True, **RUN)  # now clean: nothing to re-extract
+    assert (s.repaired, s.changed, s.extracted, s.lost) == (0, 0, 0, 0)

@@ -83,7 +83,8 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--verify",
         action="store_true",
         help="hash every cached file to detect changes (default: only files whose size or "
-        "modification time changed)",
+        "modification time changed), and re-extract the images whose cached features fail "
+        "their checksum",
     )
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
     parser.add_argument(

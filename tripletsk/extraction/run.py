@@ -30,6 +30,7 @@ from tripletsk.extraction.plan import (
     plan_run,
     record_extracted,
 )
+from tripletsk.extraction.repair import corrupt_rows, read_intact_rows
 from tripletsk.extraction.roots import ImageFolderMismatchError, journal_meta, same_folder
 from tripletsk.extraction.summary import ExtractionSummary
 from tripletsk.extraction.write_errors import check_room, writing_cache
@@ -46,7 +47,6 @@ from tripletsk.store import (
     library_versions,
     load_part_features,
     now_iso,
-    read_feature_rows,
     read_header,
     remove_stale_temp_files,
     write_cache,
@@ -68,6 +68,7 @@ class _Run:
     summary: ExtractionSummary
     t0: float
     image_root: str  # recorded in the cache: the old cache's spelling of the same folder
+    corrupt: np.ndarray  # rows of the old cache whose features fail their checksum (verify)
 
     @property
     def old_keys(self) -> list:
@@ -127,7 +128,8 @@ def extract_features(
         No progress bar.
     verify : bool, default False
         Hash every cached file's content to detect changes, instead of trusting unchanged size
-        and modification time.
+        and modification time, and check the cached features' checksums: images whose features
+        are damaged are extracted again (damaged rows whose file is gone are dropped).
     workers : int or None
         Decoding threads (default: number of CPUs, at most 8).
     max_pixels : int or None
@@ -239,7 +241,12 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
     _check_journal(journal, opts)
     with writing_cache(output, journal.dir):
         journal.open()
-    return _Run(opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root)
+    corrupt = np.zeros(0, np.int64)
+    if old is not None and opts.verify:
+        corrupt = corrupt_rows(output)
+    return _Run(
+        opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
+    )
 
 
 def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:
@@ -258,9 +265,11 @@ def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:
 def _execute(run: _Run) -> None:
     """Plan, check changed files by content, extract the rest, write the cache."""
     opts, parts, summary = run.opts, run.journal.parts, run.summary
+    corrupt = frozenset(run.old_keys[i] for i in run.corrupt)
     plan = plan_run(
-        run.found.files, run.found.failed, run.old_keys, run.old_fps, parts, verify=opts.verify
-    )
+        run.found.files, run.found.failed, run.old_keys, run.old_fps, parts, verify=opts.verify,
+        corrupt=corrupt,
+    )  # fmt: skip
     if plan.to_check:
         _check_contents(plan, run)
     summary.resumed = len(plan.use_part)
@@ -277,6 +286,8 @@ def _execute(run: _Run) -> None:
     summary.cached = len(plan.keep_old)
     cached_keys = set(run.old_keys)
     summary.changed = sum(1 for k in rows.new_keys if k in cached_keys)
+    summary.repaired = sum(1 for k in rows.new_keys if k in corrupt)
+    summary.lost = rows.lost
     summary.extracted = len(rows.new_keys) - summary.changed
     summary.pruned, summary.missing = rows.pruned, rows.missing
     summary.failed, summary.n_images = failed, len(rows.keys)
@@ -340,7 +351,7 @@ def _write(run: _Run, rows: Assembly, failed: list) -> None:
 
     def blocks():
         if rows.old_rows:
-            yield from read_feature_rows(run.opts.output, np.asarray(rows.old_rows))
+            yield from read_intact_rows(run.opts.output, np.asarray(rows.old_rows), run.corrupt)
         for pi, sel in rows.new_sel:
             yield load_part_features(run.journal.parts[pi].path)[sel]
 

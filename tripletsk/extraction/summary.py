@@ -22,6 +22,8 @@ class ExtractionSummary:
     pruned: int = 0
     missing: int = 0  # cached images whose file is gone, kept (see prune)
     resumed: int = 0  # of extracted + changed, finished by an earlier interrupted run
+    repaired: int = 0  # of changed, cached rows whose features were damaged (verify)
+    lost: int = 0  # damaged cached rows whose file is gone: dropped
     ignored: int = 0  # files without an image extension
     skipped_dirs: list = field(default_factory=list)
     n_images: int = 0  # rows in the cache after the run
@@ -45,7 +47,12 @@ class ExtractionSummary:
             ext += f" ({self.resumed} {self.resumed_note})"
         lines.append(ext)
         lines.append(f"  already cached: {self.cached}")
-        lines.append(f"  changed and re-extracted: {self.changed}")
+        changed = f"  changed and re-extracted: {self.changed}"
+        if self.repaired:
+            changed += f" ({self.repaired} with damaged features in the cache)"
+        lines.append(changed)
+        if self.lost:
+            lines.append(f"  damaged features dropped (file gone): {self.lost}")
         fail = f"  failed: {len(self.failed)}"
         if self.failed:
             where = f"; full list in {self.failed_list}" if self.failed_list else ""
