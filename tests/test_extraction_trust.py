@@ -126,6 +126,24 @@ def test_the_same_folder_by_another_path_is_the_same_cache(tmp_path, monkeypatch
     assert _snapshot(cache) == before  # the recorded folder is kept as first written
 
 
+def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
+    a, b = _folder(tmp_path / "a", 12, seed=1), _folder(tmp_path / "b", 3, seed=2)
+    cache = tmp_path / "features.h5"
+    common = ["-o", cache, "--weights", "none", "--image-size", "32", "--batch-size", "4"]
+    # A run on a/ that stops after its batches, before its cache (file-size limit): parts left.
+    assert _cli("extract-features", a, *common, limit=64 * 1024).returncode == 1
+    parts = tmp_path / "features.h5.parts"
+    assert len(list(parts.glob("part-*.npz"))) == 3 and not cache.exists()
+    with pytest.raises(CacheMismatchError, match=f"{parts} holds the features of the images in"):
+        extract_features(b, cache, **RUN)
+    assert len(list(parts.glob("part-*.npz"))) == 3
+    s = extract_features(b, cache, replace=True, **RUN)
+    assert (s.extracted, s.resumed, s.n_images) == (3, 0, 3)
+    with FeatureStore(cache) as store:
+        assert store.keys == ["0.png", "1.png", "2.png"]
+        assert store.attrs["image_root"] == str(b)
+
+
 def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
     a, b = _folder(tmp_path / "a", 4, seed=1), _folder(tmp_path / "b", 4, seed=2)
     common = ["--weights", "none", "--image-size", "32", "-q"]
