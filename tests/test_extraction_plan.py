@@ -152,3 +152,12 @@ def test_record_extracted_takes_rows_and_failures():
     parts = [part(["a"], [(100, MTIME, "aa", LATER)], [("b", "corrupt image", 100, MTIME)])]
     record_extracted(plan, parts, {"a", "b"})
     assert plan.use_part == {"a": (0, 0)} and plan.failed == {"b": "corrupt image"}
+
+
+def test_damaged_cached_rows_are_extracted_again_or_dropped():
+    old = fps(*[(100, MTIME, d, LATER) for d in ("aa", "bb", "cc")])
+    files = [image("a"), image("b")]  # c's file is gone
+    plan = plan_run(files, [], ["a", "b", "c"], old, [], corrupt=frozenset({"b", "c"}))
+    assert list(plan.keep_old) == ["a"] and [f.key for f in plan.pending] == ["b"]
+    rows = assemble(plan, {"a", "b"}, ["a", "b", "c"], old, [])
+    assert rows.old_keys == ["a"] and (rows.lost, rows.missing) == (1, 0)

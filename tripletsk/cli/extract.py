@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from tripletsk.cli._common import UsageError, add_command
-from tripletsk.errors import UserError, WeightsUnavailableError
+from tripletsk.errors import CacheMismatchError, UserError, WeightsUnavailableError
 from tripletsk.store import DEFAULT_CACHE
 
 __all__ = ["add_extract_arguments", "extraction_options", "register", "run_extract"]
@@ -83,9 +83,16 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "--verify",
         action="store_true",
         help="hash every cached file to detect changes (default: only files whose size or "
-        "modification time changed)",
+        "modification time changed), and re-extract the images whose cached features fail "
+        "their checksum",
     )
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="discard the existing cache (of another images folder, or other settings) and start "
+        "anew",
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -183,7 +190,13 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise UsageError(f"--dask-workers must be at least 1, got {args.dask_workers}")
     if args.shards is not None and args.shards < 1:
         raise UsageError(f"--shards must be at least 1, got {args.shards}")
+    if args.replace and (args.scheduler is not None or args.dask_workers is not None):
+        raise UsageError(
+            "--replace works without --scheduler/--dask-workers; delete the cache file instead"
+        )
     _check_sizes(args)
+    from tripletsk.extraction.roots import ImageFolderMismatchError
+
     try:
         if args.scheduler is not None or args.dask_workers is not None or args.gpus is not None:
             return run_extract_dask(args)
@@ -192,6 +205,8 @@ def _run_extract(args: argparse.Namespace) -> int:
         raise WeightsUnavailableError(
             f"{e} On the command line: --weights PATH, or --weights none."
         ) from None
+    except ImageFolderMismatchError as e:
+        raise CacheMismatchError(e.message("use another -o FILE", "add --replace")) from None
 
 
 def _print_summary(args: argparse.Namespace, summary) -> None:
@@ -214,6 +229,7 @@ def run_extract(args: argparse.Namespace) -> int:
             args.images_dir,
             output=args.output,
             shard=getattr(args, "shard", None),
+            replace=getattr(args, "replace", False),
             **extraction_options(args),
         )
     except KeyboardInterrupt:

@@ -6,9 +6,11 @@ features in an HDF5 cache (see :mod:`tripletsk.store`). Runs are incremental (on
 images are extracted), resumable after any interruption (SIGKILL included), and unreadable files
 are skipped and reported with a reason.
 
-Modules: ``discovery`` (finding images), ``decode`` (Pillow decoding, fingerprints), ``backbone``
-(weights, the model, provenance), ``plan`` (what a run keeps, extracts and drops), ``pipeline``
-(decoding threads feeding the model), ``run`` (one run, :func:`extract_features`), ``summary``,
+Modules: ``discovery`` (finding images), ``decode`` (Pillow decoding, fingerprints), ``budget``
+(the decoders' shared memory budget), ``backbone`` (weights, the model, provenance), ``plan``
+(what a run keeps, extracts and drops), ``pipeline`` (decoding threads feeding the model),
+``roots`` (one images folder per cache), ``repair`` (re-extracting damaged rows), ``write_errors``
+(a cache that cannot be written), ``run`` (one run, :func:`extract_features`), ``summary``,
 ``query`` (:func:`features_for_files`). TensorFlow is imported only when a model is built.
 """
 

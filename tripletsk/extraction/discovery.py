@@ -1,7 +1,8 @@
 """Finding images: walk a folder, keep files with an image extension, key them by relative path.
 
-Keys are paths relative to the root with ``/`` separators; a name that is not valid UTF-8 cannot
-be a key and is reported as a failure instead.
+Keys are paths relative to the root with ``/`` separators; a name that is not valid UTF-8, or
+that holds a control character (a newline, a tab...), cannot be a key (keys are lines of triplet
+files and columns of tables) and is reported as a failure instead.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+
+from tripletsk.failures import escape_field, is_control
 
 __all__ = ["IMAGE_EXTENSIONS", "Discovery", "ImageFile", "discover_images", "reason_from_oserror"]
 
@@ -44,12 +47,17 @@ def reason_from_oserror(e: OSError) -> str:
     return f"cannot read file: {e.strerror or e}"
 
 
-def _safe_key(key: str) -> tuple[str, bool]:
+def _key_problem(key: str) -> tuple[str, str | None]:
+    """The key to report for a relative path, and why it cannot be a key (None if it can)."""
     try:
         key.encode("utf-8")
-        return key, True
     except UnicodeEncodeError:
-        return key.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), False
+        key = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return key, "file name is not valid UTF-8; rename the file"
+    bad = next((c for c in key if is_control(c)), None)
+    if bad is not None:
+        return key, f"file name holds a control character ({escape_field(bad)}); rename the file"
+    return key, None
 
 
 def discover_images(images_dir: str | os.PathLike, recursive: bool = True) -> Discovery:
@@ -100,9 +108,9 @@ def discover_images(images_dir: str | os.PathLike, recursive: bool = True) -> Di
                 ignored += 1
                 continue
             full = os.path.join(dirpath, name)
-            key, ok = _safe_key(os.path.relpath(full, root).replace(os.sep, "/"))
-            if not ok:
-                failed.append((key, "file name is not valid UTF-8; rename the file"))
+            key, problem = _key_problem(os.path.relpath(full, root).replace(os.sep, "/"))
+            if problem is not None:
+                failed.append((key, problem))
                 continue
             try:
                 st = os.stat(full)

@@ -15,7 +15,10 @@ from tripletsk.extraction.backbone import (
     resolve_weights,
 )
 
-__all__ = ["ExtractOptions"]
+__all__ = ["DEFAULT_DECODE_MEMORY", "ExtractOptions"]
+
+#: Bytes of decoded pixels the decoding threads may hold at once, by default.
+DEFAULT_DECODE_MEMORY = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,13 @@ class ExtractOptions:
     max_pixels: int | None = None
     show: bool = False  # progress bars
     shard: object = None  # "I/N", (I, N) or None
+    replace: bool = False  # discard an existing cache
+    decode_memory: int = DEFAULT_DECODE_MEMORY
 
     @classmethod
     def from_arguments(
         cls, images_dir, output, *, weights, seed, image_size, batch_size, dtype, backend,
-        precision, progress, quiet, workers, **rest,
+        precision, progress, quiet, workers, decode_memory, **rest,
     ) -> ExtractOptions:  # fmt: skip
         """Check the arguments (a :class:`UserError` saying which and why) and resolve them."""
         root, output = os.fspath(images_dir), os.fspath(output)
@@ -61,9 +66,13 @@ class ExtractOptions:
         backend, precision = check_backend(backend, precision)
         show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
         workers = int(workers) if workers else min(8, os.cpu_count() or 1)
+        if decode_memory is None:
+            decode_memory = DEFAULT_DECODE_MEMORY
+        if int(decode_memory) < 1:
+            raise UserError(f"decode_memory must be a positive number of bytes: {decode_memory}")
         return cls(
             root, output, spec, image_size, batch_size, backend, precision, dtype,
-            show=show, workers=workers, **rest,
+            show=show, workers=workers, decode_memory=int(decode_memory), **rest,
         )  # fmt: skip
 
     @property

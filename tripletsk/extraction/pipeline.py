@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tripletsk.extraction.backbone import FEATURE_DIM, cached_backbone
+from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
 from tripletsk.extraction.options import ExtractOptions
+from tripletsk.extraction.write_errors import writing_cache
 from tripletsk.store import FINGERPRINT_DTYPE, PartsJournal
 
 __all__ = ["DECODE_NICE", "extract_pending", "progress_bar"]
@@ -75,6 +77,11 @@ def _journal_batch(results: list, backbone) -> tuple[list, np.ndarray, np.ndarra
     return [r.file.key for r in ok], feats, fps, failed
 
 
+def _write_part(journal: PartsJournal, part: tuple) -> None:
+    with writing_cache(journal.cache_path, journal.dir):
+        journal.write(*part)
+
+
 class _LazyBackbone:
     """The backbone, built on its first call (a run of only unreadable files needs none)."""
 
@@ -105,11 +112,12 @@ def extract_pending(
     writer = ThreadPoolExecutor(1, thread_name_prefix="tripletsk-write")
     inflight: deque = deque()
     backbone = _LazyBackbone(opts)
+    budget = ByteBudget(opts.decode_memory)
 
     def submit_next() -> None:
         batch = next(batches, None)
         if batch is not None:
-            args = (opts.image_size, opts.max_pixels)
+            args = (opts.image_size, opts.max_pixels, budget)
             inflight.append([pool.submit(process_file, f, *args) for f in batch])
 
     write_future = bar = None
@@ -125,7 +133,7 @@ def extract_pending(
             part = _journal_batch(results, backbone)
             if write_future is not None:
                 write_future.result()
-            write_future = writer.submit(journal.write, *part)
+            write_future = writer.submit(_write_part, journal, part)
             bar.update(len(results))
         if write_future is not None:
             write_future.result()

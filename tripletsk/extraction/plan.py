@@ -35,6 +35,7 @@ class Plan:
     pending: list = field(default_factory=list)  # [ImageFile] to extract
     in_parts: dict = field(default_factory=dict)  # key -> (part, row): latest parts entry
     refreshed: dict = field(default_factory=dict)  # (part, row) -> new fingerprint, same content
+    corrupt: frozenset = frozenset()  # cached keys whose features fail their checksum
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Assembly:
     new_fps: list
     pruned: int = 0
     missing: int = 0  # cached images whose file is gone, kept
+    lost: int = 0  # damaged cached rows whose file is gone: dropped, nothing to re-extract
 
     @property
     def keys(self) -> list:
@@ -93,9 +95,11 @@ def plan_run(
     parts: Sequence,
     *,
     verify: bool = False,
+    corrupt: frozenset = frozenset(),
 ) -> Plan:
     """Classify the files found (``files``, and ``failed`` as ``(key, reason)``) against the cache
-    (``old_keys``, ``old_fps``; empty if there is none) and the journal ``parts``.
+    (``old_keys``, ``old_fps``; empty if there is none) and the journal ``parts``. Cached keys in
+    ``corrupt`` (damaged features) are extracted again, whatever their fingerprint.
 
     Parts are newer than the cache, so a file's parts entry wins, except where the cache already
     holds the same version (a run killed between writing the cache and deleting its parts).
@@ -108,7 +112,7 @@ def plan_run(
         pi, r = in_parts[k]
         if _same_content(parts[pi].fingerprints[r], old_fps[old_index[k]]):
             del in_parts[k]
-    plan = Plan(failed=dict(failed), in_parts=in_parts)
+    plan = Plan(failed=dict(failed), in_parts=in_parts, corrupt=frozenset(corrupt))
     for f in files:
         if f.key in in_parts:
             pi, r = in_parts[f.key]
@@ -120,6 +124,9 @@ def plan_run(
             if size == f.size and mtime == f.mtime_ns:
                 plan.failed[f.key] = reason
                 continue
+        if f.key in plan.corrupt and f.key not in in_parts:
+            plan.pending.append(f)
+            continue
         if f.key in old_index and f.key not in in_parts:
             fp = old_fps[old_index[f.key]]
             if not verify and trust_stat(fp, f.size, f.mtime_ns):
@@ -182,11 +189,14 @@ def assemble(
     prune: bool = False,
 ) -> Assembly:
     """The rows of the new cache. A cached key whose file is gone (not in ``present``) is dropped
-    with ``prune``, else kept and counted as missing."""
+    with ``prune``, else kept and counted as missing; a damaged one is always dropped."""
     out = Assembly([], [], [], [], [], [])
     for i, k in enumerate(old_keys):
         if k in plan.keep_old:
             fp = plan.keep_old[k]
+        elif k in plan.corrupt:
+            out.lost += k not in present and k not in plan.failed and k not in plan.use_part
+            continue
         elif k not in present and k not in plan.failed and k not in plan.use_part:
             if prune:
                 out.pruned += 1

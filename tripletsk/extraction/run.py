@@ -7,7 +7,6 @@ unreadable files are skipped and reported with a reason.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
@@ -31,7 +30,10 @@ from tripletsk.extraction.plan import (
     plan_run,
     record_extracted,
 )
+from tripletsk.extraction.repair import corrupt_rows, read_intact_rows
+from tripletsk.extraction.roots import ImageFolderMismatchError, journal_meta, same_folder
 from tripletsk.extraction.summary import ExtractionSummary
+from tripletsk.extraction.write_errors import check_room, writing_cache
 from tripletsk.failures import write_failed_list
 from tripletsk.store import (
     DEFAULT_CACHE,
@@ -45,7 +47,6 @@ from tripletsk.store import (
     library_versions,
     load_part_features,
     now_iso,
-    read_feature_rows,
     read_header,
     remove_stale_temp_files,
     write_cache,
@@ -66,6 +67,8 @@ class _Run:
     journal: PartsJournal
     summary: ExtractionSummary
     t0: float
+    image_root: str  # recorded in the cache: the old cache's spelling of the same folder
+    corrupt: np.ndarray  # rows of the old cache whose features fail their checksum (verify)
 
     @property
     def old_keys(self) -> list:
@@ -95,6 +98,8 @@ def extract_features(
     shard: str | tuple[int, int] | None = None,
     backend: str = "tensorflow",
     precision: str = "float32",
+    replace: bool = False,
+    decode_memory: int | None = None,
 ) -> ExtractionSummary:
     """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
 
@@ -123,7 +128,8 @@ def extract_features(
         No progress bar.
     verify : bool, default False
         Hash every cached file's content to detect changes, instead of trusting unchanged size
-        and modification time.
+        and modification time, and check the cached features' checksums: images whose features
+        are damaged are extracted again (damaged rows whose file is gone are dropped).
     workers : int or None
         Decoding threads (default: number of CPUs, at most 8).
     max_pixels : int or None
@@ -146,7 +152,10 @@ def extract_features(
     ------
     UserError
         The folder does not exist or holds no images, bad arguments, or (subclasses)
-        :class:`CacheMismatchError` for a cache made with other settings,
+        :class:`CacheMismatchError` for a cache made with other settings or of another images
+        folder (:class:`~tripletsk.extraction.roots.ImageFolderMismatchError`),
+        :class:`~tripletsk.extraction.write_errors.CacheWriteError` when the cache cannot be
+        written (disk full, file-size limit...; finished batches are kept),
         :class:`CacheLockedError` when another extraction writes the same cache,
         :class:`WeightsUnavailableError` when ImageNet weights cannot be downloaded.
     """
@@ -155,7 +164,8 @@ def extract_features(
         images_dir, output, weights=weights, seed=seed, image_size=image_size,
         batch_size=batch_size, dtype=dtype, backend=backend, precision=precision,
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
-        verify=verify, max_pixels=max_pixels, shard=shard,
+        verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
+        decode_memory=decode_memory,
     )  # fmt: skip
     found, shard_attrs = _discover(opts)
     _make_output_folder(opts.output)
@@ -167,15 +177,7 @@ def extract_features(
     with CacheLock(opts.output), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         run = _open_run(opts, found, shard_attrs, summary, t0)
-        try:
-            _execute(run)
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-                raise
-            raise UserError(
-                f"cannot write the cache {opts.output}: {err.strerror or err}. Finished batches "
-                f"are kept in {run.journal.dir}; fix the problem and run the same command again."
-            ) from err
+        _execute(run)
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -210,7 +212,12 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
     """Under the cache's lock: check the existing cache fits, open the parts journal."""
     output, prov = opts.output, opts.provenance
     remove_stale_temp_files(output)
-    old = read_header(output) if os.path.exists(output) else None
+    old = read_header(output) if os.path.exists(output) and not opts.replace else None
+    image_root = os.path.abspath(opts.root)
+    if old is not None and old.attrs.get("image_root"):
+        if not same_folder(old.attrs["image_root"], opts.root):
+            raise ImageFolderMismatchError(output, old.attrs["image_root"], opts.root)
+        image_root = old.attrs["image_root"]
     if old is not None:
         check_provenance(old.provenance, prov, output)
         if shard_attrs is not None or "shard" in old.attrs:
@@ -228,19 +235,41 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
         "format_version": FORMAT_VERSION,
         "provenance": prov,
         "dim": FEATURE_DIM,
-        "image_root": os.path.abspath(opts.root),
+        "image_root": image_root,
     }
     journal = PartsJournal(output, meta)
-    journal.open()
-    return _Run(opts, found, shard_attrs, old, store_dtype, journal, summary, t0)
+    _check_journal(journal, opts)
+    with writing_cache(output, journal.dir):
+        journal.open()
+    corrupt = np.zeros(0, np.int64)
+    if old is not None and opts.verify:
+        corrupt = corrupt_rows(output)
+    return _Run(
+        opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
+    )
+
+
+def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:
+    """Unfinished work of an interrupted run on another folder is refused (``replace``: dropped,
+    as is work made with other settings)."""
+    old = journal_meta(journal.dir)
+    if old is None:
+        return
+    if opts.replace:
+        if old != json.loads(json.dumps(journal.meta)):  # compared as stored: JSON types
+            journal.remove()
+    elif old.get("image_root") and not same_folder(old["image_root"], opts.root):
+        raise ImageFolderMismatchError(journal.dir, old["image_root"], opts.root)
 
 
 def _execute(run: _Run) -> None:
     """Plan, check changed files by content, extract the rest, write the cache."""
     opts, parts, summary = run.opts, run.journal.parts, run.summary
+    corrupt = frozenset(run.old_keys[i] for i in run.corrupt)
     plan = plan_run(
-        run.found.files, run.found.failed, run.old_keys, run.old_fps, parts, verify=opts.verify
-    )
+        run.found.files, run.found.failed, run.old_keys, run.old_fps, parts, verify=opts.verify,
+        corrupt=corrupt,
+    )  # fmt: skip
     if plan.to_check:
         _check_contents(plan, run)
     summary.resumed = len(plan.use_part)
@@ -257,16 +286,22 @@ def _execute(run: _Run) -> None:
     summary.cached = len(plan.keep_old)
     cached_keys = set(run.old_keys)
     summary.changed = sum(1 for k in rows.new_keys if k in cached_keys)
+    summary.repaired = sum(1 for k in rows.new_keys if k in corrupt)
+    summary.lost = rows.lost
     summary.extracted = len(rows.new_keys) - summary.changed
     summary.pruned, summary.missing = rows.pruned, rows.missing
     summary.failed, summary.n_images = failed, len(rows.keys)
     if run.shard_attrs is not None:  # a shard records whether it holds its whole share
         run.shard_attrs = {**run.shard_attrs, "shard_complete": int(not summary.interrupted)}
-    if _needs_write(run, rows, failed):
-        _write(run, rows, failed)
-        summary.written = True
-    run.journal.remove()
-    summary.failed_list = write_failed_list(opts.output, failed)
+    with writing_cache(opts.output, run.journal.dir):
+        if _needs_write(run, rows, failed):
+            itemsize = np.dtype(run.store_dtype).itemsize
+            needed = len(rows.keys) * (FEATURE_DIM * itemsize + FINGERPRINT_DTYPE.itemsize)
+            check_room(opts.output, run.journal.dir, needed)
+            _write(run, rows, failed)
+            summary.written = True
+        run.journal.remove()
+        summary.failed_list = write_failed_list(opts.output, failed)
 
 
 def _check_contents(plan: Plan, run: _Run) -> None:
@@ -292,7 +327,7 @@ def _needs_write(run: _Run, rows: Assembly, failed: list) -> bool:
     return (
         any(not np.array_equal(old.fingerprints[i], fp) for i, fp in pairs)
         or failed != sorted(old.failed)
-        or os.path.abspath(run.opts.root) != old.attrs.get("image_root")
+        or run.image_root != old.attrs.get("image_root")
         or any(old.attrs.get(k) != v for k, v in (run.shard_attrs or {}).items())
     )
 
@@ -309,14 +344,14 @@ def _write(run: _Run, rows: Assembly, failed: list) -> None:
         "versions": json.dumps(library_versions(), sort_keys=True),
         "created": run.old.attrs.get("created", now) if run.old is not None else now,
         "updated": now,
-        "image_root": os.path.abspath(run.opts.root),
+        "image_root": run.image_root,
         "generation": os.urandom(8).hex(),
         **(run.shard_attrs or {}),
     }
 
     def blocks():
         if rows.old_rows:
-            yield from read_feature_rows(run.opts.output, np.asarray(rows.old_rows))
+            yield from read_intact_rows(run.opts.output, np.asarray(rows.old_rows), run.corrupt)
         for pi, sel in rows.new_sel:
             yield load_part_features(run.journal.parts[pi].path)[sel]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from tripletsk.failures import escape_field
+
 __all__ = ["ExtractionSummary"]
 
 
@@ -20,6 +22,8 @@ class ExtractionSummary:
     pruned: int = 0
     missing: int = 0  # cached images whose file is gone, kept (see prune)
     resumed: int = 0  # of extracted + changed, finished by an earlier interrupted run
+    repaired: int = 0  # of changed, cached rows whose features were damaged (verify)
+    lost: int = 0  # damaged cached rows whose file is gone: dropped
     ignored: int = 0  # files without an image extension
     skipped_dirs: list = field(default_factory=list)
     n_images: int = 0  # rows in the cache after the run
@@ -43,14 +47,19 @@ class ExtractionSummary:
             ext += f" ({self.resumed} {self.resumed_note})"
         lines.append(ext)
         lines.append(f"  already cached: {self.cached}")
-        lines.append(f"  changed and re-extracted: {self.changed}")
+        changed = f"  changed and re-extracted: {self.changed}"
+        if self.repaired:
+            changed += f" ({self.repaired} with damaged features in the cache)"
+        lines.append(changed)
+        if self.lost:
+            lines.append(f"  damaged features dropped (file gone): {self.lost}")
         fail = f"  failed: {len(self.failed)}"
         if self.failed:
             where = f"; full list in {self.failed_list}" if self.failed_list else ""
             fail += f" (skipped, reasons stored in the cache's 'failed' list{where})"
         lines.append(fail)
         for key, reason in self.failed[:10]:
-            lines.append(f"    {key}: {reason}")
+            lines.append(f"    {escape_field(key)}: {escape_field(reason)}")
         if len(self.failed) > 10:
             lines.append(f"    ... and {len(self.failed) - 10} more")
         if self.missing:
@@ -60,7 +69,7 @@ class ExtractionSummary:
         if self.ignored:
             lines.append(f"  ignored (not an image extension): {self.ignored}")
         for d, reason in self.skipped_dirs[:10]:
-            lines.append(f"  skipped folder {d}: {reason}")
+            lines.append(f"  skipped folder {escape_field(d)}: {escape_field(reason)}")
         if self.seconds:
             lines.append(f"  time: {self.seconds:.1f} s{self._rate()}")
         if self.interrupted:
