@@ -74,7 +74,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
         of P = ``batch_size // K`` classes), see :mod:`tripletsk.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
-        then mines batch-hard. ``"auto"`` is ``"batch_hard"``. With ``fit(T)``, ``"auto"``
+        then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why). With ``fit(T)``, ``"auto"``
         uses the given triplets as they are, and ``"hard"`` adds, each epoch, each anchor's
         hardest known triplet (its farthest known positive and nearest known negative).
     samples_per_class : int or "auto", default="auto"
@@ -370,7 +370,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     def _effective_mining(self, labels) -> str:
         if labels is None:
             return "hard" if self.mining == "hard" else "given"
-        return "batch_hard" if self.mining == "auto" else self.mining
+        return "semi_hard" if self.mining == "auto" else self.mining
 
     # ------------------------------------------------------------------ inputs
 
