@@ -62,6 +62,8 @@ STEPS = [
     ("standardize", [{"standardize": s} for s in (True, False)]),
     ("epochs", [{"max_epochs": 50}, {"max_epochs": 100}, {"max_epochs": 200},
                 {"max_epochs": 200, "early_stopping": True}]),
+    ("hidden_units", [{"hidden_units": h} for h in (256, 512, 1024, (512, 512))]),
+    ("soft_margin", [{}, {"margin": None}]),  # {}: keep the chosen margin
 ]  # fmt: skip
 
 
@@ -152,7 +154,13 @@ def test_once(data_dir, params: dict, seed: int = 0) -> dict:
     encoder = TripletEncoder(random_state=seed, **params)
     encoder.fit(fashion_mnist.pixels(train_images), y_train)
     report = retrieval_report(encoder.transform(fashion_mnist.pixels(test_images)), y_test, ks=(1,))
-    digits = digits_triplets.run(seed=seed, **params)
+    # digits_triplets.py fits on triplets (fit(T)): label-mining parameters do not apply, and
+    # mining="auto" there uses the given triplets. Everything else (batch_size included:
+    # triplets per step) is the same setting.
+    label_only = {"mining", "samples_per_class", "hard_per_anchor", "refresh_every"}
+    digits = digits_triplets.run(
+        seed=seed, **{k: v for k, v in params.items() if k not in label_only}
+    )
     return {
         "fashion_precision_at_1": report["precision_at_1"],
         "fashion_map_at_r": report["map_at_r"],
@@ -160,6 +168,37 @@ def test_once(data_dir, params: dict, seed: int = 0) -> dict:
         "digits_held_out_triplet_accuracy": digits["held_out_accuracy"],
         "digits_epochs": digits["epochs"],
     }
+
+
+def markdown(path: Path) -> str:
+    """The results of a --out file as one markdown table per factor (validation figures)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    by_setting: dict = {}
+    for r in rows:
+        key = (r["factor"], json.dumps(r["params"]))
+        by_setting.setdefault(key, {})[r["dataset"]] = r
+    lines = []
+    factor = None
+    for (f, params), results in by_setting.items():
+        if f != factor:
+            factor = f
+            lines += ["", f"**{f}**", "",
+                      "| setting (vs today's defaults) | " + " | ".join(names) + " | mean MAP@R |",
+                      "|---" * (len(names) + 2) + "|"]  # fmt: skip
+        cells = []
+        for name in names:
+            r = results.get(name)
+            cells.append(
+                f"{r['precision_at_1']:.3f} / {r['map_at_r']:.3f} / {r['triplet_accuracy']:.3f}"
+                f" ({r['fit_seconds']:.0f} s, {r['epochs']} ep)"
+                if r
+                else ""
+            )
+        mean = np.mean([r["map_at_r"] for r in results.values()])
+        setting = ", ".join(f"{k}={v}" for k, v in json.loads(params).items()) or "defaults"
+        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {mean:.4f} |")
+    return "\n".join(lines)
 
 
 def parse_settings(pairs) -> dict:
@@ -187,9 +226,13 @@ def main(argv=None) -> None:
         help="base setting (search) or the setting to test (--test-once)",
     )
     parser.add_argument("--test-once", action="store_true")
+    parser.add_argument("--report", action="store_true", help="print --out as markdown tables")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     params = parse_settings(args.set)
+    if args.report:
+        print(markdown(Path(args.out)))
+        return
     if args.test_once:
         print(json.dumps({"params": params, **test_once(args.data, params, args.seed)}))
         return
