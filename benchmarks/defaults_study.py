@@ -64,6 +64,7 @@ STEPS = [
                 {"max_epochs": 200, "early_stopping": True}]),
     ("hidden_units", [{"hidden_units": h} for h in (256, 512, 1024, (512, 512))]),
     ("soft_margin", [{}, {"margin": None}]),  # {}: keep the chosen margin
+    ("depth", [{"hidden_units": h} for h in ((512, 512), (1024, 1024), (512, 512, 512))]),
 ]  # fmt: skip
 
 
@@ -148,6 +149,32 @@ def search(data: dict, out: Path, base: dict, steps=STEPS, seed: int = 0) -> dic
     return chosen
 
 
+LABEL_ONLY = {"mining", "samples_per_class", "hard_per_anchor", "refresh_every"}
+
+
+def digits_triplet_validation(params: dict, seed: int = 0, n_triplets: int = 5000) -> dict:
+    """``examples/digits_triplets.py``'s protocol (fit on triplets) inside its training images.
+
+    The training images (70%) are split again 75/25; 5,000 random triplets among the first
+    part train, 5,000 among the second score. The test images are never touched.
+    """
+    from tripletsk.triplets import sample_label_triplets
+
+    X, y = load_digits(return_X_y=True)
+    train, _ = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)
+    fit, val = train_test_split(train, test_size=0.25, random_state=seed, stratify=y[train])
+    T_fit = fit[sample_label_triplets(y[fit], n_triplets, random_state=seed)]
+    T_val = val[sample_label_triplets(y[val], n_triplets, random_state=seed + 1)]
+    start = time.perf_counter()
+    settings = {k: v for k, v in params.items() if k not in LABEL_ONLY}
+    encoder = TripletEncoder(features=X, random_state=seed, **settings).fit(T_fit)
+    return {
+        "triplet_accuracy": encoder.score(T_val),
+        "fit_seconds": round(time.perf_counter() - start, 1),
+        "epochs": encoder.n_iter_,
+    }
+
+
 def test_once(data_dir, params: dict, seed: int = 0) -> dict:
     """Test figures of one setting: Fashion-MNIST 5,000 / 2,000 pixels, and digits triplets."""
     train_images, y_train, test_images, y_test = fashion_mnist.split(data_dir, 5000, 2000, seed)
@@ -157,9 +184,8 @@ def test_once(data_dir, params: dict, seed: int = 0) -> dict:
     # digits_triplets.py fits on triplets (fit(T)): label-mining parameters do not apply, and
     # mining="auto" there uses the given triplets. Everything else (batch_size included:
     # triplets per step) is the same setting.
-    label_only = {"mining", "samples_per_class", "hard_per_anchor", "refresh_every"}
     digits = digits_triplets.run(
-        seed=seed, **{k: v for k, v in params.items() if k not in label_only}
+        seed=seed, **{k: v for k, v in params.items() if k not in LABEL_ONLY}
     )
     return {
         "fashion_precision_at_1": report["precision_at_1"],
@@ -226,12 +252,26 @@ def main(argv=None) -> None:
         help="base setting (search) or the setting to test (--test-once)",
     )
     parser.add_argument("--test-once", action="store_true")
+    parser.add_argument(
+        "--triplet-check",
+        action="store_true",
+        help="digits fit(T) validation of the setting and of each parameter reverted",
+    )
     parser.add_argument("--report", action="store_true", help="print --out as markdown tables")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     params = parse_settings(args.set)
     if args.report:
         print(markdown(Path(args.out)))
+        return
+    if args.triplet_check:
+        # The setting, then each of its parameters put back to today's default in turn.
+        variants = [params] + [{k: v for k, v in params.items() if k != drop} for drop in params]
+        for variant in variants:
+            if set(params) - set(variant) <= LABEL_ONLY and variant is not params:
+                continue  # the same fit(T) setting as the full one
+            figures = digits_triplet_validation(variant, args.seed)
+            print(json.dumps({"params": variant, **figures}), flush=True)
         return
     if args.test_once:
         print(json.dumps({"params": params, **test_once(args.data, params, args.seed)}))
