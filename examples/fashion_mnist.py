@@ -32,6 +32,7 @@ markdown table. About 5-10 minutes on 2 CPU cores with both backbones (most of i
 from __future__ import annotations
 
 import argparse
+import ast
 import gzip
 import shutil
 import subprocess
@@ -262,7 +263,28 @@ def main(argv=None) -> None:
     parser.add_argument("--test", type=int, default=2000, help="test images (balanced)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", help="keep backbone features here as .npy files")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="a TripletEncoder parameter instead of its default (Python literal), repeatable",
+    )
     args = parser.parse_args(argv)
+    params = {}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--set {pair!r}: expected PARAM=VALUE, e.g. --set margin=0.5")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value  # a bare word, e.g. mining=semi_hard
+    from tripletsk import TripletEncoder
+
+    unknown = sorted(set(params) - set(TripletEncoder().get_params()))
+    if unknown:
+        parser.error(f"--set: {', '.join(unknown)} is not a TripletEncoder parameter.")
 
     folder = Path(args.data) if args.data else fetch(args.download_to)
     train_images, y_train, test_images, y_test = split(folder, args.train, args.test, args.seed)
@@ -284,10 +306,11 @@ def main(argv=None) -> None:
             )  # fmt: skip
         else:
             print("no --mobilenet file: skipping the ImageNet MobileNet features", file=sys.stderr)
-    rows = compare(representations, y_train, y_test, seed=args.seed)
+    rows = compare(representations, y_train, y_test, seed=args.seed, **params)
+    settings = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
     print(
         f"Fashion-MNIST, {args.train} train / {args.test} disjoint test images (class-balanced, "
-        f"seed {args.seed}); tripletsk = TripletEncoder() defaults, fitted on the labels\n"
+        f"seed {args.seed}); tripletsk = TripletEncoder({settings}) fitted on the labels\n"
     )
     print(markdown(rows))
 
