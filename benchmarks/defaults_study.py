@@ -152,22 +152,26 @@ def search(data: dict, out: Path, base: dict, steps=STEPS, seed: int = 0) -> dic
 LABEL_ONLY = {"mining", "samples_per_class", "hard_per_anchor", "refresh_every"}
 
 
-def digits_triplet_validation(params: dict, seed: int = 0, n_triplets: int = 5000) -> dict:
+def digits_triplet_validation(
+    params: dict, seed: int = 0, n_triplets: int = 5000, inner_seed: int | None = None
+) -> dict:
     """``examples/digits_triplets.py``'s protocol (fit on triplets) inside its training images.
 
-    The training images (70%) are split again 75/25; 5,000 random triplets among the first
-    part train, 5,000 among the second score. The test images are never touched.
+    The training images (70%, split with ``seed`` as the example does) are split again 75/25
+    with ``inner_seed`` (default ``seed``); 5,000 random triplets among the first part train,
+    5,000 among the second score. The test images are never touched.
     """
+    inner = seed if inner_seed is None else inner_seed
     from tripletsk.triplets import sample_label_triplets
 
     X, y = load_digits(return_X_y=True)
     train, _ = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)
-    fit, val = train_test_split(train, test_size=0.25, random_state=seed, stratify=y[train])
-    T_fit = fit[sample_label_triplets(y[fit], n_triplets, random_state=seed)]
-    T_val = val[sample_label_triplets(y[val], n_triplets, random_state=seed + 1)]
+    fit, val = train_test_split(train, test_size=0.25, random_state=inner, stratify=y[train])
+    T_fit = fit[sample_label_triplets(y[fit], n_triplets, random_state=inner)]
+    T_val = val[sample_label_triplets(y[val], n_triplets, random_state=inner + 1)]
     start = time.perf_counter()
     settings = {k: v for k, v in params.items() if k not in LABEL_ONLY}
-    encoder = TripletEncoder(features=X, random_state=seed, **settings).fit(T_fit)
+    encoder = TripletEncoder(features=X, random_state=inner, **settings).fit(T_fit)
     return {
         "triplet_accuracy": encoder.score(T_val),
         "fit_seconds": round(time.perf_counter() - start, 1),
