@@ -100,9 +100,12 @@ def load(folder: str | Path, part: str) -> tuple[np.ndarray, np.ndarray]:
     for path in (images, labels):
         if not path.exists():
             sys.exit(f"{path} not found: --data must be the folder of the *-ubyte.gz files.")
-    X, y = read_idx(images), read_idx(labels)
+    try:
+        X, y = read_idx(images), read_idx(labels)
+    except (OSError, EOFError, ValueError) as exc:  # a truncated or foreign file
+        sys.exit(f"Cannot read Fashion-MNIST from {folder}: {exc}")
     if len(X) != len(y):
-        raise ValueError(f"{images} has {len(X)} images but {labels} {len(y)} labels.")
+        sys.exit(f"{images} has {len(X)} images but {labels} {len(y)} labels.")
     return X, y.astype(np.int64)
 
 
