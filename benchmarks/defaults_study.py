@@ -231,6 +231,24 @@ def markdown(path: Path) -> str:
     return "\n".join(lines)
 
 
+def reference(data) -> dict:
+    """Non-triplet baselines on one validation split: LDA and a softmax MLP classifier."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.neural_network import MLPClassifier
+
+    X_fit, y_fit, X_val, y_val = data
+    lda = LinearDiscriminantAnalysis().fit(X_fit, y_fit)
+    mlp = MLPClassifier((512,), random_state=0, max_iter=200, early_stopping=True)
+    mlp.fit(X_fit, y_fit)
+    hidden = np.maximum(X_val @ mlp.coefs_[0] + mlp.intercepts_[0], 0)
+    out = {"lda_accuracy": lda.score(X_val, y_val), "mlp_accuracy": mlp.score(X_val, y_val)}
+    for name, emb in (("lda", lda.transform(X_val)), ("mlp_hidden", hidden),
+                      ("mlp_probabilities", mlp.predict_proba(X_val))):  # fmt: skip
+        report = retrieval_report(emb, y_val, ks=(1,))
+        out[f"{name}_p1_mapr"] = (round(report["precision_at_1"], 4), round(report["map_at_r"], 4))
+    return out
+
+
 def parse_settings(pairs) -> dict:
     params = {}
     for pair in pairs or []:
@@ -257,6 +275,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--test-once", action="store_true")
     parser.add_argument(
+        "--reference", action="store_true", help="LDA and softmax-MLP baselines on validation"
+    )
+    parser.add_argument(
         "--triplet-check",
         action="store_true",
         help="digits fit(T) validation of the setting and of each parameter reverted",
@@ -267,6 +288,10 @@ def main(argv=None) -> None:
     params = parse_settings(args.set)
     if args.report:
         print(markdown(Path(args.out)))
+        return
+    if args.reference:
+        for name, split in datasets(args.data, args.cache_dir, args.seed, args.datasets).items():
+            print(json.dumps({"dataset": name, **reference(split)}), flush=True)
         return
     if args.triplet_check:
         # The setting, then each of its parameters put back to today's default in turn.
