@@ -413,7 +413,7 @@ def test_predict_not_a_model(capsys, work, tmp_path):
     np.savez(path, x=np.zeros(3))
     status, _, err = run(capsys, "predict", "--model", path, "--triplets", work / "test.txt")
     assert status == 1
-    _assert_one_line_error(err, "is not a tripletsk model saved as .npz")
+    _assert_one_line_error(err, "not a tripletsk model")
 
 
 @pytest.fixture(scope="module")

@@ -96,7 +96,7 @@ def _check_sizes(path: str, sizes: dict[str, int]) -> None:
                 "not a tripletsk model, or a damaged one"
             )
     if "meta.npy" not in sizes:
-        raise ModelFileError(f"{path}: no 'meta' member; not a model saved with save()")
+        raise ModelFileError(f"{path}: not a tripletsk model (no 'meta' member)")
 
 
 def _array_header(path: str, zf: zipfile.ZipFile, name: str) -> tuple[tuple, np.dtype]:
