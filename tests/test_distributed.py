@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import threading
 import time
@@ -157,6 +158,15 @@ def test_an_existing_cache_with_other_settings_is_refused_before_any_work(client
         extract_with_dask(
             data["images"], data["single"], client=client, weights="none", image_size=64
         )
+
+
+def test_an_existing_cache_of_another_folder_is_refused(client, data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(data["images"], other)
+    before = Path(data["single"]).read_bytes()
+    with pytest.raises(UserError, match=r"holds the features of the images in .*, not .*other"):
+        extract_with_dask(other, data["single"], client=client, weights="none", image_size=32)
+    assert Path(data["single"]).read_bytes() == before
 
 
 def test_grid_search_on_the_dask_joblib_backend(client, data):

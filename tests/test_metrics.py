@@ -43,9 +43,7 @@ def _slow_retrieval(X, y, ks, metric):
     results.update(r_precision=[], map_at_r=[])
     for i in range(len(X)):
         others = [j for j in range(len(X)) if j != i]
-        ranked = sorted(
-            others, key=lambda j: (DISTANCES[metric](X[i], X[j]), y[j] == y[i], j)
-        )
+        ranked = sorted(others, key=lambda j: (DISTANCES[metric](X[i], X[j]), y[j] == y[i], j))
         rel = [y[j] == y[i] for j in ranked]
         r = sum(rel)
         if r == 0:

@@ -255,11 +255,13 @@ def _worker_address() -> str:
     return f"pid {os.getpid()}"
 
 
-def _check_output(output: str, kwargs: dict) -> None:
-    """Fail early, on the client, if ``output`` exists with other settings or is a shard."""
+def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
+    """Fail early, on the client, if ``output`` exists with other settings, holds another
+    images folder, or is a shard."""
     if not os.path.exists(output):
         return
     from tripletsk.extraction import check_backend, provenance_for, resolve_weights
+    from tripletsk.extraction.roots import ImageFolderMismatchError, same_folder
 
     old = read_header(output)
     if "shard" in old.attrs:
@@ -271,6 +273,9 @@ def _check_output(output: str, kwargs: dict) -> None:
     backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
     expected = provenance_for(spec, kwargs.get("image_size", 224), *backend)
     check_provenance(old.provenance, expected, output)
+    root = old.attrs.get("image_root")
+    if root and not same_folder(root, images_dir):
+        raise ImageFolderMismatchError(output, root, images_dir)
 
 
 def extract_with_dask(
@@ -349,7 +354,7 @@ def extract_with_dask(
     show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
     with contextlib.ExitStack() as stack:
         stack.enter_context(CacheLock(output))  # no other extraction writes output meanwhile
-        _check_output(output, extract_kwargs)
+        _check_output(output, os.fspath(images_dir), extract_kwargs)
         if client is None:
             if scheduler:
                 client = stack.enter_context(distributed.Client(scheduler, set_as_default=False))

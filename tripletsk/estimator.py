@@ -74,9 +74,10 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
         of P = ``batch_size // K`` classes), see :mod:`tripletsk.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
-        then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why). With ``fit(T)``, ``"auto"``
-        uses the given triplets as they are, and ``"hard"`` adds, each epoch, each anchor's
-        hardest known triplet (its farthest known positive and nearest known negative).
+        then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why).
+        With ``fit(T)``, ``"auto"`` uses the given triplets as they are, and ``"hard"`` adds,
+        each epoch, each anchor's hardest known triplet (its farthest known positive and
+        nearest known negative).
     samples_per_class : int or "auto", default="auto"
         K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
         fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
