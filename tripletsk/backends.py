@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -408,6 +409,19 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def _ir_digest(folder: str) -> str:
+    """A digest of the quantized model itself: its constants (``model.bin``: weights, scales)
+    and its graph (``model.xml``) without node names, which OpenVINO numbers per process, and
+    runtime info, which names temporary files: quantizing the same model on the same images
+    again gives the same digest."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(os.path.join(folder, "model.xml"), encoding="utf-8") as f:
+        xml = re.sub(r"<rt_info>.*?</rt_info>", "", f.read(), flags=re.DOTALL)
+        h.update(re.sub(r' name="[^"]*"', "", xml).encode())
+    h.update(_file_digest(os.path.join(folder, "model.bin")).encode())
+    return h.hexdigest()
+
+
 def _read_manifest(folder: str, key: str) -> dict | None:
     """The manifest of a complete cached model whose files are intact, else None."""
     try:
@@ -525,8 +539,7 @@ def quantize_openvino_int8(
         ov.save_model(quantized, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
         files = {name: _file_digest(os.path.join(tmp, name)) for name in _IR_FILES}
         manifest = {"key": key, "identity": identity, "files": files,
-                    "model_digest": hashlib.blake2b(json.dumps(files, sort_keys=True).encode(),
-                                                    digest_size=16).hexdigest()}  # fmt: skip
+                    "model_digest": _ir_digest(tmp)}  # fmt: skip
         with open(os.path.join(tmp, _MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         _install(tmp, folder, key)
