@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 import warnings
 
@@ -265,3 +266,32 @@ def test_calibration_identity_depends_on_keys_and_contents():
     assert a != calibration_identity([("a.jpg", "h1"), ("b.jpg", "h3")])
     assert a != calibration_identity([("a.jpg", "h1"), ("c.jpg", "h2")])
     assert a.startswith("calibration:n=2:")
+
+
+_QUANTIZE_IN_A_PROCESS = """
+import sys, keras, numpy as np
+from tripletsk.backends import quantize_openvino_int8
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
+                          keras.layers.GlobalAveragePooling2D()])
+cal = np.random.RandomState(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+folder, manifest = quantize_openvino_int8(model, cal, sys.argv[1], "cal-3")
+print(folder, manifest["model_digest"])
+"""
+
+
+def test_concurrent_quantizations_leave_one_complete_model(tmp_path):
+    """Two processes quantizing the same model into one cache at once (e.g. two shards)."""
+    pytest.importorskip("nncf")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    command = [sys.executable, "-c", _QUANTIZE_IN_A_PROCESS, os.fspath(tmp_path)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    procs = [subprocess.Popen(command, **pipes) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    results = {out.strip().splitlines()[-1] for out, _ in outs}
+    assert len(results) == 1  # the same folder and model digest in both
+    folder = results.pop().split()[0]
+    assert os.listdir(tmp_path) == [os.path.basename(folder)]  # no temporary leftovers
+    assert load_openvino_int8_runner(folder).precision == "int8"
