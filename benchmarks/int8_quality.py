@@ -7,7 +7,8 @@ as ``weights="none"``: no download) turns them into features three ways:
 * ``tf fp32``: TensorFlow float32, the reference;
 * ``ov f32``: OpenVINO f32 (to separate the backend from the quantization);
 * ``ov int8``: OpenVINO int8 quantized by NNCF, calibrated on the calibration sample of the
-  training images only (:func:`tripletsk.backends.calibration_keys`, 128 images), as
+  training images only (:func:`tripletsk.backends.calibration_keys`, 128 images by
+  default, ``--calibration``), as
   ``extract-features --precision int8`` would.
 
 For each of ``--splits`` class-balanced splits (stratified, 30% test, disjoint images), a
@@ -57,6 +58,9 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--calibration", type=int, default=None, help="calibration images (default: the rule's)"
+    )
     args = parser.parse_args(argv)
     print("load average {:.2f} {:.2f} {:.2f} (start)".format(*os.getloadavg()))
 
@@ -65,6 +69,7 @@ def main(argv=None) -> None:
 
     from tripletsk import TripletEncoder
     from tripletsk.backends import (
+        CALIBRATION_SIZE,
         calibration_identity,
         calibration_keys,
         make_openvino_int8_runner,
@@ -99,7 +104,8 @@ def main(argv=None) -> None:
             np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y
         )
         # Calibrate on training images only: the rule extraction uses, on the train keys.
-        chosen = calibration_keys(keys[train].tolist())
+        n_cal = args.calibration or CALIBRATION_SIZE
+        chosen = calibration_keys(keys[train].tolist(), n_cal)
         index = {k: i for i, k in enumerate(keys)}
         rows = np.array([index[k] for k in chosen])
         cal_id = calibration_identity(
@@ -128,7 +134,8 @@ def main(argv=None) -> None:
     print()
     print(
         f"digits {len(y)} images at {args.size} px, ResNet50 weights=none, {args.splits} "
-        "stratified splits (30% test); TripletEncoder(random_state=0) fitted on train labels"
+        "stratified splits (30% test); TripletEncoder(random_state=0) fitted on train labels; "
+        f"int8 calibrated on {args.calibration or CALIBRATION_SIZE} training images"
     )
     print(f"{'features':>8} {'P@1':>7} {'MAP@R':>7} {'dP@1 vs tf fp32':>16} {'dMAP@R':>8} "
           f"{'raw P@1':>8} {'raw MAP@R':>9}")  # fmt: skip
