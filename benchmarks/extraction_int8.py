@@ -11,7 +11,6 @@ features, preprocessing included:
 * ``ov int8``: the same preprocessing, then the model quantized by NNCF
   (:func:`tripletsk.backends.make_openvino_int8_runner`, calibrated on ``--calibration``
   other crops of the photos, never the measured ones);
-* ``ov int8 u8in``: int8 with the preprocessing inside the OpenVINO model (uint8 input).
 
 With ``--tune``, int8 also runs with other OpenVINO settings: performance hint THROUGHPUT
 (streams, a batch split between them) or LATENCY (one stream), fixed or dynamic batch shape,
@@ -137,12 +136,8 @@ def main(argv=None) -> None:
         "tf fp32": preprocessed(tf_run),
         "ov f32": preprocessed(ov_f32),
         "ov int8": preprocessed(int8),
-        "ov int8 u8in": timed(
-            "ov int8 u8in",
-            lambda: backends.load_openvino_int8_runner(folder, b, uint8_caffe=True),
-        ),
     }
-    compiled = {"ov f32": ov_f32, "ov int8": int8, "ov int8 u8in": runners["ov int8 u8in"]}
+    compiled = {"ov f32": ov_f32, "ov int8": int8}
     if args.tune:
         variants = {
             "int8 tput dyn": dict(batch_size=None),

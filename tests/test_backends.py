@@ -238,17 +238,6 @@ def test_calibration_needs_images_of_the_model_input(small_cnn, tmp_path):
         quantize_openvino_int8(small_cnn, lambda: np.zeros((2, 16, 16, 3)), tmp_path)
 
 
-def test_uint8_caffe_input_matches_keras_preprocessing(small_cnn):
-    pytest.importorskip("openvino")
-    from keras.applications.resnet50 import preprocess_input
-
-    images = np.random.RandomState(3).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
-    ref = make_openvino_runner(small_cnn, "f32")(preprocess_input(images.astype(np.float32)))
-    runner = make_openvino_runner(small_cnn, "f32", uint8_caffe=True)
-    assert runner.input_dtype == np.uint8
-    np.testing.assert_allclose(runner(images), ref, rtol=1e-4, atol=1e-4)
-
-
 def test_calibration_keys_are_deterministic_and_order_free():
     keys = [f"dir{i % 7}/img{i}.jpg" for i in range(500)]
     chosen = calibration_keys(keys, 64)

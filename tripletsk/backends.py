@@ -22,6 +22,17 @@ are built once and then called per batch; the first call of a new batch shape co
     ``benchmarks/extraction_int8.py`` measures the speed, ``benchmarks/int8_quality.py`` the
     retrieval quality against float32 features.
 
+OpenVINO settings (measured with ``benchmarks/extraction_int8.py``, ResNet50 at 224 px, batch 32,
+2 vCPUs of a shared Xeon with AMX; int8 images/s, every figure from interleaved rounds, noisy):
+the THROUGHPUT hint (2 streams of 1 core, the batch split between them and run concurrently)
+beat LATENCY (1 stream of 2 cores) in every run: 210-243 vs 131-163 images/s with the host
+lightly loaded, 47 vs 27-30 under heavy load, so it is the default. A fixed per-request batch
+shape was at least as fast as a dynamic one (47 vs 24 under load; 131-159 vs 152 quiet, with
+LATENCY), so callers that pad their batches should pass ``batch_size``. CPU pinning on or off
+made no consistent difference (47 vs 50): OpenVINO's default is kept. Feeding uint8 images
+with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was slower than
+NumPy preprocessing plus the float model in all three runs (0.5x-0.9x), so it is not offered.
+
 The OpenVINO runner needs the optional ``openvino`` package (``pip install "tripletsk[openvino]"``).
 A cache must never mix features computed at different precisions; the caller records the
 backend and precision in the cache's provenance.
@@ -197,44 +208,23 @@ def _to_openvino(model, input_shape):
         return ov.convert_model(path, input=[input_shape])
 
 
-#: ResNet50's ``preprocess_input`` ("caffe" mode): RGB -> BGR, minus the ImageNet BGR means.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-
-
-def _with_uint8_caffe_input(ov_model):
-    """``ov_model`` taking uint8 RGB images, with ResNet50's caffe preprocessing inside (one
-    fused step instead of NumPy's cast, flip and subtraction, and 4x less input data)."""
-    ov = _import_openvino()
-    from openvino.preprocess import PrePostProcessor
-
-    ppp = PrePostProcessor(ov_model)
-    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
-    ppp.input().model().set_layout(ov.Layout("NHWC"))
-    steps = ppp.input().preprocess().convert_element_type(ov.Type.f32)
-    steps.reverse_channels().mean(list(CAFFE_BGR_MEAN))
-    return ppp.build()
-
-
 def _compile_runner(
     ov_model,
     config: dict,
     precision: str | None,
     batch_size: int | None = None,
-    uint8_caffe: bool = False,
     performance_hint: str = "THROUGHPUT",
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Compile ``ov_model`` (dynamic batch) for the CPU and wrap it as a runner.
 
     THROUGHPUT (the default) runs several streams, each an infer request with its share of
-    the cores; a batch is split between them and run concurrently. Measured on 2 vCPUs
-    (benchmarks/extraction_int8.py, ResNet50 224 px, batch 32): see the module docstring.
+    the cores; a batch is split between them and run concurrently (the module docstring says
+    what was measured).
     ``batch_size`` fixes each request's batch to ``ceil(batch_size / streams)`` (the runner
     pads); it needs a second compilation once the number of streams is known.
     """
     ov = _import_openvino()
     config = {**config, "PERFORMANCE_HINT": performance_hint}
-    if uint8_caffe:
-        ov_model = _with_uint8_caffe_input(ov_model)
     core = ov.Core()
     compiled = core.compile_model(ov_model, "CPU", config)
     n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
@@ -247,7 +237,7 @@ def _compile_runner(
         config["NUM_STREAMS"] = n
         compiled = core.compile_model(ov_model, "CPU", config)
     requests = [compiled.create_infer_request() for _ in range(n)]
-    dtype = np.uint8 if uint8_caffe else np.float32
+    dtype = np.float32
 
     def run(batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=dtype)
@@ -273,7 +263,7 @@ def _compile_runner(
             compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         )
     run.precision, run.backend, run.compiled_model = precision, "openvino", compiled
-    run.input_dtype, run.streams = np.dtype(dtype), n
+    run.streams = n
     return run
 
 
@@ -291,9 +281,6 @@ _RUNNER_PARAMETERS = """batch_size : int or None
         runner pads); None keeps it dynamic.
     num_threads : int or None
         ``INFERENCE_NUM_THREADS``; None lets OpenVINO use every core.
-    uint8_caffe : bool, default=False
-        The runner takes uint8 RGB images and applies ResNet50's ``preprocess_input`` (caffe)
-        inside the compiled model; otherwise it takes the model's float32 input.
     performance_hint : {"THROUGHPUT", "LATENCY"}, default="THROUGHPUT"
         THROUGHPUT: several streams, each batch split between them and run concurrently;
         LATENCY: one stream on every core. The runner's ``streams`` says how many.
@@ -306,7 +293,6 @@ def make_openvino_runner(
     precision: str = "bf16",
     batch_size: int | None = None,
     num_threads: int | None = None,
-    uint8_caffe: bool = False,
     performance_hint: str = "THROUGHPUT",
     pinning: bool | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -336,7 +322,7 @@ def make_openvino_runner(
     config = _openvino_config(num_threads, pinning)
     config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bfloat16" else "f32"
     return _compile_runner(
-        _to_openvino(keras_model, shape), config, None, batch_size, uint8_caffe, performance_hint
+        _to_openvino(keras_model, shape), config, None, batch_size, performance_hint
     )
 
 
@@ -458,6 +444,9 @@ def _quantize(keras_model, calibration: np.ndarray, settings: dict):
         target_device=nncf.TargetDevice.CPU,
         subset_size=len(items),
         fast_bias_correction=settings["fast_bias_correction"],
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            overflow_fix=nncf.OverflowFix(settings["overflow_fix"])
+        ),
     )
 
 
@@ -466,6 +455,7 @@ def _int8_settings() -> dict:
     # PERFORMANCE (symmetric int8 activations and weights) and the fast bias correction:
     # see make_openvino_int8_runner for what was measured.
     return {"format": INT8_FORMAT, "preset": "performance", "fast_bias_correction": True,
+            "overflow_fix": os.environ.get("TRIPLETSK_INT8_OVERFLOW_FIX", "first_layer_only"),
             "nncf": nncf.__version__, "openvino": ov.__version__.split("-")[0]}  # fmt: skip
 
 
@@ -575,7 +565,6 @@ def load_openvino_int8_runner(
     folder: str | os.PathLike,
     batch_size: int | None = None,
     num_threads: int | None = None,
-    uint8_caffe: bool = False,
     performance_hint: str = "THROUGHPUT",
     pinning: bool | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -605,7 +594,7 @@ def load_openvino_int8_runner(
         )
     ov_model = ov.Core().read_model(os.path.join(folder, "model.xml"))
     config = _openvino_config(num_threads, pinning)
-    run = _compile_runner(ov_model, config, "int8", batch_size, uint8_caffe, performance_hint)
+    run = _compile_runner(ov_model, config, "int8", batch_size, performance_hint)
     run.model_digest, run.model_folder = manifest["model_digest"], folder
     return run
 
@@ -617,7 +606,6 @@ def make_openvino_int8_runner(
     calibration_id: str | None = None,
     batch_size: int | None = None,
     num_threads: int | None = None,
-    uint8_caffe: bool = False,
     performance_hint: str = "THROUGHPUT",
     pinning: bool | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -639,6 +627,4 @@ def make_openvino_int8_runner(
         If NNCF (or OpenVINO) is not installed; the message says how to install it.
     """
     folder, _ = quantize_openvino_int8(keras_model, calibration, cache_dir, calibration_id)
-    return load_openvino_int8_runner(
-        folder, batch_size, num_threads, uint8_caffe, performance_hint, pinning
-    )
+    return load_openvino_int8_runner(folder, batch_size, num_threads, performance_hint, pinning)
