@@ -13,6 +13,7 @@ from tripletsk.backends import (
     calibration_keys,
     check_precision,
     cpu_supports_bfloat16,
+    find_quantized_model,
     load_openvino_int8_runner,
     make_openvino_int8_runner,
     make_openvino_runner,
@@ -187,6 +188,14 @@ def test_int8_model_is_reused_not_requantized(small_cnn, int8_cache, calibration
     assert again == str(folder) and _tree(folder) == before
     assert manifest["identity"]["calibration"] == "cal-1"
     assert [e.name for e in os.scandir(cache)] == [os.path.basename(folder)]  # no leftovers
+
+
+def test_quantized_model_is_found_by_its_digest(int8_cache, tmp_path):
+    cache, folder = int8_cache
+    digest = load_openvino_int8_runner(folder).model_digest
+    assert find_quantized_model(cache, digest) == str(folder)
+    assert find_quantized_model(cache, "0" * 32) is None
+    assert find_quantized_model(tmp_path / "missing", digest) is None
 
 
 def test_other_calibration_or_weights_is_another_model(small_cnn, int8_cache, calibration):

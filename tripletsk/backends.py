@@ -561,6 +561,23 @@ def _install(tmp: str, folder: str, key: str) -> None:
     os.rename(tmp, folder)
 
 
+def find_quantized_model(cache_dir: str | os.PathLike, model_digest: str) -> str | None:
+    """The folder in ``cache_dir`` holding an intact quantized model of ``model_digest``, or
+    None: how a cache that recorded the model's digest finds it again, even after NNCF or
+    OpenVINO were upgraded (which changes the key of newly quantized models)."""
+    try:
+        entries = sorted(os.scandir(cache_dir), key=lambda e: e.name)
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.startswith("openvino-int8-") or not entry.is_dir():
+            continue
+        manifest = _read_manifest(entry.path, entry.name[len("openvino-int8-") :])
+        if manifest is not None and manifest.get("model_digest") == model_digest:
+            return entry.path
+    return None
+
+
 def load_openvino_int8_runner(
     folder: str | os.PathLike,
     batch_size: int | None = None,
