@@ -219,7 +219,7 @@ def _compile_runner(
 
     THROUGHPUT (the default) runs several streams, each an infer request with its share of
     the cores; a batch is split between them and run concurrently (the module docstring says
-    what was measured).
+    what was measured). Not thread-safe: one runner per thread.
     ``batch_size`` fixes each request's batch to ``ceil(batch_size / streams)`` (the runner
     pads); it needs a second compilation once the number of streams is known.
     """
@@ -237,17 +237,17 @@ def _compile_runner(
         config["NUM_STREAMS"] = n
         compiled = core.compile_model(ov_model, "CPU", config)
     requests = [compiled.create_infer_request() for _ in range(n)]
-    dtype = np.float32
 
     def run(batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=dtype)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
         size = per_request or -(-len(batch) // n)
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
         lengths = [len(c) for c in chunks]
         if per_request is not None:  # the compiled shape is fixed: pad the last chunk
             pad = per_request - lengths[-1]
             if pad:
-                chunks[-1] = np.concatenate([chunks[-1], np.zeros((pad, *batch.shape[1:]), dtype)])
+                padding = np.zeros((pad, *batch.shape[1:]), np.float32)
+                chunks[-1] = np.concatenate([chunks[-1], padding])
         out = []
         for start in range(0, len(chunks), n):  # more chunks than requests: several rounds
             active = list(zip(requests, chunks[start : start + n], strict=False))
