@@ -22,16 +22,27 @@ are built once and then called per batch; the first call of a new batch shape co
     ``benchmarks/extraction_int8.py`` measures the speed, ``benchmarks/int8_quality.py`` the
     retrieval quality against float32 features.
 
-OpenVINO settings (measured with ``benchmarks/extraction_int8.py``, ResNet50 at 224 px, batch 32,
-2 vCPUs of a shared Xeon with AMX; int8 images/s, every figure from interleaved rounds, noisy):
-the THROUGHPUT hint (2 streams of 1 core, the batch split between them and run concurrently)
-beat LATENCY (1 stream of 2 cores) in every run: 210-243 vs 131-163 images/s with the host
-lightly loaded, 47 vs 27-30 under heavy load, so it is the default. A fixed per-request batch
-shape was at least as fast as a dynamic one (47 vs 24 under load; 131-159 vs 152 quiet, with
-LATENCY), so callers that pad their batches should pass ``batch_size``. CPU pinning on or off
-made no consistent difference (47 vs 50): OpenVINO's default is kept. Feeding uint8 images
-with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was slower than
-NumPy preprocessing plus the float model in all three runs (0.5x-0.9x), so it is not offered.
+OpenVINO settings, measured with ``benchmarks/extraction_int8.py --tune`` (ResNet50 at 224 px,
+batch 32, 2 vCPUs of a shared Xeon with AMX, load average 3-4; int8 images/s, medians of 3
+interleaved rounds; "AVX2" = oneDNN and OpenVINO kernels capped with ``ONEDNN_MAX_CPU_ISA=AVX2
+OV_CPU_MAX_ISA=AVX2``, like an AVX2-only CPU):
+
+=====================================  =================  ==========
+settings                               AMX (native)       AVX2 cap
+=====================================  =================  ==========
+THROUGHPUT, fixed batch (the default)  207.6              31.2
+THROUGHPUT, dynamic batch              203.1              32.4
+THROUGHPUT, fixed, CPU pinning off     187.3              28.6
+LATENCY, fixed batch                   169.9              21.1
+LATENCY, dynamic batch                 146.6              22.1
+=====================================  =================  ==========
+
+THROUGHPUT (2 streams of 1 core here; each batch split between them, run concurrently) beat
+LATENCY (1 stream of 2 cores) by 1.2x-1.5x; a fixed batch shape was as fast as a dynamic one
+with THROUGHPUT and faster with LATENCY; turning pinning off did not help. Feeding uint8
+images with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was
+slower than NumPy preprocessing plus the float model in three runs (0.5x-0.9x), so it is not
+offered.
 
 The OpenVINO runner needs the optional ``openvino`` package (``pip install "tripletsk[openvino]"``).
 A cache must never mix features computed at different precisions; the caller records the
