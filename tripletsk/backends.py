@@ -349,6 +349,9 @@ make_openvino_runner.__doc__ = make_openvino_runner.__doc__.replace(
 #: Bump when the quantization recipe or the cache layout changes: old cached models are unused.
 INT8_FORMAT = 1
 #: How many of the user's images calibrate the quantization (see :func:`calibration_keys`).
+#: ResNet50 at 224 px, 64 photos: 32, 128 and 300 calibration images gave the same agreement
+#: with TF fp32 (centred cosine mean 0.9919 / 0.9920 / 0.9918) and took 16 / 24 / 37 s to
+#: quantize on 2 vCPUs; 128 keeps some margin for real weights and collections (NNCF: 300).
 CALIBRATION_SIZE = 128
 _MANIFEST = "manifest.json"
 _IR_FILES = ("model.xml", "model.bin")
