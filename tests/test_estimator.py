@@ -419,7 +419,9 @@ def test_a_fit_stuck_at_the_margin_warns(signal, stuck):
     rng = np.random.RandomState(0)
     y = rng.randint(0, 10, 400)
     X = rng.normal(size=(400, 32)) + signal * np.eye(10, 32)[y]
-    encoder = TripletEncoder(mining="batch_hard", max_epochs=30, random_state=0)
+    encoder = TripletEncoder(
+        mining="batch_hard", samples_per_class=4, batch_size=40, max_epochs=30, random_state=0
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoder.fit(X, y)
@@ -537,6 +539,7 @@ def class_sorted_digits_cache(tmp_path_factory, write_feature_cache):
     return path, np.array(keys), y
 
 
+@pytest.mark.filterwarnings("ignore:batch_size=64 with samples_per_class=4")
 @pytest.mark.parametrize("stream", [False, True])
 def test_stream_reads_a_cache_block_by_block_and_still_learns(
     class_sorted_digits_cache, monkeypatch, stream
@@ -559,7 +562,9 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
 
     monkeypatch.setattr(FeatureStore, "take", recording_take)
     held_out = np.random.RandomState(0).rand(len(y)) < 0.3
+    # The P x K batches this test was written for (16 x 4; the test is about reading order).
     params = dict(max_epochs=20, batch_size=64, random_state=0, stream=stream)
+    params.update(mining="batch_hard", samples_per_class=4)
     enc = TripletEncoder(features=FeatureStore(path), **params)
     enc.fit(keys[~held_out], y[~held_out])
     assert len(enc.loss_curve_) == 20

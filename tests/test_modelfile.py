@@ -69,7 +69,7 @@ def test_npz_holds_only_arrays_and_json(tmp_path, encoder):
         ("m.txt", None, UserError, "unknown model file extension '.txt'"),
         ("gone.joblib", None, FileNotFoundError, "model file not found"),
         ("m.joblib", b"not a pickle", UserError, "not a readable joblib model file"),
-        ("m.npz", b"not a zip", UserError, "not a tripletsk model saved as .npz"),
+        ("m.npz", b"not a zip", UserError, "not a readable .npz model file"),
     ],
 )
 def test_load_errors(tmp_path, name, content, error, match):

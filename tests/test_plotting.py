@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from tripletsk import plotting
-from tripletsk.errors import UserError
 
 
 class Fitted:
@@ -50,8 +49,9 @@ def test_neighbour_sheet_grows_with_queries_and_neighbours(tmp_path):
     assert w2 > w1 and h2 > h1
 
 
-def test_neighbour_sheet_missing_image(tmp_path):
+def test_neighbour_sheet_draws_a_placeholder_for_a_missing_image(tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "a.png")
     rows = [("a.png", str(tmp_path / "a.png"), [("gone.png", 0.1)])]
-    with pytest.raises(UserError, match=r"cannot read image .*gone\.png"):
+    with pytest.warns(UserWarning, match=r"gone\.png: cannot read the image .* placeholder"):
         plotting.plot_neighbour_sheet(rows, tmp_path / "s.png", tmp_path)
+    assert Image.open(tmp_path / "s.png").format == "PNG"

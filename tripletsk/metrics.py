@@ -304,7 +304,7 @@ def map_at_r(embeddings, y, metric: str = "euclidean", chunk_size: int = 1024) -
     Examples
     --------
     >>> from tripletsk.metrics import map_at_r
-    >>> map_at_r([[0], [1], [3], [2]], [0, 0, 0, 1])  # (1/2 + 1/2 + 1/4) / 3
+    >>> map_at_r([[0], [1], [3], [2.5]], [0, 0, 0, 1])  # (1/2 + 1/2 + 1/4) / 3
     0.4166666666666667
     """
     return retrieval_report(embeddings, y, [1], metric, chunk_size)["map_at_r"]
