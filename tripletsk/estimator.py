@@ -445,13 +445,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     def predict_triplets(self, T) -> np.ndarray:
         """1 where the anchor is closer to the positive than to the negative, else 0 (ties: 0).
 
-        Parameters
-        ----------
-        T : array-like of shape (n, 3, d), or (n, 3) indices or keys into ``features``
-
-        Returns
-        -------
-        predictions : ndarray of shape (n,), dtype int
+        ``T`` as for :meth:`decision_function`; returns an int array of shape (n,).
         """
         return (self.decision_function(T) > 0).astype(int)
 

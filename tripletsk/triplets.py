@@ -227,11 +227,11 @@ def read_triplets_with_lines(
 
     Examples
     --------
-    >>> import os, tempfile
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from tripletsk.triplets import read_triplets_with_lines
-    >>> path = os.path.join(tempfile.mkdtemp(), "train.txt")
-    >>> with open(path, "w") as f:
-    ...     _ = f.write("# header\\na.jpg b.jpg c.jpg\\n")
+    >>> path = Path(tempfile.mkdtemp()) / "train.txt"
+    >>> _ = path.write_text("# header\\na.jpg b.jpg c.jpg\\n")
     >>> tf = read_triplets_with_lines(path)
     >>> tf.triplets.tolist(), tf.line_numbers.tolist()
     ([['a.jpg', 'b.jpg', 'c.jpg']], [2])

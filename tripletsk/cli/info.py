@@ -12,14 +12,13 @@ from tripletsk.errors import UserError
 __all__ = ["register"]
 
 
+_SUMMARY = "Show what a feature cache or a model file holds."
+_EXAMPLE = "tripletsk info cache/features.h5\ntripletsk info model.npz"
+
+
 def register(sub) -> None:
     """Add ``info`` to the sub-commands ``sub``."""
-    p = add_command(
-        sub,
-        "info",
-        "Show what a feature cache or a model file holds.",
-        "tripletsk info cache/features.h5\ntripletsk info model.npz",
-    )
+    p = add_command(sub, "info", _SUMMARY, _EXAMPLE)
     p.add_argument("path", metavar="PATH", help="feature cache (.h5) or model (.joblib, .npz)")
     p.add_argument("--json", action="store_true", help="print as JSON")
     add_trust_pickle_argument(p)
