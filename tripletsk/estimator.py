@@ -411,13 +411,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             try:
                 return self._embed(items)[inverse]
             except NonFiniteFeaturesError as exc:
-                named = ids[np.isin(inverse, exc.items)]
-                raise NonFiniteFeaturesError(
-                    f"the features of {', '.join(map(repr, named[:3].tolist()))}"
-                    f"{' and others' if len(named) > 3 else ''} are NaN or infinite, so they "
-                    "have no embedding; re-extract those images, or leave them out",
-                    items=np.flatnonzero(np.isin(inverse, exc.items)),
-                ) from None
+                raise sources.non_finite_ids_error(exc, ids, inverse) from None
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return self._embed(FeatureRows.from_array(X))
 

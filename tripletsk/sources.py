@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.utils.validation import check_array
 
 from tripletsk._rows import FeatureRows, array_take
+from tripletsk.errors import NonFiniteFeaturesError
 from tripletsk.shared import SharedFeatures
 from tripletsk.store import DEFAULT_CACHE, FeatureStore
 
@@ -270,3 +271,15 @@ def open_cache(path) -> FeatureStore:
 @functools.lru_cache(maxsize=4)
 def _open_cache_version(path: str, identity) -> FeatureStore:
     return FeatureStore(path)
+
+
+def non_finite_ids_error(exc, ids: np.ndarray, inverse: np.ndarray) -> NonFiniteFeaturesError:
+    """``exc`` (positions among the distinct items of ``ids``) restated with the ids asked for."""
+    asked = np.isin(inverse, exc.items)
+    named = ids[asked]
+    return NonFiniteFeaturesError(
+        f"the features of {', '.join(map(repr, named[:3].tolist()))}"
+        f"{' and others' if len(named) > 3 else ''} are NaN or infinite, so they have no "
+        "embedding; re-extract those images, or leave them out",
+        items=np.flatnonzero(asked),
+    )
