@@ -273,7 +273,7 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
     backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
     # An int8 cache's own model is the one the shards use (see _int8_model).
     int8 = {k: v for k, v in old.provenance.items() if k.startswith("int8_")}
-    expected = provenance_for(spec, kwargs.get("image_size", 224), *backend, int8 or None)
+    expected = provenance_for(spec, kwargs.get("image_size", 224), *backend, int8=int8 or None)
     check_provenance(old.provenance, expected, output)
     root = old.attrs.get("image_root")
     if root and not same_folder(root, images_dir):

@@ -112,13 +112,8 @@ def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
     )
 
 
-def provenance_for(
-    spec: WeightsSpec,
-    image_size: int,
-    backend: str = "tensorflow",
-    precision: str = "float32",
-    int8: dict | None = None,
-) -> dict:
+def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflow",
+                   precision: str = "float32", *, int8: dict | None = None) -> dict:  # fmt: skip
     """The attributes that identify the features a model produces.
 
     ``compute_dtype`` takes part in the mismatch check: bfloat16, float32 and int8 features are
@@ -184,6 +179,7 @@ class Backbone:
         batch_size: int,
         backend: str = "tensorflow",
         precision: str = "float32",
+        *,
         int8_folder: str | None = None,
     ):
         import tensorflow as tf
@@ -272,7 +268,9 @@ def build_backbone(
     if precision == "int8" and int8_folder is None:
         raise ValueError("precision int8 needs int8_folder, the quantized model")
     model = build_keras_model(spec, image_size)
-    return Backbone(model, spec, image_size, batch_size, backend, precision, int8_folder)
+    return Backbone(
+        model, spec, image_size, batch_size, backend, precision, int8_folder=int8_folder
+    )
 
 
 def build_keras_model(spec: WeightsSpec, image_size: int):
@@ -326,14 +324,9 @@ _BACKBONES: dict = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def cached_backbone(
-    spec: WeightsSpec,
-    image_size: int,
-    batch_size: int,
-    backend: str = "tensorflow",
-    precision: str = "float32",
-    int8_folder: str | None = None,
-) -> Backbone:
+def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
+                    backend: str = "tensorflow", precision: str = "float32",
+                    int8_folder: str | None = None) -> Backbone:  # fmt: skip
     """Build a backbone once per (weights, image size, batch size, backend, precision, quantized
     model) in this process."""
     key = (spec.identity, spec.path, int(image_size), int(batch_size), backend, precision,

@@ -80,4 +80,6 @@ class ExtractOptions:
 
     @property
     def provenance(self) -> dict:
-        return provenance_for(self.spec, self.image_size, self.backend, self.precision, self.int8)
+        return provenance_for(
+            self.spec, self.image_size, self.backend, self.precision, int8=self.int8
+        )
