@@ -165,3 +165,16 @@ def test_cli_refuses_int8_without_openvino(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "--precision int8 needs --backend openvino" in err
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
+    pytest.importorskip("distributed")
+    from tripletsk.distributed import extract_with_dask
+
+    images = make_images(tmp_path / "images", 6)
+    run = {k: v for k, v in INT8.items() if k != "progress"}
+    extract_with_dask(images, tmp_path / "dask.h5", n_workers=1, n_shards=2, quiet=True, **run)
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
