@@ -92,11 +92,15 @@ def check_backend(backend: str, precision: str) -> tuple[str, str]:
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
-    from tripletsk.backends import check_precision, cpu_lacks_bfloat16
+    from tripletsk.backends import check_precision, cpu_lacks_bfloat16, normalize_precision
 
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    precision = check_precision(backend, precision)
+    try:
+        precision = normalize_precision(precision)
+    except ValueError as e:  # said here without check_precision's CLI flag name
+        raise UserError(str(e)) from None
+    precision = check_precision(backend, precision)  # int8: OpenVINO only
     # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
     # own report of the precision OpenVINO chose is checked when it is built.
     if (backend, precision) == ("openvino", "bfloat16") and cpu_lacks_bfloat16():
