@@ -18,7 +18,7 @@ from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
 from tripletsk.extraction.int8 import MODELS_DIR, _decode_sample
-from tripletsk.shards import merge_shards, select_shard
+from tripletsk.shards import merge_shards
 from tripletsk.store import FeatureStore
 
 pytest.importorskip("openvino")
@@ -90,7 +90,7 @@ def test_queries_get_the_cached_features(first):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_calibration_sample_ignores_listing_order_and_shards(first):
+def test_calibration_sample_ignores_listing_order(first):
     files = discover_images(first["images"]).files
     keys, arrays, identity = _decode_sample(files, 32, None, 2)
     shuffled = list(files)
@@ -98,8 +98,6 @@ def test_calibration_sample_ignores_listing_order_and_shards(first):
     again = _decode_sample(shuffled, 32, None, 1)
     assert again[0] == keys and again[2] == identity
     np.testing.assert_array_equal(again[1], arrays)
-    shard, _ = select_shard(discover_images(first["images"]), "1/2")
-    assert len(shard.files) < len(files)  # a shard calibrates on the whole listing (run.py)
 
 
 def test_second_run_reuses_the_model_and_appends(first):
@@ -141,6 +139,11 @@ def test_two_int8_shards_merge_into_the_single_run(tmp_path):
     for i, p in enumerate(shards, start=1):
         extract_features(images, p, shard=f"{i}/2", **INT8)
     assert len(model_folders(single)) == 1  # quantized once for the run and both shards
+    for p in shards:  # each shard calibrated on the whole listing, not on its share
+        assert FeatureStore(p).provenance["int8_calibration"].startswith("calibration:n=8:")
+        assert len(FeatureStore(p)) < 8
+        for k in ("int8_calibration", "int8_model"):
+            assert FeatureStore(p).provenance[k] == FeatureStore(single).provenance[k]
     merge_shards(shards, tmp_path / "merged.h5")
     assert_same_cache(str(single), str(tmp_path / "merged.h5"))
 

@@ -260,21 +260,26 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
 
 
 def _with_int8_model(opts: ExtractOptions, old, listing: list, model) -> ExtractOptions:
-    """``opts`` with the quantized model of the cache: the one an existing int8 cache recorded,
-    else ``model``, else one quantized on a sample of ``listing`` (the whole collection)."""
+    """``opts`` with the quantized model of the cache: the one an existing int8 cache (or the
+    unfinished work of an interrupted run) recorded, else ``model``, else one quantized on a
+    sample of ``listing`` (the whole collection)."""
     from dataclasses import replace
 
     from tripletsk.extraction import int8
 
     if old is not None and old.provenance.get("compute_dtype") != "int8":
         return opts  # refused by the provenance check: a float cache
-    if model is None or old is not None:
-        kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
-        if old is not None:
-            args = (old.attrs, opts.spec, opts.image_size, listing, opts.output)
-            model = int8.int8_model_of_cache(*args, **kwargs)
-        else:
-            model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output, **kwargs)
+    recorded = old.attrs if old is not None else None
+    if recorded is None and not opts.replace:  # resume with the model its batches were made with
+        journal = (journal_meta(opts.output + ".parts") or {}).get("provenance") or {}
+        if journal.get("compute_dtype") == "int8" and journal.get("int8_model"):
+            recorded = journal
+    kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
+    if recorded is not None:
+        args = (recorded, opts.spec, opts.image_size, listing, opts.output)
+        model = int8.int8_model_of_cache(*args, **kwargs)
+    elif model is None:
+        model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output, **kwargs)
     return replace(opts, int8=model.attrs, int8_folder=model.folder)
 
 
