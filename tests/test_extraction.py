@@ -987,7 +987,11 @@ def test_openvino_bfloat16_is_refused_where_it_would_compute_float32(photo_folde
 
 @pytest.mark.parametrize(
     ("backend", "precision", "match"),
-    [("onnx", "float32", "^backend must be one of"), ("tensorflow", "int8", "^precision must be")],
+    [
+        ("onnx", "float32", "^backend must be one of"),
+        ("tensorflow", "int4", "^precision must be"),
+        ("tensorflow", "int8", "int8 needs --backend openvino"),
+    ],
 )
 def test_unknown_backend_or_precision(photo_folder, tmp_path, backend, precision, match):
     from tripletsk.errors import UserError

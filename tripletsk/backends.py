@@ -411,13 +411,14 @@ def _file_digest(path: str) -> str:
 
 def _ir_digest(folder: str) -> str:
     """A digest of the quantized model itself: its constants (``model.bin``: weights, scales)
-    and its graph (``model.xml``) without node names, which OpenVINO numbers per process, and
-    runtime info, which names temporary files: quantizing the same model on the same images
-    again gives the same digest."""
+    and its graph (``model.xml``) without node and tensor names, which OpenVINO and Keras number
+    per process (the input is ``keras_tensor_<n>`` for the n-th model built), and runtime info,
+    which names temporary files: quantizing the same model on the same images again gives the
+    same digest."""
     h = hashlib.blake2b(digest_size=16)
     with open(os.path.join(folder, "model.xml"), encoding="utf-8") as f:
         xml = re.sub(r"<rt_info>.*?</rt_info>", "", f.read(), flags=re.DOTALL)
-        h.update(re.sub(r' name="[^"]*"', "", xml).encode())
+        h.update(re.sub(r' names?="[^"]*"', "", xml).encode())
     h.update(_file_digest(os.path.join(folder, "model.bin")).encode())
     return h.hexdigest()
 

@@ -271,11 +271,30 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
         )
     spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
     backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
-    expected = provenance_for(spec, kwargs.get("image_size", 224), *backend)
+    # An int8 cache's own model is the one the shards use (see _int8_model).
+    int8 = {k: v for k, v in old.provenance.items() if k.startswith("int8_")}
+    expected = provenance_for(spec, kwargs.get("image_size", 224), *backend, int8=int8 or None)
     check_provenance(old.provenance, expected, output)
     root = old.attrs.get("image_root")
     if root and not same_folder(root, images_dir):
         raise ImageFolderMismatchError(output, root, images_dir)
+
+
+def _int8_model(root: str, output: str, kwargs: dict, quiet: bool):
+    """int8: quantize the backbone once, on the client, before the shards start (or find the
+    model ``output`` recorded); the workers load it from ``.tripletsk-models/`` next to the
+    output, which they must see at the same path (a shared file system)."""
+    from tripletsk.extraction import discover_images, resolve_weights
+    from tripletsk.extraction.int8 import int8_model_of_cache, quantize_for
+
+    spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
+    size = int(kwargs.get("image_size", 224))
+    files = discover_images(root, recursive=kwargs.get("recursive", True)).files
+    options = {"max_pixels": kwargs.get("max_pixels"), "workers": kwargs.get("workers") or 1,
+               "quiet": quiet}  # fmt: skip
+    if os.path.exists(output):
+        return int8_model_of_cache(read_header(output).attrs, spec, size, files, output, **options)
+    return quantize_for(spec, size, files, output, **options)
 
 
 def extract_with_dask(
@@ -368,6 +387,12 @@ def extract_with_dask(
             raise UserError(f"n_shards must be at least 1, got {n}")
         paths = [shard_path(output, i, n) for i in range(1, n + 1)]
         run_id = uuid.uuid4().hex[:8]
+        shard_kwargs = extract_kwargs
+        if str(extract_kwargs.get("precision", "")).lower() in ("int8", "i8"):
+            shard_kwargs = {
+                **extract_kwargs,
+                "int8_model": _int8_model(root, output, extract_kwargs, quiet),
+            }
         futures = [
             client.submit(
                 _extract_shard,
@@ -376,7 +401,7 @@ def extract_with_dask(
                 p,
                 i,
                 n,
-                extract_kwargs,
+                shard_kwargs,
                 key=f"tripletsk-shard-{i}-of-{n}-{run_id}",
                 pure=False,
                 retries=retries,

@@ -208,7 +208,8 @@ def check_shards(headers: Sequence[CacheHeader]) -> list[CacheHeader]:
         A shard is missing, given twice, holds keys of another shard, was interrupted, or was
         extracted from another listing of the images.
     CacheMismatchError
-        The shards were extracted with different backbone, weights, image size or preprocessing.
+        The shards were extracted with different backbone, weights, image size, preprocessing
+        or precision (int8: another calibration sample or quantized model).
     """
     if not headers:
         raise ShardError("no shard files given; pass the N files of one sharded extraction")

@@ -25,8 +25,10 @@ __all__ = [
     "Backbone",
     "WeightsSpec",
     "build_backbone",
+    "build_keras_model",
     "cached_backbone",
     "check_backend",
+    "preprocess",
     "provenance_for",
     "resolve_weights",
 ]
@@ -84,19 +86,21 @@ BACKENDS = ("tensorflow", "openvino")
 
 
 def check_backend(backend: str, precision: str) -> tuple[str, str]:
-    """Validated ``(backend, precision)``; precision spelled ``float32`` or ``bfloat16``.
+    """Validated ``(backend, precision)``; precision spelled ``float32``, ``bfloat16`` or
+    ``int8`` (OpenVINO only).
 
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
-    from tripletsk.backends import cpu_lacks_bfloat16, normalize_precision
+    from tripletsk.backends import check_precision, cpu_lacks_bfloat16, normalize_precision
 
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     try:
         precision = normalize_precision(precision)
-    except ValueError as e:
+    except ValueError as e:  # said here without check_precision's CLI flag name
         raise UserError(str(e)) from None
+    precision = check_precision(backend, precision)  # int8: OpenVINO only
     # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
     # own report of the precision OpenVINO chose is checked when it is built.
     if (backend, precision) == ("openvino", "bfloat16") and cpu_lacks_bfloat16():
@@ -112,14 +116,15 @@ def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
     )
 
 
-def provenance_for(
-    spec: WeightsSpec, image_size: int, backend: str = "tensorflow", precision: str = "float32"
-) -> dict:
+def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflow",
+                   precision: str = "float32", *, int8: dict | None = None) -> dict:  # fmt: skip
     """The attributes that identify the features a model produces.
 
-    ``compute_dtype`` takes part in the mismatch check: bfloat16 and float32 features are never
-    mixed in one cache. The backend is recorded but not checked, since TensorFlow and OpenVINO
-    agree to float32 rounding at the same precision.
+    ``compute_dtype`` takes part in the mismatch check: bfloat16, float32 and int8 features are
+    never mixed in one cache. The backend is recorded but not checked, since TensorFlow and
+    OpenVINO agree to float32 rounding at the same precision. ``int8`` (int8 caches only) adds
+    ``int8_calibration`` and ``int8_model``, also checked: the quantized model depends on its
+    calibration images (:mod:`tripletsk.extraction.int8`).
     """
     return {
         "backbone": BACKBONE,
@@ -129,7 +134,15 @@ def provenance_for(
         "compute_dtype": precision,
         "backend": backend,
         "weights_source": spec.source,
+        **(int8 or {}),
     }
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> what the model takes (float32, ResNet50's ``preprocess_input``)."""
+    from keras.applications.resnet50 import preprocess_input
+
+    return preprocess_input(np.asarray(images, dtype=np.float32))
 
 
 def _seeded_init(model, seed: int) -> None:
@@ -170,6 +183,8 @@ class Backbone:
         batch_size: int,
         backend: str = "tensorflow",
         precision: str = "float32",
+        *,
+        int8_folder: str | None = None,
     ):
         import tensorflow as tf
         from keras.applications.resnet50 import preprocess_input
@@ -187,7 +202,7 @@ class Backbone:
             compiled = tf.function(forward, input_signature=sig, jit_compile=False)
             self._fn = lambda x: compiled(x).numpy()
         else:
-            self._fn = _backend_runner(model, backend, precision, self.batch_size)
+            self._fn = _backend_runner(model, backend, precision, self.batch_size, int8_folder)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.uint8)
@@ -204,13 +219,16 @@ class Backbone:
         return out
 
 
-def _backend_runner(model, backend: str, precision: str, batch_size: int):
-    """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16)."""
-    from keras.applications.resnet50 import preprocess_input
-
+def _backend_runner(
+    model, backend: str, precision: str, batch_size: int, int8_folder: str | None = None
+):
+    """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
+    int8: the quantized model in ``int8_folder``."""
     from tripletsk import backends
 
-    if backend == "openvino":
+    if precision == "int8":
+        run = backends.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
+    elif backend == "openvino":
         try:
             run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
         except ImportError as e:
@@ -221,7 +239,7 @@ def _backend_runner(model, backend: str, precision: str, batch_size: int):
         if precision == "bfloat16":
             backends.warn_if_bfloat16_is_emulated("Feature extraction")
         run = backends.make_tensorflow_runner(model, precision)
-    return lambda x: run(preprocess_input(np.asarray(x, dtype=np.float32)))
+    return lambda x: run(preprocess(x))
 
 
 def _quiet_tf() -> None:
@@ -235,11 +253,14 @@ def build_backbone(
     batch_size: int = 32,
     backend: str = "tensorflow",
     precision: str = "float32",
+    int8_folder: str | None = None,
 ) -> Backbone:
     """Build the frozen ResNet50 backbone and compile its forward function.
 
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
+    ``int8_folder``: with ``precision="int8"``, the quantized model to run
+    (:func:`tripletsk.backends.quantize_openvino_int8`).
 
     Raises
     ------
@@ -247,6 +268,17 @@ def build_backbone(
         If the ImageNet weights cannot be downloaded (offline); the message says what to pass.
     """
     spec = weights if isinstance(weights, WeightsSpec) else resolve_weights(weights, seed)
+    backend, precision = check_backend(backend, precision)
+    if precision == "int8" and int8_folder is None:
+        raise ValueError("precision int8 needs int8_folder, the quantized model")
+    model = build_keras_model(spec, image_size)
+    return Backbone(
+        model, spec, image_size, batch_size, backend, precision, int8_folder=int8_folder
+    )
+
+
+def build_keras_model(spec: WeightsSpec, image_size: int):
+    """The frozen Keras ResNet50 (to ``avg_pool``) of ``spec`` at ``image_size``."""
     image_size = int(image_size)
     check_image_size(image_size)
     _quiet_tf()
@@ -283,7 +315,7 @@ def build_backbone(
         )
         _seeded_init(model, spec.seed)
     model.trainable = False
-    return Backbone(model, spec, image_size, batch_size, *check_backend(backend, precision))
+    return model
 
 
 def check_image_size(image_size: int) -> None:
@@ -296,19 +328,19 @@ _BACKBONES: dict = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def cached_backbone(
-    spec: WeightsSpec,
-    image_size: int,
-    batch_size: int,
-    backend: str = "tensorflow",
-    precision: str = "float32",
-) -> Backbone:
-    """Build a backbone once per (weights, image size, batch size, backend) in this process."""
-    key = (spec.identity, spec.path, int(image_size), int(batch_size), backend, precision)
+def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
+                    backend: str = "tensorflow", precision: str = "float32",
+                    int8_folder: str | None = None) -> Backbone:  # fmt: skip
+    """Build a backbone once per (weights, image size, batch size, backend, precision, quantized
+    model) in this process."""
+    key = (spec.identity, spec.path, int(image_size), int(batch_size), backend, precision,
+           int8_folder)  # fmt: skip
     with _BACKBONES_LOCK:
         bb = _BACKBONES.get(key)
         if bb is None:
-            bb = build_backbone(spec, image_size, spec.seed, batch_size, backend, precision)
+            bb = build_backbone(
+                spec, image_size, spec.seed, batch_size, backend, precision, int8_folder
+            )
             bb(np.zeros((1, image_size, image_size, 3), np.uint8))  # trace now
             _BACKBONES.clear()  # keep one model in memory
             _BACKBONES[key] = bb

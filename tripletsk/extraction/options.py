@@ -39,9 +39,12 @@ class ExtractOptions:
     workers: int = 1  # decoding threads
     max_pixels: int | None = None
     show: bool = False  # progress bars
+    quiet: bool = False  # no messages
     shard: object = None  # "I/N", (I, N) or None
     replace: bool = False  # discard an existing cache
     decode_memory: int = DEFAULT_DECODE_MEMORY
+    int8: dict | None = None  # int8 only: what the cache records of the quantized model
+    int8_folder: str | None = None  # int8 only: the quantized model
 
     @classmethod
     def from_arguments(
@@ -72,9 +75,11 @@ class ExtractOptions:
             raise UserError(f"decode_memory must be a positive number of bytes: {decode_memory}")
         return cls(
             root, output, spec, image_size, batch_size, backend, precision, dtype,
-            show=show, workers=workers, decode_memory=int(decode_memory), **rest,
+            show=show, quiet=bool(quiet), workers=workers, decode_memory=int(decode_memory), **rest,
         )  # fmt: skip
 
     @property
     def provenance(self) -> dict:
-        return provenance_for(self.spec, self.image_size, self.backend, self.precision)
+        return provenance_for(
+            self.spec, self.image_size, self.backend, self.precision, int8=self.int8
+        )

@@ -91,7 +91,9 @@ class _LazyBackbone:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.model is None:  # the decoding of the next batches runs meanwhile
             o = self.opts
-            self.model = cached_backbone(o.spec, o.image_size, o.batch_size, o.backend, o.precision)
+            self.model = cached_backbone(
+                o.spec, o.image_size, o.batch_size, o.backend, o.precision, o.int8_folder
+            )
             self.ready_at = time.perf_counter()
         return self.model(images)
 

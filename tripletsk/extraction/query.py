@@ -68,21 +68,48 @@ def features_for_files(
         return np.zeros((0, store.dim), np.float32)
     backend = str(prov.get("backend") or "tensorflow")
     precision = _dtype(prov)
-    backbone = cached_backbone(spec, image_size, int(batch_size), backend, precision)
+    folder = _int8_folder(store) if precision == "int8" else None
+    backbone = cached_backbone(spec, image_size, int(batch_size), backend, precision, folder)
     return backbone(np.stack(arrays))
+
+
+def _expected(spec, prov: dict) -> dict:
+    """The provenance of ``spec``'s features made like the cache's (``prov``)."""
+    int8 = {k: prov.get(k) for k in ("int8_calibration", "int8_model")}
+    precision = _dtype(prov)
+    return provenance_for(
+        spec,
+        int(prov["image_size"]),
+        precision=precision,
+        int8=int8 if precision == "int8" else None,
+    )
+
+
+def _int8_folder(store: FeatureStore) -> str:
+    """The quantized model the int8 cache ``store`` recorded, in ``.tripletsk-models/``."""
+    from tripletsk.backends import find_quantized_model
+    from tripletsk.extraction.int8 import models_dir
+
+    folder = find_quantized_model(models_dir(store.path), str(store.provenance["int8_model"]))
+    if folder is None:
+        raise UserError(
+            f"{store.path} holds int8 features, but its quantized model is not in "
+            f"{models_dir(store.path)} any more; run `tripletsk extract-features IMAGES_DIR -o "
+            f"{store.path} --backend openvino --precision int8` to quantize it again"
+        )
+    return folder
 
 
 def _weights_of(store: FeatureStore, weights):
     """The weights the cache's features were made with (``weights``: the file, if it moved)."""
     prov = store.provenance
     ident = str(prov.get("weights"))
-    image_size = int(prov["image_size"])
     if weights is not None:
         spec = resolve_weights(weights, 0)
         if spec.kind == "none":
             m = re.match(r"none:seed=(-?\d+)", ident)
             spec = resolve_weights("none", int(m.group(1)) if m else 0)
-        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
+        check_provenance(prov, _expected(spec, prov), store.path)
     elif ident.startswith("none:"):
         m = re.match(r"none:seed=(-?\d+):init=(.*)$", ident)
         if not m or m.group(2) != RANDOM_INIT:
@@ -99,5 +126,5 @@ def _weights_of(store: FeatureStore, weights):
                 "pass weights=PATH (the same file)"
             )
         spec = resolve_weights(src)
-        check_provenance(prov, provenance_for(spec, image_size, precision=_dtype(prov)), store.path)
+        check_provenance(prov, _expected(spec, prov), store.path)
     return spec

@@ -100,6 +100,7 @@ def extract_features(
     precision: str = "float32",
     replace: bool = False,
     decode_memory: int | None = None,
+    int8_model=None,
 ) -> ExtractionSummary:
     """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
 
@@ -139,10 +140,16 @@ def extract_features(
         key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
     backend : "tensorflow" or "openvino", default "tensorflow"
         What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``.
-    precision : "float32" or "bfloat16", default "float32"
+    precision : "float32", "bfloat16" or "int8", default "float32"
         Arithmetic of the model. bfloat16 is faster only on hardware with native bfloat16
         (AVX512-BF16 or AMX CPUs, recent GPUs); its features differ slightly from float32 ones
-        (``benchmarks/extraction_bf16.py``), so a cache holds one precision only.
+        (``benchmarks/extraction_bf16.py``), so a cache holds one precision only. int8
+        (``backend="openvino"``, needs ``nncf``): the backbone quantized once, calibrated on
+        128 of the images, kept in ``.tripletsk-models/`` next to the cache
+        (:mod:`tripletsk.extraction.int8`).
+    int8_model : Int8Model or None
+        int8 only: an already quantized model to use for a new cache (how
+        :func:`~tripletsk.distributed.extract_with_dask` quantizes once for all its shards).
 
     Returns
     -------
@@ -167,7 +174,7 @@ def extract_features(
         verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
         decode_memory=decode_memory,
     )  # fmt: skip
-    found, shard_attrs = _discover(opts)
+    found, shard_attrs, listing = _discover(opts)
     _make_output_folder(opts.output)
     summary = ExtractionSummary(
         output=opts.output, ignored=found.ignored, skipped_dirs=list(found.skipped_dirs)
@@ -176,7 +183,7 @@ def extract_features(
 
     with CacheLock(opts.output), warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        run = _open_run(opts, found, shard_attrs, summary, t0)
+        run = _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model)
         _execute(run)
     summary.seconds = time.perf_counter() - t0
     if summary.interrupted:
@@ -184,8 +191,9 @@ def extract_features(
     return summary
 
 
-def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None]:
-    """The images to consider (this shard's only, with ``shard``) and the shard's attributes."""
+def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None, list]:
+    """The images to consider (this shard's only, with ``shard``), the shard's attributes, and
+    the complete listing's files (int8 calibration is chosen from all of them)."""
     found = discover_images(opts.root, recursive=opts.recursive)
     if not found.files and not found.failed:
         how = "recursively " if opts.recursive else ""
@@ -194,10 +202,10 @@ def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None]:
             "any case)"
         )
     if opts.shard is None:
-        return found, None
+        return found, None, found.files
     from tripletsk.shards import select_shard
 
-    return select_shard(found, opts.shard)
+    return (*select_shard(found, opts.shard), found.files)
 
 
 def _make_output_folder(output: str) -> None:
@@ -208,11 +216,13 @@ def _make_output_folder(output: str) -> None:
         raise UserError(f"cannot write the cache {output}: {err.strerror or err}") from None
 
 
-def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
+def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Run:
     """Under the cache's lock: check the existing cache fits, open the parts journal."""
+    remove_stale_temp_files(opts.output)
+    old = read_header(opts.output) if os.path.exists(opts.output) and not opts.replace else None
+    if opts.precision == "int8":
+        opts = _with_int8_model(opts, old, listing, int8_model)
     output, prov = opts.output, opts.provenance
-    remove_stale_temp_files(output)
-    old = read_header(output) if os.path.exists(output) and not opts.replace else None
     image_root = os.path.abspath(opts.root)
     if old is not None and old.attrs.get("image_root"):
         if not same_folder(old.attrs["image_root"], opts.root):
@@ -247,6 +257,30 @@ def _open_run(opts, found, shard_attrs, summary, t0) -> _Run:
     return _Run(
         opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
     )
+
+
+def _with_int8_model(opts: ExtractOptions, old, listing: list, model) -> ExtractOptions:
+    """``opts`` with the quantized model of the cache: the one an existing int8 cache (or the
+    unfinished work of an interrupted run) recorded, else ``model``, else one quantized on a
+    sample of ``listing`` (the whole collection)."""
+    from dataclasses import replace
+
+    from tripletsk.extraction import int8
+
+    if old is not None and old.provenance.get("compute_dtype") != "int8":
+        return opts  # refused by the provenance check: a float cache
+    recorded = old.attrs if old is not None else None
+    if recorded is None and not opts.replace:  # resume with the model its batches were made with
+        journal = (journal_meta(opts.output + ".parts") or {}).get("provenance") or {}
+        if journal.get("compute_dtype") == "int8" and journal.get("int8_model"):
+            recorded = journal
+    kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
+    if recorded is not None:
+        args = (recorded, opts.spec, opts.image_size, listing, opts.output)
+        model = int8.int8_model_of_cache(*args, **kwargs)
+    elif model is None:
+        model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output, **kwargs)
+    return replace(opts, int8=model.attrs, int8_folder=model.folder)
 
 
 def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:

@@ -1,0 +1,183 @@
+"""int8 extraction (OpenVINO + NNCF) end to end, on real image files, a real ResNet50 (random
+weights, 32x32), real quantization and real HDF5 caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_shards import assert_same_cache, make_images
+
+from tripletsk.cli import cli
+from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.extraction import discover_images, extract_features, features_for_files
+from tripletsk.extraction.int8 import MODELS_DIR, _decode_sample
+from tripletsk.shards import merge_shards
+from tripletsk.store import FeatureStore
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+INT8 = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False,
+        "backend": "openvino", "precision": "int8"}  # fmt: skip
+FLOAT = {**INT8, "backend": "tensorflow", "precision": "float32"}
+
+
+def model_folders(cache: Path) -> list[str]:
+    return sorted(p for p in os.listdir(cache.parent / MODELS_DIR) if not p.startswith("."))
+
+
+def manifest(cache: Path) -> dict:
+    (folder,) = model_folders(cache)
+    return json.loads((cache.parent / MODELS_DIR / folder / "manifest.json").read_text())
+
+
+def add_image(root: Path, name: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "a" / name)
+    os.utime(root / "a" / name, (1e9, 1e9))  # old: a rerun trusts size and mtime
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """An int8 cache of 10 images (and one unreadable file), extracted once."""
+    d = tmp_path_factory.mktemp("int8")
+    images = make_images(d / "images", 10)
+    cache = d / "out" / "features.h5"
+    summary = extract_features(images, cache, quiet=True, **INT8)
+    return {"dir": d, "images": images, "cache": cache, "summary": summary}
+
+
+def test_int8_cache_records_its_calibration_and_model(first):
+    prov = FeatureStore(first["cache"]).provenance
+    assert first["summary"].extracted == 10
+    assert prov["compute_dtype"] == "int8"
+    assert prov["backend"] == "openvino"
+    assert prov["int8_calibration"].startswith("calibration:n=10:blake2b=")
+    assert prov["int8_model"] == manifest(first["cache"])["model_digest"]
+    keys = json.loads(FeatureStore(first["cache"]).attrs["int8_calibration_keys"])
+    assert sorted(keys) == sorted(FeatureStore(first["cache"]).keys)  # the broken file skipped
+
+
+def test_float_caches_have_no_int8_attributes(tmp_path):
+    images = make_images(tmp_path / "images", 3)
+    extract_features(images, tmp_path / "f.h5", **FLOAT)
+    store = FeatureStore(tmp_path / "f.h5")
+    assert not [k for k in store.attrs if k.startswith("int8")]
+    assert not [k for k in store.provenance if k.startswith("int8")]
+    assert not (tmp_path / MODELS_DIR).exists()
+    with pytest.raises(CacheMismatchError, match="compute_dtype: cache has 'float32'"):
+        extract_features(images, tmp_path / "f.h5", **INT8)
+    assert not (tmp_path / MODELS_DIR).exists()  # refused before quantizing
+
+
+def test_float_run_into_an_int8_cache_is_refused(first):
+    with pytest.raises(CacheMismatchError, match="compute_dtype: cache has 'int8'"):
+        extract_features(first["images"], first["cache"], **FLOAT)
+
+
+def test_queries_get_the_cached_features(first):
+    store = FeatureStore(first["cache"])
+    keys = ["a/00.png", "b/03.png", "b/09.png"]
+    got = features_for_files([first["images"] / k for k in keys], like=store)
+    want = store.to_array()[[store.keys.index(k) for k in keys]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_calibration_sample_ignores_listing_order(first):
+    files = discover_images(first["images"]).files
+    keys, arrays, identity = _decode_sample(files, 32, None, 2)
+    shuffled = list(files)
+    random.Random(0).shuffle(shuffled)
+    again = _decode_sample(shuffled, 32, None, 1)
+    assert again[0] == keys and again[2] == identity
+    np.testing.assert_array_equal(again[1], arrays)
+
+
+def test_second_run_reuses_the_model_and_appends(first):
+    cache, images = first["cache"], first["images"]
+    before = manifest(cache)
+    stamp = os.stat(cache.parent / MODELS_DIR / model_folders(cache)[0] / "model.bin").st_mtime_ns
+    add_image(images, "new-1.png", 101)
+    add_image(images, "new-2.png", 102)
+    summary = extract_features(images, cache, **INT8)
+    assert (summary.extracted, summary.cached) == (2, 10)
+    assert manifest(cache) == before and len(model_folders(cache)) == 1
+    folder = cache.parent / MODELS_DIR / model_folders(cache)[0]
+    assert os.stat(folder / "model.bin").st_mtime_ns == stamp
+    assert FeatureStore(cache).provenance["int8_model"] == before["model_digest"]
+    assert "a/new-1.png" in FeatureStore(cache).keys
+
+
+def test_a_deleted_model_is_quantized_again_or_refused(first):
+    cache, images = first["cache"], first["images"]
+    digest = FeatureStore(cache).provenance["int8_model"]
+    shutil.rmtree(cache.parent / MODELS_DIR)
+    with pytest.raises(UserError, match="quantized model is not in"):
+        features_for_files([images / "a/00.png"], like=cache)
+    add_image(images, "new-3.png", 103)
+    summary = extract_features(images, cache, **INT8)  # same calibration images: same model
+    assert summary.extracted == 1
+    assert manifest(cache)["model_digest"] == digest
+    shutil.rmtree(cache.parent / MODELS_DIR)
+    add_image(images, "00.png", 104)  # a calibration image changed
+    with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
+        extract_features(images, cache, **INT8)
+
+
+def test_two_int8_shards_merge_into_the_single_run(tmp_path):
+    images = make_images(tmp_path / "images", 8)
+    single = tmp_path / "single.h5"
+    extract_features(images, single, **INT8)
+    shards = [str(tmp_path / f"shard-{i}.h5") for i in (1, 2)]
+    for i, p in enumerate(shards, start=1):
+        extract_features(images, p, shard=f"{i}/2", **INT8)
+    assert len(model_folders(single)) == 1  # quantized once for the run and both shards
+    for p in shards:  # each shard calibrated on the whole listing, not on its share
+        assert FeatureStore(p).provenance["int8_calibration"].startswith("calibration:n=8:")
+        assert len(FeatureStore(p)) < 8
+        for k in ("int8_calibration", "int8_model"):
+            assert FeatureStore(p).provenance[k] == FeatureStore(single).provenance[k]
+    merge_shards(shards, tmp_path / "merged.h5")
+    assert_same_cache(str(single), str(tmp_path / "merged.h5"))
+
+
+def test_shards_of_other_calibrations_are_not_merged(tmp_path):
+    images = make_images(tmp_path / "images", 6)
+    one = tmp_path / "one" / "shard-1.h5"
+    extract_features(images, one, shard="1/2", **INT8)
+    add_image(images, "extra.png", 7)  # the second shard sees another listing and sample
+    two = tmp_path / "two" / "shard-2.h5"
+    extract_features(images, two, shard="2/2", **INT8)
+    with pytest.raises(Exception, match="int8_calibration"):
+        merge_shards([str(one), str(two)], tmp_path / "merged.h5")
+
+
+def test_cli_refuses_int8_without_openvino(tmp_path, capsys):
+    images = make_images(tmp_path / "images", 2)
+    argv = ["extract-features", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "none",
+            "--image-size", "32", "--precision", "int8"]  # fmt: skip
+    assert cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--precision int8 needs --backend openvino" in err
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
+    pytest.importorskip("distributed")
+    from tripletsk.distributed import extract_with_dask
+
+    images = make_images(tmp_path / "images", 6)
+    run = {k: v for k, v in INT8.items() if k != "progress"}
+    extract_with_dask(images, tmp_path / "dask.h5", n_workers=1, n_shards=2, quiet=True, **run)
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))

@@ -1,0 +1,163 @@
+"""int8 extraction: the calibration sample of a collection and its quantized backbone.
+
+``--precision int8`` (OpenVINO) runs a copy of the backbone quantized with NNCF
+(:func:`tripletsk.backends.quantize_openvino_int8`), calibrated on
+:data:`~tripletsk.backends.CALIBRATION_SIZE` of the user's own images: those of
+:func:`~tripletsk.backends.calibration_keys` of the complete listing (before any sharding, so
+every shard picks the same ones), unreadable ones skipped for the next in the ranking. The
+quantized model is kept in ``<cache folder>/.tripletsk-models/`` and reused by every run, shard
+and query of that cache. An int8 cache records ``int8_calibration`` (the sample's identity),
+``int8_model`` (the quantized model's digest), both checked like the rest of the provenance,
+and ``int8_calibration_keys`` (the sample's keys, to quantize again if the model is deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from tripletsk.errors import CacheMismatchError
+from tripletsk.extraction.backbone import WeightsSpec, build_keras_model, preprocess
+from tripletsk.extraction.decode import process_file
+from tripletsk.extraction.discovery import ImageFile
+
+__all__ = ["MODELS_DIR", "Int8Model", "int8_model_of_cache", "models_dir", "quantize_for"]
+
+#: Where quantized models are kept, next to the cache (shards of one cache share it).
+MODELS_DIR = ".tripletsk-models"
+#: Attribute of an int8 cache holding its calibration keys (JSON list); not compared.
+CALIBRATION_KEYS_ATTR = "int8_calibration_keys"
+
+
+def models_dir(cache_path: str | os.PathLike) -> str:
+    """The folder of the quantized models of the cache ``cache_path``."""
+    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(cache_path))), MODELS_DIR)
+
+
+@dataclass(frozen=True)
+class Int8Model:
+    """A quantized backbone: its folder and what an int8 cache records of it."""
+
+    folder: str
+    calibration: str  # calibration_identity of the sample
+    digest: str  # the quantized model's model_digest
+    calibration_keys: tuple[str, ...]
+
+    @property
+    def provenance(self) -> dict:
+        """The provenance entries of an int8 cache (checked on reuse and merge)."""
+        return {"int8_calibration": self.calibration, "int8_model": self.digest}
+
+    @property
+    def attrs(self) -> dict:
+        """Everything an int8 cache records of the model."""
+        return {**self.provenance, CALIBRATION_KEYS_ATTR: json.dumps(list(self.calibration_keys))}
+
+
+def _decode_sample(
+    files: Sequence[ImageFile], image_size: int, max_pixels: int | None, workers: int
+) -> tuple[list[str], np.ndarray, str]:
+    """The calibration sample of ``files`` (the whole listing): its keys, uint8 pixels and
+    identity. Unreadable files are skipped: the next in the ranking takes their place."""
+    from tripletsk.backends import CALIBRATION_SIZE, calibration_identity, calibration_keys
+
+    by_key = {f.key: f for f in files}
+    ranked = calibration_keys(list(by_key), n=len(by_key))
+    keys, arrays, samples = [], [], []
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        start = 0
+        while len(keys) < CALIBRATION_SIZE and start < len(ranked):
+            chunk = ranked[start : start + CALIBRATION_SIZE - len(keys)]
+            start += len(chunk)
+            for r in ex.map(lambda k: process_file(by_key[k], image_size, max_pixels), chunk):
+                if r.array is not None:
+                    keys.append(r.file.key)
+                    arrays.append(r.array)
+                    samples.append((r.file.key, r.fingerprint[2]))
+    if not arrays:
+        return keys, np.zeros((0, image_size, image_size, 3), np.uint8), ""
+    return keys, np.stack(arrays), calibration_identity(samples)
+
+
+def quantize_for(
+    spec: WeightsSpec,
+    image_size: int,
+    files: Sequence[ImageFile],
+    cache_path: str,
+    *,
+    max_pixels: int | None = None,
+    workers: int = 1,
+    quiet: bool = False,
+    calibration_keys: Sequence[str] | None = None,
+) -> Int8Model:
+    """The int8 model of a cache of ``files`` (the complete listing), quantized unless already
+    in :func:`models_dir`. ``calibration_keys``: quantize on these (a recorded sample) instead.
+    """
+    from tripletsk import backends
+
+    if calibration_keys is not None:
+        wanted = set(calibration_keys)
+        files = [f for f in files if f.key in wanted]
+    keys, arrays, identity = _decode_sample(files, image_size, max_pixels, workers)
+    if not keys:
+        raise CacheMismatchError(
+            "--precision int8: no readable image to calibrate the quantization on"
+        )
+    model = build_keras_model(spec, image_size)
+
+    def calibration() -> np.ndarray:  # called only when the model is not cached yet
+        if not quiet:
+            print(
+                f"quantizing the backbone to int8 once, on {len(keys)} of your images; "
+                "later runs reuse it",
+                file=sys.stderr,
+                flush=True,
+            )
+        return preprocess(arrays)
+
+    folder, manifest = backends.quantize_openvino_int8(
+        model, calibration, models_dir(cache_path), identity
+    )
+    return Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
+
+
+def int8_model_of_cache(
+    attrs: dict,
+    spec: WeightsSpec,
+    image_size: int,
+    files: Sequence[ImageFile],
+    cache_path: str,
+    **kwargs,
+) -> Int8Model:
+    """The quantized model an int8 cache (its ``attrs``) recorded: found in
+    :func:`models_dir`, else quantized again on the recorded calibration images.
+
+    Raises
+    ------
+    CacheMismatchError
+        If the model is gone and quantizing again gives another model (calibration images
+        changed or gone, other NNCF/OpenVINO versions): re-extract into a new cache.
+    """
+    from tripletsk.backends import find_quantized_model
+
+    digest, calibration = str(attrs.get("int8_model")), str(attrs.get("int8_calibration"))
+    keys = tuple(json.loads(attrs.get(CALIBRATION_KEYS_ATTR) or "[]"))
+    folder = find_quantized_model(models_dir(cache_path), digest)
+    if folder is not None:
+        return Int8Model(folder, calibration, digest, keys)
+    again = quantize_for(spec, image_size, files, cache_path, calibration_keys=keys, **kwargs)
+    if (again.calibration, again.digest) != (calibration, digest):
+        raise CacheMismatchError(
+            f"{cache_path} holds int8 features of a quantized model that is gone from "
+            f"{models_dir(cache_path)}, and quantizing again gave another model (its "
+            "calibration images changed or are gone, or NNCF/OpenVINO were upgraded). int8 "
+            "features of two models are not mixed: re-extract into a new cache (another "
+            "--output, or --replace)."
+        )
+    return again
