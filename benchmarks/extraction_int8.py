@@ -9,7 +9,7 @@ features, preprocessing included:
 * ``tf fp32``: ResNet50's ``preprocess_input`` in NumPy, then the compiled ``tf.function``;
 * ``ov f32``: the same preprocessing, then OpenVINO f32 (THROUGHPUT streams, the default);
 * ``ov int8``: the same preprocessing, then the model quantized by NNCF
-  (:func:`tripletsk.backends.make_openvino_int8_runner`, calibrated on ``--calibration``
+  (:func:`tripletsk.quantization.make_openvino_int8_runner`, calibrated on ``--calibration``
   other crops of the photos, never the measured ones);
 
 With ``--tune``, int8 also runs with other OpenVINO settings: performance hint THROUGHPUT
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     import tensorflow as tf
     from keras.applications.resnet50 import preprocess_input
 
-    from tripletsk import backends
+    from tripletsk import backends, quantization
     from tripletsk.extraction import build_backbone
 
     images = real_images(args.images, args.size, seed=0)
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     ov_f32 = timed("ov f32", lambda: backends.make_openvino_runner(model, "f32", batch_size=b))
     int8 = timed(
         "ov int8",
-        lambda: backends.make_openvino_int8_runner(model, calibration, cache, batch_size=b),
+        lambda: quantization.make_openvino_int8_runner(model, calibration, cache, batch_size=b),
     )
     folder = int8.model_folder
     runners = {
@@ -146,7 +146,7 @@ def main(argv=None) -> None:
             "int8 tput fixed nopin": dict(batch_size=b, pinning=False),
         }
         for name, kw in variants.items():
-            run = timed(name, lambda kw=kw: backends.load_openvino_int8_runner(folder, **kw))
+            run = timed(name, lambda kw=kw: quantization.load_openvino_int8_runner(folder, **kw))
             compiled[name] = run
             runners[name] = preprocessed(run)
 

@@ -7,7 +7,7 @@ as ``weights="none"``: no download) turns them into features three ways:
 * ``tf fp32``: TensorFlow float32, the reference;
 * ``ov f32``: OpenVINO f32 (to separate the backend from the quantization);
 * ``ov int8``: OpenVINO int8 quantized by NNCF, calibrated on the calibration sample of the
-  training images only (:func:`tripletsk.backends.calibration_keys`, 128 images by
+  training images only (:func:`tripletsk.quantization.calibration_keys`, 128 images by
   default, ``--calibration``), as
   ``extract-features --precision int8`` would.
 
@@ -68,16 +68,15 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     from tripletsk import TripletEncoder
-    from tripletsk.backends import (
+    from tripletsk.backends import make_openvino_runner, make_tensorflow_runner
+    from tripletsk.extraction import build_backbone
+    from tripletsk.metrics import retrieval_report
+    from tripletsk.quantization import (
         CALIBRATION_SIZE,
         calibration_identity,
         calibration_keys,
         make_openvino_int8_runner,
-        make_openvino_runner,
-        make_tensorflow_runner,
     )
-    from tripletsk.extraction import build_backbone
-    from tripletsk.metrics import retrieval_report
 
     images, y = digit_images(args.size)
     keys = np.array([f"digit_{i:04d}" for i in range(len(y))])

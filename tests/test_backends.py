@@ -7,22 +7,25 @@ import numpy as np
 import pytest
 
 import tripletsk.backends as backends
+import tripletsk.quantization as quantization
 from tripletsk.backends import (
     bfloat16_copy,
-    calibration_identity,
-    calibration_keys,
     check_precision,
     cpu_supports_bfloat16,
-    find_quantized_model,
-    load_openvino_int8_runner,
-    make_openvino_int8_runner,
     make_openvino_runner,
     make_tensorflow_runner,
     normalize_precision,
-    quantize_openvino_int8,
     warn_if_bfloat16_is_emulated,
 )
 from tripletsk.errors import UserError
+from tripletsk.quantization import (
+    calibration_identity,
+    calibration_keys,
+    find_quantized_model,
+    load_openvino_int8_runner,
+    make_openvino_int8_runner,
+    quantize_openvino_int8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +184,7 @@ def test_int8_runner_shapes(batch, int8_cache, hint, batch_size):
 def test_int8_model_is_reused_not_requantized(small_cnn, int8_cache, calibration, monkeypatch):
     cache, folder = int8_cache
     before = _tree(folder)
-    monkeypatch.setattr(backends, "_quantize", lambda *a: pytest.fail("quantized again"))
+    monkeypatch.setattr(quantization, "_quantize", lambda *a: pytest.fail("quantized again"))
     again, manifest = quantize_openvino_int8(
         small_cnn, lambda: pytest.fail("calibration decoded again"), cache, "cal-1"
     )
@@ -268,7 +271,7 @@ def test_calibration_identity_depends_on_keys_and_contents():
 
 _QUANTIZE_IN_A_PROCESS = """
 import sys, keras, numpy as np
-from tripletsk.backends import quantize_openvino_int8
+from tripletsk.quantization import quantize_openvino_int8
 keras.utils.set_random_seed(0)
 model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
                           keras.layers.GlobalAveragePooling2D()])

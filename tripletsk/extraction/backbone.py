@@ -224,10 +224,10 @@ def _backend_runner(
 ):
     """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
     int8: the quantized model in ``int8_folder``."""
-    from tripletsk import backends
+    from tripletsk import backends, quantization
 
     if precision == "int8":
-        run = backends.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
+        run = quantization.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
     elif backend == "openvino":
         try:
             run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
@@ -260,7 +260,7 @@ def build_backbone(
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
-    (:func:`tripletsk.backends.quantize_openvino_int8`).
+    (:func:`tripletsk.quantization.quantize_openvino_int8`).
 
     Raises
     ------

@@ -1,9 +1,9 @@
 """int8 extraction: the calibration sample of a collection and its quantized backbone.
 
 ``--precision int8`` (OpenVINO) runs a copy of the backbone quantized with NNCF
-(:func:`tripletsk.backends.quantize_openvino_int8`), calibrated on
-:data:`~tripletsk.backends.CALIBRATION_SIZE` of the user's own images: those of
-:func:`~tripletsk.backends.calibration_keys` of the complete listing (before any sharding, so
+(:func:`tripletsk.quantization.quantize_openvino_int8`), calibrated on
+:data:`~tripletsk.quantization.CALIBRATION_SIZE` of the user's own images: those of
+:func:`~tripletsk.quantization.calibration_keys` of the complete listing (before any sharding, so
 every shard picks the same ones), unreadable ones skipped for the next in the ranking. The
 quantized model is kept in ``<cache folder>/.tripletsk-models/`` and reused by every run, shard
 and query of that cache. An int8 cache records ``int8_calibration`` (the sample's identity),
@@ -65,7 +65,7 @@ def _decode_sample(
 ) -> tuple[list[str], np.ndarray, str]:
     """The calibration sample of ``files`` (the whole listing): its keys, uint8 pixels and
     identity. Unreadable files are skipped: the next in the ranking takes their place."""
-    from tripletsk.backends import CALIBRATION_SIZE, calibration_identity, calibration_keys
+    from tripletsk.quantization import CALIBRATION_SIZE, calibration_identity, calibration_keys
 
     by_key = {f.key: f for f in files}
     ranked = calibration_keys(list(by_key), n=len(by_key))
@@ -99,7 +99,7 @@ def quantize_for(
     """The int8 model of a cache of ``files`` (the complete listing), quantized unless already
     in :func:`models_dir`. ``calibration_keys``: quantize on these (a recorded sample) instead.
     """
-    from tripletsk import backends
+    from tripletsk import quantization
 
     if calibration_keys is not None:
         wanted = set(calibration_keys)
@@ -121,7 +121,7 @@ def quantize_for(
             )
         return preprocess(arrays)
 
-    folder, manifest = backends.quantize_openvino_int8(
+    folder, manifest = quantization.quantize_openvino_int8(
         model, calibration, models_dir(cache_path), identity
     )
     return Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
@@ -144,7 +144,7 @@ def int8_model_of_cache(
         If the model is gone and quantizing again gives another model (calibration images
         changed or gone, other NNCF/OpenVINO versions): re-extract into a new cache.
     """
-    from tripletsk.backends import find_quantized_model
+    from tripletsk.quantization import find_quantized_model
 
     digest, calibration = str(attrs.get("int8_model")), str(attrs.get("int8_calibration"))
     keys = tuple(json.loads(attrs.get(CALIBRATION_KEYS_ATTR) or "[]"))

@@ -87,8 +87,8 @@ def _expected(spec, prov: dict) -> dict:
 
 def _int8_folder(store: FeatureStore) -> str:
     """The quantized model the int8 cache ``store`` recorded, in ``.tripletsk-models/``."""
-    from tripletsk.backends import find_quantized_model
     from tripletsk.extraction.int8 import models_dir
+    from tripletsk.quantization import find_quantized_model
 
     folder = find_quantized_model(models_dir(store.path), str(store.provenance["int8_model"]))
     if folder is None:
