@@ -281,6 +281,7 @@ print(folder, manifest["model_digest"])
 """
 
 
+@pytest.mark.slow
 def test_concurrent_quantizations_leave_one_complete_model(tmp_path):
     """Two processes quantizing the same model into one cache at once (e.g. two shards)."""
     pytest.importorskip("nncf")

@@ -30,6 +30,8 @@ from tripletsk.extraction import extract_features  # noqa: E402
 from tripletsk.shards import shard_path  # noqa: E402
 from tripletsk.store import FeatureStore  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a Dask cluster per module
+
 RUN = {"weights": "none", "image_size": 32, "batch_size": 4}
 
 

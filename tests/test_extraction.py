@@ -648,6 +648,7 @@ def _weights_digest(model) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_random_weights_identical_in_a_new_process(backbone):
     code = textwrap.dedent(
         """
@@ -702,6 +703,7 @@ def test_imagenet_offline_error_says_what_to_do(tmp_path):
     assert issubclass(WeightsUnavailableError, RuntimeError)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     root = tmp_path / "imgs"
     for i in range(10):
@@ -862,6 +864,7 @@ def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
     assert (s.cached, s.written) == (1, False)  # not re-hashed, cache not rewritten
 
 
+@pytest.mark.slow
 def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
     """SIGKILL during the final cache write: the cache is still the old complete file."""
     from tripletsk.extraction import provenance_for
@@ -961,6 +964,7 @@ def test_bfloat16_extraction_is_recorded_close_to_float32_and_never_mixed(photo_
     np.testing.assert_allclose(again[0], b.lookup([b.keys[0]])[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_openvino_backend_matches_tensorflow(photo_folder, tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     run = dict(weights="none", image_size=64, batch_size=4, quiet=True)

@@ -144,6 +144,7 @@ def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
         assert store.attrs["image_root"] == str(b)
 
 
+@pytest.mark.slow
 def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
     a, b = _folder(tmp_path / "a", 4, seed=1), _folder(tmp_path / "b", 4, seed=2)
     common = ["--weights", "none", "--image-size", "32", "-q"]
@@ -283,6 +284,7 @@ def test_jpeg_draft_holds_the_reduced_size_only(tmp_path):
 RSS_BOUND_MIB = 1200
 
 
+@pytest.mark.slow
 def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
     big, small = tmp_path / "big", _folder(tmp_path / "small", 4, seed=0)
     big.mkdir()
@@ -323,6 +325,7 @@ def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
         (20, 0),  # the first part already does not fit
     ],
 )
+@pytest.mark.slow
 def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, limit_kb, parts):
     imgs = _folder(tmp_path / "imgs", 4, seed=5)
     cache = tmp_path / "out" / "features.h5"
