@@ -285,3 +285,29 @@ def test_cli_merge_refuses_a_whole_cache(capsys, runs, tmp_path):
 def test_cli_merge_refuses_to_overwrite_a_shard(capsys, runs):
     status, _, err = run(capsys, "merge-features", *runs["shards"], "-o", runs["shards"][0])
     assert status == 1 and "is one of the shard files" in one_error_line(err)
+
+
+def test_merge_replaces_only_a_merge_of_the_same_extraction(runs, tmp_path):
+    out = tmp_path / "merged.h5"
+    merge_shards(runs["shards"], out)
+    merge_shards(runs["shards"], out)  # merging again (e.g. after a shard was redone) is fine
+    assert_same_cache(runs["single"], str(out))
+
+
+def test_merge_leaves_a_cache_of_another_folder_alone(runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(runs["images"], other)
+    out = tmp_path / "features.h5"
+    extract_features(other, out, **RUN)
+    before = out.read_bytes()
+    with pytest.raises(CacheMismatchError, match=r"holds the features of the images in .*other"):
+        merge_shards(runs["shards"], out)
+    assert out.read_bytes() == before
+
+
+def test_merge_leaves_a_file_that_is_not_a_cache_alone(runs, tmp_path):
+    out = tmp_path / "notes.h5"
+    out.write_text("my notes")
+    with pytest.raises(ShardError, match="exists and is not a feature cache"):
+        merge_shards(runs["shards"], out)
+    assert out.read_text() == "my notes"

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tripletsk.errors import CacheMismatchError, ShardError
+from tripletsk.errors import CacheFormatError, CacheMismatchError, ShardError
 from tripletsk.failures import write_failed_list
 from tripletsk.store import (
     CacheHeader,
@@ -288,7 +288,8 @@ def merge_shards(
     paths : sequence of paths
         The N shard files, in any order.
     output : path
-        The merged cache (replaced if it exists; must not be one of ``paths``).
+        The merged cache; must not be one of ``paths``. An existing file there is replaced
+        only by the merge of the same extraction (same settings and images folder).
     remove : bool, default False
         Delete the shard files (and their lock and failure lists) after a successful merge.
 
@@ -317,11 +318,33 @@ def merge_shards(
     return summary
 
 
+def _check_existing_output(output: str, first: CacheHeader) -> None:
+    """An existing ``output`` is replaced only by the merge of the same extraction: the same
+    settings and images folder (e.g. merging again after a shard was redone). Any other file
+    there is the user's, and is left alone."""
+    if not os.path.exists(output):
+        return
+    try:
+        old = read_header(output)
+    except CacheFormatError:
+        raise ShardError(
+            f"{output} exists and is not a feature cache: write the merge to another file"
+        ) from None
+    check_provenance(old.provenance, first.provenance, output)
+    old_root, new_root = old.attrs.get("image_root"), first.attrs.get("image_root")
+    if old_root and new_root and os.path.realpath(old_root) != os.path.realpath(new_root):
+        raise CacheMismatchError(
+            f"{output} holds the features of the images in {old_root}, but the shards are of "
+            f"{new_root}: write the merge to another file, or delete {output} first"
+        )
+
+
 def merge_shards_locked(paths: Sequence[str], output: str) -> MergeSummary:
     """:func:`merge_shards` for a caller that already holds ``output``'s :class:`CacheLock`."""
     remove_stale_temp_files(output)
     shards = check_shards(_read_shards(paths))
     first = shards[0]
+    _check_existing_output(output, first)
     # Global sorted key order, as a fresh single-process run writes it.
     owner = [(k, s, r) for s, h in enumerate(shards) for r, k in enumerate(h.keys)]
     owner.sort(key=lambda t: t[0])
