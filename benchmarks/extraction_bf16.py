@@ -33,6 +33,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import time_interleaved
+
 
 def real_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """n uint8 images (n, size, size, 3): random crops and flips of the two sample photos."""
@@ -142,28 +144,11 @@ def main(argv=None) -> None:
                 build_times[name] = time.perf_counter() - start
 
     b = args.batch_size
-    n_full = (len(x) // b) * b  # whole batches only: one compiled shape per backend
-
-    def run_all(runner):
-        return np.concatenate([runner(x[i : i + b]) for i in range(0, n_full, b)])
-
-    features = {}
-    for name, runner in runners.items():  # warm-up / first-call compilation
-        start = time.perf_counter()
-        features[name] = run_all(runner)
-        build_times[name] += time.perf_counter() - start
-
-    rates = {name: [] for name in runners}
-    ratios = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        elapsed = {}
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            run_all(runner)
-            elapsed[name] = time.perf_counter() - start
-            rates[name].append(n_full / elapsed[name])
-        for name in runners:
-            ratios[name].append(elapsed["tensorflow float32"] / elapsed[name])
+    features, first_pass, rates, ratios, n_full = time_interleaved(
+        runners, x, b, args.rounds, "tensorflow float32"
+    )
+    for name, seconds in first_pass.items():
+        build_times[name] += seconds
 
     ref = features["tensorflow float32"]
     ceiling = matmul_ratio()

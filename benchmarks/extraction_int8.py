@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from _common import time_interleaved  # noqa: E402
 from extraction_bf16 import cosine_rows, real_images  # noqa: E402
 
 
@@ -150,28 +151,11 @@ def main(argv=None) -> None:
             compiled[name] = run
             runners[name] = preprocessed(run)
 
-    n_full = (len(images) // b) * b  # whole batches only: one compiled shape per runner
-
-    def run_all(runner):
-        return np.concatenate([runner(images[i : i + b]) for i in range(0, n_full, b)])
-
-    features = {}
-    for name, runner in runners.items():  # warm-up / first-call compilation
-        start = time.perf_counter()
-        features[name] = run_all(runner)
-        setup[name] += time.perf_counter() - start
-
-    rates = {name: [] for name in runners}
-    ratios = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        elapsed = {}
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            run_all(runner)
-            elapsed[name] = time.perf_counter() - start
-            rates[name].append(n_full / elapsed[name])
-        for name in runners:
-            ratios[name].append(elapsed["tf fp32"] / elapsed[name])
+    features, first_pass, rates, ratios, n_full = time_interleaved(
+        runners, images, b, args.rounds, "tf fp32"
+    )
+    for name, seconds in first_pass.items():
+        setup[name] += seconds
 
     ref = features["tf fp32"]
     centre = ref.mean(axis=0)
