@@ -42,3 +42,21 @@ def test_failed_import_replays_what_it_wrote(tmp_path):
     assert proc.returncode != 0
     assert "libfoo.so: cannot open shared object file" in proc.stderr
     assert "ImportError: broken tensorflow" in proc.stderr
+
+
+def test_extract_features_command_writes_nothing_to_stderr(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img" / "a").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(tmp_path / "img" / "a" / f"{i}.png")
+    argv = ["extract-features", tmp_path / "img", "-o", tmp_path / "c.h5", "-q"]
+    argv += ["--weights", "none", "--image-size", "32"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tripletsk", *map(str, argv)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

@@ -58,6 +58,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tripletsk._tensorflow import import_keras, import_tensorflow
 from tripletsk.errors import UserError
 
 PRECISIONS = ("float32", "bfloat16", "int8")
@@ -127,7 +128,7 @@ def warn_if_bfloat16_is_emulated(what: str, stacklevel: int = 3) -> None:
     """
     if cpu_supports_bfloat16():
         return
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if tf.config.list_physical_devices("GPU"):
         return
@@ -145,7 +146,7 @@ def bfloat16_copy(model):
 
     The global Keras dtype policy is not changed. Outputs are cast back to float32.
     """
-    import keras
+    keras = import_keras()
 
     def clone_layer(layer):
         config = layer.get_config()
@@ -169,7 +170,7 @@ def make_tensorflow_runner(model, precision: str = "float32") -> Callable[[np.nd
     >>> make_tensorflow_runner(m)(np.ones((2, 4, 4, 3), np.float32)).shape
     (2, 3)
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     precision = check_precision("tensorflow", precision)
     net = model if precision == "float32" else bfloat16_copy(model)

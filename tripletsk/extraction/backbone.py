@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tripletsk._tensorflow import import_keras, import_tensorflow
 from tripletsk.errors import UserError, WeightsUnavailableError
 from tripletsk.extraction.decode import PREPROCESSING
 
@@ -140,6 +141,7 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
 
 def preprocess(images: np.ndarray) -> np.ndarray:
     """uint8 images -> what the model takes (float32, ResNet50's ``preprocess_input``)."""
+    import_keras()
     from keras.applications.resnet50 import preprocess_input
 
     return preprocess_input(np.asarray(images, dtype=np.float32))
@@ -186,7 +188,7 @@ class Backbone:
         *,
         int8_folder: str | None = None,
     ):
-        import tensorflow as tf
+        tf = import_tensorflow()
         from keras.applications.resnet50 import preprocess_input
 
         self.model, self.spec = model, spec
@@ -242,10 +244,6 @@ def _backend_runner(
     return lambda x: run(preprocess(x))
 
 
-def _quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def build_backbone(
     weights="imagenet",
     image_size: int = 224,
@@ -281,8 +279,7 @@ def build_keras_model(spec: WeightsSpec, image_size: int):
     """The frozen Keras ResNet50 (to ``avg_pool``) of ``spec`` at ``image_size``."""
     image_size = int(image_size)
     check_image_size(image_size)
-    _quiet_tf()
-    import keras
+    keras = import_keras()
 
     shape = (image_size, image_size, 3)
     if spec.kind == "imagenet":
