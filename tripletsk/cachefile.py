@@ -51,8 +51,10 @@ FORMAT_NAME = "tripletsk-features"
 FORMAT_VERSION = 1
 #: Attributes that identify the model; two caches are compatible when these are equal. The
 #: ``int8_*`` ones exist in int8 caches only (calibration sample, quantized model's digest).
-PROVENANCE_KEYS = ("backbone", "weights", "image_size", "preprocessing", "compute_dtype",
-                   "int8_calibration", "int8_model")  # fmt: skip
+PROVENANCE_KEYS = ("backbone", "layer", "weights", "image_size", "preprocessing",
+                   "compute_dtype", "int8_calibration", "int8_model")  # fmt: skip
+#: Recorded and read back, not compared: how to rebuild the backbone, and where files were.
+_DESCRIPTIVE_KEYS = ("backend", "weights_source", "architecture", "backbone_source")
 #: Per-row file fingerprint: size and mtime to notice a change cheaply, a content hash to be sure.
 #: ``hashed_ns`` is when the hash was taken (to detect files modified within the mtime granularity).
 FINGERPRINT_DTYPE = np.dtype(
@@ -175,8 +177,13 @@ def read_header(path: str | os.PathLike) -> CacheHeader:
             "made by extract-features, or write a new cache to another file"
         ) from e
     _check_index(path, attrs, keys, fps, failed)
-    prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, "backend", "weights_source")}
-    prov = {k: v for k, v in prov.items() if v is not None or not k.startswith("int8_")}
+    prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, *_DESCRIPTIVE_KEYS)}
+    optional = ("layer", "architecture", "backbone_source")  # absent for the default backbone
+    prov = {
+        k: v
+        for k, v in prov.items()
+        if v is not None or not (k.startswith("int8_") or k in optional)
+    }
     return CacheHeader(path, attrs, keys, fps, failed, dim, dtype, prov)
 
 

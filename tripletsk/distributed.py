@@ -260,7 +260,7 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
     images folder, or is a shard."""
     if not os.path.exists(output):
         return
-    from tripletsk.extraction import check_backend, provenance_for, resolve_weights
+    from tripletsk.extraction import check_backend, provenance_for
     from tripletsk.extraction.roots import ImageFolderMismatchError, same_folder
 
     old = read_header(output)
@@ -269,7 +269,7 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
             f"{output} is shard {old.attrs['shard']}; write the cluster's result to another "
             "output file"
         )
-    spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
+    spec = _network(kwargs)
     backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
     # An int8 cache's own model is the one the shards use (see _int8_model).
     int8 = {k: v for k, v in old.provenance.items() if k.startswith("int8_")}
@@ -280,14 +280,22 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
         raise ImageFolderMismatchError(output, root, images_dir)
 
 
+def _network(kwargs: dict):
+    """The backbone network the extraction arguments ``kwargs`` ask for."""
+    from tripletsk.extraction.backbone import resolve_network
+
+    names = ("weights", "seed", "backbone", "layer", "preprocessing")
+    return resolve_network(**{k: kwargs[k] for k in names if k in kwargs})
+
+
 def _int8_model(root: str, output: str, kwargs: dict, quiet: bool):
     """int8: quantize the backbone once, on the client, before the shards start (or find the
     model ``output`` recorded); the workers load it from ``.tripletsk-models/`` next to the
     output, which they must see at the same path (a shared file system)."""
-    from tripletsk.extraction import discover_images, resolve_weights
+    from tripletsk.extraction import discover_images
     from tripletsk.extraction.int8 import int8_model_of_cache, quantize_for
 
-    spec = resolve_weights(kwargs.get("weights", "imagenet"), kwargs.get("seed", 0))
+    spec = _network(kwargs)
     size = int(kwargs.get("image_size", 224))
     files = discover_images(root, recursive=kwargs.get("recursive", True)).files
     options = {"max_pixels": kwargs.get("max_pixels"), "workers": kwargs.get("workers") or 1,

@@ -22,9 +22,12 @@ def register(sub) -> None:
     p = add_command(
         sub,
         "extract-features",
-        "Pass every image of a folder once through ResNet50 and cache the features (HDF5).",
+        "Pass every image of a folder once through a frozen backbone (ResNet50 by default) and "
+        "cache the features (HDF5).",
         "tripletsk extract-features images/ -o cache/features.h5\n"
-        "tripletsk extract-features images/ --weights none --image-size 32   # offline test",
+        "tripletsk extract-features images/ --weights none --image-size 32   # offline test\n"
+        "tripletsk extract-features images/ --backbone EfficientNetV2B0 -o cache/effnet.h5\n"
+        "tripletsk extract-features images/ --backbone my_model.keras --preprocessing tf",
     )
     add_extract_arguments(p)
     _add_scale_arguments(p)
@@ -54,10 +57,32 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         "-o", "--output", default=DEFAULT_CACHE, help="feature cache (default: %(default)s)"
     )
     parser.add_argument(
+        "--backbone",
+        default="ResNet50",
+        metavar="NAME|FILE",
+        help="a keras.applications model (e.g. MobileNetV2, EfficientNetV2B0, ConvNeXtTiny, "
+        "'MobileNet(alpha=0.25)'), built without its top and average-pooled, with its own "
+        "preprocess_input; or a Keras model file (.keras, full-model .h5), loaded safely "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="the layer that gives the features (a feature map is average-pooled); default: the "
+        "application's pooling, or a model file's last global-pooling layer",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=("caffe", "tf", "torch", "none"),
+        default=None,
+        help="how pixels are scaled (Keras' preprocess_input modes); required with a model "
+        "file, else the application's own",
+    )
+    parser.add_argument(
         "--weights",
         default="imagenet",
-        help="imagenet (Keras download), none (random, for tests) or PATH to a weights file "
-        "(default: %(default)s)",
+        help="imagenet (Keras download), none (random, for tests) or PATH to a weights file of "
+        "the backbone (default: %(default)s; a model file carries its own)",
     )
     parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
@@ -160,6 +185,9 @@ def extraction_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`extract_features` that the parsed options set."""
     return {
         "weights": args.weights,
+        "backbone": getattr(args, "backbone", "ResNet50"),
+        "layer": getattr(args, "layer", None),
+        "preprocessing": getattr(args, "preprocessing", None),
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "dtype": args.dtype,
@@ -177,7 +205,7 @@ def extraction_options(args: argparse.Namespace) -> dict:
 def _check_sizes(args: argparse.Namespace) -> None:
     """The size options, checked here to name the flags (the library names its parameters)."""
     if args.image_size < 32:
-        raise UserError(f"--image-size must be at least 32 for ResNet50, got {args.image_size}")
+        raise UserError(f"--image-size must be at least 32, got {args.image_size}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
 

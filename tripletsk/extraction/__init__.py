@@ -1,17 +1,19 @@
-"""Feature extraction: find images, decode them, run a frozen ResNet50, cache the features.
+"""Feature extraction: find images, decode them, run a frozen backbone, cache the features.
 
 The expensive one-time step. ``extract_features(images_dir)`` (``tripletsk extract-features``)
-passes every image once through ResNet50 up to its ``avg_pool`` layer (2048 numbers) and stores the
-features in an HDF5 cache (see :mod:`tripletsk.store`). Runs are incremental (only new or changed
+passes every image once through a frozen backbone (by default ResNet50 up to its ``avg_pool`` layer,
+2048 numbers; any ``keras.applications`` model or a user's model file) and stores the features in an
+HDF5 cache (see :mod:`tripletsk.store`). Runs are incremental (only new or changed
 images are extracted), resumable after any interruption (SIGKILL included), and unreadable files
 are skipped and reported with a reason.
 
 Modules: ``discovery`` (finding images), ``decode`` (Pillow decoding, fingerprints), ``budget``
-(the decoders' shared memory budget), ``backbone`` (weights, the model, provenance), ``plan``
-(what a run keeps, extracts and drops), ``pipeline`` (decoding threads feeding the model),
-``roots`` (one images folder per cache), ``repair`` (re-extracting damaged rows), ``write_errors``
-(a cache that cannot be written), ``run`` (one run, :func:`extract_features`), ``summary``,
-``query`` (:func:`features_for_files`). TensorFlow is imported only when a model is built.
+(the decoders' shared memory budget), ``architecture`` (which network), ``backbone`` (weights,
+the model, provenance), ``plan`` (what a run keeps, extracts and drops), ``pipeline`` (decoding
+threads feeding the model), ``roots`` (one images folder per cache), ``repair`` (re-extracting
+damaged rows), ``write_errors`` (a cache that cannot be written), ``run`` (one run,
+:func:`extract_features`), ``summary``, ``query`` (:func:`features_for_files`). TensorFlow is
+imported only when a model is built.
 """
 
 from tripletsk.extraction.backbone import (
@@ -20,6 +22,7 @@ from tripletsk.extraction.backbone import (
     build_backbone,
     check_backend,
     provenance_for,
+    resolve_network,
     resolve_weights,
 )
 from tripletsk.extraction.decode import PREPROCESSING, load_image
@@ -43,5 +46,6 @@ __all__ = [
     "features_for_files",
     "load_image",
     "provenance_for",
+    "resolve_network",
     "resolve_weights",
 ]

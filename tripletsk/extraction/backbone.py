@@ -1,6 +1,9 @@
-"""The backbone: a frozen ResNet50 up to ``avg_pool``, its weights, and what identifies them.
+"""The backbone: a frozen network (ResNet50 up to ``avg_pool`` by default), its weights, and
+what identifies them.
 
-``resolve_weights`` turns the ``weights`` argument into an identity recorded in the cache;
+The network is an :class:`~tripletsk.extraction.architecture.Architecture` (a
+``keras.applications`` name or a model file); ``resolve_weights`` turns the ``weights`` argument
+into an identity recorded in the cache;
 ``provenance_for`` is everything that identifies the features a model produces (a cache never
 mixes features of two provenances); ``build_backbone`` builds the model and compiles its forward
 function. TensorFlow is imported only when a model is built.
@@ -17,7 +20,14 @@ import numpy as np
 
 from tripletsk._tensorflow import import_keras, import_tensorflow
 from tripletsk.errors import UserError, WeightsUnavailableError
-from tripletsk.extraction.decode import PREPROCESSING
+from tripletsk.extraction.architecture import (
+    DEFAULT_BACKBONE,
+    RESNET50,
+    Architecture,
+    load_model_file,
+    preprocess_pixels,
+    resolve_architecture,
+)
 
 __all__ = [
     "BACKBONE",
@@ -29,12 +39,14 @@ __all__ = [
     "build_keras_model",
     "cached_backbone",
     "check_backend",
+    "feature_dim",
     "preprocess",
     "provenance_for",
+    "resolve_network",
     "resolve_weights",
 ]
 
-BACKBONE = "keras.applications.ResNet50(include_top=False, pooling='avg')"
+BACKBONE = RESNET50.identity  # the default backbone's provenance
 FEATURE_DIM = 2048
 RANDOM_INIT = "numpy-glorot-uniform-v1"
 #: Keras' md5 of resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 (the ImageNet weights).
@@ -44,11 +56,14 @@ IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    kind: str  # "imagenet" | "file" | "none"
+    """A network to build: its architecture and the weights to give it."""
+
+    kind: str  # "imagenet" | "file" | "none" | "in-file" (a model file's own)
     identity: str  # recorded in the cache and compared on reuse
     path: str | None = None
     seed: int = 0
     source: str = ""  # human-readable: where the weights came from
+    arch: Architecture = RESNET50
 
 
 def _file_digests(path: str) -> tuple[str, str]:
@@ -60,27 +75,49 @@ def _file_digests(path: str) -> tuple[str, str]:
     return md5.hexdigest(), b2.hexdigest()
 
 
-def resolve_weights(weights, seed: int = 0) -> WeightsSpec:
+def resolve_weights(weights, seed: int = 0, arch: Architecture = RESNET50) -> WeightsSpec:
     """Turn ``weights`` ("imagenet", "none"/None, or a file path) into an identity for the cache.
 
-    A local copy of Keras' ImageNet weights file is recognised by its hash and identified as
-    ``imagenet``, so caches made online and offline are compatible.
+    A local copy of Keras' ResNet50 ImageNet weights file is recognised by its hash and
+    identified as ``imagenet``, so caches made online and offline are compatible. A model file
+    (``arch.is_file``) carries its own weights: ``weights`` must be left at "imagenet".
     """
-    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+    is_name = isinstance(weights, str)
+    if arch.is_file:
+        if not (is_name and weights.lower() == "imagenet"):
+            raise UserError(
+                f"the backbone model file {arch.path} carries its own weights; weights "
+                f"({weights!r}) apply to keras.applications backbones only"
+            )
+        return WeightsSpec("in-file", "in-file", None, 0, "the backbone model file", arch)
+    if weights is None or (is_name and weights.lower() == "none"):
         seed = int(seed)
-        return WeightsSpec("none", f"none:seed={seed}:init={RANDOM_INIT}", None, seed, "none")
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        return WeightsSpec("imagenet", "imagenet", None, 0, "imagenet (Keras download)")
+        ident = f"none:seed={seed}:init={RANDOM_INIT}"
+        return WeightsSpec("none", ident, None, seed, "none", arch)
+    if is_name and weights.lower() == "imagenet":
+        return WeightsSpec("imagenet", "imagenet", None, 0, "imagenet (Keras download)", arch)
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise UserError(
             f"weights file not found: {path}; weights must be 'imagenet', 'none', or the "
-            "path of a ResNet50 weights file (.h5 / .weights.h5)"
+            f"path of a {arch.name} weights file (.h5 / .weights.h5)"
         )
     md5, b2 = _file_digests(path)
-    if md5 == IMAGENET_NOTOP_MD5:
-        return WeightsSpec("file", "imagenet", path, 0, os.path.abspath(path))
-    return WeightsSpec("file", f"file:blake2b={b2}", path, 0, os.path.abspath(path))
+    if md5 == IMAGENET_NOTOP_MD5 and arch == RESNET50:
+        return WeightsSpec("file", "imagenet", path, 0, os.path.abspath(path), arch)
+    return WeightsSpec("file", f"file:blake2b={b2}", path, 0, os.path.abspath(path), arch)
+
+
+def resolve_network(
+    weights="imagenet",
+    seed: int = 0,
+    backbone=DEFAULT_BACKBONE,
+    layer: str | None = None,
+    preprocessing: str | None = None,
+) -> WeightsSpec:
+    """The network of extraction arguments: :func:`resolve_architecture` with
+    :func:`resolve_weights`."""
+    return resolve_weights(weights, seed, resolve_architecture(backbone, layer, preprocessing))
 
 
 BACKENDS = ("tensorflow", "openvino")
@@ -128,10 +165,9 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
     calibration images (:mod:`tripletsk.extraction.int8`).
     """
     return {
-        "backbone": BACKBONE,
+        **spec.arch.provenance(),
         "weights": spec.identity,
         "image_size": int(image_size),
-        "preprocessing": PREPROCESSING,
         "compute_dtype": precision,
         "backend": backend,
         "weights_source": spec.source,
@@ -139,12 +175,9 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
     }
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """uint8 images -> what the model takes (float32, ResNet50's ``preprocess_input``)."""
-    import_keras()
-    from keras.applications.resnet50 import preprocess_input
-
-    return preprocess_input(np.asarray(images, dtype=np.float32))
+def preprocess(images: np.ndarray, arch: Architecture = RESNET50) -> np.ndarray:
+    """uint8 images -> what the model takes (float32, ``arch``'s ``preprocess_input``)."""
+    return np.asarray(preprocess_pixels(np.asarray(images, dtype=np.float32), arch))
 
 
 def _seeded_init(model, seed: int) -> None:
@@ -155,6 +188,7 @@ def _seeded_init(model, seed: int) -> None:
     for v in model.weights:
         path = getattr(v, "path", v.name)
         kind = path.rsplit("/", 1)[-1].split(":")[0]
+        kind = _INIT_KIND.get(kind, kind)
         shape = tuple(int(s) for s in v.shape)
         rng = np.random.default_rng([int(seed), zlib.crc32(path.encode("utf-8"))])
         if kind == "kernel":
@@ -162,17 +196,22 @@ def _seeded_init(model, seed: int) -> None:
             fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
             lim = np.sqrt(6.0 / (fan_in + fan_out))
             val = rng.uniform(-lim, lim, size=shape)
-        elif kind in ("gamma", "moving_variance"):
+        elif kind in ("gamma", "moving_variance", "variance"):
             val = np.ones(shape)
         else:  # bias, beta, moving_mean
             val = np.zeros(shape)
         v.assign(val.astype(np.float32))
 
 
-class Backbone:
-    """A frozen ResNet50 called through one compiled ``tf.function`` with a fixed batch shape.
+#: Variables of other applications initialised as ResNet50's kinds (MobileNet's depthwise and
+#: pointwise kernels as kernels). Any other kind starts at zero.
+_INIT_KIND = {"depthwise_kernel": "kernel", "pointwise_kernel": "kernel"}
 
-    Calling it with a uint8 array (n, size, size, 3) returns (n, 2048) float32 features. Batches
+
+class Backbone:
+    """A frozen network called through one compiled ``tf.function`` with a fixed batch shape.
+
+    Calling it with a uint8 array (n, size, size, 3) returns (n, dim) float32 features. Batches
     are zero-padded to ``batch_size`` so there is one trace and every image's features are the
     same whatever else is in its batch.
     """
@@ -189,7 +228,7 @@ class Backbone:
         int8_folder: str | None = None,
     ):
         tf = import_tensorflow()
-        from keras.applications.resnet50 import preprocess_input
+        arch = spec.arch
 
         self.model, self.spec = model, spec
         self.image_size, self.batch_size = int(image_size), int(batch_size)
@@ -199,12 +238,14 @@ class Backbone:
             sig = [tf.TensorSpec([self.batch_size, self.image_size, self.image_size, 3], tf.uint8)]
 
             def forward(x):
-                return model(preprocess_input(tf.cast(x, tf.float32)), training=False)
+                return model(preprocess_pixels(tf.cast(x, tf.float32), arch), training=False)
 
             compiled = tf.function(forward, input_signature=sig, jit_compile=False)
             self._fn = lambda x: compiled(x).numpy()
         else:
-            self._fn = _backend_runner(model, backend, precision, self.batch_size, int8_folder)
+            self._fn = _backend_runner(
+                model, arch, backend, precision, self.batch_size, int8_folder
+            )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.uint8)
@@ -221,9 +262,8 @@ class Backbone:
         return out
 
 
-def _backend_runner(
-    model, backend: str, precision: str, batch_size: int, int8_folder: str | None = None
-):
+def _backend_runner(model, arch: Architecture, backend: str, precision: str, batch_size: int,
+                    int8_folder: str | None = None):  # fmt: skip
     """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
     int8: the quantized model in ``int8_folder``."""
     from tripletsk import backends, quantization
@@ -241,7 +281,7 @@ def _backend_runner(
         if precision == "bfloat16":
             backends.warn_if_bfloat16_is_emulated("Feature extraction")
         run = backends.make_tensorflow_runner(model, precision)
-    return lambda x: run(preprocess(x))
+    return lambda x: run(preprocess(x, arch))
 
 
 def build_backbone(
@@ -253,7 +293,7 @@ def build_backbone(
     precision: str = "float32",
     int8_folder: str | None = None,
 ) -> Backbone:
-    """Build the frozen ResNet50 backbone and compile its forward function.
+    """Build the frozen backbone (``weights``' architecture) and compile its forward function.
 
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
@@ -276,49 +316,141 @@ def build_backbone(
 
 
 def build_keras_model(spec: WeightsSpec, image_size: int):
-    """The frozen Keras ResNet50 (to ``avg_pool``) of ``spec`` at ``image_size``."""
-    image_size = int(image_size)
+    """The frozen Keras feature model of ``spec`` at ``image_size`` (preprocessed pixels in,
+    features out). The last one built is kept: a run asks for it more than once."""
+    key = (spec, int(image_size))
+    with _MODEL_LOCK:
+        if _LAST_MODEL.get("key") != key:
+            _LAST_MODEL.clear()
+            _LAST_MODEL.update(key=key, model=_build_keras_model(spec, int(image_size)))
+        return _LAST_MODEL["model"]
+
+
+_LAST_MODEL: dict = {}
+_MODEL_LOCK = threading.Lock()
+
+
+def _build_keras_model(spec: WeightsSpec, image_size: int):
+    arch = spec.arch
     check_image_size(image_size)
     keras = import_keras()
-
     shape = (image_size, image_size, 3)
+    if arch.is_file:
+        return _cut(load_model_file(arch), arch.layer, shape, keras)
+    build = getattr(keras.applications, arch.name)
+    kwargs = {**dict(arch.kwargs), "include_top": False, "input_shape": shape}
+    if arch.layer is None:
+        kwargs["pooling"] = "avg"
     if spec.kind == "imagenet":
         try:
-            model = keras.applications.ResNet50(
-                include_top=False, weights="imagenet", input_shape=shape, pooling="avg"
-            )
+            model = build(weights="imagenet", **kwargs)
         except Exception as e:
-            raise WeightsUnavailableError(
-                f"cannot get the ImageNet weights for ResNet50 ({type(e).__name__}: {e}). "
-                f"Offline, download {IMAGENET_NOTOP_FILE} elsewhere and pass its path as the "
-                f"weights (weights='path/to/{IMAGENET_NOTOP_FILE}'), or use weights='none' for "
-                "random weights (for testing only)."
-            ) from e
-    elif spec.kind == "file":
-        model = keras.applications.ResNet50(
-            include_top=False, weights=None, input_shape=shape, pooling="avg"
-        )
-        try:
-            model.load_weights(spec.path)
-        except Exception as e:
-            raise UserError(
-                f"could not load ResNet50 weights from {spec.path} ({type(e).__name__}: {e}); "
-                "the file must hold ResNet50 weights without the top, e.g. "
-                f"{IMAGENET_NOTOP_FILE} or a file written by model.save_weights()"
-            ) from e
+            raise WeightsUnavailableError(_imagenet_unavailable(arch, e)) from e
     else:
-        model = keras.applications.ResNet50(
-            include_top=False, weights=None, input_shape=shape, pooling="avg"
-        )
-        _seeded_init(model, spec.seed)
+        model = build(weights=None, **kwargs)
+        if spec.kind == "file":
+            _load_weights(model, spec)
+        else:
+            _seeded_init(model, spec.seed)
+    if arch.layer is not None:
+        model = _cut(model, arch.layer, None, keras)
     model.trainable = False
     return model
 
 
+def _imagenet_unavailable(arch: Architecture, e: Exception) -> str:
+    offline = (
+        f"Offline, download {IMAGENET_NOTOP_FILE} elsewhere and pass its path as the weights "
+        f"(weights='path/to/{IMAGENET_NOTOP_FILE}')"
+        if arch == RESNET50
+        else f"Offline, pass the path of a {arch.name} weights file as the weights"
+    )
+    return (
+        f"cannot get the ImageNet weights for {arch.describe()} ({type(e).__name__}: {e}). "
+        f"{offline}, or use weights='none' for random weights (for testing only)."
+    )
+
+
+def _load_weights(model, spec: WeightsSpec) -> None:
+    """Load a weights file into ``model``: saved from the same network, or (legacy ``.h5``)
+    from the whole network with its top, matched by layer name, every layer accounted for."""
+    name = spec.arch.describe()
+    try:
+        model.load_weights(spec.path)
+        return
+    except Exception as e:
+        first = e
+    if spec.path.lower().endswith((".h5", ".hdf5")):
+        missing = _layers_missing_from(model, spec.path)
+        if missing is not None and not missing:
+            try:
+                model.load_weights(spec.path, by_name=True)
+                return
+            except Exception as e:
+                first = e
+        elif missing:
+            first = ValueError(f"no weights for its layers {', '.join(missing[:5])}")
+    raise UserError(
+        f"could not load {name} weights from {spec.path} ({type(first).__name__}: {first}); the "
+        f"file must hold {name} weights, e.g. a file written by model.save_weights() or "
+        "Keras' ImageNet weights file of that network"
+    )
+
+
+def _layers_missing_from(model, path: str) -> list | None:
+    """Layers of ``model`` with weights that the legacy ``.h5`` weights file lacks (None: not
+    such a file)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            names = {n.decode() if isinstance(n, bytes) else str(n)
+                     for n in group.attrs.get("layer_names", [])}  # fmt: skip
+    except (OSError, KeyError):
+        return None
+    if not names:
+        return None
+    return [lay.name for lay in model.layers if lay.weights and lay.name not in names]
+
+
+def _cut(model, layer: str, shape, keras):
+    """``model`` up to ``layer`` (a feature map is average-pooled), taking ``shape`` images
+    (None: the model's own input)."""
+    out = model.get_layer(layer).output
+    if len(out.shape) == 4:
+        out = keras.layers.GlobalAveragePooling2D(name="tripletsk_pool")(out)
+    elif len(out.shape) != 2:
+        raise UserError(
+            f"layer {layer!r} gives outputs of shape {tuple(out.shape)}: choose a layer whose "
+            "output is a feature vector or a feature map"
+        )
+    cut = keras.Model(model.inputs, out)
+    if shape is not None:
+        want = tuple(model.input_shape[1:])
+        if any(w is not None and w != s for w, s in zip(want, shape, strict=False)):
+            raise UserError(
+                f"the backbone model takes images of shape {want}; pass image_size "
+                f"{want[0]} (got {shape[0]})"
+            )
+        inputs = keras.Input(shape)
+        cut = keras.Model(inputs, cut(inputs))
+    cut.trainable = False
+    return cut
+
+
+def feature_dim(spec: WeightsSpec, image_size: int) -> int:
+    """The length of ``spec``'s feature vectors (builds the model unless it is ResNet50)."""
+    if spec.arch == RESNET50:
+        return FEATURE_DIM
+    return int(build_keras_model(spec, image_size).output_shape[-1])
+
+
 def check_image_size(image_size: int) -> None:
-    """Refuse an image size ResNet50 cannot take (its five stride-2 stages need 32 pixels)."""
+    """Refuse an image size the applications cannot take (five stride-2 stages need 32
+    pixels)."""
     if image_size < 32:
-        raise UserError(f"image_size must be at least 32 for ResNet50, got {image_size}")
+        raise UserError(f"image_size must be at least 32, got {image_size}")
 
 
 _BACKBONES: dict = {}
@@ -330,8 +462,7 @@ def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
                     int8_folder: str | None = None) -> Backbone:  # fmt: skip
     """Build a backbone once per (weights, image size, batch size, backend, precision, quantized
     model) in this process."""
-    key = (spec.identity, spec.path, int(image_size), int(batch_size), backend, precision,
-           int8_folder)  # fmt: skip
+    key = (spec, int(image_size), int(batch_size), backend, precision, int8_folder)
     with _BACKBONES_LOCK:
         bb = _BACKBONES.get(key)
         if bb is None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.errors import ImageDecodeError
+from tripletsk.extraction.architecture import RESNET50
 from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.discovery import ImageFile, reason_from_oserror
 
@@ -34,11 +35,9 @@ __all__ = [
     "safe_fingerprint",
 ]
 
-#: Identifies the decoding + preprocessing; bump the version when pixels could change.
-PREPROCESSING = (
-    "tripletsk-v1: pillow decode, jpeg draft>=size, exif transpose, rgb (alpha on white, "
-    "16-bit/257), resize bilinear to size x size; resnet50.preprocess_input (caffe)"
-)
+#: The decoding + preprocessing of the default backbone (ResNet50); see
+#: :mod:`tripletsk.extraction.architecture` for the others.
+PREPROCESSING = RESNET50.preprocessing
 _BIG_FILE = 256 * 1024 * 1024  # files larger than this are hashed by streaming, then decoded
 
 

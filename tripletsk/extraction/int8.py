@@ -119,7 +119,7 @@ def quantize_for(
                 file=sys.stderr,
                 flush=True,
             )
-        return preprocess(arrays)
+        return preprocess(arrays, spec.arch)
 
     folder, manifest = quantization.quantize_openvino_int8(
         model, calibration, models_dir(cache_path), identity

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 from tripletsk.errors import UserError
+from tripletsk.extraction.architecture import DEFAULT_BACKBONE
 from tripletsk.extraction.backbone import (
     WeightsSpec,
     check_backend,
     check_image_size,
+    feature_dim,
     provenance_for,
-    resolve_weights,
+    resolve_network,
 )
 
 __all__ = ["DEFAULT_DECODE_MEMORY", "ExtractOptions"]
@@ -49,7 +52,8 @@ class ExtractOptions:
     @classmethod
     def from_arguments(
         cls, images_dir, output, *, weights, seed, image_size, batch_size, dtype, backend,
-        precision, progress, quiet, workers, decode_memory, **rest,
+        precision, progress, quiet, workers, decode_memory, backbone=DEFAULT_BACKBONE,
+        layer=None, preprocessing=None, **rest,
     ) -> ExtractOptions:  # fmt: skip
         """Check the arguments (a :class:`UserError` saying which and why) and resolve them."""
         root, output = os.fspath(images_dir), os.fspath(output)
@@ -65,7 +69,7 @@ class ExtractOptions:
             raise UserError(f"dtype must be float32 or float16, got {dtype!r}")
         if os.path.isdir(output):
             raise UserError(f"the output must be a file path, not a folder: {output}")
-        spec = resolve_weights(weights, seed)
+        spec = resolve_network(weights, seed, backbone, layer, preprocessing)
         backend, precision = check_backend(backend, precision)
         show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
         workers = int(workers) if workers else min(8, os.cpu_count() or 1)
@@ -77,6 +81,11 @@ class ExtractOptions:
             root, output, spec, image_size, batch_size, backend, precision, dtype,
             show=show, quiet=bool(quiet), workers=workers, decode_memory=int(decode_memory), **rest,
         )  # fmt: skip
+
+    @cached_property
+    def dim(self) -> int:
+        """The length of the feature vectors (builds the model unless it is ResNet50)."""
+        return feature_dim(self.spec, self.image_size)
 
     @property
     def provenance(self) -> dict:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tripletsk.extraction.backbone import FEATURE_DIM, cached_backbone
+from tripletsk.extraction.backbone import cached_backbone
 from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
@@ -64,7 +64,7 @@ def _journal_batch(results: list, backbone) -> tuple[list, np.ndarray, np.ndarra
     if ok:
         feats = backbone(np.stack([r.array for r in ok]))
     else:
-        feats = np.zeros((0, FEATURE_DIM), np.float32)
+        feats = np.zeros((0, backbone.dim), np.float32)
     fps = np.array(
         [(s, m, d.encode(), h) for s, m, d, h in (r.fingerprint for r in ok)],
         dtype=FINGERPRINT_DTYPE,
@@ -87,6 +87,10 @@ class _LazyBackbone:
 
     def __init__(self, opts: ExtractOptions):
         self.opts, self.model, self.ready_at = opts, None, None
+
+    @property
+    def dim(self) -> int:
+        return self.opts.dim
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if self.model is None:  # the decoding of the next batches runs meanwhile

@@ -13,17 +13,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, ImageDecodeError, UserError
+from tripletsk.extraction.architecture import architecture_of, with_model_file
 from tripletsk.extraction.backbone import (
-    BACKBONE,
     RANDOM_INIT,
     cached_backbone,
     provenance_for,
     resolve_weights,
 )
-from tripletsk.extraction.decode import PREPROCESSING, load_image
+from tripletsk.extraction.decode import load_image
 from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
 
-__all__ = ["features_for_files"]
+__all__ = ["features_for_files", "weights_of_cache"]
 
 
 def _dtype(prov: dict) -> str:
@@ -35,13 +35,15 @@ def features_for_files(
     like: FeatureStore | str | os.PathLike = DEFAULT_CACHE,
     *,
     weights=None,
+    backbone=None,
     batch_size: int = 32,
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """Features of image files computed exactly as for the cache ``like`` (same backbone, weights,
     image size, preprocessing), e.g. for a search query that is not in the cache.
 
-    ``weights`` is needed only if the cache was made from a local weights file that has moved.
+    ``weights`` (``backbone``) is needed only if the cache was made from a local weights file
+    (backbone model file) that has moved.
 
     Raises
     ------
@@ -50,14 +52,8 @@ def features_for_files(
     """
     store = like if isinstance(like, FeatureStore) else FeatureStore(like)
     prov = store.provenance
-    if prov.get("preprocessing") != PREPROCESSING or prov.get("backbone") != BACKBONE:
-        raise CacheMismatchError(
-            f"{store.path} was made with another backbone or preprocessing "
-            f"({prov.get('backbone')!r}, {prov.get('preprocessing')!r}) than this tripletsk "
-            "version uses; extract features again with this version"
-        )
     image_size = int(prov["image_size"])
-    spec = _weights_of(store, weights)
+    spec = weights_of_cache(store, weights, backbone)
     arrays = []
     for p in paths:
         try:
@@ -100,24 +96,36 @@ def _int8_folder(store: FeatureStore) -> str:
     return folder
 
 
-def _weights_of(store: FeatureStore, weights):
-    """The weights the cache's features were made with (``weights``: the file, if it moved)."""
+def weights_of_cache(store: FeatureStore, weights=None, backbone=None):
+    """The network (architecture and weights) the cache's features were made with, to build
+    again. ``weights`` / ``backbone``: the weights file / backbone model file, if it moved.
+
+    Raises
+    ------
+    UserError
+        If a file the cache was made with is gone (the message names it) or is another file.
+    """
     prov = store.provenance
+    arch = architecture_of(prov, store.path)
+    if arch.is_file:
+        arch = with_model_file(arch, backbone, store.path)
     ident = str(prov.get("weights"))
     if weights is not None:
-        spec = resolve_weights(weights, 0)
+        spec = resolve_weights(weights, 0, arch)
         if spec.kind == "none":
             m = re.match(r"none:seed=(-?\d+)", ident)
-            spec = resolve_weights("none", int(m.group(1)) if m else 0)
+            spec = resolve_weights("none", int(m.group(1)) if m else 0, arch)
         check_provenance(prov, _expected(spec, prov), store.path)
+    elif ident == "in-file":
+        spec = resolve_weights("imagenet", 0, arch)
     elif ident.startswith("none:"):
         m = re.match(r"none:seed=(-?\d+):init=(.*)$", ident)
         if not m or m.group(2) != RANDOM_INIT:
             raise CacheMismatchError(f"{store.path}: unknown random initialisation {ident!r}")
-        spec = resolve_weights("none", int(m.group(1)))
+        spec = resolve_weights("none", int(m.group(1)), arch)
     elif ident == "imagenet":
         src = str(prov.get("weights_source") or "")
-        spec = resolve_weights(src if os.path.isfile(src) else "imagenet")
+        spec = resolve_weights(src if os.path.isfile(src) else "imagenet", 0, arch)
     else:
         src = str(prov.get("weights_source") or "")
         if not os.path.isfile(src):
@@ -125,6 +133,6 @@ def _weights_of(store: FeatureStore, weights):
                 f"{store.path} was made with the weights file {src or '?'}, which is not found; "
                 "pass weights=PATH (the same file)"
             )
-        spec = resolve_weights(src)
+        spec = resolve_weights(src, 0, arch)
         check_provenance(prov, _expected(spec, prov), store.path)
     return spec

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, UserError
-from tripletsk.extraction.backbone import FEATURE_DIM
 from tripletsk.extraction.decode import safe_fingerprint
 from tripletsk.extraction.discovery import IMAGE_EXTENSIONS, Discovery, discover_images
 from tripletsk.extraction.options import ExtractOptions
@@ -71,6 +70,10 @@ class _Run:
     corrupt: np.ndarray  # rows of the old cache whose features fail their checksum (verify)
 
     @property
+    def dim(self) -> int:
+        return self.journal.meta["dim"]
+
+    @property
     def old_keys(self) -> list:
         return self.old.keys if self.old is not None else []
 
@@ -101,8 +104,12 @@ def extract_features(
     replace: bool = False,
     decode_memory: int | None = None,
     int8_model=None,
+    backbone="ResNet50",
+    layer: str | None = None,
+    preprocessing: str | None = None,
 ) -> ExtractionSummary:
-    """Extract ResNet50 ``avg_pool`` features of every image under ``images_dir`` into a cache.
+    """Extract backbone features (ResNet50 ``avg_pool`` by default) of every image under
+    ``images_dir`` into a cache.
 
     Parameters
     ----------
@@ -111,7 +118,9 @@ def extract_features(
     output : path, default "cache/features.h5"
         The HDF5 cache; created, or updated incrementally if it exists.
     weights : "imagenet", "none" or path, default "imagenet"
-        ImageNet weights (Keras download), random weights from ``seed``, or a local weights file.
+        ImageNet weights (Keras download), random weights from ``seed``, or a local weights file
+        (of the backbone's network; a legacy ``.h5`` of the whole network with its top also
+        works). A model-file backbone carries its own weights.
     image_size : int, default 224
         Images are resized to ``image_size`` x ``image_size`` (at least 32).
     batch_size : int, default 32
@@ -147,6 +156,17 @@ def extract_features(
         (``backend="openvino"``, needs ``nncf``): the backbone quantized once, calibrated on
         128 of the images, kept in ``.tripletsk-models/`` next to the cache
         (:mod:`tripletsk.extraction.int8`).
+    backbone : str or path, default "ResNet50"
+        A ``keras.applications`` name (``"MobileNetV2"``, ``"EfficientNetV2B0"``, keywords as in
+        ``"MobileNet(alpha=0.25)"``), built without its top, average-pooled, with its own
+        ``preprocess_input``; or a Keras model file (``.keras``, legacy full-model ``.h5``),
+        loaded in safe mode (:mod:`tripletsk.extraction.architecture`).
+    layer : str or None
+        The layer whose output is the feature vector (a feature map is average-pooled). None:
+        the application's own pooling; a model file's last global-pooling layer.
+    preprocessing : "caffe", "tf", "torch", "none" or None
+        How pixels are scaled (Keras' ``preprocess_input`` modes). Required for a model file;
+        for an application, its own ``preprocess_input`` unless given.
     int8_model : Int8Model or None
         int8 only: an already quantized model to use for a new cache (how
         :func:`~tripletsk.distributed.extract_with_dask` quantizes once for all its shards).
@@ -172,7 +192,7 @@ def extract_features(
         batch_size=batch_size, dtype=dtype, backend=backend, precision=precision,
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
         verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
-        decode_memory=decode_memory,
+        decode_memory=decode_memory, backbone=backbone, layer=layer, preprocessing=preprocessing,
     )  # fmt: skip
     found, shard_attrs, listing = _discover(opts)
     _make_output_folder(opts.output)
@@ -244,7 +264,7 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "provenance": prov,
-        "dim": FEATURE_DIM,
+        "dim": old.dim if old is not None else opts.dim,
         "image_root": image_root,
     }
     journal = PartsJournal(output, meta)
@@ -330,7 +350,7 @@ def _execute(run: _Run) -> None:
     with writing_cache(opts.output, run.journal.dir):
         if _needs_write(run, rows, failed):
             itemsize = np.dtype(run.store_dtype).itemsize
-            needed = len(rows.keys) * (FEATURE_DIM * itemsize + FINGERPRINT_DTYPE.itemsize)
+            needed = len(rows.keys) * (run.dim * itemsize + FINGERPRINT_DTYPE.itemsize)
             check_room(opts.output, run.journal.dir, needed)
             _write(run, rows, failed)
             summary.written = True
@@ -373,7 +393,7 @@ def _write(run: _Run, rows: Assembly, failed: list) -> None:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         **run.opts.provenance,
-        "dim": FEATURE_DIM,
+        "dim": run.dim,
         "dtype": run.store_dtype,
         "versions": json.dumps(library_versions(), sort_keys=True),
         "created": run.old.attrs.get("created", now) if run.old is not None else now,
@@ -394,7 +414,7 @@ def _write(run: _Run, rows: Assembly, failed: list) -> None:
         keys=rows.keys,
         fingerprints=rows.fingerprints(),
         feature_blocks=blocks(),
-        dim=FEATURE_DIM,
+        dim=run.dim,
         dtype=run.store_dtype,
         failed=failed,
         attrs=attrs,
