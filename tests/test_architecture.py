@@ -1,5 +1,6 @@
 """Backbones other than ResNet50: keras.applications names and users' model files."""
 
+import json
 import os
 import subprocess
 import sys
@@ -203,20 +204,46 @@ def test_moved_model_file_is_named(images, tmp_path):
     np.testing.assert_allclose(got[0], FeatureStore(out).lookup(["0.png"])[0], rtol=1e-4, atol=1e-5)
 
 
-def test_cli_extracts_with_an_application_backbone(images, tmp_path):
+def _cli(*args):
+    done = subprocess.run(
+        [sys.executable, "-m", "tripletsk", *map(str, args)], capture_output=True, text=True
+    )
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def _fit_and_search(cache, query, tmp_path):
+    """``fit`` on the cache's folder labels, then ``search`` for an image file not in it."""
+    model = tmp_path / "model.npz"
+    done = _cli("fit", "--features", cache, "--labels-from-folders", "-o", model, "-q",
+                "--set", "max_epochs=3")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = _cli("search", "--model", model, "--features", cache, query, "-k", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)[0]["neighbours"]
+
+
+@pytest.mark.slow
+def test_cli_extract_fit_search_with_an_application_backbone(tmp_path):
+    root = tmp_path / "images"
+    rng = np.random.default_rng(2)
+    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            noise = rng.integers(-40, 40, (36, 36, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    Image.fromarray(np.full((36, 36, 3), (210, 20, 20), np.uint8)).save(tmp_path / "query.png")
     out = tmp_path / "f.h5"
-    cmd = [sys.executable, "-m", "tripletsk", "extract-features", str(images), "-o", str(out),
-           "--weights", "none", "--image-size", "32",
-           "--backbone", "MobileNet(alpha=0.25)", "-q"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "CI": "1"})
+    done = _cli("extract-features", root, "-o", out, "--weights", "none", "--image-size", "32",
+                "--backbone", "MobileNet(alpha=0.25)", "-q")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert FeatureStore(out).dim == 256
-    bad = subprocess.run(
-        [*cmd[:-3], "--backbone", "NoSuchNet", "-q"], capture_output=True, text=True
-    )
+    hits = _fit_and_search(out, tmp_path / "query.png", tmp_path)
+    assert len(hits) == 3
+    bad = _cli("extract-features", root, "-o", tmp_path / "g.h5", "--backbone", "NoSuchNet", "-q")
     assert bad.returncode != 0
     assert "unknown backbone 'NoSuchNet'" in bad.stderr
-    assert "Traceback" not in bad.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,13 +284,17 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
 
     # Images that need no resize: 224 px, the size the weights were trained at.
     root = tmp_path / "images"
-    root.mkdir()
+    (root / "cat").mkdir(parents=True)
+    (root / "noise").mkdir()
     photo = Image.open(cat).convert("RGB").resize((224, 224), Image.BILINEAR)
-    photo.save(root / "cat.png")
+    photo.save(root / "cat" / "cat.png")
+    photo.transpose(Image.FLIP_LEFT_RIGHT).save(root / "cat" / "flipped.png")
     rng = np.random.default_rng(1)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    pixels = np.stack([load_image(root / k, 224) for k in ("cat.png", "0.png", "1.png", "2.png")])
+        noise = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "noise" / f"{i}.png")
+    keys = ["cat/cat.png", "noise/0.png", "noise/1.png", "noise/2.png"]
+    pixels = np.stack([load_image(root / k, 224) for k in keys])
 
     # Keras' own: the whole ImageNet MobileNet, read at its global pooling layer.
     full = keras.applications.MobileNet(alpha=0.25, weights=None, input_shape=(224, 224, 3))
@@ -277,7 +308,6 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
     def cosine(a, b):
         return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
-    keys = ["cat.png", "0.png", "1.png", "2.png"]
     # 1. A keras.applications name with the weights file.
     out = tmp_path / "named.h5"
     extract_features(
@@ -293,3 +323,6 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
     )  # fmt: skip
     assert FeatureStore(out).provenance["layer"] == pool.name
     assert cosine(_cached(out, keys), own).min() >= 0.999
+    # 3. End to end from that file: fit, then search with an image outside the cache.
+    photo.rotate(5).save(tmp_path / "query.png")
+    assert len(_fit_and_search(out, tmp_path / "query.png", tmp_path)) == 3
