@@ -326,3 +326,45 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
     # 3. End to end from that file: fit, then search with an image outside the cache.
     photo.rotate(5).save(tmp_path / "query.png")
     assert len(_fit_and_search(out, tmp_path / "query.png", tmp_path)) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Every backbone through the other ways of extracting: shards, OpenVINO (float32 and int8).
+
+
+def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
+    from tripletsk.shards import merge_shards
+
+    run = {"backbone": "MobileNet(alpha=0.25)", "weights": "none", "image_size": 32,
+           "quiet": True}  # fmt: skip
+    extract_features(images, tmp_path / "single.h5", **run)
+    parts = [tmp_path / f"part{i}.h5" for i in (1, 2)]
+    for i, part in enumerate(parts, start=1):
+        extract_features(images, part, shard=(i, 2), **run)
+    merge_shards(parts, tmp_path / "merged.h5")
+    single, merged = FeatureStore(tmp_path / "single.h5"), FeatureStore(tmp_path / "merged.h5")
+    assert merged.provenance == single.provenance
+    np.testing.assert_allclose(merged.lookup(single.keys), single.to_array(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_openvino_runs_another_backbone(images, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    run = {"backbone": "MobileNetV2", "weights": "none", "image_size": 32, "quiet": True}
+    extract_features(images, tmp_path / "tf.h5", **run)
+    extract_features(images, tmp_path / "ov.h5", backend="openvino", **run)
+    tf_store, ov_store = FeatureStore(tmp_path / "tf.h5"), FeatureStore(tmp_path / "ov.h5")
+    np.testing.assert_allclose(
+        ov_store.lookup(tf_store.keys), tf_store.to_array(), rtol=1e-3, atol=1e-4
+    )
+    extract_features(images, tmp_path / "int8.h5", backend="openvino", precision="int8", **run)
+    int8 = FeatureStore(tmp_path / "int8.h5")
+    assert int8.provenance["compute_dtype"] == "int8"
+    assert int8.provenance["backbone"] == tf_store.provenance["backbone"]
+    a, b = int8.lookup(tf_store.keys), tf_store.to_array()
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9  # quantized, yet the same network
+    # A search query against the int8 cache goes through the same quantized network.
+    query = features_for_files([images / "0.png"], tmp_path / "int8.h5")
+    np.testing.assert_allclose(query[0], int8.lookup(["0.png"])[0], rtol=1e-3, atol=1e-3)

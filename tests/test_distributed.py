@@ -239,3 +239,12 @@ def test_one_worker_per_gpu_sees_only_its_gpu():
         c.wait_for_workers(2, timeout=60)
         seen = c.run(os.getenv, "CUDA_VISIBLE_DEVICES")
     assert sorted(seen.values()) == ["0", "1"]
+
+
+def test_dask_extraction_with_another_backbone(client, data, tmp_path):
+    run = {**RUN, "backbone": "MobileNet(alpha=0.25)"}
+    single, out = tmp_path / "single.h5", tmp_path / "dask.h5"
+    extract_features(data["images"], single, progress=False, **run)
+    extract_with_dask(data["images"], out, client=client, quiet=True, **run)
+    assert FeatureStore(out).dim == 256
+    assert_same_cache(single, out)

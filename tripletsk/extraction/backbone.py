@@ -48,7 +48,10 @@ __all__ = [
 
 BACKBONE = RESNET50.identity  # the default backbone's provenance
 FEATURE_DIM = 2048
-RANDOM_INIT = "numpy-glorot-uniform-v1"
+RANDOM_INIT = "numpy-glorot-uniform-v1"  # ResNet50's (its residual sums keep activations alive)
+#: Other applications': variance-preserving, so that activations neither vanish nor explode
+#: through deep plain stacks (with Glorot, random MobileNet features were ~1e-13).
+RANDOM_INIT_HE = "numpy-he-uniform-v1"
 #: Keras' md5 of resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 (the ImageNet weights).
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -92,7 +95,7 @@ def resolve_weights(weights, seed: int = 0, arch: Architecture = RESNET50) -> We
         return WeightsSpec("in-file", "in-file", None, 0, "the backbone model file", arch)
     if weights is None or (is_name and weights.lower() == "none"):
         seed = int(seed)
-        ident = f"none:seed={seed}:init={RANDOM_INIT}"
+        ident = f"none:seed={seed}:init={random_init_of(arch)}"
         return WeightsSpec("none", ident, None, seed, "none", arch)
     if is_name and weights.lower() == "imagenet":
         return WeightsSpec("imagenet", "imagenet", None, 0, "imagenet (Keras download)", arch)
@@ -180,11 +183,19 @@ def preprocess(images: np.ndarray, arch: Architecture = RESNET50) -> np.ndarray:
     return np.asarray(preprocess_pixels(np.asarray(images, dtype=np.float32), arch))
 
 
-def _seeded_init(model, seed: int) -> None:
+def random_init_of(arch: Architecture) -> str:
+    """The random initialisation of ``arch`` for ``weights="none"``."""
+    return RANDOM_INIT if arch == RESNET50 else RANDOM_INIT_HE
+
+
+def _seeded_init(model, seed: int, init: str = RANDOM_INIT) -> None:
     """Set every weight from a NumPy generator seeded by (seed, variable path): reproducible in
-    any process, independent of TensorFlow's global random state."""
+    any process, independent of TensorFlow's global random state. ``init``: Glorot-uniform
+    kernels (:data:`RANDOM_INIT`) or He-uniform ones (:data:`RANDOM_INIT_HE`)."""
     import zlib
 
+    depthwise = {id(w) for lay in model.layers if type(lay).__name__ == "DepthwiseConv2D"
+                 for w in lay.weights}  # fmt: skip
     for v in model.weights:
         path = getattr(v, "path", v.name)
         kind = path.rsplit("/", 1)[-1].split(":")[0]
@@ -194,7 +205,10 @@ def _seeded_init(model, seed: int) -> None:
         if kind == "kernel":
             receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
             fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-            lim = np.sqrt(6.0 / (fan_in + fan_out))
+            if init == RANDOM_INIT:
+                lim = np.sqrt(6.0 / (fan_in + fan_out))
+            else:  # a depthwise kernel (h, w, channels, multiplier) sees h * w inputs
+                lim = np.sqrt(6.0 / (receptive if id(v) in depthwise else fan_in))
             val = rng.uniform(-lim, lim, size=shape)
         elif kind in ("gamma", "moving_variance", "variance"):
             val = np.ones(shape)
@@ -351,7 +365,7 @@ def _build_keras_model(spec: WeightsSpec, image_size: int):
         if spec.kind == "file":
             _load_weights(model, spec)
         else:
-            _seeded_init(model, spec.seed)
+            _seeded_init(model, spec.seed, random_init_of(arch))
     if arch.layer is not None:
         model = _cut(model, arch.layer, None, keras)
     model.trainable = False

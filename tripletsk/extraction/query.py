@@ -15,9 +15,9 @@ import numpy as np
 from tripletsk.errors import CacheMismatchError, ImageDecodeError, UserError
 from tripletsk.extraction.architecture import architecture_of, with_model_file
 from tripletsk.extraction.backbone import (
-    RANDOM_INIT,
     cached_backbone,
     provenance_for,
+    random_init_of,
     resolve_weights,
 )
 from tripletsk.extraction.decode import load_image
@@ -120,7 +120,7 @@ def weights_of_cache(store: FeatureStore, weights=None, backbone=None):
         spec = resolve_weights("imagenet", 0, arch)
     elif ident.startswith("none:"):
         m = re.match(r"none:seed=(-?\d+):init=(.*)$", ident)
-        if not m or m.group(2) != RANDOM_INIT:
+        if not m or m.group(2) != random_init_of(arch):
             raise CacheMismatchError(f"{store.path}: unknown random initialisation {ident!r}")
         spec = resolve_weights("none", int(m.group(1)), arch)
     elif ident == "imagenet":
