@@ -356,7 +356,9 @@ def extract_with_dask(
         A progress bar over finished shards on stderr (default: when stderr is a terminal).
     **extract_kwargs
         ``weights``, ``image_size``, ``batch_size``, ``dtype``, ``recursive``, ``prune``,
-        ``seed``, ``verify``, ``workers``, ``max_pixels``, passed to ``extract_features``.
+        ``seed``, ``verify``, ``workers``, ``max_pixels``, ``backend``, ``precision``,
+        ``backbone``, ``layer``, ``preprocessing``, passed to ``extract_features``. A backbone
+        model file must be at the same path on every worker.
 
     Returns
     -------
@@ -369,7 +371,7 @@ def extract_with_dask(
     root, output = os.path.abspath(images_dir), os.path.abspath(output)
     bad = set(extract_kwargs) - {
         "weights", "image_size", "batch_size", "dtype", "recursive", "prune", "seed", "verify",
-        "workers", "max_pixels", "backend", "precision",
+        "workers", "max_pixels", "backend", "precision", "backbone", "layer", "preprocessing",
     }  # fmt: skip
     if bad:
         raise TypeError(f"extract_with_dask() got unexpected arguments {sorted(bad)}")
