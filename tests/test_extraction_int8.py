@@ -17,6 +17,7 @@ from test_shards import assert_same_cache, make_images
 from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
+from tripletsk.extraction.backbone import resolve_network
 from tripletsk.extraction.int8 import MODELS_DIR, _decode_sample
 from tripletsk.shards import merge_shards
 from tripletsk.store import FeatureStore
@@ -30,7 +31,7 @@ FLOAT = {**INT8, "backend": "tensorflow", "precision": "float32"}
 
 
 def model_folders(cache: Path) -> list[str]:
-    return sorted(p for p in os.listdir(cache.parent / MODELS_DIR) if not p.startswith("."))
+    return sorted(p for p in os.listdir(cache.parent / MODELS_DIR) if p.startswith("openvino-"))
 
 
 def manifest(cache: Path) -> dict:
@@ -63,6 +64,37 @@ def test_int8_cache_records_its_calibration_and_model(first):
     assert prov["int8_model"] == manifest(first["cache"])["model_digest"]
     keys = json.loads(FeatureStore(first["cache"]).attrs["int8_calibration_keys"])
     assert sorted(keys) == sorted(FeatureStore(first["cache"]).keys)  # the broken file skipped
+
+
+def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeypatch):
+    from tripletsk.extraction import int8
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the quantized model should have been found by its record")
+
+    monkeypatch.setattr(int8, "_decode_sample", refuse)
+    monkeypatch.setattr(int8, "build_keras_model", refuse)
+    other = first["cache"].parent / "other.h5"
+    extract_features(first["images"], other, quiet=True, **INT8)
+    found, made = FeatureStore(other).provenance, FeatureStore(first["cache"]).provenance
+    assert found["int8_model"] == made["int8_model"]
+    assert found["int8_calibration"] == made["int8_calibration"]
+    np.testing.assert_array_equal(
+        FeatureStore(other).to_array(), FeatureStore(first["cache"]).to_array()
+    )
+    # A calibration image whose content changed is not served the old record.
+    lookup = int8._Lookup(resolve_network("none"), 32, discover_images(first["images"]).files,
+                          other, 1)  # fmt: skip
+    assert lookup.find() is not None
+    victim = first["images"] / json.loads(FeatureStore(other).attrs["int8_calibration_keys"])[0]
+    original = victim.read_bytes()
+    try:
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(victim)
+        files = discover_images(first["images"]).files
+        assert int8._Lookup(resolve_network("none"), 32, files, other, 1).find() is None
+    finally:
+        victim.write_bytes(original)
+    os.remove(other)
 
 
 def test_float_caches_have_no_int8_attributes(tmp_path):

@@ -9,6 +9,7 @@ Needs ``nncf`` (``pip install "tripletsk[openvino]"``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -145,6 +146,18 @@ def _quantize(keras_model, calibration: np.ndarray, settings: dict):
             overflow_fix=nncf.OverflowFix(settings["overflow_fix"])
         ),
     )
+
+
+def int8_settings(versions_only: bool = False) -> dict:
+    """How models are quantized (part of a quantized model's identity). ``versions_only``:
+    the NNCF and OpenVINO versions from the package metadata, without importing them."""
+    if versions_only:
+        from importlib.metadata import PackageNotFoundError, version
+
+        with contextlib.suppress(PackageNotFoundError):  # else: the import's clear message
+            return {"format": INT8_FORMAT, "nncf": version("nncf"),
+                    "openvino": version("openvino")}  # fmt: skip
+    return _int8_settings()
 
 
 def _int8_settings() -> dict:

@@ -13,6 +13,8 @@ and ``int8_calibration_keys`` (the sample's keys, to quantize again if the model
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -23,7 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError
-from tripletsk.extraction.backbone import WeightsSpec, build_keras_model, preprocess
+from tripletsk.extraction.backbone import (
+    WeightsSpec,
+    build_keras_model,
+    preprocess,
+)
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
 
@@ -104,6 +110,10 @@ def quantize_for(
     if calibration_keys is not None:
         wanted = set(calibration_keys)
         files = [f for f in files if f.key in wanted]
+    lookup = _Lookup(spec, image_size, files, cache_path, workers)
+    found = lookup.find()
+    if found is not None:  # no decoding, no Keras model: the usual case after the first run
+        return found
     keys, arrays, identity = _decode_sample(files, image_size, max_pixels, workers)
     if not keys:
         raise CacheMismatchError(
@@ -124,7 +134,75 @@ def quantize_for(
     folder, manifest = quantization.quantize_openvino_int8(
         model, calibration, models_dir(cache_path), identity
     )
-    return Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
+    found = Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
+    lookup.record(found)
+    return found
+
+
+class _Lookup:
+    """Finds the quantized model of a collection without decoding its calibration sample or
+    building the Keras model: by a record ``lookup-<key>.json`` in :func:`models_dir`, ``<key>``
+    a digest of the network's identity (architecture, weights, preprocessing), the image size,
+    the quantization settings and the ``(key, content digest)`` of the first ranked calibration
+    candidates. The record names the sample actually used (unreadable candidates were replaced
+    by later ones: their contents are checked too) and the model's digest, whose folder is
+    verified file by file before use. Saves the decoding of 128 images and the model build
+    (about 3 s per run with ResNet50 at 224 px)."""
+
+    def __init__(self, spec, image_size, files, cache_path, workers):
+        from tripletsk.quantization import CALIBRATION_SIZE, calibration_keys, int8_settings
+
+        self.by_key = {f.key: f for f in files}
+        self.folder, self.workers = models_dir(cache_path), workers
+        first = calibration_keys(list(self.by_key), n=CALIBRATION_SIZE)
+        what = {"backbone": spec.arch.identity, "preprocessing": spec.arch.preprocessing,
+                "weights": spec.identity, "image_size": int(image_size),
+                "settings": int8_settings(versions_only=True),
+                "candidates": self._contents(first)}  # fmt: skip
+        digest = hashlib.blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=12)
+        self.path = os.path.join(self.folder, f"lookup-{digest.hexdigest()}.json")
+
+    def _contents(self, keys) -> list | None:
+        from tripletsk.extraction.decode import safe_fingerprint
+
+        with ThreadPoolExecutor(max(1, self.workers)) as ex:
+            fps = list(ex.map(lambda k: safe_fingerprint(self.by_key[k]), keys))
+        return [[k, fp[2] if fp is not None else None] for k, fp in zip(keys, fps, strict=True)]
+
+    def find(self) -> Int8Model | None:
+        from tripletsk.quantization import calibration_identity, find_quantized_model
+
+        try:
+            with open(self.path) as f:
+                record = json.load(f)
+            samples = [tuple(s) for s in record["samples"]]
+            if any(k not in self.by_key for k, _ in samples):
+                return None
+            now = self._contents([k for k, _ in samples])
+            if [tuple(s) for s in now] != samples:
+                return None
+            identity = calibration_identity(samples)
+            if identity != record["calibration"]:
+                return None
+            folder = find_quantized_model(self.folder, record["model"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if folder is None:
+            return None
+        return Int8Model(folder, identity, record["model"], tuple(k for k, _ in samples))
+
+    def record(self, model: Int8Model) -> None:
+        """Write the record of ``model`` (atomically; a failure only costs the next run time)."""
+        samples = self._contents(list(model.calibration_keys))
+        record = {"samples": samples, "calibration": model.calibration, "model": model.digest}
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(record, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
 
 
 def int8_model_of_cache(
