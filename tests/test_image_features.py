@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from tripletsk import ImageFeatures, TripletEncoder
-from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
 from tripletsk.extraction.discovery import listed_images
-from tripletsk.store import FeatureStore
+from tripletsk.store import CacheLock, FeatureStore
 
+# The pipelines train a tiny head for 2 epochs: not converging is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 SETTINGS = dict(weights="none", image_size=32)
 CLASSES = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 N_PER_CLASS = 6
@@ -190,6 +193,18 @@ def test_settings_other_than_the_cache_s_are_refused(images, cache):
         )
     with pytest.raises(CacheMismatchError, match="holds the features of the images in"):
         ImageFeatures(root=images / "red", cache=cache, **SETTINGS).transform(["0.png"])
+
+
+def test_waits_for_another_writer_of_the_cache(images, cache):
+    feats = ImageFeatures(root=images, cache=cache, lock_timeout=0, **SETTINGS)
+    with CacheLock(cache):  # another extraction writes the cache
+        with pytest.raises(CacheLockedError, match="another extraction is writing"):
+            feats.transform(["red/5.png"])
+        assert feats.transform(["red/0.png"]).shape == (1, 2048)  # cached rows need no lock
+    lock = CacheLock(cache).acquire()
+    threading.Timer(0.5, lock.release).start()
+    X = feats.set_params(lock_timeout=60).transform(["red/5.png"])
+    np.testing.assert_array_equal(X, FeatureStore(cache).lookup(["red/5.png"]))
 
 
 def test_clone_and_pickle_are_small(images, cache):

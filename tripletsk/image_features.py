@@ -149,7 +149,8 @@ max_pixels
         """(len(files), d): cached rows, then new images extracted into the cache, then the rest
         computed like the cache's."""
         expected = self._options(root, cache).provenance
-        got, todo, waited, extracted = {}, list(range(len(files))), 0.0, False
+        got, todo, extracted = {}, list(range(len(files))), False
+        deadline, delay = time.monotonic() + float(self.lock_timeout), 0.05
         while True:
             if os.path.exists(cache):
                 got, todo = _cached_rows(cache, root, files, keys, expected)
@@ -160,11 +161,10 @@ max_pixels
                 self._extract(root, cache, new)
                 extracted = True
             except CacheLockedError:  # another process writes: wait, then see what is left
-                if waited >= float(self.lock_timeout):
+                if time.monotonic() >= deadline:
                     raise
-                delay = min(1.0, 0.05 + waited / 4)
-                time.sleep(delay)
-                waited += delay
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(1.0, delay * 1.5)
         if todo:
             got.update(zip(todo, self._computed(cache, [files[i] for i in todo]), strict=True))
         return np.stack([got[i] for i in range(len(files))]).astype(np.float32, copy=False)
