@@ -158,6 +158,22 @@ def test_read_only_cache_is_never_written(images, cache):
     np.testing.assert_allclose(X, fresh, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("append", [True, False])
+def test_changed_image_is_not_served_its_old_features(images, tmp_path, append):
+    root = tmp_path / "imgs"
+    shutil.copytree(images / "red", root / "red")
+    cache = str(tmp_path / "f.h5")
+    feats = ImageFeatures(root=root, cache=cache, **SETTINGS)
+    old = feats.transform(["red/0.png", "red/1.png"])
+    shutil.copy(images / "blue" / "3.png", root / "red" / "0.png")  # new content, same name
+    X = feats.set_params(append=append).transform(["red/0.png", "red/1.png"])
+    expected = features_for_files([images / "blue" / "3.png"], cache)[0]
+    np.testing.assert_allclose(X[0], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(X[1], old[1])
+    cached = FeatureStore(cache).lookup(["red/0.png"])[0]
+    np.testing.assert_array_equal(cached, X[0] if append else old[0])
+
+
 def test_image_outside_root_is_computed_not_cached(images, cache):
     outside = str(images.parent / "outside.png")
     X = ImageFeatures(root=images, cache=cache, **SETTINGS).transform([outside, "red/2.png"])
