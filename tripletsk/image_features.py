@@ -310,5 +310,8 @@ def _cached_rows(cache: str, root: str, files: list, keys: list, expected: dict)
 
 
 def _unchanged(fp, file: str) -> bool:
-    st = os.stat(file)
+    try:
+        st = os.stat(file)
+    except OSError:  # (gone since it was checked: its extraction or reading will say why)
+        return False
     return int(fp["size"]) == st.st_size and int(fp["mtime_ns"]) == st.st_mtime_ns
