@@ -15,6 +15,7 @@ _LAZY = {
     "FeatureStore": "tripletsk.store",
     "SharedFeatures": "tripletsk.shared",
     "extract_features": "tripletsk.extraction",
+    "ImageFeatures": "tripletsk.image_features",
     "read_triplets": "tripletsk.triplets",
     "write_triplets": "tripletsk.triplets",
 }

@@ -12,9 +12,18 @@ import os
 import stat
 from dataclasses import dataclass
 
+from tripletsk.errors import UserError
 from tripletsk.failures import escape_field, is_control
 
-__all__ = ["IMAGE_EXTENSIONS", "Discovery", "ImageFile", "discover_images", "reason_from_oserror"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Discovery",
+    "ImageFile",
+    "discover_images",
+    "is_listed_name",
+    "listed_images",
+    "reason_from_oserror",
+]
 
 #: File extensions searched for (compared case-insensitively).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -58,6 +67,52 @@ def _key_problem(key: str) -> tuple[str, str | None]:
     if bad is not None:
         return key, f"file name holds a control character ({escape_field(bad)}); rename the file"
     return key, None
+
+
+def is_listed_name(key: str, recursive: bool = True) -> bool:
+    """Whether :func:`discover_images` would list a file with this key (if it exists): a relative
+    ``/``-separated path with an image extension and no hidden (``.``) or empty part."""
+    parts = key.split("/")
+    return (
+        key.lower().endswith(IMAGE_EXTENSIONS)
+        and (recursive or len(parts) == 1)
+        and all(p and not p.startswith(".") for p in parts)  # (also refuses ".." and "/x")
+    )
+
+
+def _file_entry(key: str, full: str, files: list, failed: list) -> None:
+    """Add the file ``full`` under ``key`` to ``files``, or to ``failed`` with the reason."""
+    key, problem = _key_problem(key)
+    if problem is not None:
+        failed.append((key, problem))
+        return
+    try:
+        st = os.stat(full)
+    except OSError as e:
+        failed.append((key, reason_from_oserror(e)))
+        return
+    if not stat.S_ISREG(st.st_mode):
+        failed.append((key, "not a regular file"))
+        return
+    files.append(ImageFile(key, full, st.st_size, st.st_mtime_ns))
+
+
+def listed_images(images_dir: str | os.PathLike, keys, recursive: bool = True) -> Discovery:
+    """The entries :func:`discover_images` would give for ``keys`` only, without walking the
+    folder (a run on a few images of a huge folder). Keys it would never list are refused."""
+    root = os.fspath(images_dir)
+    bad = [k for k in keys if not is_listed_name(k, recursive)]
+    if bad:
+        raise UserError(
+            f"not image keys of {root}: {', '.join(map(repr, bad[:5]))} (keys are paths "
+            f"relative to the folder, '/' separators, with an image extension)"
+        )
+    files, failed = [], []
+    for key in sorted(set(keys)):
+        full = os.path.join(root, *key.split("/"))
+        if os.path.lexists(full):  # (an absent file is not listed; a broken link fails)
+            _file_entry(key, full, files, failed)
+    return Discovery(files, sorted(failed), 0, [])
 
 
 def discover_images(images_dir: str | os.PathLike, recursive: bool = True) -> Discovery:
@@ -108,19 +163,8 @@ def discover_images(images_dir: str | os.PathLike, recursive: bool = True) -> Di
                 ignored += 1
                 continue
             full = os.path.join(dirpath, name)
-            key, problem = _key_problem(os.path.relpath(full, root).replace(os.sep, "/"))
-            if problem is not None:
-                failed.append((key, problem))
-                continue
-            try:
-                st = os.stat(full)
-            except OSError as e:
-                failed.append((key, reason_from_oserror(e)))
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                failed.append((key, "not a regular file"))
-                continue
-            files.append(ImageFile(key, full, st.st_size, st.st_mtime_ns))
+            key = os.path.relpath(full, root).replace(os.sep, "/")
+            _file_entry(key, full, files, failed)
     files.sort(key=lambda f: f.key)
     failed.sort()
     return Discovery(files, failed, ignored, skipped_dirs)

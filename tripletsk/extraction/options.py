@@ -45,6 +45,7 @@ class ExtractOptions:
     quiet: bool = False  # no messages
     shard: object = None  # "I/N", (I, N) or None
     replace: bool = False  # discard an existing cache
+    only: tuple | None = None  # keys of the only images to consider (not searched); None: all
     decode_memory: int = DEFAULT_DECODE_MEMORY
     int8: dict | None = None  # int8 only: what the cache records of the quantized model
     int8_folder: str | None = None  # int8 only: the quantized model

@@ -23,7 +23,7 @@ from tripletsk.extraction.backbone import (
 from tripletsk.extraction.decode import load_image
 from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
 
-__all__ = ["features_for_files", "weights_of_cache"]
+__all__ = ["extraction_settings_of_cache", "features_for_files", "weights_of_cache"]
 
 
 def _dtype(prov: dict) -> str:
@@ -94,6 +94,25 @@ def _int8_folder(store: FeatureStore) -> str:
             f"{store.path} --backend openvino --precision int8` to quantize it again"
         )
     return folder
+
+
+def extraction_settings_of_cache(store: FeatureStore) -> dict:
+    """The :func:`~tripletsk.extraction.extract_features` arguments that made the cache's
+    features (``backbone``, ``weights``, ``seed``, ``image_size``, ``backend``, ``precision``):
+    how to add images to it with the same network."""
+    prov = store.provenance
+    spec = weights_of_cache(store)
+    if spec.kind == "none":
+        weights = "none"
+    elif spec.kind == "file" or (spec.kind == "imagenet" and spec.path):
+        weights = spec.path
+    else:  # "imagenet" (Keras download) or a model file's own
+        weights = "imagenet"
+    return {
+        "backbone": spec.arch, "weights": weights, "seed": spec.seed,
+        "image_size": int(prov["image_size"]), "backend": str(prov.get("backend") or "tensorflow"),
+        "precision": _dtype(prov),
+    }  # fmt: skip
 
 
 def weights_of_cache(store: FeatureStore, weights=None, backbone=None):

@@ -18,7 +18,12 @@ import numpy as np
 
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction.decode import safe_fingerprint
-from tripletsk.extraction.discovery import IMAGE_EXTENSIONS, Discovery, discover_images
+from tripletsk.extraction.discovery import (
+    IMAGE_EXTENSIONS,
+    Discovery,
+    discover_images,
+    listed_images,
+)
 from tripletsk.extraction.options import ExtractOptions
 from tripletsk.extraction.pipeline import extract_pending, progress_bar
 from tripletsk.extraction.plan import (
@@ -107,6 +112,7 @@ def extract_features(
     backbone="ResNet50",
     layer: str | None = None,
     preprocessing: str | None = None,
+    only=None,
 ) -> ExtractionSummary:
     """Extract backbone features (ResNet50 ``avg_pool`` by default) of every image under
     ``images_dir`` into a cache.
@@ -170,6 +176,11 @@ def extract_features(
     int8_model : Int8Model or None
         int8 only: an already quantized model to use for a new cache (how
         :func:`~tripletsk.distributed.extract_with_dask` quantizes once for all its shards).
+    only : collection of str or None
+        Keys (paths relative to ``images_dir``, ``/`` separators) of the only images to consider:
+        they are looked up instead of searching the folder, and the cache's other rows and
+        failures are kept as they are (not with ``prune`` or ``shard``). How
+        :class:`tripletsk.ImageFeatures` adds a few images to the cache of a large folder.
 
     Returns
     -------
@@ -193,6 +204,7 @@ def extract_features(
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
         verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
         decode_memory=decode_memory, backbone=backbone, layer=layer, preprocessing=preprocessing,
+        only=None if only is None else tuple(only),
     )  # fmt: skip
     found, shard_attrs, listing = _discover(opts)
     _make_output_folder(opts.output)
@@ -214,6 +226,11 @@ def extract_features(
 def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None, list]:
     """The images to consider (this shard's only, with ``shard``), the shard's attributes, and
     the complete listing's files (int8 calibration is chosen from all of them)."""
+    if opts.only is not None:
+        if opts.prune or opts.shard is not None:
+            raise UserError("only= cannot be combined with prune or shard")
+        found = listed_images(opts.root, opts.only, recursive=opts.recursive)
+        return found, None, found.files
     found = discover_images(opts.root, recursive=opts.recursive)
     if not found.files and not found.failed:
         how = "recursively " if opts.recursive else ""
@@ -336,14 +353,14 @@ def _execute(run: _Run) -> None:
         plan, {f.key for f in run.found.files}, run.old_keys, run.old_fps, run.journal.parts,
         prune=opts.prune,
     )  # fmt: skip
-    failed = sorted(plan.failed.items())
+    failed = sorted({**_failures_not_listed(run), **plan.failed}.items())
     summary.cached = len(plan.keep_old)
     cached_keys = set(run.old_keys)
     summary.changed = sum(1 for k in rows.new_keys if k in cached_keys)
     summary.repaired = sum(1 for k in rows.new_keys if k in corrupt)
     summary.lost = rows.lost
     summary.extracted = len(rows.new_keys) - summary.changed
-    summary.pruned, summary.missing = rows.pruned, rows.missing
+    summary.pruned, summary.missing = rows.pruned, rows.missing if opts.only is None else 0
     summary.failed, summary.n_images = failed, len(rows.keys)
     if run.shard_attrs is not None:  # a shard records whether it holds its whole share
         run.shard_attrs = {**run.shard_attrs, "shard_complete": int(not summary.interrupted)}
@@ -356,6 +373,14 @@ def _execute(run: _Run) -> None:
             summary.written = True
         run.journal.remove()
         summary.failed_list = write_failed_list(opts.output, failed)
+
+
+def _failures_not_listed(run: _Run) -> dict:
+    """With ``only``: the cache's failures of images the run did not consider, kept."""
+    if run.opts.only is None or run.old is None:
+        return {}
+    listed = {f.key for f in run.found.files} | {k for k, _ in run.found.failed}
+    return {k: reason for k, reason in run.old.failed if k not in listed}
 
 
 def _check_contents(plan: Plan, run: _Run) -> None:
