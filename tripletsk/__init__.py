@@ -15,6 +15,7 @@ _LAZY = {
     "FeatureStore": "tripletsk.store",
     "SharedFeatures": "tripletsk.shared",
     "extract_features": "tripletsk.extraction",
+    "export_model": "tripletsk.export",
     "read_triplets": "tripletsk.triplets",
     "write_triplets": "tripletsk.triplets",
 }
