@@ -156,6 +156,12 @@ def test_openvino_not_installed_says_so(tmp_path, write_feature_cache, monkeypat
         export_model(encoder, tmp_path / "m.xml")
 
 
+def test_export_model_is_a_top_level_name():
+    import tripletsk
+
+    assert tripletsk.export_model is export_model and "export_model" in tripletsk.__all__
+
+
 def test_cli_bad_suffix_is_a_usage_error(tmp_path, capsys):
     assert cli(["export", "--model", str(tmp_path / "m.npz"), "-o", "m.onnx"]) == 2
     assert "unknown export suffix" in capsys.readouterr().err
@@ -224,3 +230,14 @@ def test_openvino_export_matches_transform(fitted, tmp_path):
     emb = compiled(fitted["pixels"].astype(np.float32))[0]
     assert emb.dtype == np.float32 and emb.shape == fitted["expected"].shape
     assert _cosines(emb, fitted["expected"]).min() >= 0.999
+
+
+@pytest.mark.slow
+def test_a_bfloat16_cache_exports_with_a_warning(fitted, tmp_path, write_feature_cache):
+    store = FeatureStore(fitted["encoder"].features)
+    provenance = {**store.provenance, "compute_dtype": "bfloat16"}
+    cache = write_feature_cache(tmp_path / "bf16.h5", store.keys, store.lookup(store.keys),
+                                provenance=provenance)  # fmt: skip
+    with pytest.warns(UserWarning, match="bfloat16 features; the exported model computes in"):
+        export_model(fitted["encoder"], tmp_path / "m.keras", features=FeatureStore(cache))
+    assert (tmp_path / "m.keras").is_file()

@@ -265,7 +265,7 @@ def _encoder_and_store(model, features, trust_pickle: bool):
 
     if isinstance(model, str | os.PathLike):
         fitted = load_model(model, trust_pickle=trust_pickle)
-        return fitted.model, open_model_cache(fitted, features)
+        return fitted.model, open_model_cache(fitted, getattr(features, "path", features))
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
