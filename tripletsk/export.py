@@ -19,7 +19,7 @@ import numpy as np
 
 from tripletsk._tensorflow import import_keras
 from tripletsk.errors import CacheMismatchError, UsageError, UserError
-from tripletsk.head import HeadWeights
+from tripletsk.head import HeadWeights, build_keras_head
 
 __all__ = [
     "FORMATS",
@@ -186,18 +186,10 @@ def build_export_model(encoder, store, weights=None):
     for layer in preprocessing_layers(mode):
         x = layer(x)
     x = backbone(x, training=False)
+    # The head of transform() (no dropout), whose L2 normalisation divides by max(norm, 1e-12)
+    # where transform()'s NumPy divides by max(norm, 1e-6): the same for any norm above 1e-6.
     head = fold_standardization(encoder.weights_, encoder.feature_mean_, encoder.feature_scale_)
-    for i, (kernel, bias) in enumerate(head):
-        last = i == len(head) - 1
-        dense = keras.layers.Dense(
-            kernel.shape[1],
-            activation=None if last else "relu",
-            name="embedding" if last else f"hidden_{i}",
-        )
-        x = dense(x)
-        dense.set_weights([kernel, bias])
-    # x / max(||x||, 1e-12); transform() divides by max(||x||, 1e-6): the same above 1e-6.
-    outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalize")(x)
+    outputs = build_keras_head(head)(x)
     model = keras.Model(inputs, outputs, name="tripletsk_embedding")
     model.trainable = False
     return model
