@@ -141,12 +141,18 @@ def test_an_existing_output_is_refused_and_kept(tmp_path, write_feature_cache):
         export_model(encoder, mine)
     folder = tmp_path / "notes"
     folder.mkdir()
-    with pytest.raises(UserError, match="not a SavedModel; not replaced"):
+    with pytest.raises(UserError, match="notes is not a SavedModel folder; not replaced"):
         export_model(encoder, folder, force=True)
+    (tmp_path / "dir.keras").mkdir()
+    with pytest.raises(UserError, match=r"dir\.keras is not a file; not replaced"):
+        export_model(encoder, tmp_path / "dir.keras", force=True)
+    (tmp_path / "plain").write_text("my file without suffix")
+    with pytest.raises(UserError, match="plain is not a SavedModel folder"):
+        export_model(encoder, tmp_path / "plain", force=True)
     (tmp_path / "ir.bin").write_text("my bin")
     with pytest.raises(UserError, match=r"ir\.bin exists"):
         export_model(encoder, tmp_path / "ir.xml")
-    assert mine.read_text() == "my file" and folder.is_dir()
+    assert mine.read_text() == "my file" and folder.is_dir() and (tmp_path / "plain").is_file()
 
 
 def test_openvino_not_installed_says_so(tmp_path, write_feature_cache, monkeypatch):

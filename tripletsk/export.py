@@ -45,7 +45,7 @@ def export_format(output: str | os.PathLike, format: str | None = None) -> str:
     """The format to write ``output`` in: ``format`` if given, else from the suffix.
 
     ``.keras`` is a Keras file, ``.xml`` OpenVINO IR, and a path without suffix (or ending in
-    ``/``, or an existing folder) a TensorFlow SavedModel folder.
+    ``/``, or an existing folder not named ``.keras``/``.xml``) a TensorFlow SavedModel folder.
 
     Examples
     --------
@@ -65,14 +65,15 @@ def export_format(output: str | os.PathLike, format: str | None = None) -> str:
         if wanted and suffix != wanted:
             raise UsageError(f"{path}: a {format} export is a file ending in {wanted}")
         return format
-    if path.endswith(("/", os.sep)) or os.path.isdir(path) or not suffix:
+    slash = path.endswith(("/", os.sep))
+    if suffix in _SUFFIXES and not slash:
+        return _SUFFIXES[suffix]
+    if slash or not suffix or os.path.isdir(path):  # a folder: an earlier export ("model.v1")
         return "savedmodel"
-    if suffix not in _SUFFIXES:
-        raise UsageError(
-            f"{path}: unknown export suffix {suffix!r}; use .keras (Keras file), .xml (OpenVINO "
-            "IR) or a folder name without suffix (TensorFlow SavedModel)"
-        )
-    return _SUFFIXES[suffix]
+    raise UsageError(
+        f"{path}: unknown export suffix {suffix!r}; use .keras (Keras file), .xml (OpenVINO "
+        "IR) or a folder name without suffix (TensorFlow SavedModel)"
+    )
 
 
 def preprocessing_affine(mode: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -100,11 +101,8 @@ def preprocessing_affine(mode: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def preprocessing_layers(mode: str) -> list:
-    """Built-in Keras layers doing ``preprocess_input(x, mode=mode)`` on float RGB pixels.
-
-    One ``Dense(3)`` applied to each pixel (channel order and scaling in its fixed kernel,
-    mean in its bias), or no layer for ``"none"``.
-    """
+    """Built-in Keras layers doing ``preprocess_input(x, mode=mode)`` on float RGB pixels: one
+    ``Dense(3)`` applied to each pixel (:func:`preprocessing_affine`), none for ``"none"``."""
     affine = preprocessing_affine(mode)
     if affine is None:
         return []
@@ -160,11 +158,8 @@ def _feature_model(store, weights=None) -> tuple[object, str]:
 
 
 def build_export_model(encoder, store, weights=None):
-    """The Keras model ``(n, size, size, 3)`` RGB pixels -> ``(n, n_components)`` embeddings of
-    fitted ``encoder`` whose features are those of the cache ``store``.
-
-    Pixels are float32 in [0, 255]; Keras converts uint8 arrays given to the model.
-    """
+    """The Keras model ``(n, size, size, 3)`` RGB pixels (float32 in [0, 255]; Keras converts
+    uint8 arrays) -> ``(n, n_components)`` embeddings of ``encoder`` fitted on ``store``."""
     keras = import_keras()
     backbone, mode = _feature_model(store, weights)
     dim = int(backbone.output_shape[-1])
@@ -282,10 +277,11 @@ def _check_output(targets: list[str], fmt: str, force: bool) -> None:
             continue
         if not force:
             raise UserError(f"{target} exists; pass --force (force=True) to replace it")
-        if os.path.isdir(target) and not (
-            fmt == "savedmodel" and os.path.isfile(os.path.join(target, "saved_model.pb"))
-        ):
-            raise UserError(f"{target} is a folder that is not a SavedModel; not replaced")
+        if fmt == "savedmodel":  # a folder is replaced only if it is an export too
+            if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+                raise UserError(f"{target} is not a SavedModel folder; not replaced")
+        elif not os.path.isfile(target):
+            raise UserError(f"{target} is not a file; not replaced")
 
 
 def _temporary(path: str, suffix: str = "") -> str:
