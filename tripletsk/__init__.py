@@ -16,6 +16,7 @@ _LAZY = {
     "SharedFeatures": "tripletsk.shared",
     "extract_features": "tripletsk.extraction",
     "ImageFeatures": "tripletsk.image_features",
+    "export_model": "tripletsk.export",
     "read_triplets": "tripletsk.triplets",
     "write_triplets": "tripletsk.triplets",
 }

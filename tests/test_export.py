@@ -1,0 +1,300 @@
+"""``tripletsk export`` / ``export_model``: the exported model embeds pixels as
+``extract-features`` + ``transform`` do, in every format, from real images and caches."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tripletsk.cli import cli
+from tripletsk.errors import (
+    ConvergenceWarning,
+    EmbeddingCollapseWarning,
+    UsageError,
+    UserError,
+)
+from tripletsk.estimator import TripletEncoder
+from tripletsk.export import export_format, export_model, preprocessing_layers
+from tripletsk.extraction.backbone import BACKBONE
+from tripletsk.extraction.decode import PREPROCESSING
+from tripletsk.modelfile import cache_record, save_model
+from tripletsk.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+HEAD = dict(hidden_units=16, n_components=4, max_epochs=2, random_state=0, verbose=0)
+
+
+def _env() -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """Images at the model's size, their cache (random weights), a fitted encoder, its .npz
+    model file, the images' pixels as the extractor reads them, and transform()'s embeddings."""
+    from tripletsk.extraction import extract_features, load_image
+
+    root = tmp_path_factory.mktemp("export")
+    images = root / "images"
+    rng = np.random.RandomState(0)
+    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        (images / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(images / f"c{c}" / f"{i}.png")
+    cache = root / "features.h5"
+    extract_features(images, output=cache, weights="none", image_size=SIZE, quiet=True, seed=3)
+    store = FeatureStore(cache)
+    keys = np.array(store.keys)
+    labels = np.array([k.split("/")[0] for k in keys])
+    with warnings.catch_warnings():  # two epochs need not converge
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        encoder = TripletEncoder(features=str(cache), **HEAD).fit(keys, labels)
+    model_file = root / "model.npz"
+    save_model(model_file, encoder, cache_record(store))
+    pixels = np.stack([load_image(images / k, SIZE) for k in keys])
+    return {"root": root, "encoder": encoder, "model": model_file, "pixels": pixels,
+            "expected": encoder.transform(keys)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- fast checks
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
+def test_preprocessing_layers_match_keras_preprocess_input(mode):
+    from keras.applications.imagenet_utils import preprocess_input
+
+    x = np.random.RandomState(1).randint(0, 256, (2, 5, 7, 3)).astype(np.uint8)
+    out = x.astype(np.float32)
+    for layer in preprocessing_layers(mode):
+        out = np.asarray(layer(out))
+    expected = x.astype(np.float32) if mode == "none" else preprocess_input(x.copy(), mode=mode)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("output", "fmt", "expected"),
+    [
+        ("m.keras", None, "keras"),
+        ("M.XML", None, "openvino"),
+        ("served", None, "savedmodel"),
+        ("served.v1/", None, "savedmodel"),
+        ("m.keras", "keras", "keras"),
+        ("dir.d", "savedmodel", "savedmodel"),
+    ],
+)
+def test_export_format_from_suffix_or_option(output, fmt, expected):
+    assert export_format(output, fmt) == expected
+
+
+@pytest.mark.parametrize(
+    ("output", "fmt", "match"),
+    [
+        ("m.onnx", None, r"unknown export suffix '\.onnx'"),
+        ("m.h5", "keras", r"ending in \.keras"),
+        ("m", "openvino", r"ending in \.xml"),
+        ("m.keras", "tflite", "format must be one of"),
+    ],
+)
+def test_export_format_refuses_what_it_cannot_write(output, fmt, match):
+    with pytest.raises(UsageError, match=match):
+        export_format(output, fmt)
+
+
+def _cache_from_a_weights_file(tmp_path, write_feature_cache, weights_file: Path):
+    """A cache whose provenance says its features came from ``weights_file``, and an encoder."""
+    provenance = {"backbone": BACKBONE, "weights": "file:blake2b=00", "image_size": SIZE,
+                  "preprocessing": PREPROCESSING, "compute_dtype": "float32",
+                  "backend": "tensorflow", "weights_source": str(weights_file)}  # fmt: skip
+    X = np.random.RandomState(0).rand(6, 2048).astype(np.float32)
+    keys = np.array([f"c{i % 2}/{i}.png" for i in range(6)])
+    cache = write_feature_cache(tmp_path / "f.h5", keys, X, provenance=provenance)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return TripletEncoder(features=str(cache), **HEAD).fit(keys, np.arange(6) % 2)
+
+
+def test_a_missing_weights_file_is_named(tmp_path, write_feature_cache):
+    gone = tmp_path / "moved" / "resnet50.weights.h5"
+    encoder = _cache_from_a_weights_file(tmp_path, write_feature_cache, gone)
+    with pytest.raises(UserError, match=re.escape(f"weights file {gone}, which is not found")):
+        export_model(encoder, tmp_path / "m.keras")
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_an_existing_output_is_refused_and_kept(tmp_path, write_feature_cache):
+    encoder = _cache_from_a_weights_file(tmp_path, write_feature_cache, tmp_path / "w.h5")
+    mine = tmp_path / "m.keras"
+    mine.write_text("my file")
+    with pytest.raises(UserError, match=r"m\.keras exists; pass --force"):
+        export_model(encoder, mine)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    with pytest.raises(UserError, match="notes is not a SavedModel folder; not replaced"):
+        export_model(encoder, folder, force=True)
+    (tmp_path / "dir.keras").mkdir()
+    with pytest.raises(UserError, match=r"dir\.keras is not a file; not replaced"):
+        export_model(encoder, tmp_path / "dir.keras", force=True)
+    (tmp_path / "plain").write_text("my file without suffix")
+    with pytest.raises(UserError, match="plain is not a SavedModel folder"):
+        export_model(encoder, tmp_path / "plain", force=True)
+    (tmp_path / "ir.bin").write_text("my bin")
+    with pytest.raises(UserError, match=r"ir\.bin exists"):
+        export_model(encoder, tmp_path / "ir.xml")
+    assert mine.read_text() == "my file" and folder.is_dir() and (tmp_path / "plain").is_file()
+
+
+def test_openvino_not_installed_says_so(tmp_path, write_feature_cache, monkeypatch):
+    encoder = _cache_from_a_weights_file(tmp_path, write_feature_cache, tmp_path / "w.h5")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(UserError, match=r"needs openvino.*pip install"):
+        export_model(encoder, tmp_path / "m.xml")
+
+
+def test_export_model_is_a_top_level_name():
+    import tripletsk
+
+    assert tripletsk.export_model is export_model and "export_model" in tripletsk.__all__
+
+
+def test_cli_bad_suffix_is_a_usage_error(tmp_path, capsys):
+    assert cli(["export", "--model", str(tmp_path / "m.npz"), "-o", "m.onnx"]) == 2
+    assert "unknown export suffix" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- exports
+
+
+@pytest.mark.slow
+def test_cli_keras_export_loads_without_tripletsk(fitted, tmp_path):
+    out = tmp_path / "model.keras"
+    argv = [sys.executable, "-m", "tripletsk", "export", "--model", str(fitted["model"]),
+            "-o", str(out)]  # fmt: skip
+    proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out} (keras)" in proc.stdout
+    with zipfile.ZipFile(out) as zf:
+        config = zf.read("config.json").decode()
+    modules = set(re.findall(r'"module": "([^"]*)"', config))
+    assert modules and all(m.startswith("keras") for m in modules), modules
+    assert '"Lambda"' not in config
+
+    again = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "exists; pass --force" in again.stderr
+
+    np.save(tmp_path / "pixels.npy", fitted["pixels"])  # uint8, as the extractor reads them
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import keras
+        model = keras.saving.load_model({str(out)!r}, safe_mode=True)
+        pixels = np.load({str(tmp_path / "pixels.npy")!r})
+        np.save({str(tmp_path / "emb.npy")!r}, model.predict(pixels, verbose=0))
+        assert "tripletsk" not in sys.modules, "tripletsk was imported"
+    """)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}  # no PYTHONPATH: tripletsk not importable
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    emb = np.load(tmp_path / "emb.npy")
+    assert emb.dtype == np.float32 and emb.shape == fitted["expected"].shape
+    assert _cosines(emb, fitted["expected"]).min() >= 0.999
+
+
+@pytest.mark.slow
+def test_savedmodel_export_matches_transform(fitted, tmp_path):
+    from tripletsk._tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    out = tmp_path / "served"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"an older export")  # force replaces a SavedModel
+    assert export_model(fitted["encoder"], f"{out}/", force=True) == str(out)
+    served = tf.saved_model.load(str(out))
+    emb = served.serve(tf.constant(fitted["pixels"], tf.float32)).numpy()
+    assert emb.shape == fitted["expected"].shape
+    assert _cosines(emb, fitted["expected"]).min() >= 0.999
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left
+
+
+@pytest.mark.slow
+def test_openvino_export_matches_transform(fitted, tmp_path):
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "model.xml"
+    export_model(fitted["model"], out)
+    assert out.with_suffix(".bin").is_file()
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    emb = compiled(fitted["pixels"].astype(np.float32))[0]
+    assert emb.dtype == np.float32 and emb.shape == fitted["expected"].shape
+    assert _cosines(emb, fitted["expected"]).min() >= 0.999
+
+
+@pytest.mark.slow
+def test_a_bfloat16_cache_exports_with_a_warning(fitted, tmp_path, write_feature_cache):
+    store = FeatureStore(fitted["encoder"].features)
+    provenance = {**store.provenance, "compute_dtype": "bfloat16"}
+    cache = write_feature_cache(tmp_path / "bf16.h5", store.keys, store.lookup(store.keys),
+                                provenance=provenance)  # fmt: skip
+    with pytest.warns(UserWarning, match="bfloat16 features; the exported model computes in"):
+        export_model(fitted["encoder"], tmp_path / "m.keras", features=FeatureStore(cache))
+    assert (tmp_path / "m.keras").is_file()
+
+
+def _small_backbone_file(path) -> None:
+    """A user's own Keras model file: conv -> global pooling -> classifier."""
+    from tripletsk._tensorflow import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(12, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    keras.Model(inputs, keras.layers.Dense(3)(x)).save(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["MobileNet(alpha=0.25)", "DenseNet121", "file"])
+def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
+    """A keras.applications backbone (tf / torch preprocessing) or a model file (torch mode)."""
+    from tripletsk._tensorflow import import_keras
+    from tripletsk.extraction import extract_features
+
+    images = fitted["root"] / "images"
+    extra = {}
+    if backbone == "file":
+        backbone = tmp_path / "mine.keras"
+        _small_backbone_file(backbone)
+        extra = {"preprocessing": "torch"}
+    cache = tmp_path / "features.h5"
+    extract_features(images, cache, weights="none" if extra == {} else "imagenet",
+                     image_size=SIZE, quiet=True, backbone=backbone, **extra)  # fmt: skip
+    store = FeatureStore(cache)
+    keys = np.array(store.keys)
+    with warnings.catch_warnings():  # two epochs of a tiny head: not converged, maybe stuck
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", EmbeddingCollapseWarning)
+        encoder = TripletEncoder(features=str(cache), **HEAD).fit(keys, [k[:2] for k in keys])
+    export_model(encoder, tmp_path / "m.keras")
+    model = import_keras().saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    emb = model.predict(fitted["pixels"], verbose=0)  # the same images, in cache order
+    assert _cosines(emb, encoder.transform(keys)).min() >= 0.999
+    if isinstance(backbone, Path):  # a moved model file is named, not guessed
+        backbone.rename(tmp_path / "moved.keras")
+        with pytest.raises(UserError, match=r"mine\.keras, which is not found"):
+            export_model(encoder, tmp_path / "n.keras")
+        export_model(encoder, tmp_path / "n.keras", backbone=tmp_path / "moved.keras")
