@@ -4,19 +4,31 @@ HDF5's ``fletcher32`` filter appends to each stored chunk the Fletcher-32 checks
 (``H5_checksum_fletcher32``: big-endian 16-bit words, sums folded modulo 65535, the result
 stored little-endian). Reading a chunk through HDF5 verifies it; the memory-mapped fast path
 (:mod:`tripletsk.mapped`) reads chunks without HDF5 and verifies them here instead.
+
+Also :func:`file_digest`, the BLAKE2b of a whole file that identifies model files.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import numpy as np
 
-__all__ = ["CHECKSUM_BYTES", "checksums_match", "fletcher32"]
+__all__ = ["CHECKSUM_BYTES", "checksums_match", "file_digest", "fletcher32"]
 
 #: Bytes the filter appends to each chunk.
 CHECKSUM_BYTES = 4
 _MOD = 65535
+
+
+def file_digest(path: str) -> str:
+    """The 128-bit BLAKE2b of the file at ``path`` (hex), read in 1 MiB blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fletcher32(data: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from tripletsk.backends import (
     _openvino_config,
     _to_openvino,
 )
+from tripletsk.checksums import file_digest
 from tripletsk.errors import UserError
 
 #: Bump when the quantization recipe or the cache layout changes: old cached models are unused.
@@ -84,14 +85,6 @@ def _keras_identity(model) -> str:
     return h.hexdigest()
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _ir_digest(folder: str) -> str:
     """A digest of the quantized model itself: its constants (``model.bin``: weights, scales)
     and its graph (``model.xml``) without node and tensor names, which OpenVINO and Keras number
@@ -102,7 +95,7 @@ def _ir_digest(folder: str) -> str:
     with open(os.path.join(folder, "model.xml"), encoding="utf-8") as f:
         xml = re.sub(r"<rt_info>.*?</rt_info>", "", f.read(), flags=re.DOTALL)
         h.update(re.sub(r' names?="[^"]*"', "", xml).encode())
-    h.update(_file_digest(os.path.join(folder, "model.bin")).encode())
+    h.update(file_digest(os.path.join(folder, "model.bin")).encode())
     return h.hexdigest()
 
 
@@ -117,7 +110,7 @@ def _read_manifest(folder: str, key: str) -> dict | None:
         if sorted(files) != sorted(_IR_FILES):
             return None
         for name, digest in files.items():
-            if _file_digest(os.path.join(folder, name)) != digest:
+            if file_digest(os.path.join(folder, name)) != digest:
                 return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -242,7 +235,7 @@ def quantize_openvino_int8(
     tmp = tempfile.mkdtemp(prefix=f".openvino-int8-{key}.", dir=cache_dir)
     try:
         ov.save_model(quantized, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
-        files = {name: _file_digest(os.path.join(tmp, name)) for name in _IR_FILES}
+        files = {name: file_digest(os.path.join(tmp, name)) for name in _IR_FILES}
         manifest = {"key": key, "identity": identity, "files": files,
                     "model_digest": _ir_digest(tmp)}  # fmt: skip
         with open(os.path.join(tmp, _MANIFEST), "w") as f:

@@ -205,8 +205,11 @@ class FeatureStore:
         self.close()
 
     def __del__(self):
-        with contextlib.suppress(Exception):
+        # try/except, not contextlib: at interpreter exit module globals may already be None.
+        try:
             self.close()
+        except Exception:
+            pass
 
     def __getstate__(self) -> dict:
         return {"path": self.path, "in_memory": self.in_memory}

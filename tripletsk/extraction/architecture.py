@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk._tensorflow import import_keras
+from tripletsk.checksums import file_digest
 from tripletsk.errors import UserError
 
 __all__ = [
@@ -292,14 +292,6 @@ def _resolve_file(path: str, layer: str | None, preprocessing: str | None) -> Ar
     model = load_model_file(arch)
     chosen = feature_layer(model, layer, path)
     return Architecture("", (), path, digest, chosen, preprocessing, None)
-
-
-def file_digest(path: str) -> str:
-    b2 = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            b2.update(chunk)
-    return b2.hexdigest()
 
 
 _FILE_MODELS: dict = {}
