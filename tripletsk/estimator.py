@@ -90,6 +90,12 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         current embeddings instead of the frozen features; 0 never refreshes.
     learning_rate : float, default=1e-3
         Adam's learning rate.
+    learning_rate_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"`` lowers the learning rate of each epoch along a half cosine, from
+        ``learning_rate`` at the first epoch towards 0 at ``max_epochs``.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (AdamW): each step shrinks the head's kernels by
+        ``learning_rate * weight_decay`` of their value; biases are not decayed.
     batch_size : int, default=256
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
@@ -191,6 +197,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "refresh_every": [Interval(Integral, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -218,6 +226,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         hard_per_anchor=2,
         refresh_every=0,
         learning_rate=1e-3,
+        learning_rate_schedule="constant",
+        weight_decay=0.0,
         batch_size=256,
         max_epochs=100,
         tol=1e-4,
@@ -241,6 +251,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.hard_per_anchor = hard_per_anchor
         self.refresh_every = refresh_every
         self.learning_rate = learning_rate
+        self.learning_rate_schedule = learning_rate_schedule
+        self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.tol = tol
@@ -348,6 +360,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             mining="batch_hard" if mining == "hybrid" else mining,
             dropout=self.dropout,
             learning_rate=self.learning_rate,
+            learning_rate_schedule=self.learning_rate_schedule,
+            weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
