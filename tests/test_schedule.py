@@ -1,4 +1,4 @@
-"""Learning-rate schedule and decoupled weight decay of the training loop."""
+"""Learning-rate schedule, decoupled weight decay and input dropout of the training loop."""
 
 import math
 
@@ -67,3 +67,15 @@ def test_cosine_reaching_max_epochs_is_not_a_convergence_warning(blobs):  # noqa
     assert result.n_iter == 2
     with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
         _train(X, y, epochs=2)
+
+
+def test_input_dropout_drops_inputs_in_training_only():
+    from tripletsk.head import build_keras_head, forward, init_head_weights
+
+    rng = np.random.RandomState(0)
+    weights = init_head_weights(12, (16,), 4, rng)
+    x = rng.normal(size=(64, 12)).astype(np.float32)
+    model = build_keras_head(weights, seed=0, input_dropout=0.5)
+    assert model.get_layer("input_dropout").rate == 0.5
+    np.testing.assert_allclose(model(x, training=False), forward(x, weights), atol=1e-5)
+    assert not np.allclose(model(x, training=True), forward(x, weights), atol=1e-3)

@@ -271,6 +271,7 @@ def train_head(
     stream: bool = False,
     learning_rate_schedule: str = "constant",
     weight_decay: float = 0.0,
+    input_dropout: float = 0.0,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -292,7 +293,11 @@ def train_head(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {precision!r}.")
     model = build_keras_head(
-        initial_weights, dropout=dropout, seed=seed, dtype=PRECISIONS[precision]
+        initial_weights,
+        dropout=dropout,
+        seed=seed,
+        dtype=PRECISIONS[precision],
+        input_dropout=input_dropout,
     )
     optimizer = _FusedAdam(model.trainable_variables, learning_rate, weight_decay=weight_decay)
     triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)

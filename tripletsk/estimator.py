@@ -60,6 +60,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Dimension of the embedding.
     dropout : float, default=0.2
         Dropout rate after each hidden layer while training.
+    input_dropout : float, default=0.0
+        Dropout rate of the input features while training (a cheap augmentation of the
+        inputs, e.g. of pixels).
     distance : {"l2", "l1", "sqeuclidean", "cosine"}, default="l2"
         Distance between embeddings, in the loss and in every prediction.
     margin : float or None, default=1.0
@@ -190,6 +193,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
         "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
@@ -219,6 +223,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         hidden_units=512,
         n_components=10,
         dropout=0.2,
+        input_dropout=0.0,
         distance="l2",
         margin=1.0,
         mining="auto",
@@ -244,6 +249,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.hidden_units = hidden_units
         self.n_components = n_components
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.distance = distance
         self.margin = margin
         self.mining = mining
@@ -359,6 +365,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             # hybrid batches carry offline hard examples, then mine batch-hard online.
             mining="batch_hard" if mining == "hybrid" else mining,
             dropout=self.dropout,
+            input_dropout=self.input_dropout,
             learning_rate=self.learning_rate,
             learning_rate_schedule=self.learning_rate_schedule,
             weight_decay=self.weight_decay,
