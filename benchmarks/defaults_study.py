@@ -68,8 +68,15 @@ STEPS = [
 ]  # fmt: skip
 
 
-def datasets(data_dir, cache_dir, seed: int = 0, only=None) -> dict:
-    """name -> (X_fit, y_fit, X_val, y_val), validation from the training images only."""
+def datasets(
+    data_dir, cache_dir, seed: int = 0, only=None, test_size: float = 0.25, split_seed=None
+) -> dict:
+    """name -> (X_fit, y_fit, X_val, y_val), validation from the training images only.
+
+    ``seed`` picks the training images (as the examples do); ``split_seed`` (default ``seed``)
+    the stratified validation share ``test_size`` of them.
+    """
+    split_seed = seed if split_seed is None else split_seed
     found = {}
     X, y = load_digits(return_X_y=True)
     train, _ = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)
@@ -88,8 +95,8 @@ def datasets(data_dir, cache_dir, seed: int = 0, only=None) -> dict:
     for name, (X, y) in found.items():
         if only and name not in only:
             continue
-        fit, val = train_test_split(np.arange(len(y)), test_size=0.25, random_state=seed,
-                                    stratify=y)  # fmt: skip
+        fit, val = train_test_split(np.arange(len(y)), test_size=test_size,
+                                    random_state=split_seed, stratify=y)  # fmt: skip
         result[name] = (X[fit], y[fit], X[val], y[val])
     return result
 

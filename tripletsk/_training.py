@@ -66,7 +66,15 @@ class _FusedAdam:
     ``tests/test_training.py`` checks it against Keras step by step.
     """
 
-    def __init__(self, variables, learning_rate: float, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    def __init__(
+        self,
+        variables,
+        learning_rate: float,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        weight_decay: float = 0.0,
+    ):
         self.variables = list(variables)
         # Slots are created here, not in the first traced call (which would trace twice).
         self.moments = [
@@ -77,12 +85,23 @@ class _FusedAdam:
         self.iterations = tf.Variable(0.0, trainable=False)
         hyper = {"lr": learning_rate, "beta1": beta_1, "beta2": beta_2, "epsilon": epsilon}
         self.hyper = {name: tf.constant(value, tf.float32) for name, value in hyper.items()}
+        # A variable, so that a schedule can change it between epochs without retracing.
+        self.hyper["lr"] = tf.Variable(learning_rate, trainable=False, dtype=tf.float32)
+        # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019), on kernels only.
+        self.decayed = [len(v.shape) > 1 for v in self.variables] if weight_decay else []
+        self.weight_decay = tf.constant(weight_decay, tf.float32)
+
+    def set_learning_rate(self, value: float) -> None:
+        self.hyper["lr"].assign(value)
 
     def apply_gradients(self, grads) -> None:
         step = self.iterations.assign_add(1.0)
         hyper = self.hyper
         beta1_power = tf.pow(hyper["beta1"], step)
         beta2_power = tf.pow(hyper["beta2"], step)
+        for variable, decay in zip(self.variables, self.decayed, strict=False):
+            if decay:
+                variable.assign_sub(hyper["lr"] * self.weight_decay * variable)
         for variable, (m, v), grad in zip(self.variables, self.moments, grads, strict=True):
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
@@ -93,6 +112,15 @@ class _FusedAdam:
                 grad=grad,
                 **hyper,
             )
+
+
+def epoch_learning_rate(schedule: str, learning_rate: float, epoch: int, max_epochs: int) -> float:
+    """The learning rate of ``epoch`` (from 0): constant, or cosine decay to 0 at ``max_epochs``."""
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return float(learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)))
+    raise ValueError(f"learning_rate_schedule must be 'constant' or 'cosine'; got {schedule!r}.")
 
 
 def _make_steps(model, optimizer, distance, margin, mining):
@@ -241,6 +269,9 @@ def train_head(
     verbose: int = 0,
     precision: str = "float32",
     stream: bool = False,
+    learning_rate_schedule: str = "constant",
+    weight_decay: float = 0.0,
+    input_dropout: float = 0.0,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -262,9 +293,13 @@ def train_head(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {precision!r}.")
     model = build_keras_head(
-        initial_weights, dropout=dropout, seed=seed, dtype=PRECISIONS[precision]
+        initial_weights,
+        dropout=dropout,
+        seed=seed,
+        dtype=PRECISIONS[precision],
+        input_dropout=input_dropout,
     )
-    optimizer = _FusedAdam(model.trainable_variables, learning_rate)
+    optimizer = _FusedAdam(model.trainable_variables, learning_rate, weight_decay=weight_decay)
     triplet_loop, batch_loop = _make_steps(model, optimizer, distance, margin, mining)
     if not stream and 4 * items.n_features * len(items) <= RESIDENT_BYTES:
         rows = items.take(out=_aligned_empty((len(items), items.n_features)))
@@ -287,6 +322,9 @@ def train_head(
     best, best_weights, no_change = -math.inf, initial_weights, 0
     last_finite = initial_weights
     for epoch in range(max_epochs):
+        optimizer.set_learning_rate(
+            epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
+        )
         losses, actives, sizes, weights_finite = [], [], [], True
         windows = _windows(epoch_batches(epoch, last_finite), window_rows)
         for plan, upcoming in _with_next(windows):
@@ -334,6 +372,8 @@ def train_head(
             if no_change >= n_iter_no_change:
                 break
     else:  # every epoch ran and still improved by tol within the last n_iter_no_change
+        if learning_rate_schedule == "cosine":  # the rate reached 0: training is complete
+            return _finish(result, validation_score, best, best_weights, last_finite)
         what = "validation score" if validation_score is not None else "training loss"
         warnings.warn(
             f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
@@ -342,6 +382,10 @@ def train_head(
             ConvergenceWarning,
             stacklevel=4,  # the caller of fit
         )
+    return _finish(result, validation_score, best, best_weights, last_finite)
+
+
+def _finish(result, validation_score, best, best_weights, last_finite) -> TrainingResult:
     if validation_score is not None and result.validation_scores:
         result.weights = best_weights
         result.best_validation_score = best

@@ -60,6 +60,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Dimension of the embedding.
     dropout : float, default=0.2
         Dropout rate after each hidden layer while training.
+    input_dropout : float, default=0.0
+        Dropout rate of the input features while training (a cheap augmentation of the
+        inputs, e.g. of pixels).
     distance : {"l2", "l1", "sqeuclidean", "cosine"}, default="l2"
         Distance between embeddings, in the loss and in every prediction.
     margin : float or None, default=1.0
@@ -90,6 +93,12 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         current embeddings instead of the frozen features; 0 never refreshes.
     learning_rate : float, default=1e-3
         Adam's learning rate.
+    learning_rate_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"`` lowers the learning rate of each epoch along a half cosine, from
+        ``learning_rate`` at the first epoch towards 0 at ``max_epochs``.
+    weight_decay : float, default=0.0
+        Decoupled weight decay (AdamW): each step shrinks the head's kernels by
+        ``learning_rate * weight_decay`` of their value; biases are not decayed.
     batch_size : int, default=256
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
@@ -184,6 +193,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
         "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
@@ -191,6 +201,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "refresh_every": [Interval(Integral, 0, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -211,6 +223,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         hidden_units=512,
         n_components=10,
         dropout=0.2,
+        input_dropout=0.0,
         distance="l2",
         margin=1.0,
         mining="auto",
@@ -218,6 +231,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         hard_per_anchor=2,
         refresh_every=0,
         learning_rate=1e-3,
+        learning_rate_schedule="constant",
+        weight_decay=0.0,
         batch_size=256,
         max_epochs=100,
         tol=1e-4,
@@ -234,6 +249,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.hidden_units = hidden_units
         self.n_components = n_components
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.distance = distance
         self.margin = margin
         self.mining = mining
@@ -241,6 +257,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.hard_per_anchor = hard_per_anchor
         self.refresh_every = refresh_every
         self.learning_rate = learning_rate
+        self.learning_rate_schedule = learning_rate_schedule
+        self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.tol = tol
@@ -347,7 +365,10 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             # hybrid batches carry offline hard examples, then mine batch-hard online.
             mining="batch_hard" if mining == "hybrid" else mining,
             dropout=self.dropout,
+            input_dropout=self.input_dropout,
             learning_rate=self.learning_rate,
+            learning_rate_schedule=self.learning_rate_schedule,
+            weight_decay=self.weight_decay,
             max_epochs=self.max_epochs,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,

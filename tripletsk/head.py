@@ -64,7 +64,11 @@ def forward(x: np.ndarray, weights: HeadWeights) -> np.ndarray:
 
 
 def build_keras_head(
-    weights: HeadWeights, dropout: float = 0.0, seed: int | None = None, dtype: str | None = None
+    weights: HeadWeights,
+    dropout: float = 0.0,
+    seed: int | None = None,
+    dtype: str | None = None,
+    input_dropout: float = 0.0,
 ):
     """A Keras model of the head, initialised with ``weights``.
 
@@ -78,6 +82,11 @@ def build_keras_head(
     n_features = weights[0][0].shape[0]
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
+    if input_dropout > 0:  # drops input features (pixels): a cheap augmentation
+        input_seed = None if seed is None else seed + len(weights)
+        x = keras.layers.Dropout(input_dropout, seed=input_seed, name="input_dropout", dtype=dtype)(
+            x
+        )
     for i, (kernel, _) in enumerate(weights):
         last = i == len(weights) - 1
         x = keras.layers.Dense(

@@ -1,0 +1,81 @@
+"""Learning-rate schedule, decoupled weight decay and input dropout of the training loop."""
+
+import math
+
+import numpy as np
+import pytest
+from test_training import _assert_same_weights, _train, blobs  # noqa: F401 (fixture)
+
+from tripletsk import TripletEncoder
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epoch", "expected"),
+    [("constant", 0, 0.01), ("constant", 99, 0.01), ("cosine", 0, 0.01),
+     ("cosine", 50, 0.005), ("cosine", 75, 0.01 * 0.5 * (1 + math.cos(0.75 * math.pi)))],
+)  # fmt: skip
+def test_epoch_learning_rate(schedule, epoch, expected):
+    from tripletsk._training import epoch_learning_rate
+
+    assert epoch_learning_rate(schedule, 0.01, epoch, 100) == pytest.approx(expected)
+
+
+def test_unknown_schedule_is_refused():
+    from tripletsk._training import epoch_learning_rate
+
+    with pytest.raises(ValueError, match="learning_rate_schedule must be"):
+        epoch_learning_rate("step", 0.01, 0, 100)
+
+
+def test_cosine_starts_at_the_learning_rate_then_departs_from_constant(blobs):  # noqa: F811
+    X, y = blobs
+    one = _train(X, y, epochs=1, learning_rate_schedule="cosine").weights
+    _assert_same_weights(one, _train(X, y, epochs=1).weights)
+    cosine = _train(X, y, epochs=3, learning_rate_schedule="cosine").weights
+    assert not np.allclose(cosine[0][0], _train(X, y, epochs=3).weights[0][0])
+
+
+def test_weight_decay_shrinks_kernels_not_biases():
+    import tensorflow as tf
+
+    from tripletsk._training import _FusedAdam
+
+    kernel = tf.Variable(np.ones((3, 2), np.float32))
+    bias = tf.Variable(np.ones(2, np.float32))
+    optimizer = _FusedAdam([kernel, bias], learning_rate=0.1, weight_decay=0.5)
+    optimizer.apply_gradients([tf.zeros((3, 2)), tf.zeros(2)])  # Adam's own step is 0 here
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5)
+    np.testing.assert_array_equal(bias.numpy(), 1.0)
+
+
+def test_encoder_refuses_an_unknown_schedule():
+    X = np.random.RandomState(0).normal(size=(20, 4))
+    y = np.repeat([0, 1], 10)
+    with pytest.raises(ValueError, match="learning_rate_schedule"):
+        TripletEncoder(learning_rate_schedule="step", max_epochs=1).fit(X, y)
+
+
+def test_cosine_reaching_max_epochs_is_not_a_convergence_warning(blobs):  # noqa: F811
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = blobs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        result = _train(X, y, epochs=2, learning_rate_schedule="cosine")
+    assert result.n_iter == 2
+    with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
+        _train(X, y, epochs=2)
+
+
+def test_input_dropout_drops_inputs_in_training_only():
+    from tripletsk.head import build_keras_head, forward, init_head_weights
+
+    rng = np.random.RandomState(0)
+    weights = init_head_weights(12, (16,), 4, rng)
+    x = rng.normal(size=(64, 12)).astype(np.float32)
+    model = build_keras_head(weights, seed=0, input_dropout=0.5)
+    assert model.get_layer("input_dropout").rate == 0.5
+    np.testing.assert_allclose(model(x, training=False), forward(x, weights), atol=1e-5)
+    assert not np.allclose(model(x, training=True), forward(x, weights), atol=1e-3)
