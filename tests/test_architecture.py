@@ -15,6 +15,7 @@ from tripletsk.extraction import extract_features, features_for_files, load_imag
 from tripletsk.extraction.architecture import (
     RESNET50,
     architecture_of,
+    preprocess_array,
     resolve_architecture,
 )
 from tripletsk.extraction.decode import PREPROCESSING
@@ -85,6 +86,37 @@ def test_bad_backbones_are_refused(backbone, match):
 )
 def test_each_application_uses_its_own_preprocessing(name, mode):
     assert resolve_architecture(name).mode == mode
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])
+def test_numpy_preprocessing_is_bit_identical_to_keras(mode):
+    """preprocess_array (no Keras import: used by int8 runs and the OpenVINO backend) gives the
+    same float32 values as Keras' own preprocess_input, and leaves its input alone."""
+    _keras()
+    from keras.applications import imagenet_utils
+
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    want = pixels.astype(np.float32)
+    if mode != "none":
+        want = imagenet_utils.preprocess_input(want, mode=mode)
+    got = preprocess_array(pixels, mode)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    assert pixels.dtype == np.uint8
+    with pytest.raises(ValueError, match="mode must be one of"):
+        preprocess_array(pixels, "imagenet")
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [("ResNet50", "resnet50"), ("ResNet50V2", "resnet_v2"), ("DenseNet121", "densenet"),
+     ("MobileNet", "mobilenet"), ("ConvNeXtTiny", "convnext")],
+)  # fmt: skip
+def test_numpy_preprocessing_matches_each_application(name, module):
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    want = getattr(_keras().applications, module).preprocess_input(pixels.astype(np.float32))
+    got = preprocess_array(pixels, resolve_architecture(name).mode)
+    np.testing.assert_array_equal(got, np.asarray(want))
 
 
 def test_preprocessing_overrides_an_application_and_must_be_known():

@@ -7,6 +7,9 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +97,32 @@ def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeyp
         assert int8._Lookup(resolve_network("none"), 32, files, other, 1).find() is None
     finally:
         victim.write_bytes(original)
+    os.remove(other)
+
+
+def test_a_run_with_the_model_found_never_loads_tensorflow(first):
+    """The quantized model is all an int8 run needs: a new process extracting into a new cache
+    (model found by its record) imports neither TensorFlow nor Keras, and gets the same rows."""
+    other = first["cache"].parent / "no-tensorflow.h5"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from tripletsk.extraction import extract_features
+        s = extract_features({os.fspath(first["images"])!r}, {os.fspath(other)!r}, quiet=True,
+                             **{INT8!r})
+        print(s.extracted, "tensorflow" in sys.modules, "keras" in sys.modules)
+        """
+    )
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-3:] == ["10", "False", "False"]
+    np.testing.assert_array_equal(
+        FeatureStore(other).to_array(), FeatureStore(first["cache"]).to_array()
+    )
     os.remove(other)
 
 

@@ -272,6 +272,7 @@ def _compile_runner(
         )
     run.precision, run.backend, run.compiled_model = precision, "openvino", compiled
     run.streams = n
+    run.dim = int(compiled.output(0).get_partial_shape()[-1].get_length())
     return run
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Architecture",
     "architecture_of",
     "load_model_file",
+    "preprocess_array",
     "preprocess_pixels",
     "resolve_architecture",
 ]
@@ -257,6 +258,39 @@ def _probe_mode(module: str) -> str:
         f"keras.applications.{module}.preprocess_input is none of Keras' modes "
         f"({', '.join(PREPROCESSING_MODES)}); pass preprocessing explicitly"
     )
+
+
+# Keras' preprocess_input constants (keras.applications.imagenet_utils), per mode.
+_MODE_MEANS = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
+_MODE_STDS = {"torch": (0.229, 0.224, 0.225)}
+
+
+def preprocess_array(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """NumPy pixels (0-255, RGB, channels last) -> float32 scaled as Keras' ``mode`` does.
+
+    The same arithmetic, in the same order, as ``imagenet_utils.preprocess_input`` on a NumPy
+    array (so the same float32 values), without importing Keras: an int8 run, which needs no
+    Keras model, then never loads TensorFlow. ``pixels`` is not modified.
+    """
+    if mode == "caffe":  # RGB -> BGR in the same pass as the copy: the result is contiguous
+        x = np.array(np.asarray(pixels)[..., ::-1], dtype=np.float32)
+    else:
+        x = np.array(pixels, dtype=np.float32)
+    if mode == "none":
+        return x
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+    elif mode != "caffe":
+        raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
+    for channel, mean in enumerate(_MODE_MEANS[mode]):
+        x[..., channel] -= mean
+    for channel, std in enumerate(_MODE_STDS.get(mode, ())):
+        x[..., channel] /= std
+    return x
 
 
 def preprocess_pixels(images, arch: Architecture):

@@ -25,6 +25,7 @@ from tripletsk.extraction.architecture import (
     RESNET50,
     Architecture,
     load_model_file,
+    preprocess_array,
     preprocess_pixels,
     resolve_architecture,
 )
@@ -180,7 +181,7 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
 
 def preprocess(images: np.ndarray, arch: Architecture = RESNET50) -> np.ndarray:
     """uint8 images -> what the model takes (float32, ``arch``'s ``preprocess_input``)."""
-    return np.asarray(preprocess_pixels(np.asarray(images, dtype=np.float32), arch))
+    return preprocess_array(images, arch.mode)
 
 
 def random_init_of(arch: Architecture) -> str:
@@ -241,14 +242,13 @@ class Backbone:
         *,
         int8_folder: str | None = None,
     ):
-        tf = import_tensorflow()
         arch = spec.arch
 
         self.model, self.spec = model, spec
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.provenance = provenance_for(spec, image_size, backend, precision)
-        self.dim = int(model.output_shape[-1])
         if (backend, precision) == ("tensorflow", "float32"):
+            tf = import_tensorflow()
             sig = [tf.TensorSpec([self.batch_size, self.image_size, self.image_size, 3], tf.uint8)]
 
             def forward(x):
@@ -260,6 +260,8 @@ class Backbone:
             self._fn = _backend_runner(
                 model, arch, backend, precision, self.batch_size, int8_folder
             )
+        # int8 runs the quantized model alone (model is None): its output says the width.
+        self.dim = int(model.output_shape[-1]) if model is not None else self._fn.dim
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, dtype=np.uint8)
@@ -284,6 +286,9 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
 
     if precision == "int8":
         run = quantization.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
+        runner = lambda x: run(preprocess(x, arch))  # noqa: E731
+        runner.dim = run.dim
+        return runner
     elif backend == "openvino":
         try:
             run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
@@ -323,7 +328,8 @@ def build_backbone(
     backend, precision = check_backend(backend, precision)
     if precision == "int8" and int8_folder is None:
         raise ValueError("precision int8 needs int8_folder, the quantized model")
-    model = build_keras_model(spec, image_size)
+    # The quantized model is all int8 needs: no Keras model, so no TensorFlow in the process.
+    model = None if precision == "int8" else build_keras_model(spec, image_size)
     return Backbone(
         model, spec, image_size, batch_size, backend, precision, int8_folder=int8_folder
     )
@@ -483,7 +489,8 @@ def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
             bb = build_backbone(
                 spec, image_size, spec.seed, batch_size, backend, precision, int8_folder
             )
-            bb(np.zeros((1, image_size, image_size, 3), np.uint8))  # trace now
+            if backend == "tensorflow":  # trace now (OpenVINO compiled when it was built)
+                bb(np.zeros((1, image_size, image_size, 3), np.uint8))
             _BACKBONES.clear()  # keep one model in memory
             _BACKBONES[key] = bb
         return bb
