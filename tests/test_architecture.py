@@ -230,7 +230,8 @@ def test_moved_model_file_is_named(images, tmp_path):
         images, out, backbone=tmp_path / "m.keras", preprocessing="tf", image_size=32, quiet=True
     )
     os.rename(tmp_path / "m.keras", tmp_path / "moved.keras")
-    with pytest.raises(UserError, match=r"m\.keras, which is not found; pass backbone=PATH"):
+    moved = r"m\.keras, which is not found; pass backbone=PATH \(Python\) or --backbone PATH"
+    with pytest.raises(UserError, match=moved):
         features_for_files([images / "0.png"], out)
     got = features_for_files([images / "0.png"], out, backbone=tmp_path / "moved.keras")
     np.testing.assert_allclose(got[0], FeatureStore(out).lookup(["0.png"])[0], rtol=1e-4, atol=1e-5)

@@ -135,6 +135,8 @@ def test_a_missing_weights_file_is_named(tmp_path, write_feature_cache):
     encoder = _cache_from_a_weights_file(tmp_path, write_feature_cache, gone)
     with pytest.raises(UserError, match=re.escape(f"weights file {gone}, which is not found")):
         export_model(encoder, tmp_path / "m.keras")
+    with pytest.raises(UserError, match=r"weights=PATH \(Python\) or --weights PATH \(command"):
+        export_model(encoder, tmp_path / "m.keras")
     assert not (tmp_path / "m.keras").exists()
 
 

@@ -442,7 +442,7 @@ def with_model_file(arch: Architecture, path, where: str) -> Architecture:
     if not path or not os.path.isfile(path):
         raise UserError(
             f"{where} was made with the backbone model file {arch.path or '?'}, which is not "
-            "found; pass backbone=PATH (the same file)"
+            "found; pass backbone=PATH (Python) or --backbone PATH (command line), the same file"
         )
     if file_digest(path) != arch.digest:
         raise UserError(

@@ -150,7 +150,7 @@ def weights_of_cache(store: FeatureStore, weights=None, backbone=None):
         if not os.path.isfile(src):
             raise UserError(
                 f"{store.path} was made with the weights file {src or '?'}, which is not found; "
-                "pass weights=PATH (the same file)"
+                "pass weights=PATH (Python) or --weights PATH (command line), the same file"
             )
         spec = resolve_weights(src, 0, arch)
         check_provenance(prov, _expected(spec, prov), store.path)
