@@ -1,27 +1,33 @@
-"""Held-out retrieval with int8 backbone features against float32 ones, on digits.
+"""Held-out retrieval with int8 backbone features against float32 ones (digits, Fashion-MNIST).
 
-scikit-learn's digits (1797 images of 8x8, grey 0-16) become RGB uint8 images of ``--size``
-px (nearest-neighbour upscaling); the frozen ResNet50 of tripletsk (random weights from a seed,
-as ``weights="none"``: no download) turns them into features three ways:
+The images become RGB uint8 images of ``--size`` px; a frozen backbone of tripletsk
+(``--backbone``, default ResNet50; ``--weights``, default ``none``: random weights from a seed,
+no download) turns them into features three ways, each through tripletsk's own
+:class:`~tripletsk.extraction.backbone.Backbone` (uint8 pixels in, as extraction runs it):
 
 * ``tf fp32``: TensorFlow float32, the reference;
 * ``ov f32``: OpenVINO f32 (to separate the backend from the quantization);
 * ``ov int8``: OpenVINO int8 quantized by NNCF, calibrated on the calibration sample of the
   training images only (:func:`tripletsk.quantization.calibration_keys`, 128 images by
-  default, ``--calibration``), as
-  ``extract-features --precision int8`` would.
+  default, ``--calibration``), as ``extract-features --precision int8`` would.
 
-For each of ``--splits`` class-balanced splits (stratified, 30% test, disjoint images), a
-``TripletEncoder(random_state=0)`` is fitted on the training images' labels for each feature
-set, and the test images' embeddings are scored with leave-one-out retrieval
-(:func:`tripletsk.metrics.retrieval_report`): precision@1 and MAP@R. The same splits, seeds
-and settings for every feature set; only the features differ. The raw features' own retrieval
-(no encoder) is printed as context.
+``--dataset digits``: scikit-learn's 1797 digits (8x8, nearest-neighbour upscaling); for each
+of ``--splits`` class-balanced splits (stratified, 30% test, disjoint images).
+``--dataset fashion --data DIR``: the 5,000 / 2,000 disjoint class-balanced Fashion-MNIST split
+of ``examples/fashion_mnist.py`` (28x28 grey, bilinear upscaling as extraction resizes); one
+split, the encoder fitted with ``--splits`` seeds. Quantization is calibrated once per split.
+
+A ``TripletEncoder(random_state=seed)`` (defaults otherwise) is fitted on the training images'
+labels for each feature set, and the test images' embeddings are scored with leave-one-out
+retrieval (:func:`tripletsk.metrics.retrieval_report`): precision@1 and MAP@R. Only the
+features differ. The raw features' own retrieval (no encoder) is printed as context.
 
 Usage::
 
-    python benchmarks/int8_quality.py                  # 64 px, 3 splits
+    python benchmarks/int8_quality.py                  # digits, 64 px, 3 splits
     python benchmarks/int8_quality.py --size 224 --splits 1
+    python benchmarks/int8_quality.py --dataset fashion --data DIR --size 224 \\
+        --backbone "MobileNet(alpha=0.25)" --weights mobilenet_2_5_224_tf.h5 --splits 2
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+
+def _rgb(grey: np.ndarray, size: int, resample) -> np.ndarray:
+    """(n, h, w) uint8 grey -> (n, size, size, 3) uint8 RGB."""
+    from PIL import Image
+
+    out = np.empty((len(grey), size, size, 3), np.uint8)
+    for i, g in enumerate(grey):
+        out[i] = np.asarray(Image.fromarray(g).resize((size, size), resample))[..., None]
+    return out
 
 
 def digit_images(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,14 +64,27 @@ def digit_images(size: int) -> tuple[np.ndarray, np.ndarray]:
 
     X, y = load_digits(return_X_y=True)
     grey = np.clip(X.reshape(-1, 8, 8) * (255 / 16), 0, 255).astype(np.uint8)
-    out = np.empty((len(grey), size, size, 3), np.uint8)
-    for i, g in enumerate(grey):
-        out[i] = np.asarray(Image.fromarray(g).resize((size, size), Image.NEAREST))[..., None]
-    return out, y
+    return _rgb(grey, size, Image.NEAREST), y
+
+
+def fashion_images(folder, size: int):
+    """The Fashion-MNIST split of examples/fashion_mnist.py as RGB images: (images, labels,
+    [(train rows, test rows)])."""
+    from fashion_mnist import split
+    from PIL import Image
+
+    X_tr, y_tr, X_te, y_te = split(folder)
+    images = _rgb(np.concatenate([X_tr, X_te]), size, Image.BILINEAR)
+    n = len(y_tr)
+    return images, np.concatenate([y_tr, y_te]), (np.arange(n), np.arange(n, n + len(y_te)))
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("digits", "fashion"), default="digits")
+    parser.add_argument("--data", help="Fashion-MNIST folder of *-ubyte.gz (--dataset fashion)")
+    parser.add_argument("--backbone", default="ResNet50")
+    parser.add_argument("--weights", default="none")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -64,44 +94,45 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     print("load average {:.2f} {:.2f} {:.2f} (start)".format(*os.getloadavg()))
 
-    from keras.applications.resnet50 import preprocess_input
     from sklearn.model_selection import train_test_split
 
     from tripletsk import TripletEncoder
-    from tripletsk.backends import make_openvino_runner, make_tensorflow_runner
     from tripletsk.extraction import build_backbone
+    from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
     from tripletsk.metrics import retrieval_report
     from tripletsk.quantization import (
         CALIBRATION_SIZE,
         calibration_identity,
         calibration_keys,
-        make_openvino_int8_runner,
+        quantize_openvino_int8,
     )
 
-    images, y = digit_images(args.size)
-    keys = np.array([f"digit_{i:04d}" for i in range(len(y))])
-    model = build_backbone(weights="none", image_size=args.size, batch_size=args.batch_size).model
-    b = args.batch_size
+    if args.dataset == "digits":
+        images, y = digit_images(args.size)
+        splits = [
+            train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)
+            for seed in range(args.splits)
+        ]
+    else:
+        if not args.data:
+            parser.error("--dataset fashion needs --data DIR")
+        images, y, split = fashion_images(args.data, args.size)
+        splits = [split] * args.splits  # one split; the encoder's seed varies
+    keys = np.array([f"image_{i:05d}" for i in range(len(y))])
+    spec = resolve_network(args.weights, 0, args.backbone)
+    size, b = args.size, args.batch_size
 
-    def features(runner) -> np.ndarray:
-        return np.concatenate(
-            [
-                runner(preprocess_input(images[i : i + b].astype(np.float32)))
-                for i in range(0, len(images), b)
-            ]
-        )
+    def features(**how) -> np.ndarray:
+        return build_backbone(spec, size, spec.seed, b, **how)(images)
 
     start = time.perf_counter()
-    feats = {"tf fp32": features(make_tensorflow_runner(model, "float32"))}
-    feats["ov f32"] = features(make_openvino_runner(model, "f32"))
-    print(f"float features: {time.perf_counter() - start:.0f} s")
+    feats = {"tf fp32": features(), "ov f32": features(backend="openvino", precision="float32")}
+    print(f"{spec.arch.describe()} float features: {time.perf_counter() - start:.0f} s")
     cache = tempfile.mkdtemp(prefix="tripletsk-int8-quality-")
 
     reports = {}
-    for seed in range(args.splits):
-        train, test = train_test_split(
-            np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y
-        )
+    int8 = {}
+    for seed, (train, test) in enumerate(splits):
         # Calibrate on training images only: the rule extraction uses, on the train keys.
         n_cal = args.calibration or CALIBRATION_SIZE
         chosen = calibration_keys(keys[train].tolist(), n_cal)
@@ -110,13 +141,16 @@ def main(argv=None) -> None:
         cal_id = calibration_identity(
             [(k, hashlib.blake2b(images[index[k]].tobytes()).hexdigest()) for k in chosen]
         )
-        calibration = preprocess_input(images[rows].astype(np.float32))
-        start = time.perf_counter()
-        int8 = make_openvino_int8_runner(model, calibration, cache, calibration_id=cal_id)
-        split_feats = {**feats, "ov int8": features(int8)}
-        print(f"split {seed}: int8 quantization + features {time.perf_counter() - start:.0f} s")
+        if cal_id not in int8:
+            start = time.perf_counter()
+            folder, _ = quantize_openvino_int8(
+                build_keras_model(spec, size), preprocess(images[rows], spec.arch), cache, cal_id
+            )
+            int8[cal_id] = features(backend="openvino", precision="int8", int8_folder=folder)
+            print(f"split {seed}: int8 quantization + features {time.perf_counter() - start:.0f} s")
+        split_feats = {**feats, "ov int8": int8[cal_id]}
         for name, F in split_feats.items():
-            enc = TripletEncoder(random_state=0).fit(F[train], y[train])
+            enc = TripletEncoder(random_state=seed).fit(F[train], y[train])
             rep = retrieval_report(enc.transform(F[test]), y[test])
             raw = retrieval_report(F[test], y[test])
             reports.setdefault(name, []).append(
@@ -131,9 +165,11 @@ def main(argv=None) -> None:
 
     ref = np.array(reports["tf fp32"])
     print()
+    what = ("stratified splits (30% test)" if args.dataset == "digits"
+            else "encoder seeds on the 5,000 / 2,000 split")  # fmt: skip
     print(
-        f"digits {len(y)} images at {args.size} px, ResNet50 weights=none, {args.splits} "
-        "stratified splits (30% test); TripletEncoder(random_state=0) fitted on train labels; "
+        f"{args.dataset} {len(y)} images at {size} px, {spec.arch.describe()} weights="
+        f"{args.weights}, {args.splits} {what}; TripletEncoder() fitted on train labels; "
         f"int8 calibrated on {args.calibration or CALIBRATION_SIZE} training images"
     )
     print(f"{'features':>8} {'P@1':>7} {'MAP@R':>7} {'dP@1 vs tf fp32':>16} {'dMAP@R':>8} "
