@@ -1,5 +1,4 @@
-"""Learning-rate schedule, decoupled weight decay, input dropout and weight averaging of the
-training loop."""
+"""Learning-rate schedule, decoupled weight decay and input dropout of the training loop."""
 
 import math
 
@@ -80,25 +79,3 @@ def test_input_dropout_drops_inputs_in_training_only():
     assert model.get_layer("input_dropout").rate == 0.5
     np.testing.assert_allclose(model(x, training=False), forward(x, weights), atol=1e-5)
     assert not np.allclose(model(x, training=True), forward(x, weights), atol=1e-3)
-
-
-def test_average_epochs_returns_the_mean_of_the_last_epochs(blobs):  # noqa: F811
-    """The trajectory is unchanged (mining and updates use the current weights); what is
-    returned is the mean of the weights at the end of the last k epochs."""
-    X, y = blobs
-    ends = {}
-    plain = _train(X, y, epochs=5, record=ends).weights  # ends[e]: the weights after epoch e
-    averaged = _train(X, y, epochs=5, average_epochs=3).weights
-    for layer, (kernel, bias) in enumerate(averaged):
-        snapshots = [ends[3][layer], ends[4][layer], plain[layer]]
-        np.testing.assert_allclose(kernel, np.mean([s[0] for s in snapshots], axis=0), atol=1e-6)
-        np.testing.assert_allclose(bias, np.mean([s[1] for s in snapshots], axis=0), atol=1e-6)
-    assert not np.allclose(averaged[0][0], plain[0][0])
-    _assert_same_weights(_train(X, y, epochs=5, average_epochs=1).weights, plain)
-
-
-def test_encoder_average_epochs_is_validated():
-    X = np.random.RandomState(0).normal(size=(20, 4))
-    y = np.repeat([0, 1], 10)
-    with pytest.raises(ValueError, match="average_epochs"):
-        TripletEncoder(average_epochs=0, max_epochs=1).fit(X, y)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -273,7 +272,6 @@ def train_head(
     learning_rate_schedule: str = "constant",
     weight_decay: float = 0.0,
     input_dropout: float = 0.0,
-    average_epochs: int = 1,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -287,10 +285,6 @@ def train_head(
     or weight stops training with a :class:`~tripletsk.errors.TrainingDivergedWarning` and
     returns the last finite weights; reaching ``max_epochs`` first warns with scikit-learn's
     ``ConvergenceWarning``.
-
-    ``average_epochs=k`` (k > 1) returns (and validates) the mean of the weights at the end of
-    the last k epochs instead of the last ones (stochastic weight averaging, Izmailov et al.
-    2018); mining still uses the current weights.
 
     ``precision="bfloat16"`` runs the head's layers under Keras' ``mixed_bfloat16`` policy
     (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
@@ -327,8 +321,6 @@ def train_head(
     result = TrainingResult(weights=initial_weights)
     best, best_weights, no_change = -math.inf, initial_weights, 0
     last_finite = initial_weights
-    recent: deque = deque(maxlen=max(1, int(average_epochs)))  # weights of the last epochs
-    returned = initial_weights
     for epoch in range(max_epochs):
         optimizer.set_learning_rate(
             epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
@@ -357,13 +349,11 @@ def train_head(
             result.stopped_on_nan = True
             break
         last_finite = get_head_weights(model)
-        recent.append(last_finite)
-        returned = _mean_weights(recent) if len(recent) > 1 else last_finite
         result.n_iter = epoch + 1
         result.loss_curve.append(epoch_loss)
         result.active_fraction.append(float(np.average(actives, weights=sizes)))
         if validation_score is not None:
-            score = validation_score(returned)
+            score = validation_score(last_finite)
             result.validation_scores.append(score)
             progress = score
         else:
@@ -376,14 +366,14 @@ def train_head(
                 line += f", validation accuracy {score:.4f}"
             print(line, flush=True)
         if progress > best + tol:
-            best, best_weights, no_change = progress, returned, 0
+            best, best_weights, no_change = progress, last_finite, 0
         else:
             no_change += 1
             if no_change >= n_iter_no_change:
                 break
     else:  # every epoch ran and still improved by tol within the last n_iter_no_change
         if learning_rate_schedule == "cosine":  # the rate reached 0: training is complete
-            return _finish(result, validation_score, best, best_weights, returned)
+            return _finish(result, validation_score, best, best_weights, last_finite)
         what = "validation score" if validation_score is not None else "training loss"
         warnings.warn(
             f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
@@ -392,13 +382,7 @@ def train_head(
             ConvergenceWarning,
             stacklevel=4,  # the caller of fit
         )
-    return _finish(result, validation_score, best, best_weights, returned)
-
-
-def _mean_weights(snapshots) -> HeadWeights:
-    """The element-wise mean of several heads' weights (same shapes)."""
-    layers = zip(*snapshots, strict=True)  # each: that layer's (kernel, bias) in every head
-    return [tuple(np.mean(part, axis=0) for part in zip(*layer, strict=True)) for layer in layers]
+    return _finish(result, validation_score, best, best_weights, last_finite)
 
 
 def _finish(result, validation_score, best, best_weights, last_finite) -> TrainingResult:

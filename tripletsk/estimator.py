@@ -63,9 +63,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     input_dropout : float, default=0.0
         Dropout rate of the input features while training (a cheap augmentation of the
         inputs, e.g. of pixels).
-    average_epochs : int, default=1
-        Keep the mean of the weights at the end of the last ``average_epochs`` epochs instead
-        of the last weights (stochastic weight averaging); 1 turns it off.
     distance : {"l2", "l1", "sqeuclidean", "cosine"}, default="l2"
         Distance between embeddings, in the loss and in every prediction.
     margin : float or None, default=1.0
@@ -197,7 +194,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
-        "average_epochs": [Interval(Integral, 1, None, closed="left")],
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
         "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
@@ -228,7 +224,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         n_components=10,
         dropout=0.2,
         input_dropout=0.0,
-        average_epochs=1,
         distance="l2",
         margin=1.0,
         mining="auto",
@@ -255,7 +250,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.n_components = n_components
         self.dropout = dropout
         self.input_dropout = input_dropout
-        self.average_epochs = average_epochs
         self.distance = distance
         self.margin = margin
         self.mining = mining
@@ -372,7 +366,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             mining="batch_hard" if mining == "hybrid" else mining,
             dropout=self.dropout,
             input_dropout=self.input_dropout,
-            average_epochs=self.average_epochs,
             learning_rate=self.learning_rate,
             learning_rate_schedule=self.learning_rate_schedule,
             weight_decay=self.weight_decay,
