@@ -99,6 +99,10 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     weight_decay : float, default=0.0
         Decoupled weight decay (AdamW): each step shrinks the head's kernels by
         ``learning_rate * weight_decay`` of their value; biases are not decayed.
+    weight_averaging : float, default=0.0
+        Decay of an exponential moving average of the head's weights, updated after each
+        epoch; the fitted head (and the one early stopping scores) is that average instead of
+        the last epoch's weights. 0 turns it off; 0.9 averages roughly the last 10 epochs.
     batch_size : int, default=256
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
@@ -203,6 +207,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "learning_rate_schedule": [StrOptions({"constant", "cosine"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "weight_averaging": [Interval(Real, 0, 1, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -233,6 +238,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         learning_rate=1e-3,
         learning_rate_schedule="constant",
         weight_decay=0.0,
+        weight_averaging=0.0,
         batch_size=256,
         max_epochs=100,
         tol=1e-4,
@@ -259,6 +265,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.learning_rate_schedule = learning_rate_schedule
         self.weight_decay = weight_decay
+        self.weight_averaging = weight_averaging
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.tol = tol
@@ -369,6 +376,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             learning_rate=self.learning_rate,
             learning_rate_schedule=self.learning_rate_schedule,
             weight_decay=self.weight_decay,
+            weight_averaging=self.weight_averaging,
             max_epochs=self.max_epochs,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
