@@ -104,7 +104,7 @@ def datasets(
 def validate(params: dict, data, seed: int = 0) -> dict:
     X_fit, y_fit, X_val, y_val = data
     start = time.perf_counter()
-    encoder = TripletEncoder(random_state=seed, **params).fit(X_fit, y_fit)
+    encoder = TripletEncoder(random_state=seed, **study_params(params)).fit(X_fit, y_fit)
     seconds = time.perf_counter() - start
     emb = encoder.transform(X_val)
     report = retrieval_report(emb, y_val, ks=(1,))
@@ -119,9 +119,20 @@ def validate(params: dict, data, seed: int = 0) -> dict:
     }
 
 
+# The defaults before 2026-12-03, to which every recorded setting of docs/defaults_study/*.jsonl
+# is relative (so that the records keep their meaning after the defaults changed).
+STUDY_DEFAULTS = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
+                  "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip
+
+
+def study_params(params: dict) -> dict:
+    """A recorded setting (relative to ``STUDY_DEFAULTS``) as ``TripletEncoder`` parameters."""
+    return {**STUDY_DEFAULTS, **params}
+
+
 def _without_defaults(params: dict) -> dict:
-    """The setting as it differs from today's defaults, so equal settings share one result."""
-    defaults = TripletEncoder().get_params()
+    """The setting as it differs from the study's defaults, so equal settings share one result."""
+    defaults = {**TripletEncoder().get_params(), **STUDY_DEFAULTS}
     return {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
 
 
@@ -177,7 +188,7 @@ def digits_triplet_validation(
     T_fit = fit[sample_label_triplets(y[fit], n_triplets, random_state=inner)]
     T_val = val[sample_label_triplets(y[val], n_triplets, random_state=inner + 1)]
     start = time.perf_counter()
-    settings = {k: v for k, v in params.items() if k not in LABEL_ONLY}
+    settings = {k: v for k, v in study_params(params).items() if k not in LABEL_ONLY}
     encoder = TripletEncoder(features=X, random_state=inner, **settings).fit(T_fit)
     return {
         "triplet_accuracy": encoder.score(T_val),
@@ -189,14 +200,14 @@ def digits_triplet_validation(
 def test_once(data_dir, params: dict, seed: int = 0) -> dict:
     """Test figures of one setting: Fashion-MNIST 5,000 / 2,000 pixels, and digits triplets."""
     train_images, y_train, test_images, y_test = fashion_mnist.split(data_dir, 5000, 2000, seed)
-    encoder = TripletEncoder(random_state=seed, **params)
+    encoder = TripletEncoder(random_state=seed, **study_params(params))
     encoder.fit(fashion_mnist.pixels(train_images), y_train)
     report = retrieval_report(encoder.transform(fashion_mnist.pixels(test_images)), y_test, ks=(1,))
     # digits_triplets.py fits on triplets (fit(T)): label-mining parameters do not apply, and
     # mining="auto" there uses the given triplets. Everything else (batch_size included:
     # triplets per step) is the same setting.
     digits = digits_triplets.run(
-        seed=seed, **{k: v for k, v in params.items() if k not in LABEL_ONLY}
+        seed=seed, **{k: v for k, v in study_params(params).items() if k not in LABEL_ONLY}
     )
     return {
         "fashion_precision_at_1": report["precision_at_1"],

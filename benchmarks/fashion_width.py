@@ -145,7 +145,8 @@ def main(argv=None) -> None:
             if (name, seed) in done:
                 continue
             if args.digits:  # fit(T): the label-mining parameters do not apply
-                kept = {k: v for k, v in params.items() if k not in defaults_study.LABEL_ONLY}
+                full = defaults_study.study_params(params)
+                kept = {k: v for k, v in full.items() if k not in defaults_study.LABEL_ONLY}
                 figures = digits_triplets.run(seed=seed, **kept)
             else:
                 figures = defaults_study.validate(params, data[seed], seed)

@@ -97,7 +97,8 @@ def test_digits_labels_batch_hard_and_hybrid_reach_099_held_out():
 def test_every_mining_strategy_learns(blobs, mining):
     X, y = blobs
     before = label_triplet_accuracy(X, y)
-    params = {**SMALL, "mining": mining, "max_epochs": 100, "dropout": 0.0, "n_components": 10}
+    params = {**SMALL, "mining": mining, "max_epochs": 100, "dropout": 0.0, "n_components": 10,
+              "input_dropout": 0.0}  # fmt: skip
     enc = TripletEncoder(**params).fit(X, y)
     assert enc.score(X, y) > before
     assert len(enc.active_fraction_) == enc.n_iter_
@@ -419,9 +420,12 @@ def test_a_fit_stuck_at_the_margin_warns(signal, stuck):
     rng = np.random.RandomState(0)
     y = rng.randint(0, 10, 400)
     X = rng.normal(size=(400, 32)) + signal * np.eye(10, 32)[y]
+    # The hinge margin (the soft-margin default has no margin to sit at) on the former head.
     encoder = TripletEncoder(
-        mining="batch_hard", samples_per_class=4, batch_size=40, max_epochs=30, random_state=0
-    )
+        mining="batch_hard", samples_per_class=4, batch_size=40, max_epochs=30, random_state=0,
+        margin=1.0, hidden_units=512, n_components=10, dropout=0.2, input_dropout=0.0,
+        weight_averaging=0.0,
+    )  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         encoder.fit(X, y)

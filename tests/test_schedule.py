@@ -79,3 +79,36 @@ def test_input_dropout_drops_inputs_in_training_only():
     assert model.get_layer("input_dropout").rate == 0.5
     np.testing.assert_allclose(model(x, training=False), forward(x, weights), atol=1e-5)
     assert not np.allclose(model(x, training=True), forward(x, weights), atol=1e-3)
+
+
+def test_average_weights_is_one_ema_step():
+    from tripletsk._training import average_weights
+
+    average = [(np.zeros((2, 2), np.float32), np.zeros(2, np.float32))]
+    weights = [(np.ones((2, 2), np.float32), np.full(2, 2.0, np.float32))]
+    ((kernel, bias),) = average_weights(average, weights, 0.75)
+    np.testing.assert_allclose(kernel, 0.25)
+    np.testing.assert_allclose(bias, 0.5)
+
+
+def test_weight_averaging_returns_the_ema_of_the_epochs_weights(blobs):  # noqa: F811
+    from tripletsk._training import average_weights
+
+    X, y = blobs
+    seen = {}
+    _train(X, y, epochs=3, record=seen)  # seen[e]: the weights after epoch e (e >= 1)
+    after_three = _train(X, y, epochs=3).weights
+    averaged = _train(X, y, epochs=3, weight_averaging=0.5).weights
+    # The EMA over epochs 1..3 (the first epoch starts it), not the last epoch's weights.
+    expected = seen[1]
+    for epoch_weights in (seen[2], after_three):
+        expected = average_weights(expected, epoch_weights, 0.5)
+    _assert_same_weights(averaged, expected)
+    assert not np.allclose(averaged[0][0], after_three[0][0])
+
+
+def test_encoder_refuses_weight_averaging_of_one():
+    X = np.random.RandomState(0).normal(size=(20, 4))
+    y = np.repeat([0, 1], 10)
+    with pytest.raises(ValueError, match="weight_averaging"):
+        TripletEncoder(weight_averaging=1.0, max_epochs=1).fit(X, y)

@@ -272,6 +272,7 @@ def train_head(
     learning_rate_schedule: str = "constant",
     weight_decay: float = 0.0,
     input_dropout: float = 0.0,
+    weight_averaging: float = 0.0,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -289,6 +290,11 @@ def train_head(
     ``precision="bfloat16"`` runs the head's layers under Keras' ``mixed_bfloat16`` policy
     (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
     in float32.
+
+    ``weight_averaging`` > 0 keeps an exponential moving average of the weights, updated after
+    each epoch (``average = weight_averaging * average + (1 - weight_averaging) * weights``,
+    starting from the first epoch's weights); the average is what is scored, kept and
+    returned, while training (and mining) go on with the raw weights.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {precision!r}.")
@@ -320,7 +326,7 @@ def train_head(
 
     result = TrainingResult(weights=initial_weights)
     best, best_weights, no_change = -math.inf, initial_weights, 0
-    last_finite = initial_weights
+    last_finite = averaged = initial_weights
     for epoch in range(max_epochs):
         optimizer.set_learning_rate(
             epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
@@ -349,11 +355,16 @@ def train_head(
             result.stopped_on_nan = True
             break
         last_finite = get_head_weights(model)
+        averaged = (
+            last_finite
+            if not weight_averaging or result.n_iter == 0
+            else average_weights(averaged, last_finite, weight_averaging)
+        )
         result.n_iter = epoch + 1
         result.loss_curve.append(epoch_loss)
         result.active_fraction.append(float(np.average(actives, weights=sizes)))
         if validation_score is not None:
-            score = validation_score(last_finite)
+            score = validation_score(averaged)
             result.validation_scores.append(score)
             progress = score
         else:
@@ -366,14 +377,14 @@ def train_head(
                 line += f", validation accuracy {score:.4f}"
             print(line, flush=True)
         if progress > best + tol:
-            best, best_weights, no_change = progress, last_finite, 0
+            best, best_weights, no_change = progress, averaged, 0
         else:
             no_change += 1
             if no_change >= n_iter_no_change:
                 break
     else:  # every epoch ran and still improved by tol within the last n_iter_no_change
         if learning_rate_schedule == "cosine":  # the rate reached 0: training is complete
-            return _finish(result, validation_score, best, best_weights, last_finite)
+            return _finish(result, validation_score, best, best_weights, averaged)
         what = "validation score" if validation_score is not None else "training loss"
         warnings.warn(
             f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
@@ -382,7 +393,16 @@ def train_head(
             ConvergenceWarning,
             stacklevel=4,  # the caller of fit
         )
-    return _finish(result, validation_score, best, best_weights, last_finite)
+    return _finish(result, validation_score, best, best_weights, averaged)
+
+
+def average_weights(average: HeadWeights, weights: HeadWeights, decay: float) -> HeadWeights:
+    """One step of an exponential moving average of head weights: ``decay`` of ``average``
+    plus ``1 - decay`` of ``weights``, layer by layer."""
+    return [
+        (decay * ka + (1.0 - decay) * kw, decay * ba + (1.0 - decay) * bw)
+        for (ka, ba), (kw, bw) in zip(average, weights, strict=True)
+    ]
 
 
 def _finish(result, validation_score, best, best_weights, last_finite) -> TrainingResult:
