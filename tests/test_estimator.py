@@ -412,19 +412,23 @@ def test_collapse_is_detected_and_warned():
         TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(X, y)
 
 
+_FORMER_HEAD = {"margin": 1.0, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
+                "input_dropout": 0.0, "weight_averaging": 0.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("head", ["hinge, former head", "soft margin, defaults"])
 @pytest.mark.parametrize(("signal", "stuck"), [(0.0, True), (1.0, True), (6.0, False)])
-def test_a_fit_stuck_at_the_margin_warns(signal, stuck):
-    # Batch-hard on weak signal: every anchor stays active, the loss sits just above the
-    # margin and the embeddings shrink together. The old check (|loss - margin| < 0.1%)
-    # never fired for it.
+def test_a_fit_stuck_at_the_margin_warns(signal, stuck, head):
+    # Batch-hard on weak signal: every anchor stays active, the loss sits at the margin (the
+    # hinge's margin, or log 2 for the soft margin) and the embeddings shrink together. The
+    # old check (|loss - margin| < 0.1%) never fired for it.
     rng = np.random.RandomState(0)
     y = rng.randint(0, 10, 400)
     X = rng.normal(size=(400, 32)) + signal * np.eye(10, 32)[y]
-    # The hinge margin (the soft-margin default has no margin to sit at) on the former head.
+    params = _FORMER_HEAD if head.startswith("hinge") else {}
     encoder = TripletEncoder(
         mining="batch_hard", samples_per_class=4, batch_size=40, max_epochs=30, random_state=0,
-        margin=1.0, hidden_units=512, n_components=10, dropout=0.2, input_dropout=0.0,
-        weight_averaging=0.0,
+        **params,
     )  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -433,6 +437,7 @@ def test_a_fit_stuck_at_the_margin_warns(signal, stuck):
     assert bool(messages) == stuck, messages
     if stuck:
         assert "the loss stayed at the margin" in messages[0]
+        assert ("log 2" in messages[0]) == (not params)
 
 
 def test_huge_learning_rate_never_leaves_nan(blobs):
