@@ -91,20 +91,22 @@ def test_average_weights_is_one_ema_step():
     np.testing.assert_allclose(bias, 0.5)
 
 
-def test_weight_averaging_returns_the_ema_of_the_epochs_weights(blobs):  # noqa: F811
-    from tripletsk._training import average_weights
-
+def test_weight_averaging_returns_the_bias_corrected_ema_of_the_epochs(blobs):  # noqa: F811
     X, y = blobs
     seen = {}
     _train(X, y, epochs=3, record=seen)  # seen[e]: the weights after epoch e (e >= 1)
     after_three = _train(X, y, epochs=3).weights
     averaged = _train(X, y, epochs=3, weight_averaging=0.5).weights
-    # The EMA over epochs 1..3 (the first epoch starts it), not the last epoch's weights.
-    expected = seen[1]
-    for epoch_weights in (seen[2], after_three):
-        expected = average_weights(expected, epoch_weights, 0.5)
-    _assert_same_weights(averaged, expected)
+    # After 3 epochs, epoch i weighs (1 - d) d**(3 - i) / (1 - d**3): 1/7, 2/7, 4/7 for d = 0.5
+    # (not mostly the first epoch, as an average started at it would be).
+    epochs = [seen[1], seen[2], after_three]
+    for layer, (kernel, bias) in enumerate(averaged):
+        for part, got in enumerate((kernel, bias)):
+            want = sum(w * e[layer][part] for w, e in zip((1, 2, 4), epochs, strict=True)) / 7
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(averaged[0][0], after_three[0][0])
+    one = _train(X, y, epochs=1, weight_averaging=0.97).weights  # one epoch: its own weights
+    _assert_same_weights(one, _train(X, y, epochs=1).weights)
 
 
 def test_encoder_refuses_weight_averaging_of_one():

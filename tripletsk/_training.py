@@ -291,10 +291,11 @@ def train_head(
     (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
     in float32.
 
-    ``weight_averaging`` > 0 keeps an exponential moving average of the weights, updated after
-    each epoch (``average = weight_averaging * average + (1 - weight_averaging) * weights``,
-    starting from the first epoch's weights); the average is what is scored, kept and
-    returned, while training (and mining) go on with the raw weights.
+    ``weight_averaging`` (the decay d) > 0 keeps an exponential moving average of the weights,
+    updated after each epoch and bias-corrected as Adam's moments are: after epoch t, the
+    weights of epoch i count ``(1 - d) * d**(t - i) / (1 - d**t)``, so a short fit is an
+    average of its own recent epochs, not mostly of its first. The average is what is scored,
+    kept and returned, while training (and mining) go on with the raw weights.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {precision!r}.")
@@ -355,11 +356,12 @@ def train_head(
             result.stopped_on_nan = True
             break
         last_finite = get_head_weights(model)
-        averaged = (
-            last_finite
-            if not weight_averaging or result.n_iter == 0
-            else average_weights(averaged, last_finite, weight_averaging)
-        )
+        if weight_averaging:  # the bias-corrected average as a running update (1 at t = 1)
+            t = result.n_iter + 1
+            step = (1.0 - weight_averaging) / (1.0 - weight_averaging**t)
+            averaged = average_weights(averaged, last_finite, 1.0 - step)
+        else:
+            averaged = last_finite
         result.n_iter = epoch + 1
         result.loss_curve.append(epoch_loss)
         result.active_fraction.append(float(np.average(actives, weights=sizes)))
