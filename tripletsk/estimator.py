@@ -102,8 +102,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         ``learning_rate * weight_decay`` of their value; biases are not decayed.
     weight_averaging : float, default=0.97
         Decay of an exponential moving average of the head's weights, updated after each
-        epoch; the fitted head (and the one early stopping scores) is that average instead of
-        the last epoch's weights. 0 turns it off; 0.9 averages roughly the last 10 epochs.
+        epoch and bias-corrected (a short fit averages its own recent epochs); the fitted head
+        (and the one early stopping scores) is that average instead of the last epoch's
+        weights. 0 turns it off; 0.9 averages roughly the last 10 epochs.
     batch_size : int, default=256
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
