@@ -131,12 +131,12 @@ def main(argv=None) -> None:
     cache = tempfile.mkdtemp(prefix="tripletsk-int8-quality-")
 
     reports = {}
-    int8 = {}
+    int8 = {}  # calibration identity -> int8 features (one split can repeat on fashion)
+    index = {k: i for i, k in enumerate(keys)}
     for seed, (train, test) in enumerate(splits):
         # Calibrate on training images only: the rule extraction uses, on the train keys.
         n_cal = args.calibration or CALIBRATION_SIZE
         chosen = calibration_keys(keys[train].tolist(), n_cal)
-        index = {k: i for i, k in enumerate(keys)}
         rows = np.array([index[k] for k in chosen])
         cal_id = calibration_identity(
             [(k, hashlib.blake2b(images[index[k]].tobytes()).hexdigest()) for k in chosen]

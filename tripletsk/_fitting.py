@@ -127,11 +127,9 @@ def _failure(items, weights, loss_curve, active_fraction, margin, rng) -> str | 
     stuck_at = _SOFT_MARGIN_STUCK_LOSS if margin is None else margin
     active = active_fraction[-1] if len(active_fraction) else 1.0
     if abs(loss_curve[-1] - stuck_at) < _STUCK_LOSS * stuck_at and active >= _STUCK_ACTIVE:
-        where = (
-            "log 2, the soft margin's value for d(a, p) = d(a, n)"
-            if margin is None
-            else (f"margin {margin}")
-        )
+        where = f"margin {margin}"
+        if margin is None:
+            where = "log 2, the soft margin's value for d(a, p) = d(a, n)"
         return (
             f"the loss stayed at the margin ({loss_curve[-1]:.4f}, {where}, "
             f"{active:.0%} of anchors violating it): negatives are as close as positives, and "

@@ -356,9 +356,8 @@ def train_head(
             result.stopped_on_nan = True
             break
         last_finite = get_head_weights(model)
-        if weight_averaging:  # the bias-corrected average as a running update (1 at t = 1)
-            t = result.n_iter + 1
-            step = (1.0 - weight_averaging) / (1.0 - weight_averaging**t)
+        if weight_averaging:  # the bias-corrected average as a running update (1 at epoch 1)
+            step = (1.0 - weight_averaging) / (1.0 - weight_averaging ** (epoch + 1))
             averaged = average_weights(averaged, last_finite, 1.0 - step)
         else:
             averaged = last_finite

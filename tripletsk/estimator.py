@@ -50,10 +50,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         cache of ``tripletsk extract-features`` (a :class:`~tripletsk.store.FeatureStore`);
         any mapping of key -> vector works too. ``None`` means inputs hold the feature vectors
         themselves, or, for string keys, the default cache ``cache/features.h5``.
-        scikit-learn's ``clone`` (used by ``GridSearchCV``, ``cross_val_score``) deep-copies
-        a plain array once per fit; wrap a large array as
-        :class:`tripletsk.shared.SharedFeatures` (``features=SharedFeatures(X)``), which
-        clones share instead of copying, or pass a cache path / ``FeatureStore``.
+        scikit-learn's ``clone`` (``GridSearchCV``, ``cross_val_score``) deep-copies a plain
+        array once per fit; wrap a large one as :class:`tripletsk.shared.SharedFeatures`
+        (clones share it) or pass a cache path / ``FeatureStore``.
     hidden_units : int or tuple of int, default=2048
         Sizes of the hidden ReLU layers; ``()`` makes a linear head.
     n_components : int, default=64
@@ -61,16 +60,13 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     dropout : float, default=0.0
         Dropout rate after each hidden layer while training.
     input_dropout : float, default=0.1
-        Dropout rate of the input features while training (a cheap augmentation of the
-        inputs, e.g. of pixels).
+        Dropout rate of the input features while training (a cheap augmentation).
     distance : {"l2", "l1", "sqeuclidean", "cosine"}, default="l2"
         Distance between embeddings, in the loss and in every prediction.
     margin : float or None, default=None
-        Margin of the hinge loss ``max(d(a, p) - d(a, n) + margin, 0)``. ``None`` (the
-        default) selects the soft margin ``log(1 + exp(d(a, p) - d(a, n)))``. Embeddings lie
-        on the unit sphere, so L2 distances lie in [0, 2]. The defaults of the head (width,
-        dropout, margin, input dropout, weight averaging) were chosen together on validation
-        splits of Fashion-MNIST and digits (docs/defaults_study.md, docs/decisions.md).
+        Margin of the hinge loss ``max(d(a, p) - d(a, n) + margin, 0)``; ``None``: the soft
+        margin ``log(1 + exp(d(a, p) - d(a, n)))``. L2 distances of unit embeddings lie in
+        [0, 2]. docs/decisions.md says how the head's defaults were chosen.
     mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
         How ``fit(X, y)`` turns labels into triplets (the words are those of
@@ -79,9 +75,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         of P = ``batch_size // K`` classes), see :mod:`tripletsk.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
         then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why).
-        With ``fit(T)``, ``"auto"`` uses the given triplets as they are, and ``"hard"`` adds,
-        each epoch, each anchor's hardest known triplet (its farthest known positive and
-        nearest known negative).
+        With ``fit(T)``, ``"auto"`` uses the given triplets, and ``"hard"`` adds each epoch
+        each anchor's hardest known triplet (farthest known positive, nearest negative).
     samples_per_class : int or "auto", default="auto"
         K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
         fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
@@ -101,16 +96,15 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Decoupled weight decay (AdamW): each step shrinks the head's kernels by
         ``learning_rate * weight_decay`` of their value; biases are not decayed.
     weight_averaging : float, default=0.97
-        Decay of an exponential moving average of the head's weights, updated after each
-        epoch and bias-corrected (a short fit averages its own recent epochs); the fitted head
-        (and the one early stopping scores) is that average instead of the last epoch's
+        Decay of a bias-corrected moving average of the head's weights over epochs: the fitted
+        head (and the one early stopping scores) is that average, not the last epoch's
         weights. 0 turns it off; 0.9 averages roughly the last 10 epochs.
     batch_size : int, default=256
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
     max_epochs : int, default=100
-        Maximum number of passes over the training data; reaching it while the loss (or
-        validation score) still improves warns with scikit-learn's ``ConvergenceWarning``.
+        Passes over the training data at most; reaching it while the loss (or validation
+        score) still improves warns (``ConvergenceWarning``).
     tol : float, default=1e-4
         Minimum improvement of the training loss (or of the validation score with
         ``early_stopping``) that resets the ``n_iter_no_change`` count.
@@ -123,35 +117,32 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     n_iter_no_change : int, default=10
         Epochs without improvement before stopping.
     standardize : bool, default=True
-        Centre each input feature on its training mean, then divide all features by one
-        overall scale (the root mean variance) before the head. CNN features have large
-        positive means; without this, a ReLU head can collapse to one point. One scale, not
-        one per feature, keeps near-constant features from being blown up into noise.
+        Centre each input feature on its training mean, then divide all by one overall scale
+        (the root mean variance): CNN features' large positive means can collapse a ReLU head;
+        one scale, not one per feature, keeps near-constant features from turning into noise.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, dropout, batch order and triplet sampling. The same value
         gives the same embeddings; global random state is never touched.
     verbose : int, default=0
         Print the loss of each epoch when positive.
     precision : {"float32", "bfloat16"}, default="float32"
-        Arithmetic of the head's matrix products while training. ``"bfloat16"`` uses Keras'
+        Arithmetic of the head's matrix products while training. ``"bfloat16"``: Keras'
         ``mixed_bfloat16`` policy on the head's layers only (float32 weights, optimizer and
-        loss; the global Keras policy is untouched). It is faster only where the hardware
-        multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX, recent GPUs); the fitted
-        weights and inference stay float32. See ``benchmarks/README.md`` for measured speed
-        and accuracy.
+        loss; the global policy untouched), faster only where the hardware multiplies bfloat16
+        natively (AVX512-BF16, AMX, recent GPUs); fitted weights and inference stay float32.
+        ``benchmarks/README.md`` has the measured speed and accuracy.
     stream : bool, default=False
         Read the features in storage order, for caches larger than memory. A fit never copies
         the whole set of features: it keeps one standardised copy of the rows it trains on
         while they fit in 1 GiB (faster epochs), else reads them per epoch in 64 MiB windows;
         a cache is memory-mapped, so only the pages read are held, and the operating system
         can drop them again. By default rows are read in random order. With ``stream=True``
-        (always windows) each epoch visits
-        the rows in blocks of consecutive rows (2 MiB, or whole HDF5 chunks) in a random
-        order of blocks, a 64 MiB window of blocks at a time: labelled batches are drawn within
-        a window, given triplets are grouped by their anchor's block. Every block is then read
-        once per epoch, sequentially, instead of row by row. Batches draw on one window rather
-        than on the whole set, so results differ a little from ``stream=False``; see
-        ``docs/scaling.md``.
+        (always windows) each epoch visits the rows in blocks of consecutive rows (2 MiB, or
+        whole HDF5 chunks) in a random order of blocks, a 64 MiB window of blocks at a time:
+        labelled batches are drawn within a window, given triplets are grouped by their
+        anchor's block. Every block is read once per epoch, sequentially, not row by row.
+        Batches draw on one window, not the whole set, so results differ a little from
+        ``stream=False``; see ``docs/scaling.md``.
 
     Attributes
     ----------

@@ -272,6 +272,8 @@ def preprocess_array(pixels: np.ndarray, mode: str) -> np.ndarray:
     array (so the same float32 values), without importing Keras: an int8 run, which needs no
     Keras model, then never loads TensorFlow. ``pixels`` is not modified.
     """
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
     if mode == "caffe":  # RGB -> BGR in the same pass as the copy: the result is contiguous
         x = np.array(np.asarray(pixels)[..., ::-1], dtype=np.float32)
     else:
@@ -284,8 +286,6 @@ def preprocess_array(pixels: np.ndarray, mode: str) -> np.ndarray:
         return x
     if mode == "torch":
         x /= 255.0
-    elif mode != "caffe":
-        raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
     for channel, mean in enumerate(_MODE_MEANS[mode]):
         x[..., channel] -= mean
     for channel, std in enumerate(_MODE_STDS.get(mode, ())):

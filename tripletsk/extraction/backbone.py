@@ -286,9 +286,6 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
 
     if precision == "int8":
         run = quantization.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
-        runner = lambda x: run(preprocess(x, arch))  # noqa: E731
-        runner.dim = run.dim
-        return runner
     elif backend == "openvino":
         try:
             run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
@@ -300,7 +297,12 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
         if precision == "bfloat16":
             backends.warn_if_bfloat16_is_emulated("Feature extraction")
         run = backends.make_tensorflow_runner(model, precision)
-    return lambda x: run(preprocess(x, arch))
+
+    def runner(x):
+        return run(preprocess(x, arch))
+
+    runner.dim = getattr(run, "dim", None)  # OpenVINO runners know their output width
+    return runner
 
 
 def build_backbone(
