@@ -1,0 +1,57 @@
+"""One version of a cache file, held open: what a :class:`~tripletsk.store.FeatureStore` reads.
+
+A cache is never modified in place: every writer writes a complete new file and renames it over
+the old one (:func:`tripletsk.cachefile.write_cache`). A reader that holds the file open keeps
+the version it opened, whatever is renamed over the path meanwhile: the old file stays readable
+(its disk space is freed when its last reader closes it). :class:`PinnedFile` holds that open
+file; its keys, attributes and features are all read through it, never through the path, so
+they always come from one version. ``identity`` (device, inode, size, modification time) tells
+whether the path still names that version, e.g. before a closed store is used again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat as _stat
+
+from tripletsk.cachefile import cache_not_found, h5py_module
+
+__all__ = ["PinnedFile"]
+
+
+class PinnedFile:
+    """The file ``path`` names now, open for reading until :meth:`close`.
+
+    ``identity`` is ``(device, inode, size, mtime_ns)`` of that file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            raise cache_not_found(path) from None
+        st = os.fstat(self.fd)
+        if _stat.S_ISDIR(st.st_mode):
+            os.close(self.fd)
+            raise IsADirectoryError(f"{path} is a folder, not a cache file")
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        # h5py reads the open file through a Python file object: a name (/proc/self/fd/N)
+        # would not do, as HDF5 resolves it to the path, gone once another version replaced it.
+        self.file = os.fdopen(os.dup(self.fd), "rb")
+
+    def open_h5(self):
+        """This version as an open, read-only ``h5py.File`` (the caller closes it)."""
+        return h5py_module().File(self.file, "r")
+
+    def close(self) -> None:
+        """Release the file (a memory map of it stays valid)."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
