@@ -16,6 +16,7 @@ import os
 import stat as _stat
 
 from tripletsk.cachefile import cache_not_found, h5py_module
+from tripletsk.errors import CacheFormatError
 
 __all__ = ["PinnedFile"]
 
@@ -32,10 +33,12 @@ class PinnedFile:
             self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             raise cache_not_found(path) from None
+        except OSError as e:
+            raise _unreadable(path, e.strerror or e) from None
         st = os.fstat(self.fd)
         if _stat.S_ISDIR(st.st_mode):
             os.close(self.fd)
-            raise IsADirectoryError(f"{path} is a folder, not a cache file")
+            raise _unreadable(path, "a folder")
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         # h5py reads the open file through a Python file object: a name (/proc/self/fd/N)
         # would not do, as HDF5 resolves it to the path, gone once another version replaced it.
@@ -55,3 +58,10 @@ class PinnedFile:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+
+
+def _unreadable(path: str, why) -> CacheFormatError:
+    return CacheFormatError(
+        f"{path} is not a readable tripletsk feature cache ({why}); give the path of a cache "
+        "made by extract-features, or write a new cache to another file"
+    )

@@ -371,8 +371,24 @@ def _execute(run: _Run) -> None:
             check_room(opts.output, run.journal.dir, needed)
             _write(run, rows, failed)
             summary.written = True
-        run.journal.remove()
+        _finish_journal(run)
         summary.failed_list = write_failed_list(opts.output, failed)
+
+
+def _finish_journal(run: _Run) -> None:
+    """Delete the parts journal, now in the cache. With ``only``, delete only the parts that
+    hold nothing but images this run considered: an interrupted run's finished batches of
+    other images stay, for that run to resume (a kept part's entries of this run's images are
+    checked against the cache then, as any part's)."""
+    if run.opts.only is None:
+        run.journal.remove()
+        return
+    considered = {f.key for f in run.found.files} | {k for k, _ in run.found.failed}
+
+    def done(part) -> bool:
+        return considered.issuperset([*part.keys, *(k for k, *_ in part.failed)])
+
+    run.journal.remove_parts(done)
 
 
 def _failures_not_listed(run: _Run) -> dict:

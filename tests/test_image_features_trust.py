@@ -1,0 +1,171 @@
+"""ImageFeatures trusts a cache only as far as it should: the provenance recorded at fit is
+checked at every transform, parameters a user sets are never overridden by a cache, another
+run's unfinished work is kept, and other files' failures never fail an append."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+
+import tripletsk.extraction.run as extraction_run
+from tripletsk import ImageFeatures, TripletEncoder
+from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.extraction import extract_features
+from tripletsk.store import FeatureStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+SETTINGS = dict(weights="none", image_size=32)
+COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
+
+
+def _image(color, i: int) -> Image.Image:
+    rng = np.random.RandomState(i)
+    px = np.clip(np.array(color) + rng.randint(-25, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+    px[(3 * i) % 28 : (3 * i) % 28 + 4] = 255 - np.array(color)
+    return Image.fromarray(px)
+
+
+@pytest.fixture
+def root(tmp_path):
+    """2 classes x 6 PNGs."""
+    for name, color in COLORS.items():
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(6):
+            _image(color, i).save(tmp_path / "images" / name / f"{i}.png")
+    return tmp_path / "images"
+
+
+def _keys(n: int = 6) -> list[str]:
+    return [f"{c}/{i}.png" for c in COLORS for i in range(n)]
+
+
+# -- provenance recorded at fit, checked at every transform --------------------------------------
+def test_a_fitted_pipeline_refuses_a_cache_made_again_with_other_settings(root, tmp_path):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, seed=0, **SETTINGS)
+    paths, labels = np.array(_keys()), np.array([k.split("/")[0] for k in _keys()])
+    pipe = make_pipeline(
+        ImageFeatures(root=root, cache=cache),
+        TripletEncoder(hidden_units=(), n_components=2, max_epochs=2, random_state=0),
+    )
+    pipe.fit(paths, labels)
+    before = pipe.transform(paths)
+    # Made again in place with another seed and image size (as `--replace` does).
+    extract_features(root, cache, quiet=True, replace=True, weights="none", seed=1, image_size=48)
+    with pytest.raises(CacheMismatchError, match=r"changed since this ImageFeatures was fitted"):
+        pipe.transform(paths)
+    with pytest.raises(CacheMismatchError, match=r"weights: fitted on 'none:seed=0.*image_size"):
+        pipe.score(paths, labels)
+    pipe.fit(paths, labels)  # fitted again: on the new cache
+    assert pipe.transform(paths).shape == before.shape
+
+
+def test_an_unfitted_transformer_takes_the_cache_as_it_is(root, tmp_path):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), **SETTINGS)
+    feats = ImageFeatures(root=root, cache=cache)
+    np.testing.assert_array_equal(
+        feats.transform(["red/0.png"]), FeatureStore(cache).lookup(["red/0.png"])
+    )
+    assert not hasattr(feats, "provenance_")
+
+
+def test_fit_records_the_provenance_and_network(root, tmp_path):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), seed=3, **SETTINGS)
+    feats = ImageFeatures(root=root, cache=cache).fit(["red/0.png"])
+    assert feats.provenance_["image_size"] == 32
+    assert feats.provenance_["weights"].startswith("none:seed=3")
+    assert feats.network_["seed"] == 3 and feats.network_["image_size"] == 32
+    assert feats.get_params()["seed"] == "auto"  # parameters untouched by fit
+    assert feats.get_feature_names_out().tolist()[:2] == ["imagefeatures0", "imagefeatures1"]
+    assert len(feats.get_feature_names_out()) == 2048
+
+
+# -- parameters a user sets are honoured or refused ----------------------------------------------
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"weights": "imagenet", "image_size": 224}, r"weights: cache has 'none:seed=0.*image_size"),
+        ({"image_size": 224}, r"image_size: cache has 32, requested 224"),
+        ({"seed": 0, "weights": "none", "image_size": 48}, r"image_size: cache has 32"),
+        ({"backbone": "ResNet50", "layer": "conv5_block3_out"}, r"layer: cache has None"),
+    ],
+)
+def test_parameters_set_to_the_old_default_values_are_honoured(root, tmp_path, params, match):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), **SETTINGS)
+    feats = ImageFeatures(root=root, cache=cache, **params)
+    with pytest.raises(CacheMismatchError, match=match):
+        feats.transform(["red/0.png"])
+    with pytest.raises(CacheMismatchError, match=match):
+        feats.fit(["red/0.png"])
+
+
+def test_clone_and_get_params_keep_what_was_set():
+    feats = ImageFeatures(weights="imagenet", image_size=224, seed=0)
+    params = clone(feats).get_params()
+    assert (params["weights"], params["image_size"], params["seed"]) == ("imagenet", 224, 0)
+    assert ImageFeatures().get_params()["image_size"] == "auto"
+
+
+# -- another run's unfinished work is kept --------------------------------------------------------
+def test_an_append_keeps_the_finished_batches_of_an_interrupted_run(root, tmp_path, monkeypatch):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), **SETTINGS)
+
+    def killed(*args, **kwargs):  # the command-line run dies before writing the cache
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(extraction_run, "_write", killed)
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(root, cache, quiet=True, batch_size=2, **SETTINGS)
+    parts = sorted(os.listdir(cache + ".parts"))
+    assert len([p for p in parts if p.endswith(".npz")]) == 4  # 8 images not cached, 2 a batch
+
+    _image((0, 200, 0), 7).save(root / "red" / "new.png")
+    X = ImageFeatures(root=root, cache=cache).transform(["red/new.png", "red/3.png"])
+    assert X.shape == (2, 2048)
+    assert "red/new.png" in FeatureStore(cache)
+    assert os.path.isdir(cache + ".parts")  # the other run's batches are still there
+
+    summary = extract_features(root, cache, quiet=True, **SETTINGS)  # the run, again
+    assert summary.resumed == 7  # its 8 finished images but red/3.png, which is cached now
+    assert summary.extracted == 7 and sorted(FeatureStore(cache).keys) == sorted(
+        [*_keys(), "red/new.png"]
+    )
+    assert not os.path.exists(cache + ".parts")
+
+
+# -- other files' failures never fail an append ---------------------------------------------------
+def test_a_failure_of_another_file_never_fails_an_append(root, tmp_path):
+    (root / "broken.png").write_bytes(b"not an image")
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=["broken.png", "red/0.png"], **SETTINGS)
+    assert [k for k, _ in FeatureStore(cache).failed] == ["broken.png"]
+    X = ImageFeatures(root=root, cache=cache).transform(["red/1.png", "blue/1.png"])
+    assert X.shape == (2, 2048) and np.isfinite(X).all()
+    store = FeatureStore(cache)
+    assert {"red/1.png", "blue/1.png"} <= set(store.keys)
+    assert [k for k, _ in store.failed] == ["broken.png"]  # still recorded
+    with pytest.raises(UserError, match=r"cannot read 1 image\(s\) \(.*broken\.png: "):
+        ImageFeatures(root=root, cache=cache).transform(["red/2.png", "broken.png"])
+
+
+def test_a_failure_recorded_by_an_append_fails_only_the_calls_that_need_that_file(root, tmp_path):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), **SETTINGS)
+    shutil.copy(root / "red" / "0.png", root / "red" / "copy.png")
+    (root / "red" / "1.png").write_bytes(b"broken now")
+    feats = ImageFeatures(root=root, cache=cache)
+    with pytest.raises(UserError, match=r"cannot read 1 image\(s\) \(.*red/1\.png: "):
+        feats.transform(["red/copy.png", "red/1.png"])
+    assert feats.transform(["red/copy.png", "red/2.png"]).shape == (2, 2048)  # red/2: new
+    assert [k for k, _ in FeatureStore(cache).failed] == ["red/1.png"]
