@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,7 +94,7 @@ def test_fit_records_the_provenance_and_network(root, tmp_path):
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"weights": "imagenet", "image_size": 224}, r"weights: cache has 'none:seed=0.*image_size"),
+        ({"weights": "imagenet", "image_size": 224}, r"weights: cache has 'none:seed=0.*size"),
         ({"image_size": 224}, r"image_size: cache has 32, requested 224"),
         ({"seed": 0, "weights": "none", "image_size": 48}, r"image_size: cache has 32"),
         ({"backbone": "ResNet50", "layer": "conv5_block3_out"}, r"layer: cache has None"),
@@ -169,3 +171,24 @@ def test_a_failure_recorded_by_an_append_fails_only_the_calls_that_need_that_fil
         feats.transform(["red/copy.png", "red/1.png"])
     assert feats.transform(["red/copy.png", "red/2.png"]).shape == (2, 2048)  # red/2: new
     assert [k for k, _ in FeatureStore(cache).failed] == ["red/1.png"]
+
+
+# -- a Dask run's refusal of another folder's cache names a way out it takes -------------------
+def test_a_dask_run_on_another_folder_is_told_to_delete_the_cache_not_to_replace(root, tmp_path):
+    pytest.importorskip("distributed", reason="needs dask.distributed (tripletsk[dask])")
+    from tripletsk.distributed import extract_with_dask
+
+    cache = tmp_path / "f.h5"
+    extract_features(root / "red", cache, quiet=True, **SETTINGS)
+    with pytest.raises(CacheMismatchError, match=r"holds the features") as err:
+        extract_with_dask(root / "blue", cache, n_workers=1, **SETTINGS)  # (before a cluster)
+    assert f"delete {cache}" in str(err.value) and "replace" not in str(err.value)
+    out = subprocess.run(
+        [sys.executable, "-m", "tripletsk", "extract-features", root / "blue", "-o", cache,
+         "--dask-workers", "1", "--weights", "none", "--image-size", "32"],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )  # fmt: skip
+    assert out.returncode == 1
+    line = out.stderr.strip().splitlines()[-1]
+    assert "holds the features" in line and f"delete {cache}" in line, out.stderr
+    assert "--replace" not in line
