@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 import tripletsk.extraction.run as extraction_run
 from tripletsk import ImageFeatures, TripletEncoder
 from tripletsk.errors import CacheMismatchError, UserError
-from tripletsk.extraction import extract_features
+from tripletsk.extraction import extract_features, features_for_files
 from tripletsk.store import FeatureStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -192,3 +193,38 @@ def test_a_dask_run_on_another_folder_is_told_to_delete_the_cache_not_to_replace
     line = out.stderr.strip().splitlines()[-1]
     assert "holds the features" in line and f"delete {cache}" in line, out.stderr
     assert "--replace" not in line
+
+
+# -- an image rewritten in place with its size and modification time kept -----------------------
+def _rewrite_in_place(path, other) -> None:
+    """Give ``path`` the content of the (smaller) image file ``other``, padded to the same size
+    (PNG readers stop at the image's end), and its old modification time back."""
+    st = os.stat(path)
+    data = other.read_bytes()
+    assert len(data) < st.st_size
+    path.write_bytes(data + b"\0" * (st.st_size - len(data)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("hashed_long_after", [True, False])
+def test_an_image_changed_in_place_with_size_and_time_kept(root, tmp_path, hashed_long_after):
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (32, 32), (0, 250, 0)).save(flat)
+    if hashed_long_after:  # the usual case: files older than the time stamps' granularity
+        an_hour_ago = 1e9 * (time.time() - 3600)
+        for f in root.rglob("*.png"):
+            os.utime(f, ns=(int(an_hour_ago), int(an_hour_ago)))
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, only=_keys(2), **SETTINGS)
+    old = FeatureStore(cache).lookup(["red/0.png"])
+    _rewrite_in_place(root / "red" / "0.png", flat)
+    new = features_for_files([flat], cache)
+    got = ImageFeatures(root=root, cache=cache).transform(["red/0.png"])
+    if hashed_long_after:  # size and time are trusted, as by extract-features: served stale
+        np.testing.assert_array_equal(got, old)
+    else:  # hashed within 3 s of its modification: hashed again, so extracted again
+        np.testing.assert_allclose(got, new, rtol=1e-4, atol=1e-5)
+    got = ImageFeatures(root=root, cache=cache, verify=True).transform(["red/0.png"])
+    np.testing.assert_allclose(got, new, rtol=1e-4, atol=1e-5)  # verify: always by content
+    np.testing.assert_array_equal(FeatureStore(cache).lookup(["red/0.png"]), got)

@@ -382,6 +382,19 @@ def read_h5_rows(read, idx: np.ndarray, dim: int) -> np.ndarray:
     return rows[inverse.reshape(-1)]
 
 
+def unreadable_h5_rows(read, n: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows of the blocks of ``step`` rows (of ``n``; with ``rows``, those holding any of
+    ``rows``) that ``read(slice)`` refuses with a ``CacheFormatError`` (a failed checksum)."""
+    starts = range(0, n, step) if rows is None else np.unique(rows // step * step).tolist()
+    bad = []
+    for start in starts:
+        with contextlib.suppress(CacheFormatError):
+            read(slice(start, start + step))
+            continue
+        bad.append(np.arange(start, min(start + step, n)))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
 def library_versions() -> dict:
     """Versions of the libraries that shape the features (recorded in the cache)."""
     import sys

@@ -65,6 +65,11 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
     lock_timeout : float, default 600
         Seconds to wait while another process writes the cache before raising
         :class:`~tripletsk.errors.CacheLockedError`.
+    verify : bool, default False
+        Read and hash every cached image asked for, and compare with the content hash the cache
+        recorded, instead of trusting an unchanged size and modification time: an image
+        rewritten in place with both kept is then extracted again, not served stale. (Without
+        it, only an image modified within 3 s of its hashing is hashed again.)
 
     Attributes
     ----------
@@ -96,6 +101,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         self, root=None, cache=DEFAULT_CACHE, backbone=AUTO, weights=AUTO, image_size=AUTO,
         backend=AUTO, precision=AUTO, batch_size=32, *, layer=AUTO, preprocessing=AUTO,
         seed=AUTO, dtype=None, append=True, workers=None, max_pixels=None, lock_timeout=600.0,
+        verify=False,
     ):  # fmt: skip
         self.root = root
         self.cache = cache
@@ -113,6 +119,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         self.workers = workers
         self.max_pixels = max_pixels
         self.lock_timeout = lock_timeout
+        self.verify = verify
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -209,7 +216,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         while True:
             if os.path.exists(cache):
                 with _checked_store(cache, root, expected, fitted) as store:
-                    got, todo = _cached_rows(store, files, keys)
+                    got, todo = _cached_rows(store, files, keys, bool(self.verify))
             new = [keys[i] for i in todo if keys[i] is not None]
             if extracted or not new or not self._writable(cache, len(new)):
                 break
@@ -279,7 +286,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
 
     def _run_options(self) -> dict:
         return {"batch_size": self.batch_size, "dtype": self.dtype, "workers": self.workers,
-                "max_pixels": self.max_pixels}  # fmt: skip
+                "max_pixels": self.max_pixels, "verify": bool(self.verify)}  # fmt: skip
 
     def _computed(self, root, cache: str, files: list, expected, fitted) -> np.ndarray:
         """Features of ``files`` computed like the cache's, without writing anything."""
@@ -398,23 +405,34 @@ def _folder_mismatch(holder: str, old_root: str, root: str) -> ImageFolderMismat
     return err
 
 
-def _cached_rows(store: FeatureStore, files: list, keys: list):
+def _cached_rows(store: FeatureStore, files: list, keys: list, verify: bool):
     """``({i: features}, [i not served])``: the rows of ``keys`` the cache holds for the files
-    as they are now (same size and modification time as when extracted). The store reads one
-    version of the cache, whatever other processes write meanwhile."""
+    as they are now (same size and modification time as when extracted; same content, with
+    ``verify``). The store reads one version of the cache, whatever is written meanwhile."""
     hit = [i for i, k in enumerate(keys) if k is not None and k in store]
     rows = store.indices([keys[i] for i in hit])
     fps = store.fingerprints[rows]
-    fresh = np.array([_unchanged(fp, files[i]) for fp, i in zip(fps, hit, strict=True)], bool)
+    fresh = [_unchanged(fp, files[i], verify) for fp, i in zip(fps, hit, strict=True)]
+    fresh = np.array(fresh, dtype=bool)
     hit, rows = [i for i, ok in zip(hit, fresh, strict=True) if ok], rows[fresh]
     feats = store.take(rows) if hit else []
     served = set(hit)
     return dict(zip(hit, feats, strict=True)), [i for i in range(len(files)) if i not in served]
 
 
-def _unchanged(fp, file: str) -> bool:
+def _unchanged(fp, file: str, verify: bool) -> bool:
+    """Whether ``file`` is as its cached fingerprint ``fp`` says: same size and modification
+    time, and same content if ``verify`` or if it was hashed within the time stamps'
+    granularity of a change (as the extraction's own plan decides)."""
+    from tripletsk.checksums import file_digest
+    from tripletsk.extraction.plan import trust_stat
+
     try:
         st = os.stat(file)
+        if int(fp["size"]) != st.st_size or int(fp["mtime_ns"]) != st.st_mtime_ns:
+            return False
+        if verify or not trust_stat(fp, st.st_size, st.st_mtime_ns):
+            return file_digest(file) == bytes(fp["blake2b"]).decode()
     except OSError:  # (gone since it was checked: its extraction or reading will say why)
         return False
-    return int(fp["size"]) == st.st_size and int(fp["mtime_ns"]) == st.st_mtime_ns
+    return True

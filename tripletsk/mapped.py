@@ -134,12 +134,17 @@ class MappedFeatures:
         chunks = chunks[~self._verified[chunks]]
         return self._check_chunks(np.unique(chunks)) if chunks.size else chunks
 
-    def all_bad_rows(self) -> np.ndarray:
-        """Verify every chunk (reading the whole file); the rows of the corrupt ones."""
+    def all_bad_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Verify every chunk (reading the whole file; with ``rows``, the chunks holding those
+        rows), verified before or not; the rows of the corrupt ones."""
         if not self.checksummed:
             return np.zeros(0, dtype=np.int64)
-        self._verified[:] = False
-        return self._check_chunks(np.arange(len(self.offsets)))
+        if rows is None:
+            chunks = np.arange(len(self.offsets))
+        else:
+            chunks = np.unique(np.asarray(rows, dtype=np.int64) // self.rows_per_chunk)
+        self._verified[chunks] = False
+        return self._check_chunks(chunks)
 
     def _check_chunks(self, chunks: np.ndarray) -> np.ndarray:
         stored = self._chunks_at.shape[1]

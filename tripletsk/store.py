@@ -34,6 +34,7 @@ from tripletsk.cachefile import (
     read_feature_rows,
     read_h5_rows,
     read_header,
+    unreadable_h5_rows,
     write_cache,
 )
 from tripletsk.errors import (
@@ -447,26 +448,22 @@ class FeatureStore:
             feats.will_need(np.unique(np.asarray(idx, dtype=np.int64)))
 
     # -- checksums ---------------------------------------------------------------------------
-    def corrupt_rows(self) -> np.ndarray:
-        """Row numbers (sorted int64) whose features fail their checksum; reads the whole file.
+    def corrupt_rows(self, rows=None) -> np.ndarray:
+        """Row numbers (sorted int64) whose features fail their checksum; reads the whole file
+        (with ``rows``: the chunks holding those rows only).
 
         Empty for a cache without checksums (see :attr:`checksummed`): damage to it cannot be
         detected. ``tripletsk extract-features --verify`` re-extracts the rows listed here.
         """
         # In memory (loading refuses a damaged file): look at the same version through a map.
         feats = self._load(in_memory=False) if self.in_memory else self._features()
+        rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if isinstance(feats, MappedFeatures):
-            return feats.all_bad_rows()
+            return feats.all_bad_rows(rows)
         if isinstance(feats, np.ndarray) or not self._checksummed:
             return np.zeros(0, dtype=np.int64)
-        bad = []
         step = self._chunk_rows or READ_BLOCK
-        for start in range(0, len(self), step):
-            with contextlib.suppress(CacheFormatError):
-                self._read_h5(feats, slice(start, start + step))
-                continue
-            bad.append(np.arange(start, min(start + step, len(self))))
-        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+        return unreadable_h5_rows(functools.partial(self._read_h5, feats), len(self), step, rows)
 
     def _check(self, feats: MappedFeatures, rows: np.ndarray) -> None:
         bad = feats.bad_rows(rows)

@@ -289,8 +289,8 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     with writing_cache(output, journal.dir):
         journal.open()
     corrupt = np.zeros(0, np.int64)
-    if old is not None and opts.verify:
-        corrupt = corrupt_rows(output)
+    if old is not None and opts.verify:  # (only: the rows of the images considered)
+        corrupt = corrupt_rows(output, opts.only)
     return _Run(
         opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
     )
