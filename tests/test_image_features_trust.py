@@ -228,3 +228,34 @@ def test_an_image_changed_in_place_with_size_and_time_kept(root, tmp_path, hashe
     got = ImageFeatures(root=root, cache=cache, verify=True).transform(["red/0.png"])
     np.testing.assert_allclose(got, new, rtol=1e-4, atol=1e-5)  # verify: always by content
     np.testing.assert_array_equal(FeatureStore(cache).lookup(["red/0.png"]), got)
+
+
+# -- feature names and tables ---------------------------------------------------------------------
+@pytest.fixture
+def fitted_pipe(root, tmp_path):
+    cache = str(tmp_path / "f.h5")
+    extract_features(root, cache, quiet=True, **SETTINGS)
+    paths, labels = np.array(_keys()), np.array([k.split("/")[0] for k in _keys()])
+    head = TripletEncoder(hidden_units=(), n_components=3, max_epochs=2, random_state=0)
+    return make_pipeline(ImageFeatures(root=root, cache=cache), head).fit(paths, labels), paths
+
+
+def test_feature_names_of_both_transformers(fitted_pipe):
+    pipe, _ = fitted_pipe
+    assert pipe.get_feature_names_out().tolist() == [f"tripletencoder{i}" for i in range(3)]
+    names = pipe[0].get_feature_names_out()
+    assert len(names) == 2048 and (names[0], names[-1]) == ("imagefeatures0", "imagefeatures2047")
+
+
+def test_pandas_output_of_both_transformers(fitted_pipe):
+    pd = pytest.importorskip("pandas")
+    pipe, paths = fitted_pipe
+    plain = pipe.transform(paths)
+    table = pipe.set_output(transform="pandas").transform(paths)
+    assert isinstance(table, pd.DataFrame) and table.columns[2] == "tripletencoder2"
+    np.testing.assert_allclose(table.to_numpy(), plain)
+    features = pipe[0].transform(paths[:2])
+    assert isinstance(features, pd.DataFrame) and features.shape == (2, 2048)
+    assert features.columns[0] == "imagefeatures0"
+    with pytest.raises(ValueError, match=r"1-d array of paths, not shape \(1, 3\)"):
+        pipe[0].transform(paths[:3].reshape(1, 3))

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted
 
 from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
@@ -177,6 +178,11 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         X = np.asarray(X, dtype=object)
         if X.size == 0:
             raise ValueError("ImageFeatures.transform needs at least one image path")
+        if X.ndim != 1 and _get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"set_output(transform=...) tables hold one row per image: pass a 1-d array of "
+                f"paths, not shape {X.shape} (or set_output(transform='default'))"
+            )
         flat = [_path_str(p) for p in X.ravel()]
         uniq = list(dict.fromkeys(flat))
         cache = os.fspath(self.cache)
