@@ -181,3 +181,35 @@ def test_fit_and_predict_over_a_store_opened_before_a_rewrite(cache):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def _open_deleted_files(path) -> list[str]:
+    """This process's open files that were ``path`` before something was renamed over it."""
+    folder = "/proc/self/fd"
+    if not os.path.isdir(folder):
+        pytest.skip("needs /proc/self/fd")
+    links = []
+    for fd in os.listdir(folder):
+        try:
+            links.append(os.readlink(os.path.join(folder, fd)))
+        except OSError:
+            continue
+    return [link for link in links if link == f"{path} (deleted)"]
+
+
+def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache):
+    import gc
+
+    from tripletsk.sources import open_cache
+
+    path, feats = cache
+    old = open_cache(path)
+    old.lookup(KEYS[:1])  # mapped
+    _rewrite(path)
+    new = open_cache(path)
+    assert new is not old and new.keys[-1] == CHANGED
+    np.testing.assert_array_equal(old.lookup(KEYS), feats)  # whoever holds it reads on
+    assert _open_deleted_files(os.fspath(path))  # the old version is open (and on disk)
+    del old
+    gc.collect()
+    assert not _open_deleted_files(os.fspath(path))  # released: its space can be freed
