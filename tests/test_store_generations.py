@@ -213,3 +213,23 @@ def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache):
     del old
     gc.collect()
     assert not _open_deleted_files(os.fspath(path))  # released: its space can be freed
+
+
+def test_an_open_store_holds_one_file_descriptor(cache):
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    path, feats = cache
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    stores = [FeatureStore(path) for _ in range(20)]
+    assert open_files() - before <= 20  # each holds its version from opening
+    for store in stores:
+        np.testing.assert_array_equal(store.lookup(KEYS[-1:]), feats[-1:])
+    assert open_files() - before <= 20  # then through its memory map only
+    for store in stores:
+        store.close()
+    del store
+    assert open_files() - before <= 1

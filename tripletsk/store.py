@@ -221,6 +221,9 @@ class FeatureStore:
             rows = np.arange(len(feats))
             self._check(feats, rows)
             feats = feats.take(rows)
+        if self._h5 is None:  # the map (or memory) holds this version now: one file fewer open
+            self._pin.close()
+            self._pin = None
         return feats
 
     @property
