@@ -175,6 +175,7 @@ def test_a_failure_recorded_by_an_append_fails_only_the_calls_that_need_that_fil
 
 
 # -- a Dask run's refusal of another folder's cache names a way out it takes -------------------
+@pytest.mark.slow  # (imports Dask, and the command line in another process)
 def test_a_dask_run_on_another_folder_is_told_to_delete_the_cache_not_to_replace(root, tmp_path):
     pytest.importorskip("distributed", reason="needs dask.distributed (tripletsk[dask])")
     from tripletsk.distributed import extract_with_dask

@@ -133,6 +133,7 @@ def test_a_store_used_again_after_close_of_an_unchanged_cache_reads_on(cache):
     np.testing.assert_array_equal(store.lookup(KEYS), feats)
 
 
+@pytest.mark.slow  # (20 rewrites by another process; the cases above are the quick ones)
 def test_readers_never_see_another_image_s_row_during_rewrites(cache):
     """Readers open, look up every key and check each row while a process rewrites the cache
     again and again (each version holds the other images' rows at other row numbers)."""
