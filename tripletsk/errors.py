@@ -31,6 +31,10 @@ class CacheLockedError(UserError, RuntimeError):
     """Another extraction is writing the same cache."""
 
 
+class CacheChangedError(UserError, RuntimeError):
+    """The cache was rewritten since it was opened: its rows now belong to another version."""
+
+
 class ShardError(UserError, ValueError):
     """Shard caches that do not fit together: missing, overlapping, or from other listings."""
 

@@ -7,7 +7,12 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -26,7 +31,9 @@ __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 _LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
 
 
-class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
+class TripletEncoder(
+    PairVerifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Learn an L2-normalised embedding with triplet loss, on precomputed features.
 
     A small dense head (``hidden_units`` ReLU layers with dropout, then a linear layer of
@@ -270,6 +277,11 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.precision = precision
         self.stream = stream
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of the embedding, for ``get_feature_names_out`` (``tripletencoder0``, ...)."""
+        return int(self.weights_[-1][0].shape[1])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -11,8 +11,8 @@ array, shared features or cache is read later, a chunk at a time; only a mapping
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -255,22 +255,33 @@ def open_cache(path) -> FeatureStore:
     """The FeatureStore of a cache path, opened once per version of the file.
 
     Opening reads every key to build the key index; ``transform`` and ``search`` call lookups
-    chunk by chunk, so reopening each time would repeat that work. The file's identity (inode,
-    size, modification time) is part of the cache key: extraction replaces the file atomically,
-    so a re-extracted cache is opened afresh.
+    chunk by chunk, so reopening each time would repeat that work. A store reads the version of
+    the file it opened (:mod:`tripletsk.pinned`); once the path names another version
+    (extraction replaces the file atomically), it is opened afresh and the store of the old
+    version let go (closed when no one uses it), so that its disk space can be freed. The
+    stores of at most 4 paths are kept.
     """
     path = os.path.abspath(os.fspath(path))
     try:
-        stat = os.stat(path)
+        st = os.stat(path)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
-        stat = None  # let FeatureStore raise its own, clear error
-    identity = None if stat is None else (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    return _open_cache_version(path, identity)
+        identity = None  # let FeatureStore raise its own, clear error
+    with _OPEN_LOCK:
+        kept = _OPEN.get(path)
+        if kept is not None and kept._identity == identity:
+            return kept
+    store = FeatureStore(path)
+    with _OPEN_LOCK:
+        _OPEN.pop(path, None)
+        while len(_OPEN) >= 4:
+            _OPEN.pop(next(iter(_OPEN)))
+        _OPEN[path] = store
+    return store
 
 
-@functools.lru_cache(maxsize=4)
-def _open_cache_version(path: str, identity) -> FeatureStore:
-    return FeatureStore(path)
+_OPEN: dict[str, FeatureStore] = {}  # path -> the store of its latest version opened
+_OPEN_LOCK = threading.Lock()
 
 
 def non_finite_ids_error(exc, ids: np.ndarray, inverse: np.ndarray) -> NonFiniteFeaturesError:
