@@ -251,7 +251,8 @@ def test_image_kfold_never_shares_an_image_and_counts_the_dropped(n_splits, stra
     assert triplet_groups(t).max() == 0  # a single group: TripletGroupKFold cannot split it
     cv = TripletImageKFold(n_splits, stratify=stratify, random_state=seed)
     images = np.unique(t.ravel())
-    fold_of_image = dict(zip(images.tolist(), cv._image_folds(images).tolist(), strict=True))
+    folds = cv._image_folds(images, np.random.RandomState(seed))  # the deal split() makes
+    fold_of_image = dict(zip(images.tolist(), folds.tolist(), strict=True))
     splits = list(cv.split(t))
     assert len(splits) == cv.get_n_splits(t) == n_splits
     tested = []
@@ -293,6 +294,20 @@ def test_image_kfold_is_reproducible_and_random():
     assert a == b and a != c
 
 
+def test_image_kfold_repeats_deal_the_images_again():
+    t = _folder_triplets(1000)
+    once = TripletImageKFold(3, random_state=0)
+    cv = TripletImageKFold(3, n_repeats=4, random_state=0)
+    splits = list(cv.split(t))
+    assert len(splits) == cv.get_n_splits() == 12 and len(cv.n_dropped_) == 12
+    first = [test.tolist() for _, test in once.split(t)]
+    assert [test.tolist() for _, test in splits[:3]] == first  # the first deal is the same
+    tests = [frozenset(test.tolist()) for _, test in splits]
+    assert len(set(tests)) == 12  # the other deals differ
+    for train, test in splits:
+        assert not _images(t, train) & _images(t, test)
+
+
 def test_image_kfold_stratify_by_mapping_and_array():
     t = _folder_triplets()
     by_key = dict(zip(KEYS, labels_from_folders(KEYS).tolist(), strict=True))
@@ -331,6 +346,7 @@ def test_image_kfold_errors(cv, triplets, groups, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"n_splits": 1}, "at least 2"), ({"n_splits": 3.0}, "must be an int"),
+     ({"n_repeats": 0}, "n_repeats must be at least 1"),
      ({"stratify": "class"}, "stratify must be")],
 )  # fmt: skip
 def test_image_kfold_parameter_errors(kwargs, match):

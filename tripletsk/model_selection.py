@@ -230,12 +230,16 @@ class TripletImageKFold(BaseCrossValidator):
     of a split with probability ``(1/k)**3`` and in its train side with ``((k-1)/k)**3``: at
     ``k=3`` (the default), 4% and 30% of the triplets, so 67% are dropped from each split and
     each model is fitted on about 30% of the triplets; at ``k=2``, 12.5% and 12.5%; at
-    ``k=5``, 0.8% and 51%. After ``split``, the attributes below say how many.
+    ``k=5``, 0.8% and 51%. After ``split``, the attributes below say how many. Small test
+    sides make noisy fold scores: ``n_repeats`` deals the images again (as
+    :class:`~sklearn.model_selection.RepeatedKFold`), so that more triplets are tested.
 
     Parameters
     ----------
     n_splits : int, default=3
         Number of folds of images, at least 2.
+    n_repeats : int, default=1
+        Number of deals of the images into folds; ``n_splits * n_repeats`` splits in all.
     stratify : None, "folders", mapping or array-like, default=None
         Class of each image, spread evenly over the folds. ``"folders"``: the first folder
         of each image key (``cat/1.jpg`` is in class ``cat``, see
@@ -246,7 +250,7 @@ class TripletImageKFold(BaseCrossValidator):
 
     Attributes
     ----------
-    n_train_, n_test_, n_dropped_ : ndarray of shape (n_splits,)
+    n_train_, n_test_, n_dropped_ : ndarray of shape (n_splits * n_repeats,)
         Set by the last call to :meth:`split`: per split, the triplets on the train side, on
         the test side, and dropped because they have images on both sides.
 
@@ -267,22 +271,24 @@ class TripletImageKFold(BaseCrossValidator):
     ([20, 20, 20], [1, 1, 1], [63, 63, 63])
     """
 
-    def __init__(self, n_splits: int = 3, *, stratify=None, random_state=None):
-        if not isinstance(n_splits, numbers.Integral) or isinstance(n_splits, bool):
-            raise ValueError(f"n_splits must be an int; got {n_splits!r}.")
-        if n_splits < 2:
-            raise ValueError(f"n_splits must be at least 2; got {n_splits}.")
+    def __init__(self, n_splits: int = 3, *, n_repeats: int = 1, stratify=None, random_state=None):
+        for name, value, least in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int; got {value!r}.")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}; got {value}.")
         if isinstance(stratify, str) and stratify != "folders":
             raise ValueError(
                 f"stratify must be None, 'folders', a mapping or an array; got {stratify!r}."
             )
         self.n_splits = int(n_splits)
+        self.n_repeats = int(n_repeats)
         self.stratify = stratify
         self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
-        """The number of splits, ``n_splits``."""
-        return self.n_splits
+        """The number of splits, ``n_splits * n_repeats``."""
+        return self.n_splits * self.n_repeats
 
     def split(self, X, y=None, groups=None):
         """Generate ``(train, test)`` row indices into the triplets ``X``.
@@ -319,11 +325,13 @@ class TripletImageKFold(BaseCrossValidator):
                 f"The triplets hold {len(images)} distinct images, fewer than "
                 f"n_splits={self.n_splits} folds of images."
             )
-        fold = self._image_folds(images)[ids]  # (n, 3): the fold of each image
+        rng = check_random_state(self.random_state)
         splits = []
-        for k in range(self.n_splits):
-            in_fold = fold == k
-            splits.append((np.flatnonzero(~in_fold.any(axis=1)), np.flatnonzero(in_fold.all(1))))
+        for _ in range(self.n_repeats):
+            fold = self._image_folds(images, rng)[ids]  # (n, 3): the fold of each image
+            for k in range(self.n_splits):
+                in_k = fold == k
+                splits.append((np.flatnonzero(~in_k.any(axis=1)), np.flatnonzero(in_k.all(1))))
         self.n_train_ = np.array([len(train) for train, _ in splits])
         self.n_test_ = np.array([len(test) for _, test in splits])
         self.n_dropped_ = len(ids) - self.n_train_ - self.n_test_
@@ -338,9 +346,8 @@ class TripletImageKFold(BaseCrossValidator):
                 )
         yield from splits
 
-    def _image_folds(self, images: np.ndarray) -> np.ndarray:
+    def _image_folds(self, images: np.ndarray, rng) -> np.ndarray:
         """A fold for each distinct image: dealt in turn, in a random (class-wise) order."""
-        rng = check_random_state(self.random_state)
         order = rng.permutation(len(images))
         labels = self._image_labels(images)
         if labels is not None:  # classes one after the other, shuffled within each
