@@ -89,3 +89,7 @@ class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
 
 class EmbeddingCollapseWarning(UserWarning):
     """The learned embedding maps (nearly) every input to the same point."""
+
+
+class SharedImagesWarning(UserWarning):
+    """Triplets were scored over images the model was fitted on (e.g. plain ``cv=k``)."""

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tripletsk import _fitting, persist, sources
 from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
+from tripletsk._shared_images import fitted_images, warn_if_shared
 from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.head import init_head_weights, normalize_hidden_units
@@ -309,6 +310,12 @@ class TripletEncoder(
         -------
         self : TripletEncoder
             The fitted estimator.
+
+        Notes
+        -----
+        Cross-validate triplets over one set of images with ``cv=TripletImageKFold(...)``
+        (:mod:`tripletsk.model_selection`): plain ``cv=k`` splits triplets, not images, so
+        training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
         """
         rng = check_random_state(self.random_state)
         hidden = normalize_hidden_units(self.hidden_units)
@@ -330,6 +337,7 @@ class TripletEncoder(
                 )
             items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy)
             triplets = None
+        self._fitted_images = fitted_images(self.features, X, items) if y is None else None
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
         self.n_features_in_ = items.n_features
@@ -456,13 +464,8 @@ class TripletEncoder(
     def decision_function(self, T) -> np.ndarray:
         """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
 
-        Parameters
-        ----------
-        T : array-like of shape (n, 3, d), or (n, 3) indices or keys into ``features``
-
-        Returns
-        -------
-        margin : ndarray of shape (n,)
+        ``T``: (n, 3, d) feature triplets, or (n, 3) indices or keys into ``features``;
+        returns a float array of shape (n,).
         """
         check_is_fitted(self)
         items, triplets = sources.triplet_rows(self.features, T)
@@ -478,17 +481,14 @@ class TripletEncoder(
         return (self.decision_function(T) > 0).astype(int)
 
     def score(self, X, y=None) -> float:
-        """Triplet accuracy.
+        """Triplet accuracy (a float): ``score(T)`` on triplets, ``score(X, y)`` on labels.
 
-        ``score(T)`` is the mean of :meth:`predict_triplets` over triplets ``T``.
-        ``score(X, y)`` is the accuracy over every valid (anchor, positive, negative) triplet
-        that the labels ``y`` define, computed exactly by ranking distances per anchor.
-
-        Returns
-        -------
-        accuracy : float
+        ``score(T)``: the mean of :meth:`predict_triplets`; warns (``SharedImagesWarning``) if
+        ``T`` holds images the model was fitted on. ``score(X, y)``: exact, over every valid
+        (anchor, positive, negative) triplet of the labels ``y``, by ranking distances.
         """
         if y is None:
+            warn_if_shared(self, X)  # SharedImagesWarning: scored images were fitted on
             return float(np.mean(self.predict_triplets(X)))
         metric = sklearn_metric(self.distance)
         return label_triplet_accuracy(self.transform(X), np.asarray(y), metric)

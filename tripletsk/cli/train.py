@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +32,13 @@ def _add_make_triplets(sub) -> None:
         "--split test.txt --test-size 0.3",
     )
     p.add_argument("source", metavar="SOURCE", help="feature cache (.h5) or folder of images")
-    p.add_argument("-n", "--n-triplets", type=int, required=True, help="triplets to write")
+    p.add_argument(
+        "-n",
+        "--n-triplets",
+        type=int,
+        required=True,
+        help="distinct triplets to write (all there are, if fewer exist)",
+    )
     p.add_argument("-o", "--output", required=True, help="triplet file to write")
     p.add_argument(
         "--split",
@@ -151,9 +158,11 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
         part_keys = np.sort(part_keys)
         features = store.lookup(part_keys.tolist()) if args.strategy == "hard" else None
         try:
-            triplets = make_triplets_from_folders(
-                part_keys, n, strategy=args.strategy, features=features, random_state=rng
-            )
+            with warnings.catch_warnings():  # fewer distinct triplets: said below, once
+                warnings.filterwarnings("ignore", "Only .* distinct", UserWarning)
+                triplets = make_triplets_from_folders(
+                    part_keys, n, strategy=args.strategy, features=features, random_state=rng
+                )
         except ValueError as exc:
             hint = (
                 "; hold out more of each class (raise --test-size) or use more images per class"
@@ -164,13 +173,19 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
             raise UserError(
                 f"cannot make the triplets of {option} {path}: {reason}{hint}"
             ) from None
-        made.append((path, triplets, part_keys))
-    for path, triplets, part_keys in made:
+        made.append((path, triplets, part_keys, n))
+    for path, triplets, part_keys, n in made:
         write_triplets(path, triplets)
         n_classes = len(set(labels_from_folders(part_keys).tolist()))
+        fewer = (
+            f" (asked for {n}, but only {len(triplets)} distinct triplets exist over these "
+            "images: add images or ask for fewer)"
+            if len(triplets) < n
+            else ""
+        )
         print(
-            f"wrote {len(triplets)} triplets over {len(part_keys)} images ({n_classes} classes) "
-            f"to {path}"
+            f"wrote {len(triplets)} distinct triplets over {len(part_keys)} images "
+            f"({n_classes} classes) to {path}{fewer}"
         )
     return 0
 
