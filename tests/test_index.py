@@ -1,0 +1,313 @@
+"""The embedding index on real folders: exact search against brute force, incremental updates,
+atomic commits, near-duplicates, and every kind of damaged or hostile index file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.metrics import pairwise_distances
+
+from tripletsk import ann
+from tripletsk.blocked import exact_neighbors, pairs_within
+from tripletsk.embedding_index import EmbeddingIndex
+from tripletsk.errors import IndexFormatError, UnknownKeyError, UserError
+from tripletsk.indexfile import MANIFEST, _manifest_digest
+
+needs_ann = pytest.mark.skipif(not ann.available(), reason="usearch is not installed")
+METRIC = {"l2": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine", "l1": "manhattan"}
+
+
+def _vectors(n=600, dim=8, seed=0):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(n, dim).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _keys(n, prefix="img"):
+    return [f"c{i % 4}/{prefix}{i}.png" for i in range(n)]
+
+
+@pytest.fixture
+def small(tmp_path):
+    x = _vectors()
+    return EmbeddingIndex.create(tmp_path / "index", _keys(len(x)), x, approximate="no"), x
+
+
+# ------------------------------------------------------------------------------ exact search
+
+
+@pytest.mark.parametrize("distance", ["l2", "sqeuclidean", "cosine", "l1"])
+@pytest.mark.parametrize("block_bytes", [4 * 7 * 1024, 64 << 20])  # many blocks, one block
+def test_exact_neighbours_equal_brute_force(distance, block_bytes):
+    x = _vectors(3000, 6) * np.random.RandomState(1).uniform(0.5, 2, (3000, 1)).astype(np.float32)
+    x[100] = x[7]  # an exact duplicate: ties are broken by row number
+    q = _vectors(7, 6, seed=2)
+
+    def blocks(step, start=0):
+        return ((s, x[s : s + step]) for s in range(start, len(x), step))
+
+    rows, dists = exact_neighbors(q, blocks, 5, distance, score_bytes=block_bytes)
+    full = pairwise_distances(q.astype(np.float64), x.astype(np.float64), metric=METRIC[distance])
+    expected = np.argsort(full, axis=1, kind="stable")[:, :5]
+    assert (rows == expected).all()
+    np.testing.assert_allclose(dists, np.take_along_axis(full, expected, 1), atol=1e-7)
+
+
+def test_search_excludes_the_query_row_and_clamps_k(small):
+    index, x = small
+    found = index.search_keys(["c1/img1.png", "c2/img2.png"], k=3)
+    assert "c1/img1.png" not in found.keys[0] and "c2/img2.png" not in found.keys[1]
+    with pytest.warns(UserWarning, match="only 599 can be returned"):
+        assert index.search_keys(["c1/img1.png"], k=1000).indices.shape == (1, 599)
+
+
+def test_pairs_within_finds_every_close_pair():
+    x = _vectors(500, 3)
+
+    def blocks(step, start=0):
+        return ((s, x[s : s + step]) for s in range(start, len(x), step))
+
+    i, j, d = pairs_within(blocks, 0.2, block_rows=64)
+    full = pairwise_distances(x.astype(np.float64))
+    ei, ej = np.nonzero(np.triu(full <= 0.2, 1))
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(
+        zip(ei.tolist(), ej.tolist(), strict=True)
+    )
+    with pytest.raises(ValueError, match="threshold is too large"):
+        pairs_within(blocks, 2.5, max_pairs=100)
+
+
+# ----------------------------------------------------------------------- updates and commits
+
+
+def test_add_keeps_stored_rows_and_remove_drops_them(small):
+    index, x = small
+    before = {name: os.stat(index.path + "/" + name).st_mtime_ns for name in os.listdir(index.path)}
+    segment = next(n for n in before if n.endswith(".npy"))
+    index = index.add(["new/a.png", "new/b.png"], _vectors(2, seed=5))
+    assert len(index) == 602 and "new/a.png" in index
+    assert os.stat(index.path + "/" + segment).st_mtime_ns == before[segment]  # not rewritten
+    np.testing.assert_array_equal(index.embeddings(index.rows_of(["c0/img0.png"])), x[:1])
+    index = index.remove(["c0/img0.png", "new/b.png"])
+    assert len(index) == 600 and "c0/img0.png" not in index
+    assert segment not in os.listdir(index.path)  # the old segment went after the commit
+    again = EmbeddingIndex(index.path)
+    assert again.keys == index.keys
+    assert again.search(x[:1], k=1).keys[0, 0] != "c0/img0.png"
+
+
+def test_add_refuses_keys_already_indexed_and_nan_rows(small):
+    index, _ = small
+    with pytest.raises(UserError, match="already in the index"):
+        index.add(["c0/img0.png"], _vectors(1))
+    bad = _vectors(1)
+    bad[0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.add(["x/nan.png"], bad)
+    assert len(EmbeddingIndex(index.path)) == 600
+
+
+def test_existing_index_or_folder_is_not_replaced_without_asking(tmp_path, small):
+    index, x = small
+    with pytest.raises(UserError, match="already holds an index; pass --replace"):
+        EmbeddingIndex.create(index.path, ["a/1.png"], x[:1])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an index and not empty"):
+        EmbeddingIndex.create(tmp_path / "mine", ["a/1.png"], x[:1])
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    replaced = EmbeddingIndex.create(index.path, ["a/1.png"], x[:1], replace=True)
+    assert replaced.keys == ["a/1.png"]
+    assert len([n for n in os.listdir(index.path) if n.endswith(".npy")]) == 1
+
+
+_KILL_DURING_ADD = """
+import os, sys, numpy as np
+from tripletsk import indexfile
+from tripletsk.embedding_index import EmbeddingIndex
+real = indexfile.os.replace
+def crash(src, dst):
+    if dst.endswith("index.json"):
+        os._exit(9)  # killed after writing the new segment, before the commit
+    return real(src, dst)
+indexfile.os.replace = crash
+EmbeddingIndex(sys.argv[1]).add(["new/a.png"], np.ones((1, 8), np.float32))
+"""
+
+
+def test_a_writer_killed_before_its_commit_leaves_the_old_index(small, tmp_path):
+    index, x = small
+    manifest = (tmp_path / "index" / MANIFEST).read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([sys.executable, "-c", _KILL_DURING_ADD, index.path], env=env)
+    assert done.returncode == 9
+    assert (tmp_path / "index" / MANIFEST).read_bytes() == manifest
+    again = EmbeddingIndex(index.path)
+    assert len(again) == 600 and "new/a.png" not in again
+    again.add(["new/b.png"], x[:1])  # the next writer cleans up what the dead one left
+    names = os.listdir(index.path)
+    assert len([n for n in names if n.endswith(".npy")]) == 2
+    assert not [n for n in names if n.startswith(".index.json.tmp")]
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+def test_duplicates_are_connected_groups(tmp_path):
+    x = _vectors(200, 8)
+    x[50] = x[3]
+    x[120] = x[3] + 0.001  # chain: 3 ~ 50 ~ 120
+    x[7] = x[9] + 0.002
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(200), x)
+    groups = index.duplicates(0.01)
+    assert groups == [["c3/img3.png", "c2/img50.png", "c0/img120.png"], ["c3/img7.png",
+                      "c1/img9.png"]]  # fmt: skip
+    assert index.duplicates(0.0) == [["c3/img3.png", "c2/img50.png"]]
+
+
+# ------------------------------------------------------------------------------- approximate
+
+
+@needs_ann
+def test_approximate_search_reports_recall_and_follows_updates(tmp_path):
+    x = _vectors(2000, 8)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(2000), x, approximate="yes")
+    assert index.approximate["recall_at_10"] > 0.9
+    assert index.approximate["recall_queries"] == 1000
+    assert index.method() == "approximate"
+    near = x[5] + 0.001
+    index = index.add(["z/new.png"], near[None])
+    assert index.search(near[None], k=1).keys[0, 0] == "z/new.png"
+    index = index.remove(["z/new.png"])
+    assert index.search(near[None], k=1).keys[0, 0] == "c1/img5.png"
+    exact = index.search(x[:50], k=5, method="exact")
+    approx = index.search(x[:50], k=5)
+    assert (exact.keys == approx.keys).mean() > 0.9
+
+
+def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "_module", lambda: None)
+    x = _vectors(50, 4)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(50), x, approximate="auto")
+    assert index.approximate is None and index.method() == "exact"
+    with pytest.raises(UserError, match=r"pip install \"tripletsk\[ann\]\""):
+        EmbeddingIndex.create(tmp_path / "j", _keys(50), x, approximate="yes")
+
+
+# ------------------------------------------------------------------------- damaged and hostile
+
+
+def _edit_manifest(path, change, keep_digest=False):
+    manifest_path = os.path.join(path, MANIFEST)
+    with open(manifest_path) as fh:
+        m = json.load(fh)
+    change(m)
+    if not keep_digest:
+        m["digest"] = _manifest_digest(m)
+    with open(manifest_path, "w") as fh:
+        json.dump(m, fh)
+
+
+def _segment(path, ext):
+    return os.path.join(path, next(n for n in os.listdir(path) if n.endswith(ext)))
+
+
+def _truncate(path):
+    name = _segment(path, ".npy")
+    with open(name, "r+b") as fh:
+        fh.truncate(os.path.getsize(name) - 100)
+
+
+def _flip_row_bytes(path):
+    name = _segment(path, ".npy")
+    with open(name, "r+b") as fh:
+        fh.seek(os.path.getsize(name) - 1000)
+        fh.write(b"\x01\x02\x03")
+
+
+def _nan_row(path):
+    """A row of NaN with its chunk checksum recomputed: damage no checksum catches."""
+    from tripletsk.checksums import file_digest
+    from tripletsk.indexfile import _chunk_checksums, chunk_rows_for
+
+    name = _segment(path, ".npy")
+    x = np.load(name)
+    x[5] = np.nan
+    np.save(name, x)
+    rows = _segment(path, ".rows.npz")
+    with np.load(rows) as z:
+        arrays = dict(z)
+    arrays["checksums"] = _chunk_checksums(x, chunk_rows_for(x.shape[1]))
+    np.savez(rows, **arrays)
+    _edit_manifest(path, lambda m: m["segments"][0].update(rows_digest=file_digest(rows)))
+
+
+HOSTILE = {
+    "truncated embeddings": (_truncate, "truncated or damaged"),
+    "flipped bytes": (_flip_row_bytes, "do not match their checksum"),
+    "NaN row": (_nan_row, r"row 5 \(key 'c1/img5.png'\) holds NaN"),
+    "edited manifest": (
+        lambda p: _edit_manifest(p, lambda m: m.update(n_rows=7), keep_digest=True),
+        "does not match its digest",
+    ),
+    "not JSON": (lambda p: open(os.path.join(p, MANIFEST), "w").write("{nope"), "not valid JSON"),
+    "deep JSON": (
+        lambda p: open(os.path.join(p, MANIFEST), "w").write("[" * 100000 + "]" * 100000),
+        "not valid JSON",
+    ),
+    "NaN in JSON": (
+        lambda p: open(os.path.join(p, MANIFEST), "w").write('{"dim": NaN}'),
+        "not valid JSON",
+    ),
+    "path in a segment name": (
+        lambda p: _edit_manifest(p, lambda m: m["segments"][0].update(name="../../etc/passwd")),
+        "is not allowed",
+    ),
+    "other version": (
+        lambda p: _edit_manifest(p, lambda m: m.update(format_version=99)),
+        "index format version 99",
+    ),
+    "wrong types": (
+        lambda p: _edit_manifest(p, lambda m: m.update(dim="64")),
+        "'dim' is missing or of the wrong type",
+    ),
+    "missing keys file": (lambda p: os.remove(_segment(p, ".keys")), "missing; the index"),
+    "edited keys": (
+        lambda p: open(_segment(p, ".keys"), "a").write("extra\n"),
+        "does not match its checksum",
+    ),
+    "huge manifest": (
+        lambda p: open(os.path.join(p, MANIFEST), "w").write(" " * (17 << 20)),
+        "more than any index manifest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_damaged_or_hostile_index_is_one_clear_error(case, small):
+    index, x = small
+    damage, message = HOSTILE[case]
+    damage(index.path)
+    with pytest.raises(IndexFormatError, match=message):
+        opened = EmbeddingIndex(index.path)
+        opened.search(x[:2], k=3)
+        opened.all_embeddings()
+
+
+def test_not_an_index(tmp_path):
+    with pytest.raises(IndexFormatError, match="does not exist"):
+        EmbeddingIndex(tmp_path / "nothing")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IndexFormatError, match="not an embedding index"):
+        EmbeddingIndex(tmp_path / "folder")
+
+
+def test_unknown_keys_are_named(small):
+    index, _ = small
+    with pytest.raises(UnknownKeyError, match="c9/none.png"):
+        index.search_keys(["c9/none.png"])
