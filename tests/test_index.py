@@ -15,7 +15,7 @@ from sklearn.metrics import pairwise_distances
 from tripletsk import ann
 from tripletsk.blocked import exact_neighbors, pairs_within
 from tripletsk.embedding_index import EmbeddingIndex
-from tripletsk.errors import IndexFormatError, UnknownKeyError, UserError
+from tripletsk.errors import IndexFormatError, StaleIndexError, UnknownKeyError, UserError
 from tripletsk.indexfile import MANIFEST, _manifest_digest
 
 needs_ann = pytest.mark.skipif(not ann.available(), reason="usearch is not installed")
@@ -59,7 +59,7 @@ def test_exact_neighbours_equal_brute_force(distance, block_bytes):
 
 
 def test_search_excludes_the_query_row_and_clamps_k(small):
-    index, x = small
+    index, _x = small
     found = index.search_keys(["c1/img1.png", "c2/img2.png"], k=3)
     assert "c1/img1.png" not in found.keys[0] and "c2/img2.png" not in found.keys[1]
     with pytest.warns(UserWarning, match="only 599 can be returned"):
@@ -72,7 +72,7 @@ def test_pairs_within_finds_every_close_pair():
     def blocks(step, start=0):
         return ((s, x[s : s + step]) for s in range(start, len(x), step))
 
-    i, j, d = pairs_within(blocks, 0.2, block_rows=64)
+    i, j, _d = pairs_within(blocks, 0.2, block_rows=64)
     full = pairwise_distances(x.astype(np.float64))
     ei, ej = np.nonzero(np.triu(full <= 0.2, 1))
     assert set(zip(i.tolist(), j.tolist(), strict=True)) == set(
@@ -309,5 +309,88 @@ def test_not_an_index(tmp_path):
 
 def test_unknown_keys_are_named(small):
     index, _ = small
-    with pytest.raises(UnknownKeyError, match="c9/none.png"):
+    with pytest.raises(UnknownKeyError, match=r"c9/none\.png"):
         index.search_keys(["c9/none.png"])
+
+
+# ----------------------------------------------------------- built from a model and its cache
+
+
+def _cache(path, keys, features, content=None):
+    """A real feature cache; ``content`` gives each image's content hash (default: its key)."""
+    from tests.conftest import PLAIN_PROVENANCE
+    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+
+    fps = np.zeros(len(keys), dtype=FINGERPRINT_DTYPE)
+    fps["blake2b"] = [(content or {}).get(k, k)[:32].encode() for k in keys]
+    write_cache(path, keys=keys, fingerprints=fps, feature_blocks=[np.asarray(features, "f4")],
+                dim=3, dtype="float32", failed=[],
+                attrs={**PLAIN_PROVENANCE, "format": FORMAT_NAME,
+                       "format_version": FORMAT_VERSION})  # fmt: skip
+    return path
+
+
+def _model_file(path, cache, scale=1.0):
+    from tripletsk.estimator import TripletEncoder
+    from tripletsk.modelfile import cache_record, save_model
+    from tripletsk.store import FeatureStore
+
+    enc = TripletEncoder(hidden_units=(), n_components=2)
+    kernel = np.array([[1, 0], [0, 1], [1, 1]], np.float32) * scale
+    enc.weights_ = [(kernel, np.zeros(2, np.float32))]
+    enc.feature_mean_, enc.feature_scale_ = np.zeros(3, np.float32), np.ones(3, np.float32)
+    enc.n_features_in_, enc.n_iter_, enc.loss_curve_, enc.active_fraction_ = 3, 1, [1.0], [1.0]
+    enc.validation_scores_ = enc.best_validation_score_ = None
+    save_model(path, enc, cache_record(FeatureStore(cache)))
+    return path
+
+
+def test_index_of_a_cache_embeds_only_what_changed(tmp_path):
+    from tripletsk.index_build import build_index_from_model, check_index_current
+    from tripletsk.store import FeatureStore
+
+    rng = np.random.RandomState(0)
+    keys = [f"c{i % 3}/{i}.png" for i in range(40)]
+    features = rng.randn(40, 3)
+    cache = _cache(tmp_path / "f.h5", keys, features)
+    model = _model_file(tmp_path / "m.npz", cache)
+    index, report = build_index_from_model(tmp_path / "idx", model)
+    assert (report.created, report.n_embedded, len(index)) == (True, 40, 40)
+    check_index_current(index, FeatureStore(cache))
+    # One image gone, one new, one re-extracted with new content.
+    keys2 = [*keys[1:], "c0/new.png"]
+    features2 = np.concatenate([features[1:], rng.randn(1, 3)])
+    features2[4] += 1.0  # keys[5] changed
+    _cache(cache, keys2, features2, content={keys[5]: "changed"})
+    with pytest.raises(StaleIndexError, match=f"out of date.*-o {tmp_path / 'idx'}"):
+        check_index_current(EmbeddingIndex(tmp_path / "idx"), FeatureStore(cache))
+    index, report = build_index_from_model(tmp_path / "idx", model)
+    assert (report.n_embedded, report.n_kept, report.n_dropped) == (2, 38, 2)
+    check_index_current(index, FeatureStore(cache))
+    from tripletsk.modelfile import load_model
+
+    enc = load_model(model).model
+    expected = enc.transform(features2)
+    np.testing.assert_allclose(index.embeddings(index.rows_of(keys2)), expected, atol=1e-6)
+
+
+def test_an_index_refuses_another_model_and_nan_features(tmp_path):
+    from tripletsk.index_build import build_index_from_model, check_index_current
+    from tripletsk.modelfile import load_model
+
+    keys = [f"c{i % 3}/{i}.png" for i in range(10)]
+    features = np.random.RandomState(0).randn(10, 3)
+    cache = _cache(tmp_path / "f.h5", keys, features)
+    build_index_from_model(tmp_path / "idx", _model_file(tmp_path / "m.npz", cache))
+    other = _model_file(tmp_path / "other.npz", cache, scale=2.0)
+    manifest = (tmp_path / "idx" / MANIFEST).read_bytes()
+    with pytest.raises(StaleIndexError, match=r"another model .* pass --replace"):
+        build_index_from_model(tmp_path / "idx", other)
+    with pytest.raises(StaleIndexError, match="built with another model"):
+        check_index_current(EmbeddingIndex(tmp_path / "idx"), encoder=load_model(other).model)
+    features[3, 1] = np.nan
+    _cache(cache, [*keys, "c0/x.png"], np.concatenate([features, np.ones((1, 3))]),
+           content={keys[3]: "re-extracted"})  # fmt: skip
+    with pytest.raises(UserError, match=r"1 cached feature row\(s\) hold NaN .*c0/3.png"):
+        build_index_from_model(tmp_path / "idx", tmp_path / "m.npz")
+    assert (tmp_path / "idx" / MANIFEST).read_bytes() == manifest

@@ -87,7 +87,7 @@ def test_a_file_outside_the_cache_loads_the_backbone_and_says_so(capsys, work, t
     status, out, err = run(capsys, "search", "--index", work / "index", query, "-k", "2")
     assert status == 0
     assert "1 image(s) not in the cache" in err and "loading the backbone" in err
-    rank, distance, key = out.splitlines()[1].split()
+    _rank, distance, key = out.splitlines()[1].split()
     assert key == "3/4.png" and float(distance) < 1e-3
     inside = work / "images" / "1" / "2.png"  # cached: no backbone, not its own neighbour
     status, out, err = run(capsys, "search", "--index", work / "index", inside, "-k", "3")
@@ -95,6 +95,7 @@ def test_a_file_outside_the_cache_loads_the_backbone_and_says_so(capsys, work, t
     assert "backbone" not in err and len(neighbours) == 3 and "1/2.png" not in neighbours
 
 
+@pytest.mark.slow  # extracts again (the quick twin: tests/test_index.py)
 def test_a_grown_cache_makes_the_index_stale_until_it_is_updated(capsys, work, tmp_path):
     w = _copy_work(work, tmp_path)
     shutil.copy(w / "images" / "0" / "1.png", w / "images" / "0" / "copy.png")
@@ -118,6 +119,7 @@ def test_a_grown_cache_makes_the_index_stale_until_it_is_updated(capsys, work, t
     assert status == 0 and out.splitlines() == ["0/1.png\t0/copy.png"]
 
 
+@pytest.mark.slow  # fits a second model
 def test_an_index_of_another_model_is_not_overwritten(capsys, work, tmp_path):
     w = _copy_work(work, tmp_path)
     other = w / "other.npz"
