@@ -117,7 +117,7 @@ def approx(work: str) -> dict:
         found = index.search(q, 10, method="approximate")
         rates.append(len(q) / (time.perf_counter() - t))
         cpu_rates.append(len(q) / (_cpu() - c))
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.indices, truth)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.indices, truth, strict=True)])
     return {"queries": len(q), "load_seconds": loaded, "queries_per_second": rates,
             "queries_per_cpu_second": cpu_rates, "recall_at_10": float(recall),
             "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
@@ -156,7 +156,8 @@ def compare(work: str) -> dict:
                                10, "l2")  # fmt: skip
 
     def recall(found) -> float:
-        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+        pairs = zip(found, truth, strict=True)
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
 
     def clock(f):
         t, c = time.perf_counter(), _cpu()
