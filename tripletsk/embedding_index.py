@@ -26,9 +26,7 @@ from tripletsk.search import Neighbors
 
 __all__ = ["EmbeddingIndex", "Matches"]
 
-#: Below this many rows exact search is fast enough (measured: ``benchmarks/index_scale.py``)
-#: and ``approximate="auto"`` builds no approximate structure.
-APPROXIMATE_FROM = 200_000
+APPROXIMATE_FROM = _ann.APPROXIMATE_FROM
 
 
 class Matches(tuple):
@@ -53,8 +51,9 @@ class EmbeddingIndex:
     """A folder of stored embeddings with their keys, for search, duplicates and matching.
 
     Open an existing index with ``EmbeddingIndex(path)``; make one from embeddings with
-    :meth:`create`, or from a fitted model and its feature cache with :meth:`build` (which
-    also updates it when the cache has grown).
+    :meth:`create`, or from a fitted model and its feature cache with
+    :func:`tripletsk.index_build.build_index_from_model` (which also updates it when the cache
+    has grown: ``tripletsk index``).
 
     Parameters
     ----------

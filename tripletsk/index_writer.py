@@ -102,8 +102,6 @@ def _check_approximate(approximate) -> None:
 
 
 def _wants_structure(approximate, n_rows: int, distance: str) -> bool:
-    from tripletsk.embedding_index import APPROXIMATE_FROM
-
     if approximate == "no" or distance == "l1":
         if approximate == "yes":
             raise UserError("approximate search supports the l2, sqeuclidean and cosine distances")
@@ -111,7 +109,7 @@ def _wants_structure(approximate, n_rows: int, distance: str) -> bool:
     if approximate == "yes":
         _ann.require()
         return True
-    return n_rows >= APPROXIMATE_FROM and _ann.available()
+    return n_rows >= _ann.APPROXIMATE_FROM and _ann.available()
 
 
 def _prepare_folder(path: str, replace: bool) -> None:
