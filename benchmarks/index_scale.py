@@ -165,7 +165,7 @@ def compare(work: str) -> dict:
         return out, time.perf_counter() - t, _cpu() - c
 
     out = {"rows": len(x)}
-    graph = Index(ndim=x.shape[1], metric="l2sq", dtype="f32", connectivity=16, expansion_add=128)
+    graph = Index(ndim=x.shape[1], metric="l2sq", dtype="f32", connectivity=16, expansion_add=64)
     _, w, c = clock(lambda: graph.add(np.arange(len(x)), x, threads=2))
     out["usearch_build"] = {"seconds": w, "cpu_seconds": c}
     for ef in (32, 64, 96):
@@ -175,7 +175,7 @@ def compare(work: str) -> dict:
                                   "recall": recall(m.keys)}  # fmt: skip
     faiss.omp_set_num_threads(2)
     hnsw = faiss.IndexHNSWFlat(x.shape[1], 16)
-    hnsw.hnsw.efConstruction = 128
+    hnsw.hnsw.efConstruction = 64
     _, w, c = clock(lambda: hnsw.add(x))
     out["faiss_hnsw_build"] = {"seconds": w, "cpu_seconds": c}
     for ef in (32, 64, 96):

@@ -23,7 +23,7 @@ __all__ = ["available", "build", "load", "measure_recall", "missing_reason", "re
 
 LIBRARY = "usearch"
 #: Graph degree and beam widths: recall@10 >= 0.95 on 1M x 64 clustered rows (measured).
-PARAMS = {"kind": "HNSW", "connectivity": 16, "expansion_add": 128, "expansion_search": 64}
+PARAMS = {"kind": "HNSW", "connectivity": 16, "expansion_add": 64, "expansion_search": 64}
 RECALL_QUERIES = 1000
 #: Below this many rows exact search is fast enough (measured: ``benchmarks/index_scale.py``)
 #: and ``approximate="auto"`` builds no approximate structure.
