@@ -394,3 +394,43 @@ def test_an_index_refuses_another_model_and_nan_features(tmp_path):
     with pytest.raises(UserError, match=r"1 cached feature row\(s\) hold NaN .*c0/3.png"):
         build_index_from_model(tmp_path / "idx", tmp_path / "m.npz")
     assert (tmp_path / "idx" / MANIFEST).read_bytes() == manifest
+
+
+def test_one_writer_at_a_time(small):
+    from tripletsk.indexfile import IndexLock
+
+    index, x = small
+    with IndexLock(index.path), pytest.raises(UserError, match="another process is writing"):
+        index.add(["new/a.png"], x[:1])
+    assert len(index.add(["new/a.png"], x[:1])) == 601  # released
+
+
+def test_a_full_disk_during_an_update_loses_nothing(small, monkeypatch):
+    import errno
+
+    from tripletsk import indexfile
+
+    index, x = small
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(indexfile.np, "savez", full)
+    with pytest.raises(OSError, match="No space left"):
+        index.add(["new/a.png"], x[:1])
+    monkeypatch.undo()
+    again = EmbeddingIndex(index.path)
+    assert len(again) == 600 and "new/a.png" not in again
+    np.testing.assert_array_equal(again.all_embeddings(), x)
+
+
+def test_a_first_build_killed_before_its_commit_is_built_again(tmp_path):
+    from tripletsk.indexfile import write_segment
+
+    folder = tmp_path / "index"
+    folder.mkdir()
+    x = _vectors(10)
+    write_segment(str(folder), _keys(10), x, np.arange(10), np.zeros(10, "S32"))  # no manifest
+    index = EmbeddingIndex.create(folder, _keys(10), x)
+    assert len(index) == 10
+    assert len([n for n in os.listdir(folder) if n.endswith(".npy")]) == 1  # leftovers gone

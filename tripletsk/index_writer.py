@@ -125,8 +125,16 @@ def _prepare_folder(path: str, replace: bool) -> None:
         if not replace:
             raise UserError(f"{path} already holds an index; pass --replace (replace=True)")
         return  # the new manifest replaces the old one atomically; old files go after
-    if [n for n in os.listdir(path) if n != ".lock"]:
+    # Files of an index whose first build was killed before its commit are ours to replace.
+    if [n for n in os.listdir(path) if n != ".lock" and not _ours(n)]:
         raise UserError(f"{path} is a folder that is not an index and not empty; not replaced")
+
+
+def _ours(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"(seg-[0-9a-f]{16}\.(npy|keys|rows\.npz)|ann-[0-9a-f]{16}\.\w+"
+                             r"|\.index\.json\.tmp-[0-9a-f]{8})", name))  # fmt: skip
 
 
 def update_index(
