@@ -66,6 +66,24 @@ def _copy_work(work, tmp_path):
     return tmp_path
 
 
+@pytest.mark.parametrize("command", ["index", "duplicates", "calibrate", "match"])
+def test_help_shows_an_example(capsys, command):
+    status, out, _ = run(capsys, command, "--help")
+    assert status == 0
+    assert "example:" in out and f"tripletsk {command}" in out
+
+
+def test_search_needs_a_model_or_an_index(capsys):
+    status, _, err = run(capsys, "search", "0/0.png")
+    assert status == 2 and "pass --model MODEL (or --index INDEX)" in err
+
+
+def test_duplicates_of_a_folder_that_is_not_an_index(capsys, tmp_path):
+    status, _, err = run(capsys, "duplicates", "--index", tmp_path, "--threshold", "0.1")
+    assert status == 1
+    _assert_one_line_error(err, "not an embedding index (no index.json)")
+
+
 def test_index_search_equals_search_of_the_whole_cache(capsys, work):
     query = ["0/0.png", "2/3.png", "-k", "4", "--json"]
     status, out, err = run(capsys, "search", "--index", work / "index", *query)
