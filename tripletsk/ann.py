@@ -58,10 +58,12 @@ def _threads() -> int:
 
 
 class Structure:
-    """A loaded usearch graph: ``search(queries, k) -> (ids, distances)`` (ids -1 if missing)."""
+    """A loaded usearch graph: ``search(queries, k) -> (ids, distances)`` (ids -1 if missing),
+    distances in the index's distance (float32 precision)."""
 
-    def __init__(self, graph):
+    def __init__(self, graph, distance: str = "l2"):
         self.graph = graph
+        self.distance = distance
 
     def search(self, queries: np.ndarray, k: int):
         found = self.graph.search(np.ascontiguousarray(queries, np.float32), k, threads=_threads())
@@ -73,6 +75,8 @@ class Structure:
             keys = np.pad(keys, ((0, 0), (0, pad)), constant_values=-1)
             dists = np.pad(dists, ((0, 0), (0, pad)), constant_values=np.inf)
         missing = np.arange(keys.shape[1])[None, :] >= counts[:, None]
+        if self.distance == "l2":  # the graph measures squared L2
+            dists = np.sqrt(np.maximum(dists, 0.0))
         keys[missing] = -1
         dists[missing] = np.inf
         return keys, dists
@@ -143,7 +147,7 @@ def build(folder: str, ids: np.ndarray, vectors: np.ndarray, distance: str) -> d
     graph = _new_graph(vectors.shape[1], distance)
     graph.add(np.asarray(ids, np.int64), np.ascontiguousarray(vectors, np.float32),
               threads=_threads())  # fmt: skip
-    recall = measure_recall(Structure(graph), ids, vectors, distance)
+    recall = measure_recall(Structure(graph, distance), ids, vectors, distance)
     entry = {"recall_at_10": recall, "recall_queries": min(RECALL_QUERIES, len(ids)),
              "n_rows_measured": len(ids)}  # fmt: skip
     return _save(folder, graph, entry)
@@ -171,7 +175,7 @@ def load(folder: str, entry: dict, dim: int, distance: str) -> Structure:
         raise IndexFormatError(f"{path}: not a usearch index ({exc})") from None
     if graph.ndim != dim:
         raise IndexFormatError(f"{path}: {graph.ndim} dimensions, the index has {dim}")
-    return Structure(graph)
+    return Structure(graph, distance)
 
 
 def update(folder: str, old: dict, manifest: dict, removed_ids, new_ids, new_vectors) -> dict:

@@ -171,12 +171,7 @@ class EmbeddingIndex:
         seg_of = np.searchsorted(self._starts, rows, side="right") - 1
         for s in np.unique(seg_of):
             mine = seg_of == s
-            local = rows[mine] - self._starts[s]
-            lo, hi = int(local.min()), int(local.max()) + 1
-            if hi - lo <= 4 * len(local) + 1024:
-                out[mine] = self._segments[s].read(lo, hi)[local - lo]
-            else:
-                out[mine] = np.stack([self._segments[s].read(r, r + 1)[0] for r in local])
+            out[mine] = self._segments[s].take(rows[mine] - self._starts[s])
         return out
 
     def all_embeddings(self) -> np.ndarray:
@@ -265,16 +260,15 @@ class EmbeddingIndex:
         if self._ann is None:
             self._ann = _ann.load(self.path, self.approximate, self.dim, self.distance)
         extra = 0 if exclude is None else 1
-        ids, _ = self._ann.search(queries, k + extra)
+        ids, dists = self._ann.search(queries, k + extra)
         rows = np.searchsorted(self.ids, ids)
         rows = np.where((ids >= 0) & (rows < len(self.ids)), rows, -1)
+        rows[(rows >= 0) & (self.ids[np.maximum(rows, 0)] != ids)] = -1  # not a stored id
         if exclude is not None:
             rows = np.where(rows == exclude[:, None], -1, rows)
-        # Stable: rows the structure missed (-1) go last; keep k.
-        order = np.argsort(rows < 0, axis=1, kind="stable")[:, :k]
-        rows = np.take_along_axis(rows, order, axis=1)
-        dists = self._distances(queries, rows)
-        order = np.argsort(dists, axis=1, kind="stable")
+        dists = np.where(rows < 0, np.inf, dists)
+        # Nearest first (the library's float32 distances); rows it missed (-1) last; keep k.
+        order = np.argsort(dists, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(rows, order, axis=1), np.take_along_axis(dists, order, axis=1)
 
     def _distances(self, queries, rows) -> np.ndarray:

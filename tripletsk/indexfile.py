@@ -394,39 +394,71 @@ class SegmentReader:
             raise IndexFormatError(f"{path}: arrays of the wrong shape or type; index damaged")
         return ids.astype(np.int64), hashes, sums
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as float32, each chunk checked against its checksum (once per
-        process) and every value checked finite."""
+    def _pread(self, lo: int, hi: int) -> np.ndarray:
+        """Raw rows ``lo:hi`` from the file (kept open: a writer may delete it meanwhile)."""
+        if getattr(self, "_fd", None) is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except FileNotFoundError:
+                raise self._missing(self.path) from None
+        out = np.empty((hi - lo, self.dim), dtype="<f4")
+        data = os.pread(self._fd, out.nbytes, self._offset + lo * self.dim * 4)
+        if len(data) != out.nbytes:
+            raise IndexFormatError(f"{self.path}: ends early (truncated); rebuild the index")
+        out.view(np.uint8).reshape(-1)[:] = np.frombuffer(data, np.uint8)
+        return out
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _verify(self, block: np.ndarray, c0: int, c1: int) -> None:
+        """Check chunks ``c0:c1`` (``block`` holds exactly their rows) once per process."""
         if self._verified is None:
             self._verified = np.zeros(len(self._checksums), dtype=bool)
-        c0, c1 = start // self.chunk_rows, -(-stop // self.chunk_rows)
-        lo, hi = c0 * self.chunk_rows, min(self.rows, c1 * self.chunk_rows)
-        out = np.empty((hi - lo, self.dim), dtype="<f4")
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset + lo * self.dim * 4)
-                got = fh.readinto(memoryview(out).cast("B"))
-        except FileNotFoundError:
-            raise self._missing(self.path) from None
-        if got != out.nbytes:
-            raise IndexFormatError(f"{self.path}: ends early (truncated); rebuild the index")
         todo = np.flatnonzero(~self._verified[c0:c1]) + c0
-        if len(todo):
-            found = _chunk_checksums(out, self.chunk_rows)[todo - c0]
-            bad = todo[found != self._checksums[todo]]
-            if len(bad):
-                r0 = int(bad[0]) * self.chunk_rows
-                raise IndexFormatError(
-                    f"corrupt index: {self.path}: rows {r0}-{r0 + self.chunk_rows - 1} (keys "
-                    f"{self.keys[r0]!r}...) do not match their checksum; rebuild the index with "
-                    "`tripletsk index --replace`"
-                )
-            self._verified[todo] = True
-        block = out[start - lo : stop - lo]
+        if not len(todo):
+            return
+        found = _chunk_checksums(block, self.chunk_rows)[todo - c0]
+        bad = todo[found != self._checksums[todo]]
+        if len(bad):
+            r0 = int(bad[0]) * self.chunk_rows
+            raise IndexFormatError(
+                f"corrupt index: {self.path}: rows {r0}-{r0 + self.chunk_rows - 1} (keys "
+                f"{self.keys[r0]!r}...) do not match their checksum; rebuild the index with "
+                "`tripletsk index --replace`"
+            )
+        self._verified[todo] = True
+
+    def _finite(self, block: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if not np.isfinite(block).all():
-            row = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            row = int(rows[np.flatnonzero(~np.isfinite(block).all(axis=1))[0]])
             raise IndexFormatError(
                 f"{self.path}: row {row} (key {self.keys[row]!r}) holds NaN or infinite "
                 "values; the index is damaged: rebuild it with `tripletsk index --replace`"
             )
         return block
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as float32, each chunk checked against its checksum (once per
+        process) and every value checked finite."""
+        c0, c1 = start // self.chunk_rows, -(-stop // self.chunk_rows)
+        lo, hi = c0 * self.chunk_rows, min(self.rows, c1 * self.chunk_rows)
+        out = self._pread(lo, hi)
+        self._verify(out, c0, c1)
+        return self._finite(out[start - lo : stop - lo], np.arange(start, stop))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed), reading only the chunks that hold them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        chunk = rows // self.chunk_rows
+        for c in np.unique(chunk):
+            lo, hi = int(c) * self.chunk_rows, min(self.rows, (int(c) + 1) * self.chunk_rows)
+            block = self._pread(lo, hi)
+            self._verify(block, int(c), int(c) + 1)
+            mine = chunk == c
+            out[mine] = block[rows[mine] - lo]
+        return self._finite(out, rows)
