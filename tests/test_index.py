@@ -188,6 +188,8 @@ def test_approximate_search_reports_recall_and_follows_updates(tmp_path):
     exact = index.search(x[:50], k=5, method="exact")
     approx = index.search(x[:50], k=5)
     assert (exact.keys == approx.keys).mean() > 0.9
+    same = exact.keys == approx.keys  # the library's distances, in the index's distance
+    np.testing.assert_allclose(approx.distances[same], exact.distances[same], atol=1e-5)
 
 
 def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path, monkeypatch):
@@ -434,3 +436,17 @@ def test_a_first_build_killed_before_its_commit_is_built_again(tmp_path):
     index = EmbeddingIndex.create(folder, _keys(10), x)
     assert len(index) == 10
     assert len([n for n in os.listdir(folder) if n.endswith(".npy")]) == 1  # leftovers gone
+
+
+@needs_ann
+@pytest.mark.parametrize("distance", ["l2", "sqeuclidean", "cosine"])
+def test_approximate_distances_are_the_index_distance(tmp_path, distance):
+    x = _vectors(800, 8) * np.random.RandomState(3).uniform(0.5, 2, (800, 1)).astype(np.float32)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(800), x, distance=distance,
+                                  approximate="yes")  # fmt: skip
+    exact = index.search(x[:40] + 0.01, k=3, method="exact")
+    approx = index.search(x[:40] + 0.01, k=3, method="approximate")
+    same = exact.keys == approx.keys
+    assert same.mean() > 0.9
+    np.testing.assert_allclose(approx.distances[same], exact.distances[same], rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
