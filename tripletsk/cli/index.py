@@ -125,10 +125,13 @@ def _method_note(index, method: str) -> str:
     )
 
 
-def _model_and_store(index, model_path=None, features=None, trust_pickle=False, need_store=True):
-    """The index's model (checked against it) and, if needed, its cache (checked fresh)."""
+def _model_and_store(
+    index, model_path=None, features=None, trust_pickle=False, need_store=True, store=None
+):
+    """The index's model (checked against it) and, if needed, its cache (checked fresh;
+    ``store``: the cache, already opened and checked against the index)."""
     from tripletsk.index_build import check_index_current
-    from tripletsk.modelfile import load_model, open_model_cache
+    from tripletsk.modelfile import check_model_cache, load_model, open_model_cache
 
     path = model_path or index.model.get("path") or index.model.get("abspath")
     if not path or not os.path.exists(path):
@@ -137,7 +140,9 @@ def _model_and_store(index, model_path=None, features=None, trust_pickle=False, 
         raise UserError(f"{index.path} records no model file; pass --model")
     fitted = load_model(path, trust_pickle=trust_pickle)
     check_index_current(index, encoder=fitted.model)
-    store = None
+    if store is not None:
+        check_model_cache(fitted, store)
+        return fitted, store
     if need_store:
         cache = features or index.cache.get("path")
         if cache and not os.path.exists(cache):
@@ -172,7 +177,7 @@ def _query_rows(index, queries: list[str]) -> tuple[list, list]:
     return rows, files
 
 
-def _query_embeddings(index, queries, args, *, need_model=False):
+def _query_embeddings(index, queries, args, *, need_model=False, store=None):
     """Embeddings of the queries: stored rows for indexed images, the backbone for the rest."""
     rows, files = _query_rows(index, queries)
     fitted = None
@@ -183,6 +188,7 @@ def _query_embeddings(index, queries, args, *, need_model=False):
             getattr(args, "features", None),
             getattr(args, "trust_pickle", False),
             need_store=bool(files),
+            store=store,
         )
     out = np.empty((len(queries), index.dim), dtype=np.float32)
     known = [i for i, r in enumerate(rows) if r >= 0]
@@ -206,20 +212,31 @@ def run_search_index(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise UsageError("-k must be at least 1")
     index = _open_index(args.index)
-    if index.cache and not any(os.path.exists(p or "") for p in _cache_paths(index, args)):
-        print(f"{index.path}: its cache is not found; cannot check it is up to date",
-              file=sys.stderr)  # fmt: skip
-    else:
-        from tripletsk.index_build import check_index_current
-        from tripletsk.store import FeatureStore
-
-        cache = next(p for p in _cache_paths(index, args) if p and os.path.exists(p))
-        check_index_current(index, store=FeatureStore(cache))
-    embeddings, rows, _ = _query_embeddings(index, args.queries, args)
+    store = _checked_store(index, args)
+    embeddings, rows, _ = _query_embeddings(index, args.queries, args, store=store)
     found = index.search(embeddings, args.k, method=args.method, exclude_rows=rows)
     print(_method_note(index, args.method), file=sys.stderr)
     _print_neighbours(args, found)
     return 0
+
+
+def _checked_store(index, args):
+    """The index's cache (``--features`` first), checked: a stale index is refused. None (with
+    a note) when the cache is not found."""
+    paths = [p for p in _cache_paths(index, args) if p and os.path.exists(p)]
+    if paths:
+        from tripletsk.index_build import check_index_current
+        from tripletsk.store import FeatureStore
+
+        store = FeatureStore(paths[0])
+        check_index_current(index, store=store)
+        return store
+    if index.cache:
+        print(
+            f"{index.path}: its cache is not found; cannot check that the index is up to date",
+            file=sys.stderr,
+        )
+    return None
 
 
 def _cache_paths(index, args) -> list:
@@ -284,6 +301,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
         check_output_path(args.plot, "--plot")
     index = _open_index(args.index)
+    _checked_store(index, args)
     keys = _read_keys(args.queries)
     rows = index.rows_of(keys)
     model_path = args.model or index.model.get("path") or index.model.get("abspath")
@@ -324,8 +342,9 @@ def _report_calibration(args, c, model_path: str) -> None:
 
 def _run_match(args: argparse.Namespace) -> int:
     index = _open_index(args.index)
+    store = _checked_store(index, args)
     embeddings, rows, fitted = _query_embeddings(
-        index, args.queries, args, need_model=args.threshold is None
+        index, args.queries, args, need_model=args.threshold is None, store=store
     )
     threshold = args.threshold
     if threshold is None:
