@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--weights", required=True, help="mobilenet_2_5_224_tf.h5")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=40)
-    ap.add_argument("--parts", nargs="+", default=["matching", "duplicates"])
+    ap.add_argument("--parts", nargs="+", default=["matching", "duplicates", "separation"])
     args = ap.parse_args()
     w = args.work
     os.makedirs(w, exist_ok=True)
@@ -150,6 +150,8 @@ def main() -> None:
             fit_duplicate_model(os.path.join(w, "train.h5"), dup_model, args.max_epochs)
         results["duplicates"] = {"load_average_start": os.getloadavg()[0],
                                  **duplicates(w, dup_model, meta)}  # fmt: skip
+    if "separation" in args.parts:
+        results["separation"] = separation(w, meta)
     with open(os.path.join(w, f"results_{'_'.join(args.parts)}.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     print(json.dumps(results, indent=1))
@@ -261,6 +263,90 @@ def duplicates(w: str, model: str, meta: dict) -> dict:
                    "planted_found": len(found_planted), "missed": missed,
                    "other_groups": false_groups, "command_seconds": seconds}  # fmt: skip
     return out
+
+
+def _pixels_index(w: str, part: str):
+    """An index of the images themselves: grey, 28 x 28 (bilinear), centred, unit norm."""
+    from PIL import Image
+
+    from tripletsk.embedding_index import EmbeddingIndex
+
+    root = os.path.join(w, part)
+    keys = sorted(f"{label}/{name}" for label in os.listdir(root)
+                  for name in os.listdir(os.path.join(root, label)))  # fmt: skip
+    x = np.stack([
+        np.asarray(Image.open(os.path.join(root, k)).convert("L").resize((28, 28),
+                   Image.BILINEAR), np.float32).ravel() for k in keys
+    ])  # fmt: skip
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-6
+    return EmbeddingIndex.create(os.path.join(w, f"pixels_{part}"), keys, x, replace=True)
+
+
+def separation(w: str, meta: dict) -> dict:
+    """Can any threshold separate the planted copies from distinct images? Per representation
+    (the class model, the copy-trained model, the pixels) on the test images: each kind of
+    copy's distances to its original, the distances of distinct images to their nearest
+    distinct image, and what two thresholds chosen on the validation images find
+    (``midpoint``: halfway between the largest copy distance and the smallest distinct
+    distance; ``half_distinct``: half the smallest distinct distance)."""
+    from tripletsk.embedding_index import EmbeddingIndex
+
+    planted = meta["planted_test"]
+    out = {}
+    for name in ("model", "dup_model", "pixels"):
+        if name == "pixels":
+            test = _pixels_index(w, "test")
+            val = _pixels_index(w, "train")
+        else:
+            for part in ("train", "test"):
+                tripletsk("index", "--model", os.path.join(w, f"{name}.npz"), "--features",
+                          os.path.join(w, f"{part}.h5"), "-o",
+                          os.path.join(w, f"index_{name}_{part}"), "--replace")  # fmt: skip
+            test = EmbeddingIndex(os.path.join(w, f"index_{name}_test"))
+            val = EmbeddingIndex(os.path.join(w, f"index_{name}_train"))
+        val_of = {c: o for c, o in meta["planted_train"].items() if "/val" in o}
+        vd = _copy_distances(val, val_of)
+        vrows = np.array([r for k, r in val.row_of.items() if "/val" in k and "_" not in k])
+        found = val.search(val.embeddings(vrows), 1, method="exact", exclude_rows=vrows)
+        v_distinct = float(found.distances[np.isin(found.indices[:, 0], vrows), 0].min())
+        thresholds = {"midpoint": (float(vd.max()) + v_distinct) / 2,
+                      "half_distinct": v_distinct / 2}  # fmt: skip
+        d = _copy_distances(test, planted)
+        rows = np.array([r for k, r in test.row_of.items() if k not in planted])
+        found = test.search(test.embeddings(rows), 1, method="exact", exclude_rows=rows)
+        distinct = found.distances[np.isin(found.indices[:, 0], rows), 0]
+        entry = {
+            "copy_distance_percentiles_0_50_100": {
+                k: np.percentile(d[[c.endswith(f"_{k}.png") for c in planted]], [0, 50, 100])
+                .round(4).tolist() for k in KINDS
+            },
+            "distinct_nearest_percentiles_0_0.1_1_50": np.percentile(
+                distinct, [0, 0.1, 1, 50]).round(4).tolist(),
+        }  # fmt: skip
+        original_of = {test.row_of[c]: test.row_of[o] for c, o in planted.items()}
+        for rule, t in thresholds.items():
+            if t > 0.5 * float(np.percentile(distinct, 50)):
+                entry[rule] = {"threshold": t, "skipped": "more than half the median distinct "
+                               "distance: most images would be paired"}  # fmt: skip
+                continue
+            i, j, _ = test.duplicate_pairs(t)
+            is_planted = [original_of.get(a) == b or original_of.get(b) == a for a, b in
+                          zip(i.tolist(), j.tolist(), strict=True)]  # fmt: skip
+            hit = {test.keys[a] if test.keys[a] in planted else test.keys[b]
+                   for (a, b), ok in zip(zip(i, j, strict=True), is_planted, strict=True)
+                   if ok}  # fmt: skip
+            entry[rule] = {"threshold": t,
+                           "found": {k: sum(c.endswith(f"_{k}.png") for c in hit) for k in KINDS},
+                           "other_pairs": int(len(i) - sum(is_planted))}  # fmt: skip
+        out[name] = entry
+    return out
+
+
+def _copy_distances(index, copy_of: dict) -> np.ndarray:
+    copies = index.embeddings(index.rows_of(list(copy_of))).astype(np.float64)
+    originals = index.embeddings(index.rows_of(list(copy_of.values())))
+    return np.linalg.norm(copies - originals, axis=1)
 
 
 def matching(w: str, model: str, meta: dict) -> dict:
