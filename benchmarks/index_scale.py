@@ -70,18 +70,19 @@ def make(work: str, rows: int, dim: int) -> dict:
     return {"rows": rows, "dim": dim}
 
 
-def build(work: str) -> dict:
+def build(work: str, approximate: str = "yes") -> dict:
     from tripletsk.embedding_index import EmbeddingIndex
 
     x = np.load(os.path.join(work, "data.npy"))
     keys = [f"c{i // 1000}/{i}.jpg" for i in range(len(x))]
     t, c = time.perf_counter(), _cpu()
     index = EmbeddingIndex.create(
-        os.path.join(work, "index"), keys, x, approximate="yes", replace=True
+        os.path.join(work, "index"), keys, x, approximate=approximate, replace=True
     )
+    graph = index.approximate or {}
     return {"seconds": time.perf_counter() - t, "cpu_seconds": _cpu() - c,
-            "recall_at_10_sampled": index.approximate["recall_at_10"],
-            "params": index.approximate["params"]}  # fmt: skip
+            "approximate": approximate, "recall_at_10_sampled": graph.get("recall_at_10"),
+            "params": graph.get("params"), "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
 
 
 def exact(work: str) -> dict:
@@ -202,11 +203,18 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--stages", nargs="+", default=list(STAGES))
+    ap.add_argument(
+        "--approximate",
+        choices=("yes", "no"),
+        default="yes",
+        help="build the approximate structure (no: exact search only)",
+    )
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # one stage, in this process
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.stage:
-        fn = {"make": lambda w: make(w, args.rows, args.dim), "build": build, "exact": exact,
+        fn = {"make": lambda w: make(w, args.rows, args.dim),
+              "build": lambda w: build(w, args.approximate), "exact": exact,
               "approx": approx, "add": add, "compare": compare}[args.stage]  # fmt: skip
         before = _load()
         result = fn(args.work)
@@ -215,7 +223,8 @@ def main() -> None:
         return
     for stage in args.stages:
         argv = [sys.executable, __file__, "--work", args.work, "--rows", str(args.rows),
-                "--dim", str(args.dim), "--stage", stage]  # fmt: skip
+                "--dim", str(args.dim), "--approximate", args.approximate,
+                "--stage", stage]  # fmt: skip
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"stage {stage} failed:\n{proc.stderr}")
