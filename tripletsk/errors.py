@@ -74,6 +74,14 @@ class NonFiniteFeaturesError(UserError, ValueError):
         self.items = items
 
 
+class IndexFormatError(UserError, ValueError):
+    """An embedding index that is damaged, truncated, hostile or not an index at all."""
+
+
+class StaleIndexError(UserError, ValueError):
+    """An embedding index that no longer matches its model or its feature cache."""
+
+
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
 

@@ -236,6 +236,11 @@ def export_model(
     encoder, store = _encoder_and_store(model, features, trust_pickle)
     keras_model = build_export_model(encoder, store, weights, backbone)
     _WRITERS[fmt](keras_model, path)
+    calibration = getattr(encoder, "calibration_", None)
+    if calibration is not None:  # the matching threshold (tripletsk calibrate)
+        from tripletsk.export_metadata import write_calibration
+
+        write_calibration(path, fmt, calibration)
     return path
 
 

@@ -216,6 +216,7 @@ def model_info(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
         "validation_scores": m.validation_scores_,
         "best_validation_score": m.best_validation_score_,
         "threshold": getattr(m, "threshold_", None),
+        "matching": getattr(m, "calibration_", None),  # tripletsk calibrate
         "cache": fitted.cache,
         "training": fitted.training,
     }

@@ -38,6 +38,8 @@ def save_encoder(encoder, path) -> None:
         "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
         **{name: getattr(encoder, name) for name in _HISTORY},
         "threshold_": getattr(encoder, "threshold_", None),
+        # Matching calibration (tripletsk.matching): a JSON dict, checked on load.
+        "calibration_": getattr(encoder, "calibration_", None),
     }
     arrays = {"feature_mean": encoder.feature_mean_, "feature_scale": encoder.feature_scale_}
     for i, (kernel, bias) in enumerate(encoder.weights_):
@@ -79,6 +81,10 @@ def load_encoder(cls, path, features=None):
         setattr(model, name, meta.get(name))
     if meta.get("threshold_") is not None:
         model.threshold_ = float(meta["threshold_"])
+    if meta.get("calibration_") is not None:  # matching calibration (tripletsk.matching)
+        from tripletsk.matching import check_calibration
+
+        model.calibration_ = check_calibration(meta["calibration_"], path)
     return model
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "plot_distance_histograms",
     "plot_loss_curves",
     "plot_neighbour_sheet",
+    "plot_precision_recall",
 ]
 
 
@@ -169,3 +170,27 @@ def plot_neighbour_sheet(
 
 def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def plot_precision_recall(calibration, path: str | os.PathLike) -> None:
+    """Precision and recall of matching against the distance threshold, the chosen one marked.
+
+    Parameters
+    ----------
+    calibration : tripletsk.matching.Calibration
+    path : str or path-like
+        Image file to write.
+    """
+    plt = _pyplot()
+    c = calibration.curve
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(c["threshold"], c["precision"], label="precision")
+    ax.plot(c["threshold"], c["recall"], label="recall (correct matches / queries)")
+    ax.axhline(calibration.target_precision, color="grey", lw=0.8, ls=":")
+    ax.axvline(calibration.threshold, color="k", lw=0.8, ls="--",
+               label=f"threshold {calibration.threshold:.3f}")  # fmt: skip
+    ax.set_xlabel(f"distance threshold ({calibration.distance})")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right")
+    ax.set_title(f"matching on {calibration.n_queries} validation queries")
+    _save(fig, path)

@@ -1,8 +1,8 @@
 """The ``tripletsk`` command line: from a folder of images to predictions, scores and search.
 
 Commands: ``extract-features``, ``merge-features``, ``make-triplets``, ``fit``, ``predict``,
-``score``, ``search``, ``export``, ``info``; ``tripletsk COMMAND --help`` shows an example of
-each (see ``docs/cli.md``).
+``score``, ``search``, ``index``, ``duplicates``, ``calibrate``, ``match``, ``export``, ``info``;
+``tripletsk COMMAND --help`` shows an example of each (see ``docs/cli.md``).
 
 Exit status: 0 on success, 2 for a usage error (bad option), 1 for any other error. Errors the
 user can fix (a missing file, a bad triplet line, an unknown image, a model/cache mismatch) are
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from tripletsk import __version__
-from tripletsk.cli import evaluate, export, extract, info, train
+from tripletsk.cli import evaluate, export, extract, index, info, train
 from tripletsk.cli._common import PROG, UsageError
 from tripletsk.errors import UserError
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for commands in (extract, train, evaluate, export, info):  # in the order of the help
+    for commands in (extract, train, evaluate, index, export, info):  # in the order of the help
         commands.register(sub)
     return parser
 

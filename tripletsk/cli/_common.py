@@ -32,10 +32,10 @@ def add_command(subparsers, name: str, summary: str, example: str) -> argparse.A
     )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model`` and ``--features`` of the commands that use a fitted model."""
     parser.add_argument(
-        "-m", "--model", required=True, help="model file written by `tripletsk fit`"
+        "-m", "--model", required=required, help="model file written by `tripletsk fit`"
     )
     parser.add_argument(
         "--features",

@@ -62,9 +62,21 @@ def register(sub) -> None:
         "search",
         "Find the cached images most similar to each query (a cached key or an image file).",
         "tripletsk search --model model.npz 3/0.png -k 5\n"
-        "tripletsk search --model model.npz photo.jpg -k 8 --sheet neighbours.png",
+        "tripletsk search --model model.npz photo.jpg -k 8 --sheet neighbours.png\n"
+        "tripletsk search --index cache/index photo.jpg -k 5      # `tripletsk index` made it",
     )
-    add_model_arguments(p)
+    add_model_arguments(p, required=False)
+    p.add_argument(
+        "--index",
+        help="search this stored index (`tripletsk index`) instead of embedding the cache: "
+        "only query images not in the cache go through the backbone",
+    )
+    p.add_argument(
+        "--method",
+        choices=("auto", "exact", "approximate"),
+        default="auto",
+        help="with --index: exact, approximate, or auto (approximate when the index has it)",
+    )
     p.add_argument("queries", metavar="QUERY", nargs="+", help="cached key or image file")
     p.add_argument("-k", type=int, default=5, help="neighbours per query (default: 5)")
     p.add_argument("--json", action="store_true", help="print the neighbours as JSON")
@@ -193,6 +205,14 @@ def _query_features(found: list, store) -> np.ndarray:
 def _run_search(args: argparse.Namespace) -> int:
     from tripletsk.search import build_index
 
+    if args.index:
+        if args.sheet:
+            raise UsageError("--sheet is not available with --index yet")
+        from tripletsk.cli.index import run_search_index
+
+        return run_search_index(args)
+    if not args.model:
+        raise UsageError("pass --model MODEL (or --index INDEX)")
     if args.k < 1:
         raise UsageError("-k must be at least 1")
     if args.sheet:
