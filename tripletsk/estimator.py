@@ -20,6 +20,7 @@ from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
 from tripletsk.pairs import PairVerifierMixin
+from tripletsk.provenance import ProvenanceCheck
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
@@ -162,6 +163,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         The best of those, whose weights were kept.
     n_iter_ : int
         Epochs run.
+    feature_provenance_ : dict or None
+        Provenance of the cache the features came from (backbone, weights, image size, ...);
+        every later read of a cache checks it (:mod:`tripletsk.provenance`). None otherwise.
     threshold_ : float
         Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
 
@@ -302,13 +306,14 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         hidden = normalize_hidden_units(self.hidden_units)
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        origin = ProvenanceCheck()  # records the provenance of a cache the rows come from
         if y is None:
             if self.mining not in ("auto", "hard"):
                 raise ValueError(
                     f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
                     "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
                 )
-            items, triplets = sources.triplet_rows(self.features, X)
+            items, triplets = sources.triplet_rows(self.features, X, origin)
             labels = None
         else:
             if self.mining == "hard":
@@ -316,8 +321,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
                     "mining='hard' mines within given triplets, for fit(T); with labels use "
                     "'batch_hard' or 'hybrid'."
                 )
-            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy)
+            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
             triplets = None
+        self.feature_provenance_ = origin.found
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
         self.n_features_in_ = items.n_features
@@ -407,6 +413,9 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
                 f"{self.n_features_in_} features as input."
             )
 
+    def _origin(self) -> ProvenanceCheck:  # a cache read must match the one fitted on
+        return ProvenanceCheck(getattr(self, "feature_provenance_", None), self.features)
+
     def _embed(self, items: FeatureRows) -> np.ndarray:
         """Embeddings of ``items``, standardised and embedded a chunk at a time."""
         return embed(items.standardized(self.feature_mean_, self.feature_scale_), self.weights_)
@@ -428,7 +437,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
             ids = np.asarray(X)
-            items, inverse = sources.feature_rows(self.features, ids)
+            items, inverse = sources.feature_rows(self.features, ids, self._origin())
             self._check_width(items.n_features)
             try:
                 return self._embed(items)[inverse]
@@ -453,7 +462,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         margin : ndarray of shape (n,)
         """
         check_is_fitted(self)
-        items, triplets = sources.triplet_rows(self.features, T)
+        items, triplets = sources.triplet_rows(self.features, T, self._origin())
         self._check_width(items.n_features)
         d_ap, d_an = self._paired(self._embed(items), triplets)
         return d_an - d_ap

@@ -20,6 +20,7 @@ import numpy as np
 
 from tripletsk.errors import TripletDataError, TripletFileError, UserError  # noqa: F401 (re-exported)
 from tripletsk.mining import pk_batches, sample_label_triplets
+from tripletsk.outputs import writing
 
 __all__ = [
     "TripletDataError",
@@ -387,14 +388,8 @@ def write_triplets(path: str | os.PathLike, triplets) -> None:
         if any(_needs_quotes(name) for name in names):
             names = [_quote(name) for name in names]
         lines.append(" ".join(names) + "\n")
-    # Written whole under a temporary name, then renamed: an interrupted write never leaves
-    # half a triplet file where a complete one was.
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Written whole under a temporary name, then moved in: an interrupted write never leaves
+    # half a triplet file where a complete one was, and a file that appeared at ``path``
+    # meanwhile is not replaced (tripletsk.outputs).
+    with writing(path, "triplet file") as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines)

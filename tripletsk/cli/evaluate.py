@@ -19,6 +19,7 @@ from tripletsk.cli._common import (
 )
 from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import UnknownKeyError, UserError
+from tripletsk.outputs import writing
 
 __all__ = ["register"]
 
@@ -83,13 +84,12 @@ def _read_checked(path: str, store) -> np.ndarray:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    if args.output:
-        check_output_path(args.output, "-o/--output")
+    output = check_output_path(args.output, "-o/--output") if args.output else None
     fitted, store = load_model_and_cache(args)
     triplets = _read_checked(args.triplets, store)
     text = "".join(f"{p}\n" for p in fitted.model.predict_triplets(triplets).tolist())
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+    if output:
+        with writing(output, "predictions") as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
@@ -108,8 +108,7 @@ def _run_score(args: argparse.Namespace) -> int:
 
     if any(k < 1 for k in args.ks):
         raise UsageError("-k/--ks values must be positive")
-    if args.plot:
-        check_output_path(args.plot, "--plot")
+    plot = check_output_path(args.plot, "--plot") if args.plot else None
     fitted, store = load_model_and_cache(args)
     model = fitted.model
     triplets = _read_checked(args.triplets, store)
@@ -143,7 +142,7 @@ def _run_score(args: argparse.Namespace) -> int:
         before = _triplet_distances(scaled, index, "l2")
         after = _triplet_distances(embeddings, index, model.distance)
         plot_distance_histograms(
-            before, after, args.plot, after_label=f"learned embedding ({model.distance})"
+            before, after, plot, after_label=f"learned embedding ({model.distance})"
         )
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     return 0
@@ -195,8 +194,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise UsageError("-k must be at least 1")
-    if args.sheet:
-        check_output_path(args.sheet, "--sheet")
+    sheet_output = check_output_path(args.sheet, "--sheet") if args.sheet else None
     fitted, store = load_model_and_cache(args)
     model = fitted.model
     image_root = args.images_dir or store.attrs.get("image_root")
@@ -235,6 +233,6 @@ def _run_search(args: argparse.Namespace) -> int:
             (q, path or os.path.join(image_root, key), hits)
             for q, (key, path), hits in zip(args.queries, found, results, strict=True)
         ]
-        plot_neighbour_sheet(sheet, args.sheet, image_root)
+        plot_neighbour_sheet(sheet, sheet_output, image_root)
         print(f"wrote {args.sheet}", file=sys.stderr if args.json else sys.stdout)
     return 0
