@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tripletsk import _fitting, persist, sources
 from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
-from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
+from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
@@ -446,10 +446,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return self._embed(FeatureRows.from_array(X))
 
-    def _paired(self, emb: np.ndarray, triplets: np.ndarray):
-        a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
-        return paired_distance(a, p, self.distance), paired_distance(a, n, self.distance)
-
     def decision_function(self, T) -> np.ndarray:
         """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
 
@@ -464,7 +460,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         items, triplets = sources.triplet_rows(self.features, T, self._origin())
         self._check_width(items.n_features)
-        d_ap, d_an = self._paired(self._embed(items), triplets)
+        d_ap, d_an = triplet_distances(self._embed(items), triplets, self.distance)
         return d_an - d_ap
 
     def predict_triplets(self, T) -> np.ndarray:

@@ -25,7 +25,14 @@ from tripletsk.errors import NonFiniteFeaturesError
 from tripletsk.shared import SharedFeatures
 from tripletsk.store import DEFAULT_CACHE, FeatureStore
 
-__all__ = ["FeatureSource", "as_source", "feature_rows", "labelled_rows", "triplet_rows"]
+__all__ = [
+    "FeatureSource",
+    "as_source",
+    "feature_rows",
+    "labelled_rows",
+    "triplet_rows",
+    "unique_inverse",
+]
 
 
 class FeatureSource(Protocol):
@@ -152,12 +159,36 @@ def feature_rows(features, ids, provenance=None) -> tuple[FeatureRows, np.ndarra
         )
     if ids.dtype.kind == "O":
         ids = ids.astype(str)
-    unique, inverse = np.unique(ids, return_inverse=True)
+    unique, inverse = unique_inverse(ids)
     source = as_source(features, is_text=ids.dtype.kind in "US", provenance=provenance)
     try:
         return source.rows(unique), inverse.reshape(ids.shape)
     except KeyError as exc:  # a store's unknown key: keep its message, as a ValueError
         raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+
+
+def unique_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(ids, return_inverse=True)``, the inverse shaped like ``ids``; in linear
+    time for integers in a range not much wider than their number (row numbers: the 15
+    million of a 5-million-line triplet file take 0.1 s instead of 2 s of sorting).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> unique, inverse = unique_inverse(np.array([[7, 3, 7], [5, 3, 3]]))
+    >>> unique.tolist(), inverse.tolist()
+    ([3, 5, 7], [[2, 0, 2], [1, 0, 0]])
+    """
+    if ids.dtype.kind in "iu" and ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if high - low < 4 * ids.size + 4096:
+            offsets = ids - low if low else ids
+            present = np.zeros(high - low + 1, dtype=bool)
+            present[offsets] = True
+            rank = np.cumsum(present) - 1
+            return (np.flatnonzero(present) + low).astype(ids.dtype), rank[offsets]
+    unique, inverse = np.unique(ids, return_inverse=True)
+    return unique, inverse.reshape(ids.shape)
 
 
 def triplet_rows(features, T, provenance=None) -> tuple[FeatureRows, np.ndarray]:

@@ -207,7 +207,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     from tripletsk.folders import labels_from_folders
     from tripletsk.modelfile import cache_record, model_format, save_model
     from tripletsk.store import FeatureStore
-    from tripletsk.triplets import read_triplets
+    from tripletsk.triplets import read_triplet_indices
 
     params = parse_params(args.params)
     # Outputs are checked now, not after training.
@@ -230,13 +230,15 @@ def _run_fit(args: argparse.Namespace) -> int:
         model.fit(keys, labels_from_folders(keys))
         training = {"mode": "labels-from-folders", "n_images": len(keys)}
     else:
-        triplets = read_triplets(args.triplets, known_keys=set(store.keys))
+        # Read in blocks as row numbers, then given to fit as keys (the cache's own strings).
+        rows = read_triplet_indices(args.triplets, store.keys).indices
+        triplets = np.asarray(store.keys, dtype=object)[rows]
         model.fit(triplets)
         training = {
             "mode": "triplets",
             "triplets": args.triplets,
             "n_triplets": len(triplets),
-            "n_images": len(np.unique(triplets.astype(str))),
+            "n_images": len(np.unique(rows)),
         }
     # Per-epoch lines are for this run; the saved model keeps the verbosity the user set.
     # The cache path, not the open store, so that .npz files keep it too.
