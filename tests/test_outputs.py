@@ -179,3 +179,27 @@ def test_an_output_present_from_the_start_is_still_rewritten(work, tmp_path, cap
     assert cli([str(a) for a in argv]) == 0, capsys.readouterr().err
     assert argv[-1].read_bytes() != b"an earlier run's output\n"
     assert sorted(os.listdir(tmp_path)) == [argv[-1].name]  # no temporary file left
+
+
+# ------------------------------------------------------------- a reader that goes away
+
+
+@pytest.mark.parametrize("command", ["info", "predict"])
+def test_a_closed_pipe_ends_the_command_quietly(work, command):
+    """``tripletsk info CACHE | head`` ended with "tripletsk: error: [Errno 32] Broken pipe"
+    (or Python's "Exception ignored ... BrokenPipeError" at exit)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = {
+        "info": ["info", work / "cache.h5"],
+        "predict": ["predict", "--model", work / "model.npz", "--triplets", work / "triplets.txt"],
+    }[command]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "tripletsk", *map(str, argv)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line (as `head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert err == "", err

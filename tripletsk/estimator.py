@@ -164,8 +164,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
         Epochs run.
     feature_provenance_ : dict or None
-        Provenance of the cache the features came from (backbone, weights, image size, ...);
-        every later read of a cache checks it (:mod:`tripletsk.provenance`). None otherwise.
+        Provenance of the cache fitted on (backbone, weights, ...), checked at every read of a
+        cache (:mod:`tripletsk.provenance`); None for arrays and mappings.
     threshold_ : float
         Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
 
@@ -323,10 +323,10 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
                 )
             items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
             triplets = None
-        self.feature_provenance_ = origin.found
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
-        self.n_features_in_ = items.n_features
+        self.n_features_in_, self.feature_provenance_ = items.n_features, origin.found
+        _fitting.check_head_size(items.n_features, hidden, self.n_components, self.batch_size)
         self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
         items = items.standardized(self.feature_mean_, self.feature_scale_)
         fraction = self.validation_fraction if self.early_stopping else None
@@ -413,9 +413,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
                 f"{self.n_features_in_} features as input."
             )
 
-    def _origin(self) -> ProvenanceCheck:  # a cache read must match the one fitted on
-        return ProvenanceCheck(getattr(self, "feature_provenance_", None), self.features)
-
     def _embed(self, items: FeatureRows) -> np.ndarray:
         """Embeddings of ``items``, standardised and embedded a chunk at a time."""
         return embed(items.standardized(self.feature_mean_, self.feature_scale_), self.weights_)
@@ -437,7 +434,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
             ids = np.asarray(X)
-            items, inverse = sources.feature_rows(self.features, ids, self._origin())
+            items, inverse = sources.feature_rows(self.features, ids, ProvenanceCheck.of(self))
             self._check_width(items.n_features)
             try:
                 return self._embed(items)[inverse]
@@ -458,7 +455,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         margin : ndarray of shape (n,)
         """
         check_is_fitted(self)
-        items, triplets = sources.triplet_rows(self.features, T, self._origin())
+        items, triplets = sources.triplet_rows(self.features, T, ProvenanceCheck.of(self))
         self._check_width(items.n_features)
         d_ap, d_an = triplet_distances(self._embed(items), triplets, self.distance)
         return d_an - d_ap
@@ -491,10 +488,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     def save(self, path) -> None:
         """Save the fitted model to a ``.npz`` file that loads without executing code.
 
-        Weights and standardisation are stored as arrays, parameters and history as JSON.
-        Unlike joblib or pickle files, such a file is safe to load when it comes from someone
-        else. ``features`` is kept only when it is a path (an array or mapping is not saved:
-        pass it again to :meth:`load`).
+        Arrays, and parameters, history and ``feature_provenance_`` as JSON: safe to load from
+        anyone. ``features`` is kept if a path (else pass it again to :meth:`load`).
         """
         check_is_fitted(self)
         persist.save_encoder(self, path)

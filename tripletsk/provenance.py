@@ -84,6 +84,11 @@ class ProvenanceCheck:
         self.fitted_on = fitted_on if isinstance(fitted_on, str | os.PathLike) else None
         self.found: dict | None = None
 
+    @classmethod
+    def of(cls, encoder) -> ProvenanceCheck:
+        """The check of a fitted encoder's later reads: they must match what it was fitted on."""
+        return cls(getattr(encoder, "feature_provenance_", None), encoder.features)
+
     def read_from(self, store) -> None:
         """Check ``store`` against ``expected`` (raises on a mismatch) and remember it.
 
