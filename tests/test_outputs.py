@@ -203,3 +203,21 @@ def test_a_closed_pipe_ends_the_command_quietly(work, command):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1
     assert err == "", err
+
+
+def test_a_stream_output_is_written_into_not_replaced(tmp_path):
+    """``-o /dev/stdout`` or a named pipe: replacing it would be wrong (as root, it would
+    replace the device's name in /dev)."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    with writing(fifo, "predictions") as target, open(target, "w") as f:
+        f.write("1\n0\n")
+    reader.join(timeout=30)
+    assert received == ["1\n0\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert os.listdir(tmp_path) == ["fifo"]

@@ -14,7 +14,8 @@ by :func:`publish`, which checks that decision again at the last moment:
   ``export --force``) is replaced only if it is still the same file, unchanged.
 
 When the check refuses, the finished work is kept under its temporary name, and the error
-(:class:`OutputChangedError`, a :class:`~tripletsk.errors.UserError`) says where it is.
+(:class:`OutputChangedError`, a :class:`~tripletsk.errors.UserError`) says where it is. An
+output that is a stream (``-o /dev/stdout``, a named pipe) is written into directly.
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ def writing(
     '1\\n0\\n'
     """
     output = plan_output(path)
+    if _is_stream(output.path):  # e.g. -o /dev/stdout, a named pipe: written in place
+        yield output.path
+        return
     tmp = temporary_path(output.path, suffix)
     try:
         yield tmp
@@ -204,6 +208,16 @@ def writing(
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _is_stream(path: str) -> bool:
+    """Whether ``path`` is an existing character device, named pipe or socket (symlinks
+    followed): such an output is a stream to write into, not a file to replace."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _remove(path: str) -> None:
