@@ -21,11 +21,12 @@ from tripletsk import _fitting, persist, sources
 from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
 from tripletsk._shared_images import fitted_images, warn_if_shared
-from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
+from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.head import init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
 from tripletsk.pairs import PairVerifierMixin
+from tripletsk.provenance import ProvenanceCheck
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
@@ -170,6 +171,9 @@ class TripletEncoder(
         The best of those, whose weights were kept.
     n_iter_ : int
         Epochs run.
+    feature_provenance_ : dict or None
+        Provenance of the cache fitted on (backbone, weights, ...), checked at every read of a
+        cache (:mod:`tripletsk.provenance`); None for arrays and mappings.
     threshold_ : float
         Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
 
@@ -321,13 +325,14 @@ class TripletEncoder(
         hidden = normalize_hidden_units(self.hidden_units)
         if any(h < 1 for h in hidden):
             raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        origin = ProvenanceCheck()  # records the provenance of a cache the rows come from
         if y is None:
             if self.mining not in ("auto", "hard"):
                 raise ValueError(
                     f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
                     "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
                 )
-            items, triplets = sources.triplet_rows(self.features, X)
+            items, triplets = sources.triplet_rows(self.features, X, origin)
             labels = None
         else:
             if self.mining == "hard":
@@ -335,12 +340,13 @@ class TripletEncoder(
                     "mining='hard' mines within given triplets, for fit(T); with labels use "
                     "'batch_hard' or 'hybrid'."
                 )
-            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy)
+            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
             triplets = None
         self._fitted_images = fitted_images(self.features, X, items) if y is None else None
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
-        self.n_features_in_ = items.n_features
+        self.n_features_in_, self.feature_provenance_ = items.n_features, origin.found
+        _fitting.check_head_size(items.n_features, hidden, self.n_components, self.batch_size)
         self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
         items = items.standardized(self.feature_mean_, self.feature_scale_)
         fraction = self.validation_fraction if self.early_stopping else None
@@ -448,7 +454,7 @@ class TripletEncoder(
         check_is_fitted(self)
         if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
             ids = np.asarray(X)
-            items, inverse = sources.feature_rows(self.features, ids)
+            items, inverse = sources.feature_rows(self.features, ids, ProvenanceCheck.of(self))
             self._check_width(items.n_features)
             try:
                 return self._embed(items)[inverse]
@@ -457,10 +463,6 @@ class TripletEncoder(
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return self._embed(FeatureRows.from_array(X))
 
-    def _paired(self, emb: np.ndarray, triplets: np.ndarray):
-        a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
-        return paired_distance(a, p, self.distance), paired_distance(a, n, self.distance)
-
     def decision_function(self, T) -> np.ndarray:
         """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
 
@@ -468,9 +470,9 @@ class TripletEncoder(
         returns a float array of shape (n,).
         """
         check_is_fitted(self)
-        items, triplets = sources.triplet_rows(self.features, T)
+        items, triplets = sources.triplet_rows(self.features, T, ProvenanceCheck.of(self))
         self._check_width(items.n_features)
-        d_ap, d_an = self._paired(self._embed(items), triplets)
+        d_ap, d_an = triplet_distances(self._embed(items), triplets, self.distance)
         return d_an - d_ap
 
     def predict_triplets(self, T) -> np.ndarray:
@@ -498,10 +500,8 @@ class TripletEncoder(
     def save(self, path) -> None:
         """Save the fitted model to a ``.npz`` file that loads without executing code.
 
-        Weights and standardisation are stored as arrays, parameters and history as JSON.
-        Unlike joblib or pickle files, such a file is safe to load when it comes from someone
-        else. ``features`` is kept only when it is a path (an array or mapping is not saved:
-        pass it again to :meth:`load`).
+        Arrays, and parameters, history and ``feature_provenance_`` as JSON: safe to load from
+        anyone. ``features`` is kept if a path (else pass it again to :meth:`load`).
         """
         check_is_fitted(self)
         persist.save_encoder(self, path)

@@ -15,6 +15,8 @@ import numpy as np
 
 from tripletsk.errors import ModelFileError
 from tripletsk.head import normalize_hidden_units
+from tripletsk.outputs import writing
+from tripletsk.provenance import validate_recorded_provenance
 
 FORMAT = "tripletsk.TripletEncoder"
 FORMAT_VERSION = 1
@@ -40,11 +42,15 @@ def save_encoder(encoder, path) -> None:
         "threshold_": getattr(encoder, "threshold_", None),
         # Matching calibration (tripletsk.matching): a JSON dict, checked on load.
         "calibration_": getattr(encoder, "calibration_", None),
+        # Where the features came from: checked against every cache the model reads.
+        "feature_provenance_": getattr(encoder, "feature_provenance_", None),
     }
     arrays = {"feature_mean": encoder.feature_mean_, "feature_scale": encoder.feature_scale_}
     for i, (kernel, bias) in enumerate(encoder.weights_):
         arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
-    with open(path, "wb") as file:
+    # Written whole under a temporary name, then moved in without replacing a file that
+    # appeared meanwhile (tripletsk.outputs).
+    with writing(path, "model") as tmp, open(tmp, "wb") as file:
         np.savez(file, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -75,6 +81,10 @@ def load_encoder(cls, path, features=None):
         model._validate_params()
     except (TypeError, ValueError) as exc:  # unknown names, invalid values
         raise ModelFileError(f"{path}: invalid parameters ({exc})") from None
+    try:  # absent from files saved before it was recorded: nothing to check then
+        provenance = validate_recorded_provenance(meta.get("feature_provenance_"), path)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
     _check_layers(path, model, weights, mean)
     model.weights_, model.feature_mean_, model.feature_scale_ = weights, mean, scale
     for name in _HISTORY:
@@ -85,6 +95,7 @@ def load_encoder(cls, path, features=None):
         from tripletsk.matching import check_calibration
 
         model.calibration_ = check_calibration(meta["calibration_"], path)
+    model.feature_provenance_ = provenance
     return model
 
 

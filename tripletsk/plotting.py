@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tripletsk.errors import UserError
+from tripletsk.outputs import writing
 
 __all__ = [
     "plot_distance_histograms",
@@ -37,9 +38,13 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` whole under a temporary name, then move it to ``path`` without replacing
+    a file that appeared there meanwhile (:mod:`tripletsk.outputs`)."""
     plt = _pyplot()
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or plt.rcParams["savefig.format"]
     try:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        with writing(path, "plot") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
 
