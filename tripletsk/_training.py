@@ -28,7 +28,13 @@ from tripletsk._rows import FeatureRows
 from tripletsk._tensorflow import import_tensorflow
 from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.head import HeadWeights, build_keras_head, get_head_weights
-from tripletsk.losses import BATCH_LOSSES, triplet_loss
+from tripletsk.losses import (
+    BATCH_LOSSES,
+    batch_triplet_error,
+    paired_distance,
+    triplet_error,
+    triplet_loss,
+)
 
 tf = import_tensorflow()
 
@@ -38,6 +44,7 @@ class TrainingResult:
     weights: HeadWeights
     loss_curve: list[float] = field(default_factory=list)
     active_fraction: list[float] = field(default_factory=list)
+    error_curve: list[float] = field(default_factory=list)
     validation_scores: list[float] = field(default_factory=list)
     best_validation_score: float | None = None
     n_iter: int = 0
@@ -142,17 +149,22 @@ def _make_steps(model, optimizer, distance, margin, mining):
             loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
-        return loss, active
+        error = triplet_error(
+            paired_distance(emb[:, 0], emb[:, 1], distance),
+            paired_distance(emb[:, 0], emb[:, 2], distance),
+        )
+        return loss, active, error
 
     batch_loss = BATCH_LOSSES.get(mining)  # None for triplet-only training
 
     def batch_step(features, labels, idx):
         with tf.GradientTape() as tape:
             emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
-            loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
+            batch_labels = tf.gather(labels, idx)
+            loss, active = batch_loss(emb, batch_labels, distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
-        return loss, active
+        return loss, active, batch_triplet_error(emb, batch_labels, distance)
 
     def looped(step, signature):
         @tf.function(
@@ -167,16 +179,18 @@ def _make_steps(model, optimizer, distance, margin, mining):
             n = tf.shape(batches)[0]
             losses = tf.TensorArray(tf.float32, size=n)
             actives = tf.TensorArray(tf.float32, size=n)
+            errors = tf.TensorArray(tf.float32, size=n)
             for i in tf.range(n):
-                loss, active = step(features, labels, batches[i])
+                loss, active, error = step(features, labels, batches[i])
                 losses = losses.write(i, loss)
                 actives = actives.write(i, active)
+                errors = errors.write(i, error)
             # The loss alone can hide divergence: a NaN distance fails every comparison, so
             # the hinge of NaN embeddings reads as a finite margin. Check the weights too.
             finite = tf.reduce_all(
                 [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
             )
-            return losses.stack(), actives.stack(), finite
+            return losses.stack(), actives.stack(), errors.stack(), finite
 
         return run
 
@@ -273,6 +287,7 @@ def train_head(
     weight_decay: float = 0.0,
     input_dropout: float = 0.0,
     weight_averaging: float = 0.0,
+    on_epoch: Callable[[TrainingResult, HeadWeights], None] | None = None,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -332,17 +347,18 @@ def train_head(
         optimizer.set_learning_rate(
             epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
         )
-        losses, actives, sizes, weights_finite = [], [], [], True
+        losses, actives, errors, sizes, weights_finite = [], [], [], [], True
         windows = _windows(epoch_batches(epoch, last_finite), window_rows)
         for plan, upcoming in _with_next(windows):
             features, window_labels, stack = read(plan)
             if upcoming is not None:
                 items.prefetch(upcoming.ravel())
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop
-            run_losses, run_actives, finite = loop(features, window_labels, stack)
+            run_losses, run_actives, run_errors, finite = loop(features, window_labels, stack)
             weights_finite = weights_finite and bool(finite)
             losses.extend(run_losses.numpy().tolist())
             actives.extend(run_actives.numpy().tolist())
+            errors.extend(run_errors.numpy().tolist())
             sizes.extend([int(stack.shape[1])] * int(stack.shape[0]))
         epoch_loss = float(np.average(losses, weights=sizes))
         if not (math.isfinite(epoch_loss) and weights_finite):
@@ -364,6 +380,7 @@ def train_head(
         result.n_iter = epoch + 1
         result.loss_curve.append(epoch_loss)
         result.active_fraction.append(float(np.average(actives, weights=sizes)))
+        result.error_curve.append(float(np.average(errors, weights=sizes)))
         if validation_score is not None:
             score = validation_score(averaged)
             result.validation_scores.append(score)
@@ -377,6 +394,8 @@ def train_head(
             if validation_score is not None:
                 line += f", validation accuracy {score:.4f}"
             print(line, flush=True)
+        if on_epoch is not None:
+            on_epoch(result, averaged)
         if progress > best + tol:
             best, best_weights, no_change = progress, averaged, 0
         else:

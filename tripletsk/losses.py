@@ -130,6 +130,43 @@ def triplet_loss(
     return tf.reduce_mean(triplet_margin_loss(d_ap, d_an, margin)), tf.reduce_mean(active)
 
 
+def triplet_error(d_ap: tf.Tensor, d_an: tf.Tensor) -> tf.Tensor:
+    """Fraction of wrongly ordered triplets: the anchor not strictly closer to the positive
+    (``d_ap >= d_an``, a tie is wrong, as in ``predict_triplets``)."""
+    return tf.reduce_mean(tf.cast(d_ap >= d_an, tf.float32))
+
+
+def batch_triplet_error(
+    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2"
+) -> tf.Tensor:
+    """Fraction of wrongly ordered triplets among *all* valid triplets of a batch.
+
+    The triplet error that :func:`tripletsk.metrics.label_triplet_accuracy` counts (one minus
+    it), on the batch, whatever triplets the loss mined: each anchor's negative distances are
+    sorted once and each positive distance is ranked among them, O(b^2 log b), not O(b^3).
+    0 when the batch holds no valid triplet.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from tripletsk.losses import batch_triplet_error
+    >>> x = tf.constant([[0.0], [0.1], [0.3], [1.0]])  # 8 triplets; anchor 2 is nearer
+    >>> float(batch_triplet_error(x, tf.constant([0, 0, 1, 1])))  # to both negatives than to 3
+    0.25
+    """
+    dist = tf.cast(pairwise_distance(embeddings, distance), tf.float32)
+    is_pos, is_neg = _label_masks(labels)
+    big = tf.fill(tf.shape(dist), dist.dtype.max)
+    neg_sorted = tf.sort(tf.where(is_neg, dist, big), axis=1)
+    n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
+    # Negatives at or nearer than each positive: wrongly ordered (a, p, n) triplets.
+    nearer = tf.minimum(tf.searchsorted(neg_sorted, dist, side="right"), n_neg)
+    wrong = tf.reduce_sum(tf.cast(tf.where(is_pos, nearer, 0), tf.float32))
+    total = tf.reduce_sum(tf.cast(tf.where(is_pos, tf.broadcast_to(n_neg, tf.shape(dist)), 0),
+                                  tf.float32))  # fmt: skip
+    return tf.math.divide_no_nan(wrong, total)
+
+
 def _label_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(positive pair mask without the diagonal, negative pair mask), both (n, n) bool."""
     same = tf.equal(labels[:, None], labels[None, :])

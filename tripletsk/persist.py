@@ -19,7 +19,7 @@ from tripletsk.head import normalize_hidden_units
 FORMAT = "tripletsk.TripletEncoder"
 FORMAT_VERSION = 1
 # Fitted attributes stored in the JSON as they are.
-_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_",
+_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_", "error_curve_",
             "validation_scores_", "best_validation_score_")  # fmt: skip
 
 
@@ -36,7 +36,7 @@ def save_encoder(encoder, path) -> None:
         "format_version": FORMAT_VERSION,
         "params": params,
         "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
-        **{name: getattr(encoder, name) for name in _HISTORY},
+        **{name: getattr(encoder, name, None) for name in _HISTORY},
         "threshold_": getattr(encoder, "threshold_", None),
     }
     arrays = {"feature_mean": encoder.feature_mean_, "feature_scale": encoder.feature_scale_}
