@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from tripletsk._progress import FitProgress
 from tripletsk._rows import FeatureRows
 from tripletsk._tensorflow import import_tensorflow
 from tripletsk.errors import TrainingDivergedWarning
@@ -341,6 +342,7 @@ def train_head(
             return _read_window(items, labels, plan, buffer)
 
     result = TrainingResult(weights=initial_weights)
+    progress_report = FitProgress(max_epochs, verbose, hinge=margin is not None)
     best, best_weights, no_change = -math.inf, initial_weights, 0
     last_finite = averaged = initial_weights
     for epoch in range(max_epochs):
@@ -387,13 +389,13 @@ def train_head(
             progress = score
         else:
             progress = -epoch_loss
-        if verbose:
-            line = (
-                f"epoch {epoch + 1}: loss {epoch_loss:.4f}, active {result.active_fraction[-1]:.3f}"
-            )
-            if validation_score is not None:
-                line += f", validation accuracy {score:.4f}"
-            print(line, flush=True)
+        progress_report.epoch(
+            epoch + 1,
+            epoch_loss,
+            result.error_curve[-1],
+            result.active_fraction[-1],
+            score if validation_score is not None else None,
+        )
         if on_epoch is not None:
             on_epoch(result, averaged)
         if progress > best + tol:

@@ -382,6 +382,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.weights_ = result.weights
         self.loss_curve_ = result.loss_curve
         self.active_fraction_ = result.active_fraction
+        self.error_curve_ = result.error_curve
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
         self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
