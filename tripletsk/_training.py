@@ -288,7 +288,7 @@ def train_head(
     weight_decay: float = 0.0,
     input_dropout: float = 0.0,
     weight_averaging: float = 0.0,
-    on_epoch: Callable[[TrainingResult, HeadWeights], None] | None = None,
+    on_epoch: Callable[[TrainingResult, HeadWeights, HeadWeights], None] | None = None,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -397,7 +397,7 @@ def train_head(
             score if validation_score is not None else None,
         )
         if on_epoch is not None:
-            on_epoch(result, averaged)
+            on_epoch(result, averaged, last_finite)
         if progress > best + tol:
             best, best_weights, no_change = progress, averaged, 0
         else:

@@ -209,7 +209,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "standardize": ["boolean"],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "verbose": [Interval(Integral, None, None, closed="neither"), "boolean"],
         "precision": [StrOptions({"float32", "bfloat16"})],
         "stream": ["boolean"],
     }
