@@ -17,7 +17,8 @@ images of Fashion-MNIST validation split 0 (784 pixels), or with ``--features FI
 (e.g. ``examples/fashion_mnist.py``'s ResNet50 cache, 2048-d) its first 4,000 rows::
 
     python benchmarks/fit_cost.py --data /work/data/fashion-mnist
-    python benchmarks/fit_cost.py --data DIR --features FEATS/resnet50-random-64px-train-5000-2000-seed0.npy
+    python benchmarks/fit_cost.py --data DIR \\
+        --features FEATS/resnet50-random-64px-train-5000-2000-seed0.npy
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def main(argv=None) -> None:
     parser.add_argument("--features", help=".npy features of the 5,000 training images")
     parser.add_argument("--epochs", type=int, default=5, help="extra epochs timed (E)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--set", action="append", metavar="NAME:PARAM=VALUE,...",
-                        help="replace the settings: a name, a colon, comma-separated values")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME:PARAM=VALUE,...",
+        help="replace the settings: a name, a colon, comma-separated values",
+    )
     args = parser.parse_args(argv)
     settings = SETTINGS
     if args.set:
@@ -111,8 +116,9 @@ def main(argv=None) -> None:
         relative = statistics.median(
             [e / r for r, e in zip(per_epoch[reference], per_epoch[name], strict=True)]
         )
+        gflops = flop / epoch / 1e9
         print(f"| {name} | {epoch:.3f} | {statistics.median(fixed[name]):.2f} | "
-              f"{relative:.2f} | {flop / epoch / 1e9:.1f} | {flop / epoch / 1e9 / peak:.2f} |")  # fmt: skip
+              f"{relative:.2f} | {gflops:.1f} | {gflops / peak:.2f} |")  # fmt: skip
     print()
     print(json.dumps({"per_epoch": per_epoch, "fixed": fixed, "peaks": peaks}))
 

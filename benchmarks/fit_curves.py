@@ -44,8 +44,9 @@ def curves(params: dict, data, seed: int) -> dict:
     X_fit, y_fit, X_val, y_val = data
     sample = np.random.RandomState(seed).permutation(len(y_fit))[:1000]
     encoder = TripletEncoder(random_state=seed, verbose=-1, **params)
-    record = {k: [] for k in ("seconds", "loss", "error", "active", "fit_error_avg", "val_p1",
-                              "val_mapr", "raw_p1", "raw_mapr", "ema90_p1", "ema90_mapr")}  # fmt: skip
+    names = ("seconds", "loss", "error", "active", "fit_error_avg", "val_p1", "val_mapr",
+             "raw_p1", "raw_mapr", "ema90_p1", "ema90_mapr")  # fmt: skip
+    record = {k: [] for k in names}
     ema = {"weights": None}
     clock = {"start": None, "excluded": 0.0}
 

@@ -34,7 +34,7 @@ def terminal(monkeypatch):
     master, slave = pty.openpty()
     # 24 x 100 characters, as a terminal window has (a new pty is 0 x 0: no room for a bar).
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    tty = open(slave, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    tty = open(slave, "w", encoding="utf-8")  # closed below
 
     def read() -> str:
         tty.flush()

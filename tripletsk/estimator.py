@@ -204,6 +204,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "stopping": [StrOptions({"error", "loss"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -235,6 +236,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         batch_size=256,
         max_epochs=100,
         tol=1e-4,
+        stopping="error",
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=10,
@@ -262,6 +264,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.tol = tol
+        self.stopping = stopping
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -373,6 +376,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             max_epochs=self.max_epochs,
             tol=self.tol,
             n_iter_no_change=self.n_iter_no_change,
+            criterion=self.stopping,
             validation_score=validation_score,
             seed=seed,
             verbose=self.verbose,
