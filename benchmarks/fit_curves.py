@@ -9,7 +9,8 @@ epoch's loss, its training triplet error (wrongly ordered triplets among all tho
 batches, ``error_curve_``), the triplet error of the fitted (averaged) head on 1,000 of the
 training rows, and the validation P@1 / MAP@R of the fitted head. The test images are never
 read. One JSON line per fit is appended to ``--out``; a (data set, split, setting) already
-there is skipped. ``--setting`` is relative to today's defaults (not to ``STUDY_DEFAULTS``)::
+there is skipped. ``--set`` is relative to today's defaults; the record holds the setting in
+full (``RECORDED``)::
 
     python benchmarks/fit_curves.py --data DIR --out curves.jsonl --splits 0 1 2 \\
         --set hidden_units=1024
@@ -37,6 +38,10 @@ import tripletsk._training as training
 from tripletsk import TripletEncoder
 from tripletsk.head import forward
 from tripletsk.metrics import label_triplet_accuracy, retrieval_report
+
+RECORDED = ("hidden_units", "n_components", "dropout", "input_dropout", "margin",
+            "weight_averaging", "batch_size", "learning_rate", "learning_rate_schedule",
+            "max_epochs", "tol", "n_iter_no_change", "stopping")  # fmt: skip
 
 
 def curves(params: dict, data, seed: int) -> dict:
@@ -100,6 +105,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     params = parse_settings(args.set)
     params.setdefault("max_epochs", args.max_epochs)
+    # Recorded in full, so that a record keeps its meaning when the defaults change.
+    full = TripletEncoder(**params).get_params()
+    params = {**{k: full[k] for k in RECORDED}, **params}
     out = Path(args.out)
     done = set()
     if out.exists():

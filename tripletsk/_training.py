@@ -401,7 +401,8 @@ def train_head(
     finally:
         progress.close()
     if warning is not None:
-        warnings.warn(warning, stacklevel=4)  # the caller of fit (through sklearn's wrapper)
+        # train_head <- _fitting.train <- fit <- sklearn's wrapper <- the caller of fit
+        warnings.warn(warning, stacklevel=5)
     if validation_score is not None and result.validation_scores:
         result.weights, result.best_validation_score = best_weights, stopping.best_score
     else:

@@ -29,7 +29,7 @@ def save_encoder(encoder, path) -> None:
     features = params.pop("features")
     if not isinstance(params["random_state"], int | None):
         params["random_state"] = None  # a RandomState instance has no JSON form
-    if not isinstance(params["hidden_units"], int):
+    if not isinstance(params["hidden_units"], int | str):  # "auto" stays
         params["hidden_units"] = list(params["hidden_units"])  # JSON has lists, not tuples
     meta = {
         "format": FORMAT,
@@ -167,13 +167,15 @@ def _read_arrays(path: str, zf: zipfile.ZipFile, headers: dict):
 
 def _check_layers(path: str, model, weights, mean: np.ndarray) -> None:
     """The layers must chain: (d, h1), (h1,), ..., (hk, n_components), with mean of shape (d,)."""
-    widths = [*normalize_hidden_units(model.hidden_units), model.n_components]
+    if mean.ndim != 1:
+        raise ModelFileError(f"{path}: feature_mean has shape {mean.shape}; one axis expected")
+    widths = [*normalize_hidden_units(model.hidden_units, mean.shape[0]), model.n_components]
     if len(weights) != len(widths):
         raise ModelFileError(
             f"{path}: {len(weights)} layers of weights for hidden_units={model.hidden_units} "
             f"and n_components={model.n_components} ({len(widths)} layers)"
         )
-    fan_in = mean.shape[0] if mean.ndim == 1 else -1
+    fan_in = mean.shape[0]
     for i, ((kernel, bias), width) in enumerate(zip(weights, widths, strict=True)):
         if kernel.shape != (fan_in, width) or bias.shape != (width,):
             raise ModelFileError(
