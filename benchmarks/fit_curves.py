@@ -93,6 +93,71 @@ def curves(params: dict, data, seed: int) -> dict:
     return {"fit_seconds": round(total, 1), "epochs": encoder.n_iter_, **record}
 
 
+def stop_epoch(figures, tol: float, n_iter_no_change: int) -> int | None:
+    """The epoch (from 1) at which ``tripletsk._stopping.Stopping`` stops on ``figures``
+    (lower is better), or None."""
+    from tripletsk._stopping import Stopping
+
+    rule = Stopping("error", tol, n_iter_no_change)
+    for epoch, figure in enumerate(figures, start=1):
+        if rule.update(loss=0.0, error=figure, score=None)[1]:
+            return epoch
+    return None
+
+
+def report(path: Path, epochs=(30, 45, 60, 75, 90, 100), rules=()) -> str:
+    """Mean validation P@1 / MAP@R over splits at given epochs, per setting and data set
+    (the setting's own average, then the EMA at decay 0.9 where recorded); then for each
+    rule (tol, n_iter_no_change) the epochs it stops at and the figures there."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    groups: dict = {}
+    for r in rows:
+        # With a constant rate the trajectory does not depend on when the fit stops: records
+        # that differ only there are one curve (the longest is kept).
+        same = {"max_epochs", "tol", "n_iter_no_change", "stopping"}
+        if r["params"]["learning_rate_schedule"] != "constant":
+            same = set()
+        p = {k: v for k, v in r["params"].items() if k not in same}
+        by_split = groups.setdefault((r["dataset"], json.dumps(p, sort_keys=True)), {})
+        if len(r["loss"]) > len(by_split.get(r["split"], {"loss": ()})["loss"]):
+            by_split[r["split"]] = r
+    lines = ["| data | setting | average | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+             "|---" * (len(epochs) + 3) + "|"]  # fmt: skip
+    for (dataset, params), by_split in groups.items():
+        rs = [by_split[s] for s in sorted(by_split)]
+        p = json.loads(params)
+        schedule = p["learning_rate_schedule"]
+        if schedule != "constant":
+            schedule += f" over {p['max_epochs']} epochs"
+        setting = (f"{p['hidden_units']} / {p['batch_size']}, lr {p['learning_rate']:g} "
+                   f"{schedule}, splits {sorted(by_split)}")  # fmt: skip
+        for name, key in ((f"EMA {p['weight_averaging']}", "val"), ("EMA 0.9", "ema90")):
+            if not all(f"{key}_p1" in r for r in rs):
+                continue
+            cells = []
+            for e in epochs:
+                if any(len(r[f"{key}_p1"]) < e for r in rs):
+                    cells.append("")
+                    continue
+                p1 = np.mean([r[f"{key}_p1"][e - 1] for r in rs])
+                mapr = np.mean([r[f"{key}_mapr"][e - 1] for r in rs])
+                cells.append(f"{p1:.3f} / {mapr:.3f}")
+            lines.append(f"| {dataset} | {setting} | {name} | " + " | ".join(cells) + " |")
+        for tol, patience in rules:
+            stops = [stop_epoch(r["error"], tol, patience) for r in rs]
+            at = [len(r["error"]) if s is None else s for r, s in zip(rs, stops, strict=True)]
+            figures = []
+            for key in ("val", "ema90"):
+                if all(f"{key}_p1" in r for r in rs):
+                    p1 = np.mean([r[f"{key}_p1"][e - 1] for r, e in zip(rs, at, strict=True)])
+                    mapr = np.mean([r[f"{key}_mapr"][e - 1] for r, e in zip(rs, at, strict=True)])
+                    figures.append(f"{key} {p1:.3f} / {mapr:.4f}")
+            marks = [f"{e}{'' if s else '*'}" for e, s in zip(at, stops, strict=True)]
+            lines.append(f"|  | tol {tol:g}, n_iter_no_change {patience}: stops at "
+                         f"{', '.join(marks)} | " + "; ".join(figures) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="Fashion-MNIST folder of *-ubyte.gz")
@@ -102,7 +167,14 @@ def main(argv=None) -> None:
     parser.add_argument("--splits", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="*", default=["fashion"])
     parser.add_argument("--max-epochs", type=int, default=100, help="unless --set")
+    parser.add_argument("--report", action="store_true", help="print --out as a table")
+    parser.add_argument("--rule", action="append", default=[], metavar="TOL,N_ITER_NO_CHANGE",
+                        help="with --report: where this stopping rule stops")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report:
+        rules = [(float(t), int(n)) for t, n in (r.split(",") for r in args.rule)]
+        print(report(Path(args.out), rules=rules))
+        return
     params = parse_settings(args.set)
     params.setdefault("max_epochs", args.max_epochs)
     # Recorded in full, so that a record keeps its meaning when the defaults change.
