@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-import tripletsk.estimator as estimator_module
+import tripletsk._fitting as fitting_module
 from tripletsk.estimator import TripletEncoder
 
 
@@ -21,7 +21,7 @@ def no_building(monkeypatch):
     def build(*args, **kwargs):
         raise Built
 
-    monkeypatch.setattr(estimator_module, "init_head_weights", build)
+    monkeypatch.setattr(fitting_module, "init_head_weights", build)
 
 
 def _data():
@@ -30,8 +30,8 @@ def _data():
 
 
 def test_an_embedding_wider_than_the_layer_before_it_is_refused_when_costly(no_building):
-    """``n_components=100000`` on the default 2048-unit layer trained 81 s and took 6.6 GB
-    without a word; its embedding spans 2048 dimensions at most."""
+    """``n_components=100000`` on a 2048-unit layer (the default then) trained 81 s and took
+    6.6 GB without a word; its embedding spans 2048 dimensions at most."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning first: one clear error
         with pytest.raises(
@@ -39,7 +39,7 @@ def test_an_embedding_wider_than_the_layer_before_it_is_refused_when_costly(no_b
             match=r"n_components=100000 is more than the 2,048 "
             r"units of the last hidden layer: .*Use n_components <= 2,048\.",
         ):
-            TripletEncoder(n_components=100000).fit(*_data())  # fmt: skip
+            TripletEncoder(hidden_units=2048, n_components=100000).fit(*_data())  # fmt: skip
 
 
 def test_a_linear_head_is_measured_against_its_features(no_building):

@@ -1,6 +1,6 @@
-"""The NumPy steps of a fit around the training loop (private): the check of the head's size,
-standardisation, the early-stopping hold-out and its scorer, and the check that training
-learned something."""
+"""The steps of a fit around the training loop (private): the check of the head's size,
+standardisation, the early-stopping hold-out and its scorer, the call of the loop with the
+estimator's parameters, and the check that training learned something."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
 from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import EmbeddingCollapseWarning
-from tripletsk.head import HeadWeights
+from tripletsk.head import HeadWeights, init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
 
 #: Estimated training memory of the head above which ``fit`` warns, or refuses a head whose
@@ -125,6 +126,67 @@ def holdout(
             return 0.0
 
     return train, score
+
+
+def train(encoder, items: FeatureRows, triplets, labels, train_rows, validation_score, rng):
+    """Train ``encoder``'s head on the standardised ``items`` (its ``train_rows``): initial
+    weights and batches from ``rng``, then the training loop with the encoder's parameters.
+    Returns the loop's :class:`~tripletsk._training.TrainingResult`."""
+    if labels is None:
+        mining = "hard" if encoder.mining == "hard" else "given"
+    else:
+        mining = "semi_hard" if encoder.mining == "auto" else encoder.mining
+    hidden = normalize_hidden_units(encoder.hidden_units, items.n_features)
+    init = init_head_weights(items.n_features, hidden, encoder.n_components, rng)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
+    # TensorFlow is needed only from here.
+    from tripletsk._training import WINDOW_BYTES, train_head
+
+    epoch_batches = _mining.epoch_batches(
+        items,
+        triplets,
+        labels,
+        train_rows,
+        mining,
+        batch_rng,
+        batch_size=encoder.batch_size,
+        window_rows=max(1, WINDOW_BYTES // (4 * items.n_features)),
+        distance=encoder.distance,
+        samples_per_class=encoder.samples_per_class,
+        hard_per_anchor=encoder.hard_per_anchor,
+        refresh_every=encoder.refresh_every,
+        stream=encoder.stream,
+    )
+    if encoder.precision == "bfloat16":
+        from tripletsk.backends import warn_if_bfloat16_is_emulated
+
+        warn_if_bfloat16_is_emulated("Training", stacklevel=5)  # the caller of fit
+    return train_head(
+        items,
+        init,
+        epoch_batches,
+        labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
+        distance=encoder.distance,
+        margin=encoder.margin,
+        # hybrid batches carry offline hard examples, then mine batch-hard online.
+        mining="batch_hard" if mining == "hybrid" else mining,
+        dropout=encoder.dropout,
+        input_dropout=encoder.input_dropout,
+        learning_rate=encoder.learning_rate,
+        learning_rate_schedule=encoder.learning_rate_schedule,
+        weight_decay=encoder.weight_decay,
+        weight_averaging=encoder.weight_averaging,
+        max_epochs=encoder.max_epochs,
+        tol=encoder.tol,
+        n_iter_no_change=encoder.n_iter_no_change,
+        criterion=encoder.stopping,
+        validation_score=validation_score,
+        seed=seed,
+        verbose=encoder.verbose,
+        precision=encoder.precision,
+        stream=encoder.stream,
+    )
 
 
 def warn_if_failed(

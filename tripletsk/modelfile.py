@@ -211,6 +211,7 @@ def model_info(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
         "n_epochs": m.n_iter_,
         "loss_curve": [round(float(v), 6) for v in m.loss_curve_],
         "active_fraction": [round(float(v), 6) for v in m.active_fraction_],
+        "error_curve": [round(float(v), 6) for v in getattr(m, "error_curve_", None) or []],
         "validation_scores": m.validation_scores_,
         "best_validation_score": m.best_validation_score_,
         "threshold": getattr(m, "threshold_", None),

@@ -21,7 +21,7 @@ from tripletsk.provenance import validate_recorded_provenance
 FORMAT = "tripletsk.TripletEncoder"
 FORMAT_VERSION = 1
 # Fitted attributes stored in the JSON as they are.
-_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_",
+_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_", "error_curve_",
             "validation_scores_", "best_validation_score_")  # fmt: skip
 
 
@@ -31,14 +31,14 @@ def save_encoder(encoder, path) -> None:
     features = params.pop("features")
     if not isinstance(params["random_state"], int | None):
         params["random_state"] = None  # a RandomState instance has no JSON form
-    if not isinstance(params["hidden_units"], int):
+    if not isinstance(params["hidden_units"], int | str):  # "auto" stays
         params["hidden_units"] = list(params["hidden_units"])  # JSON has lists, not tuples
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "params": params,
         "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
-        **{name: getattr(encoder, name) for name in _HISTORY},
+        **{name: getattr(encoder, name, None) for name in _HISTORY},
         "threshold_": getattr(encoder, "threshold_", None),
         # Matching calibration (tripletsk.matching): a JSON dict, checked on load.
         "calibration_": getattr(encoder, "calibration_", None),
@@ -184,13 +184,15 @@ def _read_arrays(path: str, zf: zipfile.ZipFile, headers: dict):
 
 def _check_layers(path: str, model, weights, mean: np.ndarray) -> None:
     """The layers must chain: (d, h1), (h1,), ..., (hk, n_components), with mean of shape (d,)."""
-    widths = [*normalize_hidden_units(model.hidden_units), model.n_components]
+    if mean.ndim != 1:
+        raise ModelFileError(f"{path}: feature_mean has shape {mean.shape}; one axis expected")
+    widths = [*normalize_hidden_units(model.hidden_units, mean.shape[0]), model.n_components]
     if len(weights) != len(widths):
         raise ModelFileError(
             f"{path}: {len(weights)} layers of weights for hidden_units={model.hidden_units} "
             f"and n_components={model.n_components} ({len(widths)} layers)"
         )
-    fan_in = mean.shape[0] if mean.ndim == 1 else -1
+    fan_in = mean.shape[0]
     for i, ((kernel, bias), width) in enumerate(zip(weights, widths, strict=True)):
         if kernel.shape != (fan_in, width) or bias.shape != (width,):
             raise ModelFileError(

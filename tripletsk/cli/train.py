@@ -97,7 +97,7 @@ def _add_fit(sub) -> None:
         help="a TripletEncoder parameter, e.g. --set margin=0.3 (repeatable)",
     )
     p.add_argument("--plot", metavar="PNG", help="draw the loss curves to this file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_fit)
 
 
@@ -233,7 +233,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, "-o/--output")
     plot = check_output_path(args.plot, "--plot") if args.plot else None
     user_verbose = params.get("verbose", 0)
-    model = TripletEncoder(**{"verbose": 0 if args.quiet else 1, **params})
+    # A progress bar on a terminal (verbose=0), lines per epoch with --set verbose=1.
+    model = TripletEncoder(**{**params, **({"verbose": -1} if args.quiet else {})})
     try:
         model._validate_params()  # bad --set values are usage errors, found before any work
     except InvalidParameterError as exc:
