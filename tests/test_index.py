@@ -82,6 +82,37 @@ def test_pairs_within_finds_every_close_pair():
         pairs_within(blocks, 2.5, max_pairs=100)
 
 
+@pytest.mark.parametrize("pairs_per_chunk", [1, 7, None])
+def test_close_pairs_are_measured_in_bounded_chunks(monkeypatch, pairs_per_chunk):
+    """Wide rows that are all close: the exact distances of 130,816 candidate pairs are
+    measured a chunk at a time (all at once, their float64 copies and temporaries took
+    ~540 MiB; with 10,000 rows of 784 pixels that was 15 GB and the process was killed)."""
+    import tracemalloc
+
+    from tripletsk import blocked
+
+    x = np.ones((512, 128), np.float32) + _vectors(512, 128) * 0.01
+    if pairs_per_chunk:
+        monkeypatch.setattr(blocked, "EXACT_BYTES", 16 * 128 * pairs_per_chunk)
+        x = x[:40]
+
+    def blocks(step, start=0):
+        return ((s, x[s : s + step]) for s in range(start, len(x), step))
+
+    tracemalloc.start()
+    try:
+        i, j, d = pairs_within(blocks, 1.0, block_rows=512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    n = len(x)
+    assert len(i) == n * (n - 1) // 2 and (j > i).all()
+    full = pairwise_distances(x.astype(np.float64))
+    np.testing.assert_allclose(d, full[i, j], atol=1e-9)
+    if pairs_per_chunk is None:
+        assert peak < 4 * blocked.EXACT_BYTES, f"peak {peak / 2**20:.0f} MiB"  # not ~540 MiB
+
+
 # ----------------------------------------------------------------------- updates and commits
 
 
