@@ -67,9 +67,12 @@ def _searches(search, q, truth, settings, set_param) -> dict:
         set_param(s)
         search(q[:100])  # warm
         found, t = clock(lambda: search(q))
-        out[str(s)] = {"recall_at_10": recall(found, truth),
-                       "queries_per_second": len(q) / t["seconds"],
-                       "queries_per_cpu_second": len(q) / t["cpu_seconds"], "load": t["load"]}  # fmt: skip
+        out[str(s)] = {
+            "recall_at_10": recall(found, truth),
+            "queries_per_second": len(q) / t["seconds"],
+            "queries_per_cpu_second": len(q) / t["cpu_seconds"],
+            "load": t["load"],
+        }
     return out
 
 
@@ -98,7 +101,7 @@ def run_ivf(x, q, truth, new, lists: int) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(THREADS)
-    lists = lists or int(round(4 * np.sqrt(len(x))))
+    lists = lists or round(4 * np.sqrt(len(x)))
     dim = x.shape[1]
     sample = x[np.random.default_rng(1).choice(len(x), min(len(x), 32 * lists), replace=False)]
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, lists)
@@ -130,8 +133,8 @@ def make_hard(work: str, rows: int, dim: int) -> None:
     x = centers[rng.integers(0, n_clusters, rows)]
     x += 1.5 * rng.standard_normal((rows, dim), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    q = x[rng.choice(rows, 2000, replace=False)] + 0.05 * rng.standard_normal((2000, dim),
-                                                                               dtype=np.float32)  # fmt: skip
+    q = x[rng.choice(rows, 2000, replace=False)]
+    q = q + 0.05 * rng.standard_normal(q.shape, dtype=np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     new = x[rng.choice(rows, 1000, replace=False)] + 0.05 * rng.standard_normal(
         (1000, dim), dtype=np.float32
