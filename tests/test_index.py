@@ -429,6 +429,38 @@ def test_an_index_refuses_another_model_and_nan_features(tmp_path):
     assert (tmp_path / "idx" / MANIFEST).read_bytes() == manifest
 
 
+def test_a_features_only_index_is_the_normalised_features_kept_up_to_date(tmp_path):
+    from tripletsk.index_build import build_index_from_features, check_index_current
+    from tripletsk.modelfile import load_model
+    from tripletsk.store import FeatureStore
+
+    keys = [f"c{i % 3}/{i}.png" for i in range(12)]
+    features = np.random.RandomState(0).rand(12, 3) + 0.1
+    features[7] = 3 * features[2]  # the same direction: the same image, brighter
+    cache = _cache(tmp_path / "f.h5", keys, features)
+    index, report = build_index_from_features(tmp_path / "idx", cache)
+    assert index.features_only and (report.created, report.n_embedded) == (True, 12)
+    expected = features / np.linalg.norm(features, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.all_embeddings(), expected, rtol=1e-6)
+    assert index.duplicates(1e-6) == [["c2/2.png", "c1/7.png"]]
+    check_index_current(index, FeatureStore(cache))
+    _cache(cache, [*keys, "c0/new.png"], np.concatenate([features, 2 * features[:1]]))
+    index, report = build_index_from_features(tmp_path / "idx", cache)
+    assert (report.n_embedded, report.n_kept, report.n_dropped) == (1, 12, 0)
+    assert index.duplicates(1e-6) == [["c0/0.png", "c0/new.png"], ["c2/2.png", "c1/7.png"]]
+    # Never taken for a model's embeddings, nor a model's index for features.
+    model = load_model(_model_file(tmp_path / "m.npz", cache)).model
+    with pytest.raises(StaleIndexError, match="holds backbone features without a model"):
+        check_index_current(index, encoder=model)
+    with pytest.raises(
+        StaleIndexError,
+        match=r"holds backbone features without a model .*, not the embeddings of the model",
+    ):
+        from tripletsk.index_build import build_index_from_model
+
+        build_index_from_model(tmp_path / "idx", tmp_path / "m.npz")
+
+
 def test_one_writer_at_a_time(small):
     from tripletsk.indexfile import IndexLock
 

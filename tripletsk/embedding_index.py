@@ -69,7 +69,11 @@ class EmbeddingIndex:
     keys : list of str
         One per row, in row order.
     model, cache : dict
-        What the index was built from (empty for :meth:`create`).
+        What the index was built from (empty for :meth:`create`). ``model["kind"]`` is
+        ``"model"`` (a fitted model's embeddings) or ``"features"`` (the backbone features
+        themselves, L2-normalised: ``tripletsk index --features-only``).
+    features_only : bool
+        Whether the rows are backbone features, not a model's embeddings.
     approximate : dict or None
         The approximate structure: ``library``, ``params``, ``recall_at_10`` (measured against
         exact search on ``recall_queries`` rows) and ``n_rows`` when measured.
@@ -107,6 +111,7 @@ class EmbeddingIndex:
         self.distance = manifest["distance"]
         self.dim = manifest["dim"]
         self.model = manifest["model"]
+        self.features_only = self.model.get("kind") == "features"
         self.cache = manifest["cache"]
         self.approximate = manifest["ann"]
         self.keys = [k for s in segments for k in s.keys]
@@ -127,6 +132,7 @@ class EmbeddingIndex:
 
     def __repr__(self) -> str:
         kind = f", approximate={self.approximate['library']}" if self.approximate else ""
+        kind += ", features_only=True" if self.features_only else ""
         return f"EmbeddingIndex({self.path!r}, rows={len(self)}, dim={self.dim}{kind})"
 
     @property
