@@ -18,7 +18,7 @@ from tripletsk.embedding_index import EmbeddingIndex
 from tripletsk.errors import IndexFormatError, StaleIndexError, UnknownKeyError, UserError
 from tripletsk.indexfile import MANIFEST, _manifest_digest
 
-needs_ann = pytest.mark.skipif(not ann.available(), reason="usearch is not installed")
+needs_ann = pytest.mark.skipif(not ann.available(), reason="faiss-cpu is not installed")
 METRIC = {"l2": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine", "l1": "manhattan"}
 
 
@@ -221,6 +221,70 @@ def test_approximate_search_reports_recall_and_follows_updates(tmp_path):
     assert (exact.keys == approx.keys).mean() > 0.9
     same = exact.keys == approx.keys  # the library's distances, in the index's distance
     np.testing.assert_allclose(approx.distances[same], exact.distances[same], atol=1e-5)
+
+
+def _rewrite_structure(path, **arrays):
+    """Replace the arrays of an index's structure file, its digest made to match (hostile)."""
+    from tripletsk.checksums import file_digest
+
+    name = os.path.join(path, EmbeddingIndex(path).approximate["file"])
+    with np.load(name) as z:
+        stored = dict(z)
+    with open(name, "wb") as fh:
+        np.savez(fh, **{**stored, **arrays})
+    _edit_manifest(path, lambda m: m["ann"].update(digest=file_digest(name)))
+
+
+def _flip_structure(path):
+    name = os.path.join(path, EmbeddingIndex(path).approximate["file"])
+    with open(name, "r+b") as fh:
+        fh.seek(os.path.getsize(name) // 2)
+        fh.write(b"\xff\x00\xff")
+
+
+STRUCTURE_DAMAGE = {
+    "flipped bytes": (_flip_structure, "does not match its checksum"),
+    "missing": (lambda p: os.remove(os.path.join(p, EmbeddingIndex(p).approximate["file"])),
+                "missing"),
+    "an extra array": (lambda p: _rewrite_structure(p, extra=np.zeros(10)), "other arrays"),
+    "huge array": (lambda p: _rewrite_structure(p, ids=np.arange(10**6)), "other arrays"),
+    "ids of other rows": (lambda p: _rewrite_structure(p, ids=np.arange(1, 2001)),
+                          "does not match the index's rows"),
+    "cell out of range": (lambda p: _rewrite_structure(p, lists=np.full(2000, 10**6, "<i4")),
+                          "does not match the index's rows"),
+    "pickled array": (lambda p: _rewrite_structure(p, lists=np.array([None] * 2000)),
+                      "not readable"),
+}  # fmt: skip
+
+
+@needs_ann
+@pytest.mark.parametrize("case", sorted(STRUCTURE_DAMAGE))
+def test_a_damaged_or_hostile_structure_is_one_clear_error(tmp_path, case):
+    x = _vectors(2000, 8)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(2000), x, approximate="yes")
+    damage, message = STRUCTURE_DAMAGE[case]
+    damage(index.path)
+    opened = EmbeddingIndex(index.path)
+    with pytest.raises(IndexFormatError, match=message):
+        opened.search(x[:2], k=3)
+    exact = opened.search(x[:2], k=3, method="exact")  # the rows themselves are whole
+    assert exact.keys[:, 0].tolist() == ["c0/img0.png", "c1/img1.png"]
+
+
+@needs_ann
+def test_a_structure_of_an_earlier_library_is_searched_exactly_then_rebuilt(tmp_path):
+    x = _vectors(2000, 8)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(2000), x, approximate="no")
+    old = {"library": "usearch", "file": "ann-0123456789abcdef.usearch", "digest": "0" * 32,
+           "params": {"kind": "HNSW"}, "recall_at_10": 0.99}  # fmt: skip
+    _edit_manifest(index.path, lambda m: m.update(ann=old))
+    index = EmbeddingIndex(index.path)
+    with pytest.warns(UserWarning, match="made with 'usearch', which this tripletsk does not read"):
+        assert index.search(x[:1], k=1).keys[0, 0] == "c0/img0.png"
+    with pytest.raises(UserError, match="no approximate structure usable here"):
+        index.search(x[:1], k=1, method="approximate")
+    index = index.add(["z/new.png"], x[:1] + 0.01)
+    assert index.approximate["library"] == "faiss" and index.method() == "approximate"
 
 
 def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path, monkeypatch):

@@ -193,21 +193,29 @@ class EmbeddingIndex:
             raise ValueError(f"method must be 'auto', 'exact' or 'approximate'; got {method!r}")
         if method == "exact":
             return "exact"
-        usable = self.approximate is not None and _ann.available()
+        usable = _ann.readable(self.approximate) and _ann.available()
         if method == "approximate" and not usable:
             raise UserError(
                 f"{self.path} has no approximate structure"
-                + ("" if self.approximate is None else f" usable here ({_ann.missing_reason()})")
+                + ("" if self.approximate is None else f" usable here ({self._unusable()})")
                 + "; build one with `tripletsk index --approximate yes`, or search exactly"
             )
-        if self.approximate is not None and not _ann.available():
+        if self.approximate is not None and not usable:
             warnings.warn(
-                f"{self.path} has an approximate structure but {_ann.missing_reason()}; "
+                f"{self.path} has an approximate structure but {self._unusable()}; "
                 "searching exactly",
                 UserWarning,
                 stacklevel=3,
             )
         return "approximate" if usable else "exact"
+
+    def _unusable(self) -> str:
+        if not _ann.readable(self.approximate):
+            return (
+                f"it was made with {self.approximate.get('library')!r}, which this tripletsk "
+                "does not read (rebuild it: `tripletsk index --approximate yes`)"
+            )
+        return _ann.missing_reason()
 
     def search(self, queries, k: int = 10, *, method: str = "auto", exclude_rows=None) -> Neighbors:
         """The ``k`` nearest stored rows of each query embedding, nearest first.
@@ -264,7 +272,9 @@ class EmbeddingIndex:
 
     def _approximate(self, queries, k, exclude):
         if self._ann is None:
-            self._ann = _ann.load(self.path, self.approximate, self.dim, self.distance)
+            self._ann = _ann.load(
+                self.path, self.approximate, self.ids, self.read_blocks, self.dim, self.distance
+            )
         extra = 0 if exclude is None else 1
         ids, dists = self._ann.search(queries, k + extra)
         rows = np.searchsorted(self.ids, ids)

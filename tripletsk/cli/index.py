@@ -40,7 +40,7 @@ def register(sub) -> None:
         "--approximate",
         choices=("auto", "yes", "no"),
         default=None,
-        help="keep an approximate-search structure: auto = from 200,000 images when usearch is "
+        help="keep an approximate-search structure: auto = from 200,000 images when faiss-cpu is "
         "installed (default for a new index; an existing one keeps its choice)",
     )
     p.add_argument("--replace", action="store_true", help="rebuild an existing index from scratch")
