@@ -265,8 +265,8 @@ def test_fit_writes_model_with_cache_record_and_plot(work, model):
     assert _is_png(work / "loss.png")
 
 
-def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
-    status, out, _ = run(
+def test_fit_prints_loss_per_epoch_with_verbose(capsys, work, tmp_path):
+    status, out, err = run(
         capsys,
         "fit",
         "--features",
@@ -276,6 +276,8 @@ def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
         "-o",
         tmp_path / "m.npz",
         *TINY,
+        "--set",
+        "verbose=1",
     )
     assert status == 0
     assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
@@ -283,6 +285,7 @@ def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
         "epoch 2",
         "epoch 3",
     ]
+    assert "wrongly ordered" in out.splitlines()[0] and "fit:" not in err  # no bar: no tty
     assert "fitted on 200 triplets of 28 images in 3 epochs" in out
     # .npz is an ordinary saved encoder: TripletEncoder.load reads it without the CLI.
     loaded = TripletEncoder.load(tmp_path / "m.npz")

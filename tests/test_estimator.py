@@ -417,7 +417,8 @@ def test_collapse_is_detected_and_warned():
 
 
 _FORMER_HEAD = {"margin": 1.0, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
-                "input_dropout": 0.0, "weight_averaging": 0.0}  # fmt: skip
+                "input_dropout": 0.0, "weight_averaging": 0.0, "stopping": "loss", "tol": 1e-4,
+                "n_iter_no_change": 10}  # fmt: skip
 
 
 @pytest.mark.parametrize("head", ["hinge, former head", "soft margin, defaults"])

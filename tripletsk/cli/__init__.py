@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import os
 import sys
 import traceback
 import warnings
@@ -55,11 +57,23 @@ def _message(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _drop_stdout() -> None:
+    """After a reader closed stdout (``tripletsk info CACHE | head``): send what is left to
+    /dev/null so that flushing at exit fails no more (Python's documented way, "Note on
+    SIGPIPE" in the signal module), and say nothing: nobody is reading."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor (in-process)
+        pass
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """Run the ``tripletsk`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns the exit status instead of exiting, so that it can be called from Python:
-    0 on success, 2 for a usage error, 1 for any other error, 130 if interrupted.
+    0 on success, 2 for a usage error, 1 for any other error (and, silently, when the reader
+    of its output has gone: ``tripletsk info CACHE | head``), 130 if interrupted.
     """
     parser = build_parser()
     try:
@@ -69,7 +83,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line per warning, no source line
         try:
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
+            sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
+            return status
+        except BrokenPipeError:
+            _drop_stdout()
+            return 1
         except UsageError as exc:
             subparser = parser._subparsers._group_actions[0].choices[args.command]
             with contextlib.suppress(SystemExit):
