@@ -296,6 +296,25 @@ def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path,
         EmbeddingIndex.create(tmp_path / "j", _keys(50), x, approximate="yes")
 
 
+@needs_ann
+def test_a_structure_opened_without_the_library_is_searched_exactly_and_not_left_stale(
+    tmp_path, monkeypatch
+):
+    x = _vectors(800, 8)
+    path = EmbeddingIndex.create(tmp_path / "i", _keys(800), x, approximate="yes").path
+    monkeypatch.setattr(ann, "_module", lambda: None)  # faiss-cpu absent from here on
+    index = EmbeddingIndex(path)
+    with pytest.warns(UserWarning, match=r"faiss-cpu is not installed .*; searching exactly"):
+        assert index.search(x[3:4], k=1).keys[0, 0] == "c3/img3.png"
+    with pytest.raises(UserError, match=r"pip install \"tripletsk\[ann\]\""):
+        index.search(x[:1], k=1, method="approximate")
+    with pytest.raises(UserError, match=r"must be updated, but faiss-cpu is not installed"):
+        index.add(["z/new.png"], x[:1] + 0.01)
+    assert len(EmbeddingIndex(path)) == 800  # the refused update changed nothing
+    dropped = index.update(add=(["z/new.png"], x[:1] + 0.01, None), approximate="no")
+    assert dropped.approximate is None and len(dropped) == 801
+
+
 # ------------------------------------------------------------------------- damaged and hostile
 
 
