@@ -16,7 +16,8 @@ exact search on 1,000 sampled rows), ``exact`` (1,000 queries, exact, and the ex
 all queries for the recall figure), ``approx`` (2,000 queries, batched), ``add`` (1,000 new
 rows: a new segment and the structure updated, not rebuilt), ``remove`` (those 1,000 rows and
 1,000 of the first segment dropped: that segment is rewritten, the structure updated). The
-choice of library and parameters: ``benchmarks/ann_options.py``.
+choice of library and parameters: ``benchmarks/ann_options.py``. ``OMP_NUM_THREADS=1`` makes
+faiss search with one thread (on a shared machine two threads wait for each other).
 Results are appended as JSON lines to ``WORK/results.jsonl``.
 """
 
@@ -45,6 +46,13 @@ N_EXACT, N_APPROX, N_ADD = 1000, 2000, 1000
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _threads() -> int:
+    """The threads faiss searches with (``OMP_NUM_THREADS``; default: every core)."""
+    import faiss
+
+    return faiss.omp_get_max_threads()
 
 
 def _load() -> float:
@@ -100,7 +108,8 @@ def exact(work: str) -> dict:
               "total_seconds": time.perf_counter() - t, "total_cpu_seconds": _cpu() - c,
               "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
     rest = index.search(q[N_EXACT:], 10, method="exact")
-    np.save(os.path.join(work, "truth.npy"), np.concatenate([found.indices, rest.indices]))
+    # Keys, not row positions: positions shift once the remove stage has dropped rows.
+    np.save(os.path.join(work, "truth_keys.npy"), np.concatenate([found.keys, rest.keys]))
     return result
 
 
@@ -108,7 +117,7 @@ def approx(work: str) -> dict:
     from tripletsk.embedding_index import EmbeddingIndex
 
     q = np.load(os.path.join(work, "queries.npy"))
-    truth = np.load(os.path.join(work, "truth.npy"))
+    truth = np.load(os.path.join(work, "truth_keys.npy"))
     t = time.perf_counter()
     index = EmbeddingIndex(os.path.join(work, "index"))
     index.search(q[:10], 10)  # loads the graph (digest checked)
@@ -119,8 +128,9 @@ def approx(work: str) -> dict:
         found = index.search(q, 10, method="approximate")
         rates.append(len(q) / (time.perf_counter() - t))
         cpu_rates.append(len(q) / (_cpu() - c))
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.indices, truth, strict=True)])
-    return {"queries": len(q), "load_seconds": loaded, "queries_per_second": rates,
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.keys, truth, strict=True)])
+    return {"queries": len(q), "rows": len(index), "threads": _threads(), "load_seconds": loaded,
+            "queries_per_second": rates,
             "queries_per_cpu_second": cpu_rates, "recall_at_10": float(recall),
             "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
 
