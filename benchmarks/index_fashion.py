@@ -1,4 +1,5 @@
-"""Near-duplicates and calibrated matching on Fashion-MNIST, through the real commands.
+"""Calibrated matching on Fashion-MNIST through the real commands, and the images and models
+of the near-duplicate benchmark (``benchmarks/index_duplicates.py``).
 
 Two caches of image files (MobileNet alpha 0.25 with its ImageNet weights, ``--image-size``
 px):
@@ -12,16 +13,11 @@ px):
 A ``TripletEncoder`` (defaults, ``--max-epochs``) is fitted on the 5,000 training images with
 their class labels: the model of the matching test.
 
-Near-duplicates need another notion of similarity: a class model puts distinct items of one
-class close together (the nearest other training image is at a median distance of 0.16, while
-a copy downscaled to 20 px lies up to 1.4 from its original). So a second ``TripletEncoder``
-is fitted on triplets (training image, a resized copy of it (56 or 20 px), another training
-image: its nearest in backbone space, or a random one): the image and its copies are one
-image. The threshold is chosen on the validation images only, halfway between the largest
-distance of one of their planted copies to its original and the smallest distance between two
-of them; ``tripletsk duplicates`` then runs on the index of the ``test`` cache, and every group
-is checked: does it hold exactly a planted copy and its original (else: are its images' pixels
-identical)?
+Near-duplicates (``--parts dup_model``; measured by ``benchmarks/index_duplicates.py``): a
+class model puts distinct items of one class close together, so a second ``TripletEncoder`` is
+fitted on triplets (training image, a resized copy of it (56 or 20 px), another training image:
+its nearest in backbone space, or a random one), after adding a 56 px and a 20 px copy of each
+of the 5,000 fit images to the ``train`` cache.
 
 Matching: the gallery is the 5,000 training images; each query's nearest gallery image is a
 correct match when it has the query's class. The threshold for precision 0.9 and 0.95 is
@@ -118,7 +114,7 @@ def main() -> None:
     ap.add_argument("--weights", required=True, help="mobilenet_2_5_224_tf.h5")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=40)
-    ap.add_argument("--parts", nargs="+", default=["matching", "duplicates", "separation"])
+    ap.add_argument("--parts", nargs="+", default=["matching", "dup_model"])
     args = ap.parse_args()
     w = args.work
     os.makedirs(w, exist_ok=True)
@@ -141,17 +137,12 @@ def main() -> None:
     if "matching" in args.parts:
         results["matching"] = {"load_average_start": os.getloadavg()[0],
                                **matching(w, model, meta)}  # fmt: skip
-    if "duplicates" in args.parts:
-        dup_model = os.path.join(w, "dup_model.npz")
-        if not os.path.exists(dup_model):
-            augment(args, meta)
-            tripletsk("extract-features", os.path.join(w, "train"), "-o",
-                      os.path.join(w, "train.h5"), *extract)  # fmt: skip
-            fit_duplicate_model(os.path.join(w, "train.h5"), dup_model, args.max_epochs)
-        results["duplicates"] = {"load_average_start": os.getloadavg()[0],
-                                 **duplicates(w, dup_model, meta)}  # fmt: skip
-    if "separation" in args.parts:
-        results["separation"] = separation(w, meta)
+    if "dup_model" in args.parts and not os.path.exists(os.path.join(w, "dup_model.npz")):
+        augment(args, meta)
+        tripletsk("extract-features", os.path.join(w, "train"), "-o",
+                  os.path.join(w, "train.h5"), *extract)  # fmt: skip
+        fit_duplicate_model(os.path.join(w, "train.h5"), os.path.join(w, "dup_model.npz"),
+                            args.max_epochs)  # fmt: skip
     with open(os.path.join(w, f"results_{'_'.join(args.parts)}.json"), "w") as fh:
         json.dump(results, fh, indent=1)
     print(json.dumps(results, indent=1))
@@ -216,137 +207,6 @@ def fit_model(cache: str, keys: list[str], path: str, max_epochs: int) -> None:
         path, enc, cache_record(FeatureStore(cache)), {"mode": "labels", "n_images": len(keys)}
     )
     print(f"fit: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-
-
-def duplicates(w: str, model: str, meta: dict) -> dict:
-    from PIL import Image
-
-    from tripletsk.embedding_index import EmbeddingIndex
-
-    out = {}
-    for part in ("train", "test"):
-        tripletsk("index", "--model", model, "--features", os.path.join(w, f"{part}.h5"),
-                  "-o", os.path.join(w, f"index_{part}"), "--replace")  # fmt: skip
-    train = EmbeddingIndex(os.path.join(w, "index_train"))
-    # Chosen on validation images only (not seen in training): their planted copies, and the
-    # smallest distance between two of them.
-    val_of = {c: o for c, o in meta["planted_train"].items() if "/val" in o}
-    copies = train.embeddings(train.rows_of(list(val_of)))
-    originals = train.embeddings(train.rows_of(list(val_of.values())))
-    copy_d = np.linalg.norm(copies.astype(np.float64) - originals, axis=1)
-    by_kind = {k: float(copy_d[[c.endswith(f"_{k}.png") for c in val_of]].max()) for k in KINDS}
-    val_rows = np.array([r for k, r in train.row_of.items() if "/val" in k and "_" not in k])
-    found = train.search(train.embeddings(val_rows), 1, method="exact", exclude_rows=val_rows)
-    val_only = np.isin(found.indices[:, 0], val_rows)
-    distinct = float(found.distances[val_only, 0].min())
-    threshold = (float(copy_d.max()) + distinct) / 2
-    out["validation"] = {"planted": len(val_of), "largest_copy_distance": by_kind,
-                         "smallest_distinct_distance": distinct,
-                         "threshold": threshold}  # fmt: skip
-    t = time.perf_counter()
-    text = tripletsk("duplicates", "--index", os.path.join(w, "index_test"), "--threshold",
-                     threshold, "--json")  # fmt: skip
-    seconds = time.perf_counter() - t
-    groups = json.loads(text[: text.rindex("}") + 1])["groups"]
-    planted = meta["planted_test"]
-    found_planted, false_groups = set(), []
-    for g in groups:
-        originals = {planted.get(k, k) for k in g}
-        if len(originals) == 1 and set(g) - {next(iter(originals))} <= set(planted):
-            found_planted |= set(g) & set(planted)
-            continue
-        pixels = [np.asarray(Image.open(os.path.join(w, "test", k))) for k in g]
-        same = all(p.shape == pixels[0].shape and (p == pixels[0]).all() for p in pixels)
-        false_groups.append({"keys": g, "identical_pixels": same})
-    missed = sorted(set(planted) - found_planted)
-    out["test"] = {"images": 10000 + len(planted), "planted": len(planted), "groups": len(groups),
-                   "planted_found": len(found_planted), "missed": missed,
-                   "other_groups": false_groups, "command_seconds": seconds}  # fmt: skip
-    return out
-
-
-def _pixels_index(w: str, part: str):
-    """An index of the images themselves: grey, 28 x 28 (bilinear), centred, unit norm."""
-    from PIL import Image
-
-    from tripletsk.embedding_index import EmbeddingIndex
-
-    root = os.path.join(w, part)
-    keys = sorted(f"{label}/{name}" for label in os.listdir(root)
-                  for name in os.listdir(os.path.join(root, label)))  # fmt: skip
-    x = np.stack([
-        np.asarray(Image.open(os.path.join(root, k)).convert("L").resize((28, 28),
-                   Image.BILINEAR), np.float32).ravel() for k in keys
-    ])  # fmt: skip
-    x -= x.mean(axis=1, keepdims=True)
-    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-6
-    return EmbeddingIndex.create(os.path.join(w, f"pixels_{part}"), keys, x, replace=True)
-
-
-def separation(w: str, meta: dict) -> dict:
-    """Can any threshold separate the planted copies from distinct images? Per representation
-    (the class model, the copy-trained model, the pixels) on the test images: each kind of
-    copy's distances to its original, the distances of distinct images to their nearest
-    distinct image, and what two thresholds chosen on the validation images find
-    (``midpoint``: halfway between the largest copy distance and the smallest distinct
-    distance; ``half_distinct``: half the smallest distinct distance)."""
-    from tripletsk.embedding_index import EmbeddingIndex
-
-    planted = meta["planted_test"]
-    out = {}
-    for name in ("model", "dup_model", "pixels"):
-        if name == "pixels":
-            test = _pixels_index(w, "test")
-            val = _pixels_index(w, "train")
-        else:
-            for part in ("train", "test"):
-                tripletsk("index", "--model", os.path.join(w, f"{name}.npz"), "--features",
-                          os.path.join(w, f"{part}.h5"), "-o",
-                          os.path.join(w, f"index_{name}_{part}"), "--replace")  # fmt: skip
-            test = EmbeddingIndex(os.path.join(w, f"index_{name}_test"))
-            val = EmbeddingIndex(os.path.join(w, f"index_{name}_train"))
-        val_of = {c: o for c, o in meta["planted_train"].items() if "/val" in o}
-        vd = _copy_distances(val, val_of)
-        vrows = np.array([r for k, r in val.row_of.items() if "/val" in k and "_" not in k])
-        found = val.search(val.embeddings(vrows), 1, method="exact", exclude_rows=vrows)
-        v_distinct = float(found.distances[np.isin(found.indices[:, 0], vrows), 0].min())
-        thresholds = {"midpoint": (float(vd.max()) + v_distinct) / 2,
-                      "half_distinct": v_distinct / 2}  # fmt: skip
-        d = _copy_distances(test, planted)
-        rows = np.array([r for k, r in test.row_of.items() if k not in planted])
-        found = test.search(test.embeddings(rows), 1, method="exact", exclude_rows=rows)
-        distinct = found.distances[np.isin(found.indices[:, 0], rows), 0]
-        entry = {
-            "copy_distance_percentiles_0_50_100": {
-                k: np.percentile(d[[c.endswith(f"_{k}.png") for c in planted]], [0, 50, 100])
-                .round(4).tolist() for k in KINDS
-            },
-            "distinct_nearest_percentiles_0_0.1_1_50": np.percentile(
-                distinct, [0, 0.1, 1, 50]).round(4).tolist(),
-        }  # fmt: skip
-        original_of = {test.row_of[c]: test.row_of[o] for c, o in planted.items()}
-        for rule, t in thresholds.items():
-            if t > 0.5 * float(np.percentile(distinct, 50)):
-                entry[rule] = {"threshold": t, "skipped": "more than half the median distinct "
-                               "distance: most images would be paired"}  # fmt: skip
-                continue
-            i, j, _ = test.duplicate_pairs(t)
-            is_planted = [original_of.get(a) == b or original_of.get(b) == a for a, b in
-                          zip(i.tolist(), j.tolist(), strict=True)]  # fmt: skip
-            hit = {test.keys[a] if test.keys[a] in planted else test.keys[b]
-                   for (a, b), ok in zip(zip(i, j, strict=True), is_planted, strict=True)
-                   if ok}  # fmt: skip
-            entry[rule] = {"threshold": t,
-                           "found": {k: sum(c.endswith(f"_{k}.png") for c in hit) for k in KINDS},
-                           "other_pairs": int(len(i) - sum(is_planted))}  # fmt: skip
-        out[name] = entry
-    return out
-
-
-def _copy_distances(index, copy_of: dict) -> np.ndarray:
-    copies = index.embeddings(index.rows_of(list(copy_of))).astype(np.float64)
-    originals = index.embeddings(index.rows_of(list(copy_of.values())))
-    return np.linalg.norm(copies - originals, axis=1)
 
 
 def matching(w: str, model: str, meta: dict) -> dict:

@@ -9,13 +9,15 @@ CPU seconds are the figure that does not depend on them; the load average is pri
 each run.
 
     python benchmarks/index_scale.py --work /tmp/index1m              # every stage, 1M rows
-    python benchmarks/index_scale.py --work /tmp/i200k --rows 200000 --stages compare
 
 Stages: ``make`` (data), ``build`` (``EmbeddingIndex.create`` with the approximate structure:
-writing, checksums, the usearch graph and its recall measurement), ``exact`` (1,000 queries,
-exact, and the exact answers of all queries for the recall figure), ``approx`` (2,000
-queries, batched), ``add`` (1,000 new rows: a new segment and the graph updated, not
-rebuilt), ``compare`` (usearch against faiss-cpu HNSW and IVF-Flat on the same data).
+writing, checksums, k-means and the inverted file, and ``nprobe`` chosen by recall against
+exact search on 1,000 sampled rows), ``exact`` (1,000 queries, exact, and the exact answers of
+all queries for the recall figure), ``approx`` (2,000 queries, batched), ``add`` (1,000 new
+rows: a new segment and the structure updated, not rebuilt), ``remove`` (those 1,000 rows and
+1,000 of the first segment dropped: that segment is rewritten, the structure updated). The
+choice of library and parameters: ``benchmarks/ann_options.py``. ``OMP_NUM_THREADS=1`` makes
+faiss search with one thread (on a shared machine two threads wait for each other).
 Results are appended as JSON lines to ``WORK/results.jsonl``.
 """
 
@@ -37,13 +39,20 @@ sys.path.insert(0, HERE)
 
 from _common import peak_rss  # noqa: E402
 
-STAGES = ("make", "build", "exact", "approx", "add")
+STAGES = ("make", "build", "exact", "approx", "add", "remove")
 N_EXACT, N_APPROX, N_ADD = 1000, 2000, 1000
 
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _threads() -> int:
+    """The threads faiss searches with (``OMP_NUM_THREADS``; default: every core)."""
+    import faiss
+
+    return faiss.omp_get_max_threads()
 
 
 def _load() -> float:
@@ -99,7 +108,8 @@ def exact(work: str) -> dict:
               "total_seconds": time.perf_counter() - t, "total_cpu_seconds": _cpu() - c,
               "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
     rest = index.search(q[N_EXACT:], 10, method="exact")
-    np.save(os.path.join(work, "truth.npy"), np.concatenate([found.indices, rest.indices]))
+    # Keys, not row positions: positions shift once the remove stage has dropped rows.
+    np.save(os.path.join(work, "truth_keys.npy"), np.concatenate([found.keys, rest.keys]))
     return result
 
 
@@ -107,7 +117,7 @@ def approx(work: str) -> dict:
     from tripletsk.embedding_index import EmbeddingIndex
 
     q = np.load(os.path.join(work, "queries.npy"))
-    truth = np.load(os.path.join(work, "truth.npy"))
+    truth = np.load(os.path.join(work, "truth_keys.npy"))
     t = time.perf_counter()
     index = EmbeddingIndex(os.path.join(work, "index"))
     index.search(q[:10], 10)  # loads the graph (digest checked)
@@ -118,8 +128,9 @@ def approx(work: str) -> dict:
         found = index.search(q, 10, method="approximate")
         rates.append(len(q) / (time.perf_counter() - t))
         cpu_rates.append(len(q) / (_cpu() - c))
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.indices, truth, strict=True)])
-    return {"queries": len(q), "load_seconds": loaded, "queries_per_second": rates,
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found.keys, truth, strict=True)])
+    return {"queries": len(q), "rows": len(index), "threads": _threads(), "load_seconds": loaded,
+            "queries_per_second": rates,
             "queries_per_cpu_second": cpu_rates, "recall_at_10": float(recall),
             "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
 
@@ -144,57 +155,18 @@ def add(work: str) -> dict:
             "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
 
 
-def compare(work: str) -> dict:
-    """usearch HNSW vs faiss HNSW and IVF-Flat on the same rows, 2 threads each."""
-    import faiss
-    from usearch.index import Index
+def remove(work: str) -> dict:
+    from tripletsk.embedding_index import EmbeddingIndex
 
-    x = np.load(os.path.join(work, "data.npy"))
-    q = np.load(os.path.join(work, "queries.npy"))
-    from tripletsk.blocked import exact_neighbors
-
-    truth, _ = exact_neighbors(q, lambda s, a=0: ((i, x[i : i + s]) for i in range(a, len(x), s)),
-                               10, "l2")  # fmt: skip
-
-    def recall(found) -> float:
-        pairs = zip(found, truth, strict=True)
-        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
-
-    def clock(f):
-        t, c = time.perf_counter(), _cpu()
-        out = f()
-        return out, time.perf_counter() - t, _cpu() - c
-
-    out = {"rows": len(x)}
-    graph = Index(ndim=x.shape[1], metric="l2sq", dtype="f32", connectivity=16, expansion_add=64)
-    _, w, c = clock(lambda: graph.add(np.arange(len(x)), x, threads=2))
-    out["usearch_build"] = {"seconds": w, "cpu_seconds": c}
-    for ef in (32, 64, 96):
-        graph.expansion_search = ef
-        m, w, c = clock(lambda: graph.search(q, 10, threads=2))
-        out[f"usearch_ef{ef}"] = {"qps": len(q) / w, "qps_per_cpu": len(q) / c,
-                                  "recall": recall(m.keys)}  # fmt: skip
-    faiss.omp_set_num_threads(2)
-    hnsw = faiss.IndexHNSWFlat(x.shape[1], 16)
-    hnsw.hnsw.efConstruction = 64
-    _, w, c = clock(lambda: hnsw.add(x))
-    out["faiss_hnsw_build"] = {"seconds": w, "cpu_seconds": c}
-    for ef in (32, 64, 96):
-        hnsw.hnsw.efSearch = ef
-        (_, found), w, c = clock(lambda: hnsw.search(q, 10))
-        out[f"faiss_hnsw_ef{ef}"] = {"qps": len(q) / w, "qps_per_cpu": len(q) / c,
-                                     "recall": recall(found)}  # fmt: skip
-    lists = int(4 * np.sqrt(len(x)))
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], lists)
-    sample = x[np.random.default_rng(1).choice(len(x), min(len(x), 50 * lists), replace=False)]
-    _, w, c = clock(lambda: (ivf.train(sample), ivf.add(x)))
-    out[f"faiss_ivf{lists}_build"] = {"seconds": w, "cpu_seconds": c}
-    for nprobe in (8, 16, 32):
-        ivf.nprobe = nprobe
-        (_, found), w, c = clock(lambda: ivf.search(q, 10))
-        out[f"faiss_ivf_nprobe{nprobe}"] = {"qps": len(q) / w, "qps_per_cpu": len(q) / c,
-                                            "recall": recall(found)}  # fmt: skip
-    return out
+    path = os.path.join(work, "index")
+    index = EmbeddingIndex(path)
+    # The 1,000 added rows and 1,000 of the first segment's (which is then rewritten).
+    gone = [k for k in index.keys if k.startswith("new/")] + index.keys[:-1000:1000][:1000]
+    t, c = time.perf_counter(), _cpu()
+    index = index.remove(gone)
+    seconds, cpu = time.perf_counter() - t, _cpu() - c
+    return {"rows_removed": len(gone), "seconds": seconds, "cpu_seconds": cpu,
+            "rows": len(index), "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
 
 
 def main() -> None:
@@ -215,7 +187,7 @@ def main() -> None:
     if args.stage:
         fn = {"make": lambda w: make(w, args.rows, args.dim),
               "build": lambda w: build(w, args.approximate), "exact": exact,
-              "approx": approx, "add": add, "compare": compare}[args.stage]  # fmt: skip
+              "approx": approx, "add": add, "remove": remove}[args.stage]  # fmt: skip
         before = _load()
         result = fn(args.work)
         print(json.dumps({"stage": args.stage, "load_before": before, "load_after": _load(),

@@ -18,7 +18,7 @@ from tripletsk.embedding_index import EmbeddingIndex
 from tripletsk.errors import IndexFormatError, StaleIndexError, UnknownKeyError, UserError
 from tripletsk.indexfile import MANIFEST, _manifest_digest
 
-needs_ann = pytest.mark.skipif(not ann.available(), reason="usearch is not installed")
+needs_ann = pytest.mark.skipif(not ann.available(), reason="faiss-cpu is not installed")
 METRIC = {"l2": "euclidean", "sqeuclidean": "sqeuclidean", "cosine": "cosine", "l1": "manhattan"}
 
 
@@ -80,6 +80,37 @@ def test_pairs_within_finds_every_close_pair():
     )
     with pytest.raises(ValueError, match="threshold is too large"):
         pairs_within(blocks, 2.5, max_pairs=100)
+
+
+@pytest.mark.parametrize("pairs_per_chunk", [1, 7, None])
+def test_close_pairs_are_measured_in_bounded_chunks(monkeypatch, pairs_per_chunk):
+    """Wide rows that are all close: the exact distances of 130,816 candidate pairs are
+    measured a chunk at a time (all at once, their float64 copies and temporaries took
+    ~540 MiB; with 10,000 rows of 784 pixels that was 15 GB and the process was killed)."""
+    import tracemalloc
+
+    from tripletsk import blocked
+
+    x = np.ones((512, 128), np.float32) + _vectors(512, 128) * 0.01
+    if pairs_per_chunk:
+        monkeypatch.setattr(blocked, "EXACT_BYTES", 16 * 128 * pairs_per_chunk)
+        x = x[:40]
+
+    def blocks(step, start=0):
+        return ((s, x[s : s + step]) for s in range(start, len(x), step))
+
+    tracemalloc.start()
+    try:
+        i, j, d = pairs_within(blocks, 1.0, block_rows=512)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    n = len(x)
+    assert len(i) == n * (n - 1) // 2 and (j > i).all()
+    full = pairwise_distances(x.astype(np.float64))
+    np.testing.assert_allclose(d, full[i, j], atol=1e-9)
+    if pairs_per_chunk is None:
+        assert peak < 4 * blocked.EXACT_BYTES, f"peak {peak / 2**20:.0f} MiB"  # not ~540 MiB
 
 
 # ----------------------------------------------------------------------- updates and commits
@@ -192,6 +223,70 @@ def test_approximate_search_reports_recall_and_follows_updates(tmp_path):
     np.testing.assert_allclose(approx.distances[same], exact.distances[same], atol=1e-5)
 
 
+def _rewrite_structure(path, **arrays):
+    """Replace the arrays of an index's structure file, its digest made to match (hostile)."""
+    from tripletsk.checksums import file_digest
+
+    name = os.path.join(path, EmbeddingIndex(path).approximate["file"])
+    with np.load(name) as z:
+        stored = dict(z)
+    with open(name, "wb") as fh:
+        np.savez(fh, **{**stored, **arrays})
+    _edit_manifest(path, lambda m: m["ann"].update(digest=file_digest(name)))
+
+
+def _flip_structure(path):
+    name = os.path.join(path, EmbeddingIndex(path).approximate["file"])
+    with open(name, "r+b") as fh:
+        fh.seek(os.path.getsize(name) // 2)
+        fh.write(b"\xff\x00\xff")
+
+
+STRUCTURE_DAMAGE = {
+    "flipped bytes": (_flip_structure, "does not match its checksum"),
+    "missing": (lambda p: os.remove(os.path.join(p, EmbeddingIndex(p).approximate["file"])),
+                "missing"),
+    "an extra array": (lambda p: _rewrite_structure(p, extra=np.zeros(10)), "other arrays"),
+    "huge array": (lambda p: _rewrite_structure(p, ids=np.arange(10**6)), "other arrays"),
+    "ids of other rows": (lambda p: _rewrite_structure(p, ids=np.arange(1, 2001)),
+                          "does not match the index's rows"),
+    "cell out of range": (lambda p: _rewrite_structure(p, lists=np.full(2000, 10**6, "<i4")),
+                          "does not match the index's rows"),
+    "pickled array": (lambda p: _rewrite_structure(p, lists=np.array([None] * 2000)),
+                      "not readable"),
+}  # fmt: skip
+
+
+@needs_ann
+@pytest.mark.parametrize("case", sorted(STRUCTURE_DAMAGE))
+def test_a_damaged_or_hostile_structure_is_one_clear_error(tmp_path, case):
+    x = _vectors(2000, 8)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(2000), x, approximate="yes")
+    damage, message = STRUCTURE_DAMAGE[case]
+    damage(index.path)
+    opened = EmbeddingIndex(index.path)
+    with pytest.raises(IndexFormatError, match=message):
+        opened.search(x[:2], k=3)
+    exact = opened.search(x[:2], k=3, method="exact")  # the rows themselves are whole
+    assert exact.keys[:, 0].tolist() == ["c0/img0.png", "c1/img1.png"]
+
+
+@needs_ann
+def test_a_structure_of_an_earlier_library_is_searched_exactly_then_rebuilt(tmp_path):
+    x = _vectors(2000, 8)
+    index = EmbeddingIndex.create(tmp_path / "i", _keys(2000), x, approximate="no")
+    old = {"library": "usearch", "file": "ann-0123456789abcdef.usearch", "digest": "0" * 32,
+           "params": {"kind": "HNSW"}, "recall_at_10": 0.99}  # fmt: skip
+    _edit_manifest(index.path, lambda m: m.update(ann=old))
+    index = EmbeddingIndex(index.path)
+    with pytest.warns(UserWarning, match="made with 'usearch', which this tripletsk does not read"):
+        assert index.search(x[:1], k=1).keys[0, 0] == "c0/img0.png"
+    with pytest.raises(UserError, match="no approximate structure usable here"):
+        index.search(x[:1], k=1, method="approximate")
+    index = index.add(["z/new.png"], x[:1] + 0.01)
+    assert index.approximate["library"] == "faiss" and index.method() == "approximate"
+
+
 def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(ann, "_module", lambda: None)
     x = _vectors(50, 4)
@@ -199,6 +294,25 @@ def test_without_the_library_auto_is_exact_and_yes_says_how_to_install(tmp_path,
     assert index.approximate is None and index.method() == "exact"
     with pytest.raises(UserError, match=r"pip install \"tripletsk\[ann\]\""):
         EmbeddingIndex.create(tmp_path / "j", _keys(50), x, approximate="yes")
+
+
+@needs_ann
+def test_a_structure_opened_without_the_library_is_searched_exactly_and_not_left_stale(
+    tmp_path, monkeypatch
+):
+    x = _vectors(800, 8)
+    path = EmbeddingIndex.create(tmp_path / "i", _keys(800), x, approximate="yes").path
+    monkeypatch.setattr(ann, "_module", lambda: None)  # faiss-cpu absent from here on
+    index = EmbeddingIndex(path)
+    with pytest.warns(UserWarning, match=r"faiss-cpu is not installed .*; searching exactly"):
+        assert index.search(x[3:4], k=1).keys[0, 0] == "c3/img3.png"
+    with pytest.raises(UserError, match=r"pip install \"tripletsk\[ann\]\""):
+        index.search(x[:1], k=1, method="approximate")
+    with pytest.raises(UserError, match=r"must be updated, but faiss-cpu is not installed"):
+        index.add(["z/new.png"], x[:1] + 0.01)
+    assert len(EmbeddingIndex(path)) == 800  # the refused update changed nothing
+    dropped = index.update(add=(["z/new.png"], x[:1] + 0.01, None), approximate="no")
+    assert dropped.approximate is None and len(dropped) == 801
 
 
 # ------------------------------------------------------------------------- damaged and hostile
@@ -396,6 +510,38 @@ def test_an_index_refuses_another_model_and_nan_features(tmp_path):
     with pytest.raises(UserError, match=r"1 cached feature row\(s\) hold NaN .*c0/3.png"):
         build_index_from_model(tmp_path / "idx", tmp_path / "m.npz")
     assert (tmp_path / "idx" / MANIFEST).read_bytes() == manifest
+
+
+def test_a_features_only_index_is_the_normalised_features_kept_up_to_date(tmp_path):
+    from tripletsk.index_build import build_index_from_features, check_index_current
+    from tripletsk.modelfile import load_model
+    from tripletsk.store import FeatureStore
+
+    keys = [f"c{i % 3}/{i}.png" for i in range(12)]
+    features = np.random.RandomState(0).rand(12, 3) + 0.1
+    features[7] = 3 * features[2]  # the same direction: the same image, brighter
+    cache = _cache(tmp_path / "f.h5", keys, features)
+    index, report = build_index_from_features(tmp_path / "idx", cache)
+    assert index.features_only and (report.created, report.n_embedded) == (True, 12)
+    expected = features / np.linalg.norm(features, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.all_embeddings(), expected, rtol=1e-6)
+    assert index.duplicates(1e-6) == [["c2/2.png", "c1/7.png"]]
+    check_index_current(index, FeatureStore(cache))
+    _cache(cache, [*keys, "c0/new.png"], np.concatenate([features, 2 * features[:1]]))
+    index, report = build_index_from_features(tmp_path / "idx", cache)
+    assert (report.n_embedded, report.n_kept, report.n_dropped) == (1, 12, 0)
+    assert index.duplicates(1e-6) == [["c0/0.png", "c0/new.png"], ["c2/2.png", "c1/7.png"]]
+    # Never taken for a model's embeddings, nor a model's index for features.
+    model = load_model(_model_file(tmp_path / "m.npz", cache)).model
+    with pytest.raises(StaleIndexError, match="holds backbone features without a model"):
+        check_index_current(index, encoder=model)
+    with pytest.raises(
+        StaleIndexError,
+        match=r"holds backbone features without a model .*, not the embeddings of the model",
+    ):
+        from tripletsk.index_build import build_index_from_model
+
+        build_index_from_model(tmp_path / "idx", tmp_path / "m.npz")
 
 
 def test_one_writer_at_a_time(small):

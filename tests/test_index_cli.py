@@ -1,5 +1,6 @@
 """``tripletsk index``, ``search --index``, ``duplicates``, ``calibrate`` and ``match`` on real
-files: digit PNGs, a ResNet50 cache (random weights, 32x32), a fitted model."""
+files: digit PNGs, a MobileNet cache (alpha 0.25, random weights, 32x32: the cheapest backbone
+to build, twice per run), a model file."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from tripletsk.embedding_index import EmbeddingIndex
 from tripletsk.modelfile import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRACT = ["--weights", "none", "--image-size", "32", "--batch-size", "8", "-q"]
+EXTRACT = ["--backbone", "MobileNet(alpha=0.25)", "--weights", "none", "--image-size", "32",
+           "--batch-size", "8", "-q"]  # fmt: skip
 
 
 def _load_example(name: str):
@@ -195,3 +197,70 @@ def test_calibrate_stores_the_threshold_and_match_uses_it(capsys, work, tmp_path
         assert m["match"] != m["query"]
     status, out, _ = run(capsys, "match", "--index", w / "index", "0/0.png", "--threshold", "0")
     assert out.split("\t")[1] == "no match"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "pass --model MODEL (a fitted model's embeddings) or --features-only"),
+        (["--model", "m.npz", "--features-only", "--features", "c.h5"], "not both"),
+        (["--features-only"], "--features-only needs --features CACHE"),
+    ],
+)
+def test_index_needs_a_model_or_features_only(capsys, tmp_path, argv, message):
+    status, _, err = run(capsys, "index", "-o", tmp_path / "index", *argv)
+    assert status == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_features_only_index_is_never_taken_for_a_models(capsys, work, tmp_path):
+    from tripletsk.store import FeatureStore
+
+    w = _copy_work(work, tmp_path)
+    features = ["--features-only", "--features", w / "cache.h5"]
+    status, out, _ = run(capsys, "index", *features, "-o", w / "features")
+    assert status == 0
+    assert "32 images (32 embedded, 0 kept, 0 dropped); L2-normalised backbone features" in out
+    index = EmbeddingIndex(w / "features")
+    assert index.features_only and index.model["kind"] == "features" and index.distance == "l2"
+    x = FeatureStore(w / "cache.h5").lookup(index.keys)
+    expected = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.all_embeddings(), expected, rtol=1e-5, atol=1e-6)
+    manifests = {p: (w / p / "index.json").read_bytes() for p in ("features", "index")}
+    status, _, err = run(capsys, "index", "--model", w / "model.npz", "-o", w / "features")
+    assert status == 1
+    _assert_one_line_error(err, "holds backbone features without a model")
+    status, _, err = run(capsys, "index", *features, "-o", w / "index")
+    assert status == 1
+    _assert_one_line_error(err, "holds the embeddings of a model, not backbone features")
+    assert {p: (w / p / "index.json").read_bytes() for p in manifests} == manifests
+    refused = {
+        "not the embeddings of": ["match", "0/0.png", "--model", w / "model.npz", "--threshold", 1],
+        "no model, so no calibrated threshold): pass --threshold": ["match", "0/0.png"],
+        "is a features-only index (no model)": [
+            "calibrate",
+            "--queries",
+            "v.txt",
+            "--precision",
+            1,
+        ],
+    }
+    for message, argv in refused.items():
+        status, _, err = run(capsys, argv[0], "--index", w / "features", *argv[1:])
+        assert status == 1
+        _assert_one_line_error(err, message)
+    status, out, _ = run(capsys, "match", "--index", w / "features", "0/0.png", "--threshold", "2")
+    assert status == 0 and out.split("\t")[1] not in ("no match", "0/0.png")
+    status, out, _ = run(capsys, "index", *features, "-o", w / "features")
+    assert status == 0 and "32 images (0 embedded, 32 kept, 0 dropped)" in out
+
+
+def test_a_features_only_index_embeds_a_new_image_with_the_backbone_alone(capsys, work, tmp_path):
+    argv = ["--features-only", "--features", work / "cache.h5", "-o", tmp_path / "features"]
+    assert run(capsys, "index", *argv)[0] == 0
+    query = tmp_path / "query.png"
+    shutil.copy(work / "images" / "3" / "4.png", query)
+    status, out, err = run(capsys, "search", "--index", tmp_path / "features", query, "-k", "2")
+    assert status == 0 and "loading the backbone" in err
+    _rank, distance, key = out.splitlines()[1].split()
+    assert key == "3/4.png" and float(distance) < 1e-3

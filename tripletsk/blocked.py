@@ -25,6 +25,9 @@ BlockReader = Callable[..., Iterator[tuple[int, np.ndarray]]]
 
 #: Bytes of the ``queries x block`` score matrix; with the block itself, the working memory.
 SCORE_BYTES = 64 << 20
+#: Bytes of the float64 copies of candidate rows measured exactly at once (the candidates of a
+#: block are measured in chunks of this size, whatever their number and width).
+EXACT_BYTES = 32 << 20
 
 
 def rows_per_block(n_queries: int, budget: int = SCORE_BYTES) -> int:
@@ -56,8 +59,15 @@ def _score_bound(dist: np.ndarray, qn: np.ndarray, distance: str) -> np.ndarray:
     return dist
 
 
-def _exact(q: np.ndarray, x: np.ndarray, distance: str) -> np.ndarray:
-    return paired_distance(q.astype(np.float64), x.astype(np.float64), distance)
+def _exact(q: np.ndarray, x: np.ndarray, qi: np.ndarray, xi: np.ndarray, distance: str):
+    """Exact float64 distances of the pairs ``(q[qi], x[xi])``, a bounded chunk at a time."""
+    out = np.empty(len(qi))
+    step = max(1, EXACT_BYTES // (16 * max(1, q.shape[1])))
+    for s in range(0, len(qi), step):
+        a = q[qi[s : s + step]].astype(np.float64)
+        b = x[xi[s : s + step]].astype(np.float64)
+        out[s : s + step] = paired_distance(a, b, distance)
+    return out
 
 
 def _prepare(queries: np.ndarray, distance: str):
@@ -137,7 +147,7 @@ def _search_batch(queries, read_blocks, k, distance, exclude, score_bytes):
         cq, cr = _candidates(scores, not_full, best_d, qn, slack, k, distance)
         if not len(cq):
             continue
-        cd = _exact(q[cq], x[cr], distance)
+        cd = _exact(q, x, cq, cr, distance)
         best_r, best_d = _merge(best_r, best_d, cq, cr + start, cd, k)
     return best_r, best_d
 
@@ -190,13 +200,15 @@ def pairs_within(
     threshold: float,
     distance: str = "l2",
     *,
-    block_rows: int = 4096,
+    block_rows: int = 2048,
     max_pairs: int = 10_000_000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows ``i < j`` at distance ``<= threshold``: ``(i, j, distance)``.
 
     All pairs are compared, a block against each later block, both read through
-    ``read_blocks(block_rows, start)``; memory is two blocks and their score matrix.
+    ``read_blocks(block_rows, start)``; memory is two blocks, their score matrix, the indices
+    of the candidate pairs of one block pair, :data:`EXACT_BYTES` to measure them, and the
+    pairs found (at most ``max_pairs``).
 
     Raises
     ------
@@ -222,17 +234,20 @@ def pairs_within(
             gi, gj = ci + start_a, cj + start_b
             later = gj > gi
             ci, cj, gi, gj = ci[later], cj[later], gi[later], gj[later]
-            cd = _exact(a[ci], b[cj], distance)
-            close = cd <= threshold
-            total += int(close.sum())
-            if total > max_pairs:
-                raise ValueError(
-                    f"more than {max_pairs:,} pairs are within distance {threshold}: the "
-                    "threshold is too large for near-duplicates; lower it"
-                )
-            found_i.append(gi[close])
-            found_j.append(gj[close])
-            found_d.append(cd[close])
+            del scores
+            step = max(1, EXACT_BYTES // (16 * max(1, a.shape[1])))
+            for s in range(0, len(ci), step):
+                cd = _exact(a, b, ci[s : s + step], cj[s : s + step], distance)
+                close = cd <= threshold
+                total += int(close.sum())
+                if total > max_pairs:
+                    raise ValueError(
+                        f"more than {max_pairs:,} pairs are within distance {threshold}: the "
+                        "threshold is too large for near-duplicates; lower it"
+                    )
+                found_i.append(gi[s : s + step][close])
+                found_j.append(gj[s : s + step][close])
+                found_d.append(cd[close])
     if not found_i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     return (

@@ -69,7 +69,11 @@ class EmbeddingIndex:
     keys : list of str
         One per row, in row order.
     model, cache : dict
-        What the index was built from (empty for :meth:`create`).
+        What the index was built from (empty for :meth:`create`). ``model["kind"]`` is
+        ``"model"`` (a fitted model's embeddings) or ``"features"`` (the backbone features
+        themselves, L2-normalised: ``tripletsk index --features-only``).
+    features_only : bool
+        Whether the rows are backbone features, not a model's embeddings.
     approximate : dict or None
         The approximate structure: ``library``, ``params``, ``recall_at_10`` (measured against
         exact search on ``recall_queries`` rows) and ``n_rows`` when measured.
@@ -107,6 +111,7 @@ class EmbeddingIndex:
         self.distance = manifest["distance"]
         self.dim = manifest["dim"]
         self.model = manifest["model"]
+        self.features_only = self.model.get("kind") == "features"
         self.cache = manifest["cache"]
         self.approximate = manifest["ann"]
         self.keys = [k for s in segments for k in s.keys]
@@ -127,6 +132,7 @@ class EmbeddingIndex:
 
     def __repr__(self) -> str:
         kind = f", approximate={self.approximate['library']}" if self.approximate else ""
+        kind += ", features_only=True" if self.features_only else ""
         return f"EmbeddingIndex({self.path!r}, rows={len(self)}, dim={self.dim}{kind})"
 
     @property
@@ -187,21 +193,29 @@ class EmbeddingIndex:
             raise ValueError(f"method must be 'auto', 'exact' or 'approximate'; got {method!r}")
         if method == "exact":
             return "exact"
-        usable = self.approximate is not None and _ann.available()
+        usable = _ann.readable(self.approximate) and _ann.available()
         if method == "approximate" and not usable:
             raise UserError(
                 f"{self.path} has no approximate structure"
-                + ("" if self.approximate is None else f" usable here ({_ann.missing_reason()})")
+                + ("" if self.approximate is None else f" usable here ({self._unusable()})")
                 + "; build one with `tripletsk index --approximate yes`, or search exactly"
             )
-        if self.approximate is not None and not _ann.available():
+        if self.approximate is not None and not usable:
             warnings.warn(
-                f"{self.path} has an approximate structure but {_ann.missing_reason()}; "
+                f"{self.path} has an approximate structure but {self._unusable()}; "
                 "searching exactly",
                 UserWarning,
                 stacklevel=3,
             )
         return "approximate" if usable else "exact"
+
+    def _unusable(self) -> str:
+        if not _ann.readable(self.approximate):
+            return (
+                f"it was made with {self.approximate.get('library')!r}, which this tripletsk "
+                "does not read (rebuild it: `tripletsk index --approximate yes`)"
+            )
+        return _ann.missing_reason()
 
     def search(self, queries, k: int = 10, *, method: str = "auto", exclude_rows=None) -> Neighbors:
         """The ``k`` nearest stored rows of each query embedding, nearest first.
@@ -258,7 +272,9 @@ class EmbeddingIndex:
 
     def _approximate(self, queries, k, exclude):
         if self._ann is None:
-            self._ann = _ann.load(self.path, self.approximate, self.dim, self.distance)
+            self._ann = _ann.load(
+                self.path, self.approximate, self.ids, self.read_blocks, self.dim, self.distance
+            )
         extra = 0 if exclude is None else 1
         ids, dists = self._ann.search(queries, k + extra)
         rows = np.searchsorted(self.ids, ids)

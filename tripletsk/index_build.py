@@ -1,12 +1,17 @@
-"""An embedding index of a feature cache under a fitted model: built, kept up to date, checked.
+"""An embedding index of a feature cache: built, kept up to date, checked.
 
-The index records the model (a digest of what makes its embeddings: the standardisation, the
-head's weights and the distance, so a threshold written into the model file later does not make
-the index stale) and the cache (its provenance and the digests of its keys and fingerprints).
-:func:`build_index_from_model` embeds only what the index lacks: new images of the cache and
-images whose content changed; rows of images gone from the cache are dropped.
-:func:`check_index_current` refuses an index whose model or cache has changed, with the command
-that brings it up to date.
+The rows of an index are either the embeddings of a fitted model
+(:func:`build_index_from_model`) or the cached backbone features themselves, L2-normalised
+(:func:`build_index_from_features`, ``tripletsk index --features-only``: no model, no fitted
+parameter, e.g. for near-duplicates, where a model trained on classes puts distinct items of
+one class together). The manifest's ``model`` record says which (``kind``: ``"model"`` or
+``"features"``), so the one is never taken for the other. It also records the model (a digest
+of what makes its embeddings: the standardisation, the head's weights and the distance, so a
+threshold written into the model file later does not make the index stale) and the cache (its
+provenance and the digests of its keys and fingerprints). Building again embeds only what the
+index lacks: new images of the cache and images whose content changed; rows of images gone
+from the cache are dropped. :func:`check_index_current` refuses an index whose model or cache
+has changed, with the command that brings it up to date.
 """
 
 from __future__ import annotations
@@ -20,9 +25,48 @@ import numpy as np
 
 from tripletsk.errors import StaleIndexError, UserError
 
-__all__ = ["BuildReport", "build_index_from_model", "check_index_current", "model_digest"]
+__all__ = [
+    "FEATURES_DIGEST",
+    "BuildReport",
+    "FeatureEmbedding",
+    "build_index_from_features",
+    "build_index_from_model",
+    "check_index_current",
+    "model_digest",
+]
 
 _CHUNK = 8192
+#: The ``model`` digest of a features-only index (never a model's: those are 32 hex digits).
+FEATURES_DIGEST = "features:l2-normalised"
+
+
+class FeatureEmbedding:
+    """The rows of a features-only index: each backbone feature row divided by its L2 norm.
+
+    It has no fitted parameter, so an index of it never goes stale through a model and new
+    rows (or a query image) are embedded the same way whatever the cache holds. Distances are
+    Euclidean between unit vectors (0 to 2; ``2 - 2 cos``).
+
+    Parameters
+    ----------
+    n_features : int
+        The cache's feature width.
+
+    Examples
+    --------
+    >>> FeatureEmbedding(2).transform(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+
+    distance = "l2"
+
+    def __init__(self, n_features: int):
+        self.n_components = int(n_features)
+
+    def transform(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        norms = np.linalg.norm(X, axis=1, keepdims=True)
+        return X / np.where(norms > 0, norms, 1.0)  # an all-zero row stays zero
 
 
 def model_digest(encoder) -> str:
@@ -71,6 +115,7 @@ def _cache_record(store) -> dict:
 def _model_record(fitted, digest: str) -> dict:
     path = fitted.path if os.path.exists(str(fitted.path)) else None
     return {
+        "kind": "model",
         "path": path,
         "abspath": os.path.abspath(path) if path else None,
         "digest": digest,
@@ -87,6 +132,17 @@ class BuildReport:
     n_kept: int
     n_dropped: int
     n_rows: int
+
+
+def _features_record(store) -> dict:
+    return {
+        "kind": "features",
+        "transform": "l2-normalised backbone features",
+        "path": None,
+        "abspath": None,
+        "digest": FEATURES_DIGEST,
+        "n_components": int(store.dim),
+    }
 
 
 def _fitted_and_store(model, features, trust_pickle: bool):
@@ -153,26 +209,55 @@ def build_index_from_model(
     -------
     (EmbeddingIndex, BuildReport)
     """
+    fitted, store = _fitted_and_store(model, features, trust_pickle)
+    digest = model_digest(fitted.model)
+    meta = {"model": _model_record(fitted, digest), "cache": _cache_record(store)}
+    return _build(path, fitted.model, store, meta, replace, approximate, progress)
+
+
+def build_index_from_features(
+    path: str | os.PathLike,
+    features,
+    *,
+    replace: bool = False,
+    approximate: str | None = None,
+    progress=None,
+):
+    """Build the features-only index of the cache ``features`` at ``path``, or bring it up to
+    date: its rows are the backbone features themselves, L2-normalised
+    (:class:`FeatureEmbedding`), with no model.
+
+    Parameters are those of :func:`build_index_from_model`. An index of a model at ``path`` is
+    refused unless ``replace``.
+
+    Returns
+    -------
+    (EmbeddingIndex, BuildReport)
+    """
+    from tripletsk.store import FeatureStore
+
+    store = FeatureStore(features)
+    meta = {"model": _features_record(store), "cache": _cache_record(store)}
+    return _build(path, FeatureEmbedding(store.dim), store, meta, replace, approximate, progress)
+
+
+def _build(path, embedding, store, meta: dict, replace: bool, approximate, progress):
     from tripletsk.embedding_index import EmbeddingIndex
     from tripletsk.indexfile import MANIFEST
 
     path = os.fspath(path)
-    fitted, store = _fitted_and_store(model, features, trust_pickle)
-    digest = model_digest(fitted.model)
-    meta = {"model": _model_record(fitted, digest), "cache": _cache_record(store)}
-    distance = getattr(fitted.model, "distance", "l2")
     exists = os.path.exists(os.path.join(path, MANIFEST))
     if exists and not replace:
         index = EmbeddingIndex(path)
-        _check_same_kind(index, fitted, digest, store)
-        return _update(index, fitted.model, store, meta, approximate, progress)
+        _check_same_kind(index, meta["model"], store)
+        return _update(index, embedding, store, meta, approximate, progress)
     rows = np.arange(len(store))
-    embeddings = _embed(fitted.model, store, rows, progress)
+    embeddings = _embed(embedding, store, rows, progress)
     index = EmbeddingIndex.create(
         path,
         store.keys,
         embeddings,
-        distance=distance,
+        distance=getattr(embedding, "distance", "l2"),
         hashes=store.fingerprints["blake2b"],
         approximate=approximate or "auto",
         replace=replace,
@@ -181,13 +266,24 @@ def build_index_from_model(
     return index, BuildReport(True, len(rows), 0, 0, len(index))
 
 
-def _check_same_kind(index, fitted, digest: str, store) -> None:
+def _describe(record: dict) -> str:
+    if record.get("kind") == "features":
+        return "backbone features without a model (`tripletsk index --features-only`)"
+    return f"the embeddings of the model {record.get('path') or 'given'}"
+
+
+def _check_same_kind(index, record: dict, store) -> None:
     from tripletsk.store import provenance_differences
 
-    if index.model.get("digest") != digest:
+    if index.model.get("digest") != record["digest"]:
+        if index.features_only or record.get("kind") == "features":
+            held = _describe(index.model) if index.features_only else "the embeddings of a model"
+            what = f"{held}, not {_describe(record)}"
+        else:
+            what = f"the embeddings of another model than {record.get('path') or 'this one'}"
         raise StaleIndexError(
-            f"{index.path} holds the embeddings of another model than {fitted.path}; pass "
-            "--replace (replace=True) to rebuild it for this model, or write to another -o"
+            f"{index.path} holds {what}; pass --replace (replace=True) to rebuild it, or write "
+            "to another -o"
         )
     recorded = index.cache.get("provenance") or {}
     if recorded and provenance_differences(recorded, store.provenance):
@@ -227,6 +323,9 @@ def _update(index, model, store, meta, approximate, progress):
 
 
 def _rebuild_command(index) -> str:
+    if index.features_only:
+        cache = index.cache.get("path") or "CACHE"
+        return f"`tripletsk index --features-only --features {cache} -o {index.path}`"
     model = index.model.get("path") or "MODEL"
     return f"`tripletsk index --model {model} -o {index.path}`"
 
@@ -235,8 +334,15 @@ def check_index_current(index, store=None, encoder=None) -> None:
     """Raise :class:`StaleIndexError` if ``index`` no longer matches ``store`` (its cache) or
     ``encoder`` (its model); the message gives the command that updates it.
 
-    ``store`` None skips the cache check, ``encoder`` None the model check.
+    ``store`` None skips the cache check, ``encoder`` None the model check. A features-only
+    index is refused with any ``encoder``: its rows are not a model's embeddings.
     """
+    if encoder is not None and index.features_only:
+        raise StaleIndexError(
+            f"{index.path} holds {_describe(index.model)}, not the embeddings of a model: use it "
+            "without a model, or build the model's index with `tripletsk index --model MODEL "
+            "-o OTHER_INDEX`"
+        )
     if encoder is not None and index.model.get("digest") not in (None, model_digest(encoder)):
         raise StaleIndexError(
             f"{index.path} was built with another model (its weights differ): rebuild it with "

@@ -215,7 +215,7 @@ def _structure(index, manifest, approximate, removed_ids, new_ids, new_vectors):
     if approximate == "no":
         return None
     if old is not None and _ann.available():
-        return _ann.update(index.path, old, manifest, removed_ids, new_ids, new_vectors)
+        return _ann.update(index.path, old, index.ids, manifest, removed_ids, new_ids, new_vectors)
     if old is not None and approximate is None:
         raise UserError(
             f"{index.path} has an approximate structure that must be updated, but "

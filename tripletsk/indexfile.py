@@ -54,7 +54,7 @@ _MAX_MANIFEST_BYTES = 16 << 20
 _MAX_KEYS_BYTES = 1 << 30
 _CHUNK_BYTES = 64 << 10
 _SEGMENT = re.compile(r"seg-[0-9a-f]{16}")
-_ANN = re.compile(r"ann-[0-9a-f]{16}\.(usearch|faiss)")
+_ANN = re.compile(r"ann-[0-9a-f]{16}\.(npz|usearch)")  # usearch: made by an earlier tripletsk
 _TOP_LEVEL = {
     "format": str, "format_version": int, "distance": str, "dim": int, "n_rows": int,
     "next_id": int, "segments": list, "model": dict, "cache": dict, "ann": (dict, type(None)),

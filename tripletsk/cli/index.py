@@ -24,16 +24,23 @@ def register(sub) -> None:
         "Embed every cached image with a fitted model once and store the embeddings (an "
         "existing index is brought up to date: only new images are embedded).",
         "tripletsk index --model model.npz -o cache/index\n"
-        "tripletsk search --index cache/index photo.jpg -k 5",
+        "tripletsk search --index cache/index photo.jpg -k 5\n"
+        "tripletsk index --features-only --features cache/features.h5 -o cache/features-index",
     )
-    p.add_argument("-m", "--model", required=True, help="model file written by `tripletsk fit`")
+    p.add_argument("-m", "--model", help="model file written by `tripletsk fit`")
+    p.add_argument(
+        "--features-only",
+        action="store_true",
+        help="no model: index the cached backbone features themselves, L2-normalised (e.g. "
+        "for near-duplicates); needs --features",
+    )
     p.add_argument("-o", "--output", required=True, metavar="INDEX", help="the index folder")
     p.add_argument("--features", help="feature cache (default: the one the model was fitted on)")
     p.add_argument(
         "--approximate",
         choices=("auto", "yes", "no"),
         default=None,
-        help="keep an approximate-search structure: auto = from 200,000 images when usearch is "
+        help="keep an approximate-search structure: auto = from 200,000 images when faiss-cpu is "
         "installed (default for a new index; an existing one keeps its choice)",
     )
     p.add_argument("--replace", action="store_true", help="rebuild an existing index from scratch")
@@ -97,20 +104,28 @@ def _open_index(path: str):
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from tripletsk.index_build import build_index_from_model
+    from tripletsk.index_build import build_index_from_features, build_index_from_model
 
-    index, report = build_index_from_model(
-        args.output,
-        args.model,
-        args.features,
-        replace=args.replace,
-        approximate=args.approximate,
-        trust_pickle=args.trust_pickle,
-    )
+    if args.features_only == bool(args.model):
+        raise UsageError(
+            "pass --model MODEL (a fitted model's embeddings) or --features-only --features "
+            "CACHE (the backbone features themselves), "
+            + ("not both" if args.model else "one of them")
+        )
+    if args.features_only and not args.features:
+        raise UsageError("--features-only needs --features CACHE: the cache to index")
+    options = {"replace": args.replace, "approximate": args.approximate}
+    if args.features_only:
+        index, report = build_index_from_features(args.output, args.features, **options)
+    else:
+        index, report = build_index_from_model(
+            args.output, args.model, args.features, trust_pickle=args.trust_pickle, **options
+        )
     verb = "built" if report.created else "updated"
+    rows = "L2-normalised backbone features, no model; " if index.features_only else ""
     print(
         f"{verb} {index.path}: {report.n_rows} images ({report.n_embedded} embedded, "
-        f"{report.n_kept} kept, {report.n_dropped} dropped); {_method_note(index, 'auto')}"
+        f"{report.n_kept} kept, {report.n_dropped} dropped); {rows}{_method_note(index, 'auto')}"
     )
     return 0
 
@@ -181,7 +196,23 @@ def _query_embeddings(index, queries, args, *, need_model=False, store=None):
     """Embeddings of the queries: stored rows for indexed images, the backbone for the rest."""
     rows, files = _query_rows(index, queries)
     fitted = None
-    if files or need_model:
+    if index.features_only:
+        if getattr(args, "model", None):
+            raise UserError(
+                f"{index.path} is a features-only index: its rows are backbone features, not "
+                f"the embeddings of {args.model}; drop --model, or use the model's own index"
+            )
+        if need_model:
+            raise UserError(
+                f"{index.path} is a features-only index (no model, so no calibrated threshold): "
+                "pass --threshold"
+            )
+        if files and store is None:
+            raise UserError(
+                f"{index.path}: its cache is not found; pass --features CACHE to embed images "
+                "that are not in it"
+            )
+    elif files or need_model:
         fitted, store = _model_and_store(
             index,
             getattr(args, "model", None),
@@ -203,8 +234,23 @@ def _query_embeddings(index, queries, args, *, need_model=False, store=None):
             file=sys.stderr,
         )
         new = [i for i, r in enumerate(rows) if r < 0]
-        out[new] = fitted.model.transform(features_for_files(files, like=store))
+        out[new] = _embedding(index, fitted, store).transform(features_for_files(files, like=store))
     return out, np.array(rows, dtype=np.int64), fitted
+
+
+def _embedding(index, fitted, store):
+    """What turns backbone features into the index's rows: the model, or (features-only) the
+    L2 normalisation, checked against the index's width."""
+    if not index.features_only:
+        return fitted.model
+    from tripletsk.index_build import FeatureEmbedding
+
+    if store.dim != index.dim:
+        raise UserError(
+            f"{index.path} holds {index.dim}-wide rows but the cache {store.path} has "
+            f"{store.dim} features; the index is not of this cache"
+        )
+    return FeatureEmbedding(store.dim)
 
 
 def run_search_index(args: argparse.Namespace) -> int:
@@ -301,6 +347,12 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
         check_output_path(args.plot, "--plot")
     index = _open_index(args.index)
+    if index.features_only:
+        raise UserError(
+            f"{index.path} is a features-only index (no model): a threshold is calibrated for "
+            "a model and stored in its file. Calibrate an index built with --model, or pass "
+            "--threshold to `tripletsk match`"
+        )
     _checked_store(index, args)
     keys = _read_keys(args.queries)
     rows = index.rows_of(keys)

