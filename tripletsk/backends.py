@@ -119,6 +119,33 @@ def cpu_lacks_bfloat16() -> bool:
     return _cpu_has_bfloat16() is False
 
 
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_runners(precision: str | None = None) -> list[str]:
+    """``"backend/precision"`` of the runners this machine has: TensorFlow float32 always,
+    OpenVINO float32 if installed, bfloat16 where the CPU has it natively (TensorFlow's also
+    when ``precision="bfloat16"`` is asked for), OpenVINO int8 with NNCF installed;
+    ``precision``: only those of that precision."""
+    openvino, native_bf16 = _installed("openvino"), cpu_supports_bfloat16()
+    out = ["tensorflow/float32"]
+    if openvino:
+        out.append("openvino/float32")
+    if native_bf16 or precision == "bfloat16":
+        out.append("tensorflow/bfloat16")
+    if openvino and native_bf16:
+        out.append("openvino/bfloat16")
+    if openvino and _installed("nncf"):
+        out.append("openvino/int8")
+    return [r for r in out if precision is None or r.endswith("/" + precision)]
+
+
 def warn_if_bfloat16_is_emulated(what: str, stacklevel: int = 3) -> None:
     """Warn that ``what`` in TensorFlow bfloat16 will be slower than float32 here: the CPU has
     no bfloat16 instructions and TensorFlow sees no GPU, so bfloat16 is emulated.
@@ -333,6 +360,27 @@ def make_openvino_runner(
     return _compile_runner(
         _to_openvino(keras_model, shape), config, None, batch_size, performance_hint
     )
+
+
+def load_openvino_runner(
+    folder: str | os.PathLike,
+    precision: str = "float32",
+    batch_size: int | None = None,
+    num_threads: int | None = None,
+    performance_hint: str = "THROUGHPUT",
+    pinning: bool | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`make_openvino_runner` of a model already converted to OpenVINO IR (``folder``
+    holds ``model.xml`` and ``model.bin``, e.g. from
+    :func:`tripletsk.extraction.openvino_ir.float_model_folder`): no TensorFlow needed."""
+    ov = _import_openvino()
+    precision = normalize_precision(precision)
+    if precision == "int8":
+        raise ValueError("int8 models are loaded by tripletsk.quantization")
+    ov_model = ov.Core().read_model(os.path.join(os.fspath(folder), "model.xml"))
+    config = _openvino_config(num_threads, pinning)
+    config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bfloat16" else "f32"
+    return _compile_runner(ov_model, config, None, batch_size, performance_hint)
 
 
 make_openvino_runner.__doc__ = make_openvino_runner.__doc__.replace(

@@ -75,7 +75,7 @@ max_pixels
 
     def __init__(
         self, root=None, cache=DEFAULT_CACHE, backbone="ResNet50", weights="imagenet",
-        image_size=224, backend="tensorflow", precision="float32", batch_size=32, *,
+        image_size=224, backend="tensorflow", precision=None, batch_size=32, *,
         layer=None, preprocessing=None, seed=0, dtype=None, append=True, workers=None,
         max_pixels=None, lock_timeout=600.0,
     ):  # fmt: skip
@@ -150,11 +150,11 @@ max_pixels
     def _features(self, root: str, cache: str, files: list, keys: list) -> np.ndarray:
         """(len(files), d): cached rows, then new images extracted into the cache, then the rest
         computed like the cache's."""
-        expected = self._options(root, cache).provenance
         got, todo, extracted = {}, list(range(len(files))), False
         deadline, delay = time.monotonic() + float(self.lock_timeout), 0.05
         while True:
-            if os.path.exists(cache):
+            if os.path.exists(cache):  # (its recorded runner is what backend="auto" means)
+                expected = self._options(root, cache).provenance
                 got, todo = _cached_rows(cache, root, files, keys, expected)
             new = [keys[i] for i in todo if keys[i] is not None]
             if extracted or not new or not self._writable(cache, len(new)):
@@ -196,7 +196,8 @@ max_pixels
 
             with FeatureStore(cache) as store:
                 recorded = extraction_settings_of_cache(store)
-            unset = [k for k, v in network.items() if _same(v, _NETWORK_DEFAULTS[k])]
+            unset = [k for k, v in network.items() if _same(v, _NETWORK_DEFAULTS[k])
+                     or (k, v) in (("backend", "auto"), ("precision", None))]  # fmt: skip
             if {"layer", "preprocessing"} & set(network) - set(unset):
                 unset = [k for k in unset if k != "backbone"]  # they refine a named backbone
             network.update({k: recorded[k] for k in unset if k in recorded})
@@ -254,7 +255,7 @@ max_pixels
 #: The parameters that choose the network, with their defaults (those of ``extract-features``).
 _NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
                      "weights": "imagenet", "seed": 0, "image_size": 224,
-                     "backend": "tensorflow", "precision": "float32"}  # fmt: skip
+                     "backend": "tensorflow", "precision": None}  # fmt: skip
 
 
 def _same(value, default) -> bool:

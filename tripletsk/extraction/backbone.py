@@ -31,6 +31,7 @@ from tripletsk.extraction.architecture import (
 )
 
 __all__ = [
+    "AUTO",
     "BACKBONE",
     "BACKENDS",
     "FEATURE_DIM",
@@ -125,23 +126,38 @@ def resolve_network(
 
 
 BACKENDS = ("tensorflow", "openvino")
+#: ``backend="auto"``: the fastest runner here whose features agree with TensorFlow float32
+#: (:mod:`tripletsk.extraction.auto`).
+AUTO = "auto"
 
 
-def check_backend(backend: str, precision: str) -> tuple[str, str]:
+def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]:
     """Validated ``(backend, precision)``; precision spelled ``float32``, ``bfloat16`` or
-    ``int8`` (OpenVINO only).
+    ``int8`` (OpenVINO only). ``precision=None``: float32, except with ``backend="auto"``,
+    which then chooses the precision too (``(AUTO, None)``).
 
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
     from tripletsk.backends import check_precision, cpu_lacks_bfloat16, normalize_precision
 
-    if backend not in BACKENDS:
-        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in (*BACKENDS, AUTO):
+        raise UserError(f"backend must be one of {', '.join((*BACKENDS, AUTO))}, got {backend!r}")
+    if precision is None and backend == AUTO:
+        return AUTO, None
     try:
-        precision = normalize_precision(precision)
+        precision = normalize_precision("float32" if precision is None else precision)
     except ValueError as e:  # said here without check_precision's CLI flag name
         raise UserError(str(e)) from None
+    if backend == AUTO:
+        from tripletsk.backends import available_runners
+
+        if not available_runners(precision):
+            raise UserError(
+                f"precision {precision!r}: no runner computes in it here; int8 runs on "
+                'OpenVINO with NNCF: pip install "tripletsk[openvino]"'
+            )
+        return AUTO, precision
     precision = check_precision(backend, precision)  # int8: OpenVINO only
     # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
     # own report of the precision OpenVINO chose is checked when it is built.
@@ -159,14 +175,16 @@ def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
 
 
 def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflow",
-                   precision: str = "float32", *, int8: dict | None = None) -> dict:  # fmt: skip
+                   precision: str = "float32", *, int8: dict | None = None,
+                   choice: str | None = None) -> dict:  # fmt: skip
     """The attributes that identify the features a model produces.
 
     ``compute_dtype`` takes part in the mismatch check: bfloat16, float32 and int8 features are
     never mixed in one cache. The backend is recorded but not checked, since TensorFlow and
     OpenVINO agree to float32 rounding at the same precision. ``int8`` (int8 caches only) adds
     ``int8_calibration`` and ``int8_model``, also checked: the quantized model depends on its
-    calibration images (:mod:`tripletsk.extraction.int8`).
+    calibration images (:mod:`tripletsk.extraction.int8`). ``choice`` (``backend_choice``,
+    descriptive): how the runner was chosen (``backend="auto"``'s timings and reason).
     """
     return {
         **spec.arch.provenance(),
@@ -176,6 +194,7 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
         "backend": backend,
         "weights_source": spec.source,
         **(int8 or {}),
+        **({"backend_choice": choice} if choice else {}),
     }
 
 
@@ -241,6 +260,7 @@ class Backbone:
         precision: str = "float32",
         *,
         int8_folder: str | None = None,
+        ov_folder: str | None = None,
     ):
         arch = spec.arch
 
@@ -258,9 +278,9 @@ class Backbone:
             self._fn = lambda x: compiled(x).numpy()
         else:
             self._fn = _backend_runner(
-                model, arch, backend, precision, self.batch_size, int8_folder
+                model, arch, backend, precision, self.batch_size, int8_folder or ov_folder
             )
-        # int8 runs the quantized model alone (model is None): its output says the width.
+        # OpenVINO from a model folder runs it alone (model is None): its output says the width.
         self.dim = int(model.output_shape[-1]) if model is not None else self._fn.dim
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -279,16 +299,20 @@ class Backbone:
 
 
 def _backend_runner(model, arch: Architecture, backend: str, precision: str, batch_size: int,
-                    int8_folder: str | None = None):  # fmt: skip
+                    folder: str | None = None):  # fmt: skip
     """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
-    int8: the quantized model in ``int8_folder``."""
+    OpenVINO: the model in ``folder`` (int8: quantized; float: converted) if given, else
+    ``model`` converted now."""
     from tripletsk import backends, quantization
 
     if precision == "int8":
-        run = quantization.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
+        run = quantization.load_openvino_int8_runner(folder, batch_size=batch_size)
     elif backend == "openvino":
         try:
-            run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
+            if folder is not None:
+                run = backends.load_openvino_runner(folder, precision, batch_size=batch_size)
+            else:
+                run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
         except ImportError as e:
             raise UserError(str(e)) from None
         if run.precision != precision:  # the cache would record a precision never used
@@ -313,13 +337,16 @@ def build_backbone(
     backend: str = "tensorflow",
     precision: str = "float32",
     int8_folder: str | None = None,
+    models_dir: str | None = None,
 ) -> Backbone:
     """Build the frozen backbone (``weights``' architecture) and compile its forward function.
 
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
-    (:func:`tripletsk.quantization.quantize_openvino_int8`).
+    (:func:`tripletsk.quantization.quantize_openvino_int8`). ``models_dir``: with OpenVINO at
+    float32/bfloat16, where the converted model is kept (found there, or converted once and
+    put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
 
     Raises
     ------
@@ -330,11 +357,17 @@ def build_backbone(
     backend, precision = check_backend(backend, precision)
     if precision == "int8" and int8_folder is None:
         raise ValueError("precision int8 needs int8_folder, the quantized model")
-    # The quantized model is all int8 needs: no Keras model, so no TensorFlow in the process.
-    model = None if precision == "int8" else build_keras_model(spec, image_size)
-    return Backbone(
-        model, spec, image_size, batch_size, backend, precision, int8_folder=int8_folder
-    )
+    ov_folder = None
+    if backend == "openvino" and precision != "int8" and models_dir is not None:
+        from tripletsk.extraction.openvino_ir import float_model_folder
+
+        build = lambda: build_keras_model(spec, image_size)  # noqa: E731
+        ov_folder = float_model_folder(spec, image_size, models_dir, build)
+    # A model folder is all OpenVINO needs: no Keras model, so no TensorFlow in the process.
+    needs_keras = precision != "int8" and ov_folder is None
+    model = build_keras_model(spec, image_size) if needs_keras else None
+    return Backbone(model, spec, image_size, batch_size, backend, precision,
+                    int8_folder=int8_folder, ov_folder=ov_folder)  # fmt: skip
 
 
 def build_keras_model(spec: WeightsSpec, image_size: int):
@@ -481,18 +514,38 @@ _BACKBONES_LOCK = threading.Lock()
 
 def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
                     backend: str = "tensorflow", precision: str = "float32",
-                    int8_folder: str | None = None) -> Backbone:  # fmt: skip
+                    int8_folder: str | None = None,
+                    models_dir: str | None = None) -> Backbone:  # fmt: skip
     """Build a backbone once per (weights, image size, batch size, backend, precision, quantized
-    model) in this process."""
-    key = (spec, int(image_size), int(batch_size), backend, precision, int8_folder)
+    model, models folder) in this process."""
+    key = _backbone_key(spec, image_size, batch_size, backend, precision, int8_folder, models_dir)
     with _BACKBONES_LOCK:
         bb = _BACKBONES.get(key)
         if bb is None:
             bb = build_backbone(
-                spec, image_size, spec.seed, batch_size, backend, precision, int8_folder
-            )
+                spec, image_size, spec.seed, batch_size, backend, precision, int8_folder,
+                models_dir,
+            )  # fmt: skip
             if backend == "tensorflow":  # trace now (OpenVINO compiled when it was built)
                 bb(np.zeros((1, image_size, image_size, 3), np.uint8))
             _BACKBONES.clear()  # keep one model in memory
             _BACKBONES[key] = bb
         return bb
+
+
+def _backbone_key(spec, image_size, batch_size, backend, precision, int8_folder, models_dir):
+    if backend != "openvino" or precision == "int8":
+        models_dir = None  # (only OpenVINO float models are kept there)
+    return (spec, int(image_size), int(batch_size), backend, precision, int8_folder, models_dir)
+
+
+def keep_backbone(bb: Backbone, models_dir: str | None = None,
+                  int8_folder: str | None = None) -> None:  # fmt: skip
+    """Make ``bb`` (built elsewhere, e.g. while timing runners) the backbone
+    :func:`cached_backbone` returns for its settings."""
+    prov = bb.provenance
+    key = _backbone_key(bb.spec, bb.image_size, bb.batch_size, prov["backend"],
+                        prov["compute_dtype"], int8_folder, models_dir)  # fmt: skip
+    with _BACKBONES_LOCK:
+        _BACKBONES.clear()
+        _BACKBONES[key] = bb
