@@ -230,7 +230,7 @@ def choose(
     if "openvino/int8" in names:
         kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
         int8_model = int8.find_model(opts.spec, opts.image_size, listing, opts.output, **kwargs)
-        if int8_model is None and len(pending) < INT8_MIN_IMAGES:
+        if int8_model is None and len(pending) < INT8_MIN_IMAGES and precision is None:
             names.remove("openvino/int8")
             notes.append(f"int8 not tried: fewer than {INT8_MIN_IMAGES} images to extract and no "
                          "quantized model of this collection yet")  # fmt: skip
