@@ -53,6 +53,7 @@ __all__ = [
 
 BACKBONE = RESNET50.identity  # the default backbone's provenance
 FEATURE_DIM = 2048
+#: Keras' md5 of resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 (the ImageNet weights).
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 
 
