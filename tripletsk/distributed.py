@@ -270,7 +270,7 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
             "output file"
         )
     spec = _network(kwargs)
-    backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision"))
+    backend = check_backend(kwargs.get("backend", _default_backend()), kwargs.get("precision"))
     if backend[0] == "auto":  # auto keeps the cache's runner (at the precision asked, if any)
         backend = (old.provenance.get("backend"), backend[1] or old.provenance["compute_dtype"])
     # An int8 cache's own model is the one the shards use (see _int8_model).
@@ -288,6 +288,12 @@ def _network(kwargs: dict):
 
     names = ("weights", "seed", "backbone", "layer", "preprocessing")
     return resolve_network(**{k: kwargs[k] for k in names if k in kwargs})
+
+
+def _default_backend() -> str:
+    from tripletsk.extraction.backbone import DEFAULT_BACKEND
+
+    return DEFAULT_BACKEND
 
 
 def _resolve_auto(client, root: str, output: str, kwargs: dict) -> dict:
@@ -415,7 +421,7 @@ def extract_with_dask(
         paths = [shard_path(output, i, n) for i in range(1, n + 1)]
         run_id = uuid.uuid4().hex[:8]
         shard_kwargs = extract_kwargs
-        if extract_kwargs.get("backend", "tensorflow") == "auto":
+        if extract_kwargs.get("backend", _default_backend()) == "auto":
             shard_kwargs = _resolve_auto(client, root, output, extract_kwargs)
         if str(shard_kwargs.get("precision", "")).lower() in ("int8", "i8"):
             shard_kwargs = {

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from tripletsk.errors import CacheLockedError, UserError
+from tripletsk.extraction.backbone import DEFAULT_BACKEND
 from tripletsk.extraction.discovery import is_listed_name
 from tripletsk.extraction.roots import ImageFolderMismatchError, same_folder
 from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
@@ -75,7 +76,7 @@ max_pixels
 
     def __init__(
         self, root=None, cache=DEFAULT_CACHE, backbone="ResNet50", weights="imagenet",
-        image_size=224, backend="tensorflow", precision=None, batch_size=32, *,
+        image_size=224, backend=DEFAULT_BACKEND, precision=None, batch_size=32, *,
         layer=None, preprocessing=None, seed=0, dtype=None, append=True, workers=None,
         max_pixels=None, lock_timeout=600.0,
     ):  # fmt: skip
@@ -255,7 +256,7 @@ max_pixels
 #: The parameters that choose the network, with their defaults (those of ``extract-features``).
 _NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
                      "weights": "imagenet", "seed": 0, "image_size": 224,
-                     "backend": "tensorflow", "precision": None}  # fmt: skip
+                     "backend": DEFAULT_BACKEND, "precision": None}  # fmt: skip
 
 
 def _same(value, default) -> bool:

@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``extract-features`` arguments to ``parser``."""
-    from tripletsk.extraction.backbone import AUTO, BACKENDS
+    from tripletsk.extraction.backbone import AUTO, BACKENDS, DEFAULT_BACKEND
 
     parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
     parser.add_argument(
@@ -121,7 +121,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument(
         "--backend",
         choices=(*BACKENDS, AUTO),
-        default="tensorflow",
+        default=DEFAULT_BACKEND,
         help="what runs the model; openvino needs `pip install tripletsk[openvino]`; auto: the "
         "fastest runner on this CPU whose features agree with tensorflow float32 (cosine >= "
         "0.99), timed on your first batch once per cache folder, recorded in the cache; a "
@@ -200,7 +200,7 @@ def extraction_options(args: argparse.Namespace) -> dict:
         "quiet": args.quiet,
         "verify": getattr(args, "verify", False),
         "workers": getattr(args, "workers", None),
-        "backend": getattr(args, "backend", "tensorflow"),
+        "backend": getattr(args, "backend", DEFAULT_BACKEND),
         "precision": getattr(args, "precision", None),
     }
 

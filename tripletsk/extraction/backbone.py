@@ -37,6 +37,7 @@ __all__ = [
     "AUTO",
     "BACKBONE",
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "FEATURE_DIM",
     "Backbone",
     "WeightsSpec",
@@ -127,6 +128,8 @@ BACKENDS = ("tensorflow", "openvino")
 #: ``backend="auto"``: the fastest runner here whose features agree with TensorFlow float32
 #: (:mod:`tripletsk.extraction.auto`).
 AUTO = "auto"
+#: What ``backend`` is unless given (extract_features, extract-features, ImageFeatures, Dask).
+DEFAULT_BACKEND = "tensorflow"
 
 
 def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, UserError
-from tripletsk.extraction.backbone import AUTO
+from tripletsk.extraction.backbone import AUTO, DEFAULT_BACKEND
 from tripletsk.extraction.decode import safe_fingerprint
 from tripletsk.extraction.discovery import (
     IMAGE_EXTENSIONS,
@@ -106,7 +106,7 @@ def extract_features(
     workers: int | None = None,
     max_pixels: int | None = None,
     shard: str | tuple[int, int] | None = None,
-    backend: str = "tensorflow",
+    backend: str = DEFAULT_BACKEND,
     precision: str | None = None,
     replace: bool = False,
     decode_memory: int | None = None,
