@@ -186,6 +186,8 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def extraction_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`extract_features` that the parsed options set."""
+    from tripletsk.extraction.backbone import DEFAULT_BACKEND
+
     return {
         "weights": args.weights,
         "backbone": getattr(args, "backbone", "ResNet50"),
