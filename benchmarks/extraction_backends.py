@@ -22,6 +22,8 @@ Usage::
     python benchmarks/extraction_backends.py                         # 48 / 144 photos of 256 px
     python benchmarks/extraction_backends.py --sizes 128 384 --photo-size 1600x1200
     python benchmarks/extraction_backends.py --configs tensorflow/float32 auto
+    python benchmarks/extraction_backends.py --baseline ../old-checkout \
+        --configs tensorflow/float32 before:openvino/int8 openvino/int8   # before/after
 
 Weights are random (``--weights none``) so it runs offline; the model's cost is the same.
 """
@@ -53,7 +55,7 @@ def uptime() -> str:
 
 
 def command(config: str, photos: Path, output: Path, args) -> list[str]:
-    backend, _, precision = config.partition("/")
+    backend, _, precision = config.removeprefix("before:").partition("/")
     cmd = [sys.executable, "-m", "tripletsk", "extract-features", str(photos), "-o", str(output),
            "--weights", "none", "--image-size", str(args.image_size),
            "--batch-size", str(args.batch_size), "--backend", backend, "-q"]  # fmt: skip
@@ -62,16 +64,27 @@ def command(config: str, photos: Path, output: Path, args) -> list[str]:
     return cmd
 
 
+CPU_SECONDS: dict = {}  # (config, photos, output) -> CPU seconds (user + system) of the run
+
+
 def run(config: str, photos: Path, output: Path, args) -> float:
-    """Seconds from process start to exit of one extraction into a fresh cache."""
+    """Seconds from process start to exit of one extraction into a fresh cache (its CPU
+    seconds go to :data:`CPU_SECONDS`)."""
     if output.exists():
         output.unlink()
     t = time.perf_counter()
-    res = subprocess.run(command(config, photos, output, args), capture_output=True, text=True,
-                         cwd=HERE.parent)  # fmt: skip
-    seconds = time.perf_counter() - t
-    if res.returncode != 0:
-        raise SystemExit(f"{config} failed:\n{res.stderr[-3000:]}")
+    code = Path(args.baseline) if config.startswith("before:") else HERE.parent
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command(config, photos, output, args), cwd=code, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"{config} failed:\n{err.read().decode()[-3000:]}")
+    CPU_SECONDS[(config, photos, output)] = usage.ru_utime + usage.ru_stime
     return seconds
 
 
@@ -97,6 +110,7 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
                     help="backend/precision, or a backend alone")  # fmt: skip
     ap.add_argument("--keep", help="keep the photos and caches in this folder")
+    ap.add_argument("--baseline", help="a checkout of other code: configs 'before:B/P' run it")
     args = ap.parse_args(argv)
     small, large = sorted(args.sizes)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -121,12 +135,14 @@ def main(argv=None) -> None:
                 t = run(config, photos[n], out / "warmup.h5", args)
                 print(f"warm-up {config}, {n} photos: {t:.1f} s -> {chosen(out / 'warmup.h5')}")
         times = {c: {small: [], large: []} for c in args.configs}
+        cpu = {c: {small: [], large: []} for c in args.configs}
         for r in range(1, args.rounds + 1):
             before = uptime()
             for n in (small, large):
                 for config in args.configs:
-                    target = out / f"r{r}-{n}-{config.replace('/', '-')}.h5"
+                    target = out / f"r{r}-{n}-{config.replace('/', '-').replace(':', '-')}.h5"
                     times[config][n].append(run(config, photos[n], target, args))
+                    cpu[config][n].append(CPU_SECONDS[(config, photos[n], target)])
             line = "; ".join(
                 f"{c} {times[c][small][-1]:.1f}/{times[c][large][-1]:.1f} s" for c in args.configs
             )
@@ -134,6 +150,7 @@ def main(argv=None) -> None:
         if "auto" in args.configs:
             print(f"auto chose: {chosen(out / f'r{args.rounds}-{large}-auto.h5')}")
         report(times, args.configs, small, large, args.rounds)
+        cpu_report(cpu, args.configs, small, large, args.rounds)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -160,7 +177,7 @@ def report(times: dict, configs, small: int, large: int, rounds: int) -> None:
             f"{med(times[c][large]):7.1f} {med(whole[large]):5.2f}x"
             f"   (speed-up per round {', '.join(f'{s:.2f}' for s in speedup)})"
         )
-    explicit = [c for c in configs if c != "auto"]
+    explicit = [c for c in configs if c != "auto" and not c.startswith("before:")]
     if "auto" in configs and explicit:
         for n in (small, large):
             ratios = [
@@ -175,6 +192,21 @@ def report(times: dict, configs, small: int, large: int, rounds: int) -> None:
         print(f"auto / fastest explicit per-image slope: median {statistics.median(sl):.3f}")
     print("speed-up: TF float32's per-image slope over this one's; x: TF's whole-process time")
     print("over this one's at that folder size")
+
+
+def cpu_report(cpu: dict, configs, small: int, large: int, rounds: int) -> None:
+    """CPU seconds (user + system, all threads) per image, from the slope: less sensitive than
+    wall time to other jobs taking the cores, though not what a user waits for."""
+    med = statistics.median
+    ref = configs[0]
+    for c in configs:
+        slopes = [(cpu[c][large][r] - cpu[c][small][r]) / (large - small) for r in range(rounds)]
+        refs = [(cpu[ref][large][r] - cpu[ref][small][r]) / (large - small) for r in range(rounds)]
+        print(
+            f"{c:>20} CPU {med(slopes) * 1e3:7.1f} ms/image, fixed "
+            f"{med(cpu[c][small][r] - small * slopes[r] for r in range(rounds)):6.1f} CPU s; "
+            f"{ref} / this: {med(a / b for a, b in zip(refs, slopes, strict=True)):.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ extraction per configuration (builds, converts or quantizes the model), then ``-
 interleaved rounds of ``extract_features`` into fresh caches, in this process, and reports per
 configuration (medians over rounds):
 
-* ``run s``: the whole call; ``img/s``: N over it;
-* ``model s``: inside ``Backbone.__call__`` (preprocessing + inference), and its share of the run;
+* ``run s``: the whole call; ``setup s``: until the model was ready (built, converted or
+  loaded: ``summary.setup_seconds``); ``img/s``: N over the time after setup (the steady rate);
+* ``model s``: inside ``Backbone.__call__`` (preprocessing + inference), and its share of the
+  time after setup;
 * ``prep s``: of which preprocessing in NumPy (``preprocess``; OpenVINO runners only: TensorFlow
   preprocesses inside its graph);
 * ``decode core-s``: CPU time of the decoding threads (reading, hashing, decoding, resizing),
   summed over threads, and per image in ms;
-* ``idle s``: the run minus the model's time (discovery, waiting for decoded batches, part
+* ``idle s``: the time after setup minus the model's (waiting for decoded batches, part
   writes, the final cache write).
 
 The library keeps no timings: the script wraps its functions for the measured runs only.
@@ -88,7 +90,7 @@ def measure(photos: Path, output: Path, config: str, args) -> dict:
                              quiet=True, progress=False)  # fmt: skip
     run = time.perf_counter() - t
     return {"run": run, "n": s.n_images, "model": model.wall, "prep": prep.wall,
-            "decode": decode.cpu}  # fmt: skip
+            "decode": decode.cpu, "setup": s.setup_seconds}  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -118,17 +120,25 @@ def main(argv=None) -> None:
             print(f"round {r + 1} done; {load(*os.getloadavg())}")
     print(f"{args.n} JPEGs of {w}x{h}, {args.image_size} px, batch {args.batch_size}, one "
           f"process, medians of {args.rounds} interleaved rounds")  # fmt: skip
-    print(f"{'config':>20} {'run s':>7} {'img/s':>6} {'model s':>8} {'share':>6} {'prep s':>7} "
-          f"{'decode core-s':>13} {'ms/img':>6} {'idle s':>7}")  # fmt: skip
+    print(f"{'config':>20} {'run s':>7} {'setup s':>7} {'img/s':>6} {'model s':>8} {'share':>6} "
+          f"{'prep s':>7} {'decode core-s':>13} {'ms/img':>6} {'idle s':>7}")  # fmt: skip
     med = statistics.median
+    ref = args.configs[0]
     for config, rs in results.items():
+        steady = [r["run"] - r["setup"] for r in rs]
         run, model = med(r["run"] for r in rs), med(r["model"] for r in rs)
-        share = med(r["model"] / r["run"] for r in rs)
+        share = med(r["model"] / t for r, t in zip(rs, steady, strict=True))
         decode = med(r["decode"] for r in rs)
-        idle = med(r["run"] - r["model"] for r in rs)
-        print(f"{config:>20} {run:7.2f} {args.n / run:6.1f} {model:8.2f} {share:6.0%} "
+        idle = med(t - r["model"] for r, t in zip(rs, steady, strict=True))
+        print(f"{config:>20} {run:7.2f} {med(r['setup'] for r in rs):7.2f} "
+              f"{args.n / med(steady):6.1f} {model:8.2f} {share:6.0%} "
               f"{med(r['prep'] for r in rs):7.2f} {decode:13.2f} {decode / args.n * 1e3:6.1f} "
               f"{idle:7.2f}")  # fmt: skip
+    for config, rs in results.items():
+        ratios = [(a["run"] - a["setup"]) / (b["run"] - b["setup"])
+                  for a, b in zip(results[ref], rs, strict=True)]  # fmt: skip
+        print(f"steady speed-up of {config} over {ref}: median {med(ratios):.2f} "
+              f"({', '.join(f'{x:.2f}' for x in ratios)})")  # fmt: skip
     print(load(*os.getloadavg()))
 
 
