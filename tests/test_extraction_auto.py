@@ -51,7 +51,9 @@ def first(tmp_path_factory):
     d = tmp_path_factory.mktemp("auto")
     images = make_images(d / "images", 10)
     cache = d / "out" / "first.h5"
-    extract_features(images, cache, **AUTO)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auto, "TRIAL_MIN_IMAGES", 1)  # (a trial is for larger runs)
+        extract_features(images, cache, **AUTO)
     return {"images": images, "cache": cache, "out": d / "out"}
 
 
@@ -80,6 +82,17 @@ def test_the_trial_times_each_runner_and_records_the_choice(first):
     assert all(name in reason for name in tried)
     if "openvino/int8" in auto.candidates():
         assert "int8 not tried: fewer than 1000 images" in reason
+
+
+def test_a_small_first_run_uses_the_reference_untimed(tmp_path, no_trial):
+    images = make_images(tmp_path / "images", 5)
+    out = tmp_path / "out" / "small.h5"
+    extract_features(images, out, **AUTO)
+    assert runner_of(out) == TF
+    reason = FeatureStore(out).provenance["backend_choice"]
+    assert reason.startswith(f"auto: {TF}; not timed: 5 images to extract, fewer than 256")
+    models = out.parent / ".tripletsk-models"
+    assert not models.exists() or not [p for p in os.listdir(models) if p.startswith("auto-")]
 
 
 def test_auto_features_equal_those_of_the_runner_it_chose(first):

@@ -43,6 +43,7 @@ __all__ = [
     "AUTO",
     "INT8_MIN_IMAGES",
     "MIN_COSINE",
+    "TRIAL_MIN_IMAGES",
     "Choice",
     "candidates",
     "choose",
@@ -54,6 +55,10 @@ AUTO = "auto"
 #: The least cosine similarity, image by image, between a candidate's features and TensorFlow
 #: float32's on the trial batch.
 MIN_COSINE = 0.99
+#: Runners are timed only for a run that extracts at least this many images (or where an earlier
+#: run's trial is recorded): a smaller first run uses the reference, untimed, as a trial would
+#: cost it more than it could save.
+TRIAL_MIN_IMAGES = 256
 #: int8 is quantized for a trial only when the run extracts at least this many images.
 INT8_MIN_IMAGES = 1000
 #: Bump when what a record holds or how it is measured changes: older records are unused.
@@ -237,14 +242,21 @@ def choose(
     if len(names) == 1:
         return Choice(*names[0].split("/"), _reason(names[0], {}, {}, 0, notes), int8_model)
     trial = None
-    known = all(n in record["per_image"] for n in names) and all(
-        _cosine_key(n, int8_model) in record["cosine"] for n in names if n != REFERENCE
-    )
-    if known:
+    known = [n for n in names if n in record["per_image"]
+             and (n == REFERENCE or _cosine_key(n, int8_model) in record["cosine"])]  # fmt: skip
+    if len(known) < len(names) and len(pending) < TRIAL_MIN_IMAGES:
+        untimed = [n for n in names if n not in known]
+        notes.insert(0, f"not timed: {len(pending)} images to extract, fewer than "
+                        f"{TRIAL_MIN_IMAGES}" + (f" ({', '.join(untimed)} left out)"
+                                                 if known else ""))  # fmt: skip
+        names = known or [REFERENCE if REFERENCE in names else names[0]]
+    if set(known) >= set(names) and record["per_image"]:
         per_image = {n: record["per_image"][n] for n in names}
         cosine = {n: record["cosine"][_cosine_key(n, int8_model)] for n in names if n != REFERENCE}
         sample = int(record.get("sample", 0))
         notes.append(f"timed by an earlier run ({record.get('when', '?')})")
+    elif len(names) == 1:
+        return Choice(*names[0].split("/"), _reason(names[0], {}, {}, 0, notes))
     else:
         if "openvino/int8" in names and int8_model is None:
             int8_model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output,
@@ -270,7 +282,8 @@ def choose(
 
 def _reason(best: str, per_image: dict, cosine: dict, sample: int, notes: list) -> str:
     if not per_image:
-        text = f"auto: {best}, the only runner considered"
+        text = f"auto: {best}" + ("" if notes and notes[0].startswith("not timed") else
+                                  ", the only runner considered")  # fmt: skip
     else:
         times = ", ".join(f"{n} {s * 1e3:.1f}" for n, s in sorted(per_image.items()))
         agree = ", ".join(f"{n} {c:.4f}" for n, c in sorted(cosine.items()))
