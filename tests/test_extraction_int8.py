@@ -220,10 +220,10 @@ def test_shards_of_other_calibrations_are_not_merged(tmp_path):
         merge_shards([str(one), str(two)], tmp_path / "merged.h5")
 
 
-def test_cli_refuses_int8_without_openvino(tmp_path, capsys):
+def test_cli_refuses_int8_with_tensorflow(tmp_path, capsys):
     images = make_images(tmp_path / "images", 2)
     argv = ["extract-features", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "none",
-            "--image-size", "32", "--precision", "int8"]  # fmt: skip
+            "--image-size", "32", "--backend", "tensorflow", "--precision", "int8"]  # fmt: skip
     assert cli(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -129,7 +129,7 @@ BACKENDS = ("tensorflow", "openvino")
 #: (:mod:`tripletsk.extraction.auto`).
 AUTO = "auto"
 #: What ``backend`` is unless given (extract_features, extract-features, ImageFeatures, Dask).
-DEFAULT_BACKEND = "tensorflow"
+DEFAULT_BACKEND = "auto"
 
 
 def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]:

@@ -156,14 +156,15 @@ def extract_features(
     shard : "I/N", (I, N) or None
         Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
         key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
-    backend : "auto", "tensorflow" or "openvino", default "tensorflow"
+    backend : "auto", "tensorflow" or "openvino", default "auto"
         What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``; its
         converted model is kept in ``.tripletsk-models/`` next to the cache, so later runs need
         no TensorFlow (:mod:`tripletsk.extraction.openvino_ir`). ``"auto"``: the fastest runner
         on this CPU whose features agree with TensorFlow float32's (cosine >= 0.99 on each of
-        the first batch's images), timed on the first batch; a cache made before, or an
-        interrupted run, keeps its runner; recorded in the cache's ``backend_choice``
-        (:mod:`tripletsk.extraction.auto`).
+        the first batch's images), timed on the first batch of a run of at least 256 images
+        (once per cache folder; smaller first runs use TensorFlow float32 untimed); a cache made
+        before, or an interrupted run, keeps its runner; recorded in the cache's
+        ``backend_choice`` (:mod:`tripletsk.extraction.auto`).
     precision : "float32", "bfloat16", "int8" or None, default None
         Arithmetic of the model; None: float32, or with ``backend="auto"`` whichever runner is
         fastest. bfloat16 is faster only on hardware with native bfloat16
