@@ -90,7 +90,8 @@ def test_a_small_first_run_uses_the_reference_untimed(tmp_path, no_trial):
     extract_features(images, out, **AUTO)
     assert runner_of(out) == TF
     reason = FeatureStore(out).provenance["backend_choice"]
-    assert reason.startswith(f"auto: {TF}; not timed: 5 images to extract, fewer than 256")
+    # (6 files to extract: the 5 images and one that is not an image)
+    assert reason.startswith(f"auto: {TF}; not timed: 6 images to extract, fewer than 256")
     models = out.parent / ".tripletsk-models"
     assert not models.exists() or not [p for p in os.listdir(models) if p.startswith("auto-")]
 

@@ -242,6 +242,12 @@ def choose(
     if len(names) == 1:
         return Choice(*names[0].split("/"), _reason(names[0], {}, {}, 0, notes), int8_model)
     trial = None
+    if int8_model is not None and _cosine_key("openvino/int8", int8_model) not in record["cosine"]:
+        from tripletsk.quantization import model_agreement  # measured when it was quantized
+
+        agreement = model_agreement(int8_model.folder)
+        if agreement is not None:
+            record["cosine"][_cosine_key("openvino/int8", int8_model)] = agreement
     known = [n for n in names if n in record["per_image"]
              and (n == REFERENCE or _cosine_key(n, int8_model) in record["cosine"])]  # fmt: skip
     if len(known) < len(names) and len(pending) < TRIAL_MIN_IMAGES:
