@@ -23,23 +23,26 @@ are built once and then called per batch; the first call of a new batch shape co
     retrieval quality against float32 features.
 
 OpenVINO settings, measured with ``benchmarks/extraction_int8.py --tune`` (ResNet50 at 224 px,
-batch 32, 2 vCPUs of a shared Xeon with AMX, load average 3-4; int8 images/s, medians of 3
-interleaved rounds; "AVX2" = oneDNN and OpenVINO kernels capped with ``ONEDNN_MAX_CPU_ISA=AVX2
-OV_CPU_MAX_ISA=AVX2``, like an AVX2-only CPU):
+batch 32, 2 vCPUs; int8 images/s, medians of 3 interleaved rounds): an Intel Xeon with AMX
+(family 6 model 167, load average 3-4), the same Xeon with its kernels capped by
+``ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2`` (still the Xeon, not an AVX2 CPU), and a real
+AMD EPYC Zen 3 (family 25 model 1, AVX2 only, load average 8-12: absolute figures low, compare
+within the column):
 
-=====================================  =================  ==========
-settings                               AMX (native)       AVX2 cap
-=====================================  =================  ==========
-THROUGHPUT, fixed batch (the default)  207.6              31.2
-THROUGHPUT, dynamic batch              203.1              32.4
-THROUGHPUT, fixed, CPU pinning off     187.3              28.6
-LATENCY, fixed batch                   169.9              21.1
-LATENCY, dynamic batch                 146.6              22.1
-=====================================  =================  ==========
+=====================================  =================  ============  ============
+settings                               Xeon AMX (native)  Xeon AVX2 cap Zen 3
+=====================================  =================  ============  ============
+THROUGHPUT, fixed batch (the default)  207.6              31.2          5.7
+THROUGHPUT, dynamic batch              203.1              32.4          6.4
+THROUGHPUT, fixed, CPU pinning off     187.3              28.6          5.5
+LATENCY, fixed batch                   169.9              21.1          5.0
+LATENCY, dynamic batch                 146.6              22.1          5.1
+=====================================  =================  ============  ============
 
 THROUGHPUT (2 streams of 1 core here; each batch split between them, run concurrently) beat
-LATENCY (1 stream of 2 cores) by 1.2x-1.5x; a fixed batch shape was as fast as a dynamic one
-with THROUGHPUT and faster with LATENCY; turning pinning off did not help. Feeding uint8
+LATENCY (1 stream of 2 cores) by 1.1x-1.5x; a fixed batch shape was about as fast as a dynamic
+one with THROUGHPUT (the Zen 3's 6.4 vs 5.7 is within its rounds' spread, 3.1x-5.3x vs
+3.0x-3.6x TensorFlow float32) and faster with LATENCY; turning pinning off did not help. Feeding uint8
 images with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was
 slower than NumPy preprocessing plus the float model in three runs (0.5x-0.9x), so it is not
 offered.
