@@ -42,10 +42,10 @@ LATENCY, dynamic batch                 146.6              22.1          5.1
 THROUGHPUT (2 streams of 1 core here; each batch split between them, run concurrently) beat
 LATENCY (1 stream of 2 cores) by 1.1x-1.5x; a fixed batch shape was about as fast as a dynamic
 one with THROUGHPUT (the Zen 3's 6.4 vs 5.7 is within its rounds' spread, 3.1x-5.3x vs
-3.0x-3.6x TensorFlow float32) and faster with LATENCY; turning pinning off did not help. Feeding uint8
-images with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was
-slower than NumPy preprocessing plus the float model in three runs (0.5x-0.9x), so it is not
-offered.
+3.0x-3.6x TensorFlow float32) and faster with LATENCY; turning pinning off did not help.
+Feeding uint8 images with ResNet50's preprocessing inside the OpenVINO model
+(``PrePostProcessor``) was slower than NumPy preprocessing plus the float model in three runs
+(0.5x-0.9x), so it is not offered.
 
 The OpenVINO runner needs the optional ``openvino`` package (``pip install "tripletsk[openvino]"``).
 A cache must never mix features computed at different precisions; the caller records the
