@@ -211,3 +211,21 @@ def test_image_features_takes_auto(first, no_trial):
     assert runner_of(out) == OV
     np.testing.assert_array_equal(got, FeatureStore(out).lookup(["a/00.png", "b/01.png"]))
     os.remove(out)
+
+
+def test_dask_chooses_once_for_every_shard(first):
+    pytest.importorskip("distributed")
+    from tripletsk.distributed import extract_with_dask
+
+    set_record(first["cache"], {TF: 0.02, OV: 0.01}, {OV: 1.0})
+    out, single = first["out"] / "dask.h5", first["out"] / "single-openvino.h5"
+    run = {k: v for k, v in AUTO.items() if k not in ("progress", "quiet")}
+    extract_with_dask(first["images"], out, n_workers=1, n_shards=2, quiet=True, **run)
+    assert runner_of(out) == OV  # chosen on the worker, from this folder's record
+    assert "timed by an earlier run" in FeatureStore(out).provenance["backend_choice"]
+    extract_features(first["images"], single, backend="openvino", **RUN)
+    keys = FeatureStore(single).keys
+    assert sorted(FeatureStore(out).keys) == sorted(keys)
+    np.testing.assert_array_equal(FeatureStore(out).lookup(keys), FeatureStore(single).lookup(keys))
+    os.remove(out)
+    os.remove(single)
