@@ -120,9 +120,11 @@ def validate(params: dict, data, seed: int = 0) -> dict:
 
 
 # The defaults before 2026-12-03, to which every recorded setting of docs/defaults_study/*.jsonl
-# is relative (so that the records keep their meaning after the defaults changed).
+# is relative (so that the records keep their meaning after the defaults changed; the stopping
+# rule and batch of before issue 21 included).
 STUDY_DEFAULTS = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
-                  "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip
+                  "margin": 1.0, "weight_averaging": 0.0, "batch_size": 256, "max_epochs": 100,
+                  "tol": 1e-4, "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
 
 
 def study_params(params: dict) -> dict:

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from defaults_study import datasets, validate
 
+# Both relative to benchmarks/defaults_study.py's STUDY_DEFAULTS (the former defaults, with
+# the batch and stopping rule of before issue 21): "TODAY" is the head of 2026-12-03.
 FORMER = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
           "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip
 TODAY = {"hidden_units": 2048, "n_components": 64, "dropout": 0.0, "input_dropout": 0.1,

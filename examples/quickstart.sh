@@ -7,13 +7,14 @@
 # digits written as PNG files into class folders (images/<digit>/<n>.png), and ResNet50 uses
 # random weights (--weights none) at 32x32 pixels. With internet access, drop
 # `--weights none --image-size 32` to use the ImageNet weights on your own images.
-# PER_CLASS (images per digit) and EPOCHS can be set in the environment for a quicker run.
+# PER_CLASS (images per digit) can be set in the environment for a quicker run, and EPOCHS to cap
+# the epochs (by default the fit stops by itself once it stops improving).
 set -euo pipefail
 
 EXAMPLES=$(cd "$(dirname "$0")" && pwd)
 WORK=${1:-quickstart}
 PER_CLASS=${PER_CLASS:-30}
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-}
 mkdir -p "$WORK"
 cd "$WORK"
 
@@ -28,7 +29,7 @@ tripletsk extract-features images --weights none --image-size 32
 tripletsk make-triplets cache/features.h5 -n 2000 -o train.txt --split test.txt --test-size 0.3
 
 # 4. Learn the similarity (the model remembers the cache it was fitted on).
-tripletsk fit --triplets train.txt -o model.npz --set max_epochs="$EPOCHS" \
+tripletsk fit --triplets train.txt -o model.npz ${EPOCHS:+--set max_epochs="$EPOCHS"} \
     --set random_state=0 --plot loss.png
 
 # 5. For each test triplet <A, B, C>: 1 if A is more similar to B than to C, else 0.

@@ -175,7 +175,7 @@ def test_make_triplets_from_cache_strategies(capsys, work, tmp_path, strategy):
         "--strategy",
         strategy,
     )
-    assert status == 0 and "wrote 15 triplets over 40 images (4 classes)" in out
+    assert status == 0 and "wrote 15 distinct triplets over 40 images (4 classes)" in out
     assert read_triplets(out_file, known_keys=set(_cache_keys(work))).shape == (15, 3)
 
 
@@ -185,6 +185,31 @@ def test_make_triplets_from_a_folder(capsys, work, tmp_path):
     )
     assert status == 0
     assert read_triplets(tmp_path / "t.txt").shape == (5, 3)
+
+
+@pytest.mark.parametrize("strategy", ["random", "hard"])
+def test_make_triplets_writes_distinct_triplets_or_says_fewer_exist(
+    capsys, work, tmp_path, strategy
+):
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    argv = ["make-triplets", work / "cache.h5", "-n", "150", "-o", train, "--split", test]
+    status, out, _ = run(
+        capsys, *argv, "--test-size", "0.3", "--n-test", "500", "--strategy", strategy
+    )
+    assert status == 0
+    # 12 test images, 3 of each of 4 classes: 12 anchors x 2 positives x 9 negatives, for
+    # both strategies (hard's 10 farthest / nearest candidates are all of them here).
+    exist = 12 * 2 * 9
+    lines = out.splitlines()
+    assert lines[0] == f"wrote 150 distinct triplets over 28 images (4 classes) to {train}"
+    assert lines[1] == (
+        f"wrote {exist} distinct triplets over 12 images (4 classes) to {test} (asked for "
+        f"500, but only {exist} distinct triplets exist over these images: add images or "
+        "ask for fewer)"
+    )
+    for path, n in ((train, 150), (test, exist)):
+        rows = [tuple(row) for row in read_triplets(path).tolist()]
+        assert len(rows) == n == len(set(rows))
 
 
 @pytest.mark.parametrize(
@@ -240,8 +265,8 @@ def test_fit_writes_model_with_cache_record_and_plot(work, model):
     assert _is_png(work / "loss.png")
 
 
-def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
-    status, out, _ = run(
+def test_fit_prints_loss_per_epoch_with_verbose(capsys, work, tmp_path):
+    status, out, err = run(
         capsys,
         "fit",
         "--features",
@@ -251,6 +276,8 @@ def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
         "-o",
         tmp_path / "m.npz",
         *TINY,
+        "--set",
+        "verbose=1",
     )
     assert status == 0
     assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
@@ -258,6 +285,7 @@ def test_fit_prints_loss_per_epoch(capsys, work, tmp_path):
         "epoch 2",
         "epoch 3",
     ]
+    assert "wrongly ordered" in out.splitlines()[0] and "fit:" not in err  # no bar: no tty
     assert "fitted on 200 triplets of 28 images in 3 epochs" in out
     # .npz is an ordinary saved encoder: TripletEncoder.load reads it without the CLI.
     loaded = TripletEncoder.load(tmp_path / "m.npz")

@@ -43,6 +43,17 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def _write_images(images: Path) -> Path:
+    """Two classes of 4 PNG images at the models' size, in ``images/c<class>/``."""
+    rng = np.random.RandomState(0)
+    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        (images / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(images / f"c{c}" / f"{i}.png")
+    return images
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Images at the model's size, their cache (random weights), a fitted encoder, its .npz
@@ -50,13 +61,7 @@ def fitted(tmp_path_factory):
     from tripletsk.extraction import extract_features, load_image
 
     root = tmp_path_factory.mktemp("export")
-    images = root / "images"
-    rng = np.random.RandomState(0)
-    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
-        (images / f"c{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(images / f"c{c}" / f"{i}.png")
+    images = _write_images(root / "images")
     cache = root / "features.h5"
     extract_features(images, output=cache, weights="none", image_size=SIZE, quiet=True, seed=3)
     store = FeatureStore(cache)
@@ -300,3 +305,107 @@ def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
         with pytest.raises(UserError, match=r"mine\.keras, which is not found"):
             export_model(encoder, tmp_path / "n.keras")
         export_model(encoder, tmp_path / "n.keras", backbone=tmp_path / "moved.keras")
+
+
+# ------------------------------------------------------------- the input size, every call
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Like ``fitted`` with a small backbone of the user's (a model file): quick to export."""
+    from tripletsk.extraction import extract_features, load_image
+
+    root = tmp_path_factory.mktemp("tiny")
+    images = _write_images(root / "images")
+    _small_backbone_file(root / "mine.keras")
+    cache = root / "features.h5"
+    extract_features(images, cache, weights="imagenet", image_size=SIZE,
+                     quiet=True, backbone=root / "mine.keras", preprocessing="torch")  # fmt: skip
+    keys = np.array(FeatureStore(cache).keys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", EmbeddingCollapseWarning)
+        encoder = TripletEncoder(features=str(cache), **HEAD).fit(keys, [k[:2] for k in keys])
+    encoder.save(root / "model.npz")
+    pixels = np.stack([load_image(images / k, SIZE) for k in keys])
+    return {"model": root / "model.npz", "pixels": pixels,
+            "expected": encoder.transform(keys)}  # fmt: skip
+
+
+def _embed_with(fmt: str, path: Path):
+    """A function images -> embeddings of the export at ``path``, as its users load it."""
+    if fmt == "keras":
+        from tripletsk._tensorflow import import_keras
+
+        model = import_keras().saving.load_model(path, safe_mode=True)
+        return lambda images: model.predict(images, verbose=0)
+    if fmt == "savedmodel":
+        from tripletsk._tensorflow import import_tensorflow
+
+        tf = import_tensorflow()
+        served = tf.saved_model.load(str(path))
+        return lambda images: served.serve(tf.constant(images, tf.float32)).numpy()
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda images: compiled(images.astype(np.float32))[0]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        ("keras", "m.keras"),
+        ("savedmodel", "served"),
+        pytest.param("openvino", "m.xml", marks=pytest.mark.slow),
+    ],
+)
+def test_the_export_refuses_other_image_sizes_after_a_first_call(tiny, tmp_path, fmt, name):
+    """A ``.keras`` export used to refuse 64 px only on its first call: once ``predict`` had
+    run, Keras retraced with relaxed shapes and 64 px or 200 x 100 images gave wrong
+    embeddings (cosine -0.47..0.17 to the right ones)."""
+    export_model(tiny["model"], tmp_path / name)
+    embed = _embed_with(fmt, tmp_path / name)
+    pixels = tiny["pixels"]
+    assert _cosines(embed(pixels), tiny["expected"]).min() >= 0.999  # unchanged by the check
+    big = np.repeat(np.repeat(pixels, 2, axis=1), 2, axis=2)  # the same images at 64 px
+    for images in (big, pixels[:, :, :16], np.zeros((2, 200, 100, 3), np.uint8)):
+        with pytest.raises(Exception, match=f"(images|pixels)_must_be_{SIZE}x{SIZE}|shape|Shape"):
+            embed(images)
+    assert _cosines(embed(pixels), tiny["expected"]).min() >= 0.999
+
+
+# ------------------------------------------------------ outputs that appear meanwhile
+
+
+@pytest.mark.parametrize(
+    ("name", "appears"),
+    [("m.keras", "file"), ("served", "empty folder"), ("m.xml", "bin")],
+)
+def test_an_output_that_appears_during_the_export_is_kept(
+    tiny, tmp_path, monkeypatch, capsys, name, appears
+):
+    """``export`` checked the output before its slow build, then renamed over whatever a user
+    had saved there meanwhile (exit 0, no --force); an empty folder was replaced too."""
+    import tripletsk.export as export_module
+
+    build = export_module.build_export_model
+    mine = tmp_path / ("m.bin" if appears == "bin" else name)
+
+    def build_while_the_user_saves(*args, **kwargs):
+        model = build(*args, **kwargs)
+        if appears == "empty folder":
+            mine.mkdir()
+        else:
+            mine.write_text("the user's file")
+        return model
+
+    monkeypatch.setattr(export_module, "build_export_model", build_while_the_user_saves)
+    status = cli(["export", "--model", str(tiny["model"]), "-o", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert f"{mine} appeared (it did not exist when the command started)" in err
+    assert "not replaced" in err and "is kept as" in err
+    if appears == "empty folder":
+        assert mine.is_dir() and os.listdir(mine) == []
+    else:
+        assert mine.read_text() == "the user's file"
+    assert not (tmp_path / name).exists() or appears != "bin"

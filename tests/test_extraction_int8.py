@@ -278,3 +278,38 @@ def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch)
         assert f"{prov['backend']}/{prov['compute_dtype']}" == ov
     os.remove(out)
     os.remove(path)
+
+
+def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(first, tmp_path):
+    """The manifest lists each file's digest and the model's digest (what caches record).
+    Files changed together with their listed digests used to pass, with the manifest's model
+    digest trusted; the model digest is now recomputed from the files."""
+    from tripletsk.checksums import file_digest
+    from tripletsk.quantization import find_quantized_model, load_openvino_int8_runner
+
+    (name,) = model_folders(first["cache"])
+    folder = tmp_path / "models" / name
+    shutil.copytree(first["cache"].parent / MODELS_DIR / name, folder)
+    digest = json.loads((folder / "manifest.json").read_text())["model_digest"]
+    assert find_quantized_model(tmp_path / "models", digest) == str(folder)  # intact: found
+    data = bytearray((folder / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # another model's constants...
+    (folder / "model.bin").write_bytes(bytes(data))
+    meta = json.loads((folder / "manifest.json").read_text())
+    meta["files"]["model.bin"] = file_digest(folder / "model.bin")  # ...listed consistently
+    (folder / "manifest.json").write_text(json.dumps(meta))
+    assert find_quantized_model(tmp_path / "models", digest) is None
+    with pytest.raises(UserError, match="does not hold a complete quantized model"):
+        load_openvino_int8_runner(folder)
+
+
+def test_quiet_hides_the_progress_bars_of_quantization(tmp_path, capfd):
+    """``extract-features -q`` printed NNCF's progress bars ("Statistics collection ━━━")."""
+    images = make_images(tmp_path / "images", 6)
+    status = cli([str(a) for a in ["extract-features", images, "-o", tmp_path / "f.h5",
+                                   "--weights", "none", "--image-size", "32", "--backend",
+                                   "openvino", "--precision", "int8", "-q"]])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    assert "Statistics collection" not in out + err and "━" not in out + err
+    assert len(model_folders(tmp_path / "f.h5")) == 1  # it did quantize

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tripletsk.head import (
+    auto_hidden_units,
     build_keras_head,
     forward,
     get_head_weights,
@@ -20,6 +21,23 @@ from tripletsk.head import (
 )
 def test_normalize_hidden_units(given, expected):
     assert normalize_hidden_units(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("n_features", "units"),
+    [(8, 1024), (784, 1024), (1024, 1024), (1025, 512), (2048, 512), (4096, 256), (10**6, 128)],
+)
+def test_auto_width_keeps_the_first_layer_at_most_2_to_the_20_weights(n_features, units):
+    assert auto_hidden_units(n_features) == units
+    assert normalize_hidden_units("auto", n_features) == (units,)
+    assert units * n_features <= 2**20 or units == 128
+
+
+def test_auto_width_needs_the_number_of_features():
+    with pytest.raises(ValueError, match="needs 'auto' and n_features"):
+        normalize_hidden_units("auto")
+    with pytest.raises(ValueError, match="needs 'auto'"):
+        normalize_hidden_units("wide", 10)
 
 
 @pytest.mark.parametrize("hidden", [(), (16,), (16, 8)])

@@ -11,12 +11,14 @@ from tripletsk.losses import (
     TripletLoss,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
+    batch_triplet_error,
     mined_triplets,
     paired_distance,
     pairwise_distance,
     semi_hard_triplet_loss,
     triplet_loss,
 )
+from tripletsk.metrics import label_triplet_accuracy
 
 
 def ref_distance(a, b, distance):
@@ -219,3 +221,20 @@ def test_mined_triplets_and_their_activity_match_reference(mining, distance, mar
     triplets, active = mined_triplets(emb, labels, mining, distance, margin)
     got = [(*map(int, t), bool(a)) for t, a in zip(triplets, active, strict=True)]
     assert got == ref_mined(emb, labels, mining, distance, margin)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batch_triplet_error_is_one_minus_the_exact_triplet_accuracy(seed):
+    rng = np.random.RandomState(seed)
+    labels = rng.randint(0, 4, 24).astype(np.int32)
+    emb = rng.normal(size=(24, 3)).astype(np.float32)
+    emb[6] = emb[5]  # equal distances from every anchor: a tie is a wrong answer
+    labels[6] = (labels[5] + 1) % 4
+    error = float(batch_triplet_error(tf.constant(emb), tf.constant(labels)))
+    assert error == pytest.approx(1.0 - label_triplet_accuracy(emb, labels), abs=1e-6)
+    assert 0.0 < error < 1.0
+
+
+def test_batch_triplet_error_without_a_valid_triplet_is_zero():
+    emb = tf.constant(np.eye(3, dtype=np.float32))
+    assert float(batch_triplet_error(emb, tf.constant([0, 1, 2]))) == 0.0

@@ -1,10 +1,18 @@
+import warnings
+from itertools import combinations
+from math import comb
+
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
+from tripletsk.errors import SharedImagesWarning
+from tripletsk.estimator import TripletEncoder
+from tripletsk.folders import labels_from_folders, make_triplets_from_folders
 from tripletsk.model_selection import (
     TripletGroupKFold,
+    TripletImageKFold,
     triplet_groups,
     triplet_train_test_split,
 )
@@ -214,3 +222,217 @@ def test_train_test_split_hits_size_with_independent_triplets():
 def test_train_test_split_errors(triplets, test_size, match):
     with pytest.raises(ValueError, match=match):
         triplet_train_test_split(triplets, test_size=test_size)
+
+
+# ---- folds of images: one connected set of images --------------------------------------------
+
+KEYS = [f"c{c}/{i}.png" for c in range(4) for i in range(15)]  # 4 classes x 15 images
+
+
+def _folder_triplets(n=400, seed=0):
+    """Random triplets from class folders, as make-triplets writes: one connected group."""
+    return make_triplets_from_folders(KEYS, n, random_state=seed)
+
+
+def _expected_split(triplets, fold_of_image, k):
+    """Train / test / dropped rows of split ``k``, by plain loops over the triplets."""
+    train, test, dropped = [], [], []
+    for row, triplet in enumerate(np.asarray(triplets).tolist()):
+        in_k = [fold_of_image[image] == k for image in triplet]
+        (test if all(in_k) else dropped if any(in_k) else train).append(row)
+    return train, test, dropped
+
+
+@pytest.mark.parametrize("n_splits", [2, 3, 5])
+@pytest.mark.parametrize("stratify", [None, "folders"])
+@pytest.mark.parametrize("seed", range(3))
+def test_image_kfold_never_shares_an_image_and_counts_the_dropped(n_splits, stratify, seed):
+    t = _folder_triplets(1000, seed=seed)  # k=5 tests 1/125 of the triplets per split
+    assert triplet_groups(t).max() == 0  # a single group: TripletGroupKFold cannot split it
+    cv = TripletImageKFold(n_splits, stratify=stratify, random_state=seed)
+    images = np.unique(t.ravel())
+    folds = cv._image_folds(images, np.random.RandomState(seed))  # the deal split() makes
+    fold_of_image = dict(zip(images.tolist(), folds.tolist(), strict=True))
+    splits = list(cv.split(t))
+    assert len(splits) == cv.get_n_splits(t) == n_splits
+    tested = []
+    for k, (train, test) in enumerate(splits):
+        assert not _images(t, train) & _images(t, test)
+        expected = _expected_split(t, fold_of_image, k)
+        assert (train.tolist(), test.tolist()) == expected[:2]
+        assert (cv.n_train_[k], cv.n_test_[k], cv.n_dropped_[k]) == tuple(map(len, expected))
+        tested.extend(test.tolist())
+    assert len(tested) == len(set(tested))  # each triplet tested at most once
+    # The folds of images: equal sizes within one, and each class spread as evenly.
+    sizes = np.bincount(list(fold_of_image.values()), minlength=n_splits)
+    assert sizes.max() - sizes.min() <= 1
+    if stratify:
+        classes = labels_from_folders(images)
+        for c in np.unique(classes):
+            per_fold = np.bincount(
+                [fold_of_image[i] for i in images[classes == c]], minlength=n_splits
+            )
+            assert per_fold.max() - per_fold.min() <= 1
+
+
+@pytest.mark.parametrize(("n_splits", "fold_size"), [(2, 6), (3, 4), (4, 3)])
+def test_image_kfold_counts_on_every_triplet_of_12_images(n_splits, fold_size):
+    # Every 3-subset of 12 images, whatever the deal: test C(m, 3), train C(12 - m, 3).
+    t = np.array(list(combinations(range(12), 3)))
+    cv = TripletImageKFold(n_splits, random_state=1)
+    for train, test in cv.split(t):
+        assert len(test) == comb(fold_size, 3) and len(train) == comb(12 - fold_size, 3)
+    dropped = comb(12, 3) - comb(fold_size, 3) - comb(12 - fold_size, 3)
+    assert cv.n_dropped_.tolist() == [dropped] * n_splits
+
+
+def test_image_kfold_is_reproducible_and_random():
+    t = _folder_triplets()
+    a = [test.tolist() for _, test in TripletImageKFold(3, random_state=0).split(t)]
+    b = [test.tolist() for _, test in TripletImageKFold(3, random_state=0).split(t)]
+    c = [test.tolist() for _, test in TripletImageKFold(3, random_state=1).split(t)]
+    assert a == b and a != c
+
+
+def test_image_kfold_repeats_deal_the_images_again():
+    t = _folder_triplets(1000)
+    once = TripletImageKFold(3, random_state=0)
+    cv = TripletImageKFold(3, n_repeats=4, random_state=0)
+    splits = list(cv.split(t))
+    assert len(splits) == cv.get_n_splits() == 12 and len(cv.n_dropped_) == 12
+    first = [test.tolist() for _, test in once.split(t)]
+    assert [test.tolist() for _, test in splits[:3]] == first  # the first deal is the same
+    tests = [frozenset(test.tolist()) for _, test in splits]
+    assert len(set(tests)) == 12  # the other deals differ
+    for train, test in splits:
+        assert not _images(t, train) & _images(t, test)
+
+
+def test_image_kfold_stratify_by_mapping_and_array():
+    t = _folder_triplets()
+    by_key = dict(zip(KEYS, labels_from_folders(KEYS).tolist(), strict=True))
+    cv_map = TripletImageKFold(3, stratify=by_key, random_state=0)
+    cv_folders = TripletImageKFold(3, stratify="folders", random_state=0)
+    assert [s[1].tolist() for s in cv_map.split(t)] == [s[1].tolist() for s in cv_folders.split(t)]
+    index = {k: i for i, k in enumerate(KEYS)}
+    t_idx = np.vectorize(index.get)(t)
+    classes = np.repeat(np.arange(4), 15)
+    cv_array = TripletImageKFold(3, stratify=classes, random_state=0)
+    for train, test in cv_array.split(t_idx):
+        assert not _images(t_idx, train) & _images(t_idx, test)
+        assert len(test) > 0
+
+
+@pytest.mark.parametrize(
+    ("cv", "triplets", "groups", "match"),
+    [
+        (TripletImageKFold(3), np.zeros((5, 3, 4)), None, "feature triplets"),
+        (TripletImageKFold(3), [["a", "b", "c"]] * 4, [0, 0, 1, 1], "groups is not supported"),
+        (TripletImageKFold(4), [["a", "b", "c"]], None, "3 distinct images, fewer than"),
+        (TripletImageKFold(3, random_state=0), [["a", "b", "c"], ["d", "e", "f"]], None,
+         "has no triplet on its test side"),
+        (TripletImageKFold(2, stratify="folders"), [[0, 1, 2]], None, "needs triplets of image"),
+        (TripletImageKFold(2, stratify="folders"), [["a", "b", "c"]], None, "class folder"),
+        (TripletImageKFold(2, stratify={"a": 0}), [["a", "b", "c"]], None, "no class for 2 of"),
+        (TripletImageKFold(2, stratify=[0, 1]), [[0, 1, 2]], None, "a class for every image"),
+        (TripletImageKFold(2, stratify=[0, 1]), [["a", "b", "c"]], None, "integer image index"),
+    ],
+)  # fmt: skip
+def test_image_kfold_errors(cv, triplets, groups, match):
+    with pytest.raises(ValueError, match=match):
+        list(cv.split(triplets, groups=groups))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"n_splits": 1}, "at least 2"), ({"n_splits": 3.0}, "must be an int"),
+     ({"n_repeats": 0}, "n_repeats must be at least 1"),
+     ({"stratify": "class"}, "stratify must be")],
+)  # fmt: skip
+def test_image_kfold_parameter_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TripletImageKFold(**kwargs)
+
+
+def test_image_kfold_in_cross_val_score_and_grid_search_sees_no_test_image():
+    t = _folder_triplets()
+    with pytest.raises(ValueError, match="only 1 connected group"):
+        cross_val_score(MemorisingScorer(), t, cv=TripletGroupKFold(3))
+    assert cross_val_score(MemorisingScorer(), t, cv=3).min() > 0.5  # plain folds leak
+    scores = cross_val_score(MemorisingScorer(), t, cv=TripletImageKFold(3, random_state=0))
+    assert scores.tolist() == [0.0, 0.0, 0.0]
+    cv = TripletImageKFold(3, stratify="folders", random_state=0)
+    search = GridSearchCV(MemorisingScorer(), {"alpha": [0.1, 1.0]}, cv=cv).fit(t)
+    assert search.n_splits_ == 3 and search.best_score_ == 0.0
+    assert cv.n_train_.sum() + cv.n_test_.sum() + cv.n_dropped_.sum() == 3 * len(t)
+
+
+# ---- the shared-images warning of TripletEncoder.score -------------------------------------
+
+
+def _tiny_encoder(features, **params):
+    return TripletEncoder(
+        features=features, hidden_units=8, n_components=4, max_epochs=1, random_state=0, **params
+    )
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory, write_feature_cache):
+    """A real feature cache of KEYS: each class a cluster."""
+    rng = np.random.RandomState(0)
+    classes = np.repeat(np.arange(4), 15)
+    features = rng.normal(size=(60, 6)) + 3 * np.eye(6)[classes]
+    return write_feature_cache(tmp_path_factory.mktemp("ms") / "features.h5", KEYS, features)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_plain_cv_over_a_cache_warns_that_images_are_shared(cache_path):
+    t = _folder_triplets(200)
+    with pytest.warns(SharedImagesWarning, match="TripletImageKFold"):
+        cross_val_score(_tiny_encoder(str(cache_path)), t, cv=2)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_image_folds_in_grid_search_and_cross_val_score_do_not_warn(cache_path):
+    t = _folder_triplets(200)
+    cv = TripletImageKFold(2, stratify="folders", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedImagesWarning)
+        scores = cross_val_score(_tiny_encoder(str(cache_path)), t, cv=cv)
+        search = GridSearchCV(_tiny_encoder(str(cache_path)), {"n_components": [2, 4]}, cv=cv)
+        search.fit(t)
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    assert search.n_splits_ == 2 and 0 <= search.best_score_ <= 1
+    assert search.best_params_["n_components"] in (2, 4)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("source", ["cache", "array"])
+def test_score_warns_only_on_images_it_was_fitted_on(cache_path, source):
+    index = {k: i for i, k in enumerate(KEYS)}
+    train_keys = [k for k in KEYS if int(k.split("/")[1].split(".")[0]) < 10]
+    test_keys = sorted(set(KEYS) - set(train_keys))
+    train = make_triplets_from_folders(train_keys, 60, random_state=0)
+    test = make_triplets_from_folders(test_keys, 30, random_state=0)
+    if source == "array":
+        from tripletsk.store import FeatureStore
+
+        features = FeatureStore(cache_path).lookup(KEYS)
+        train, test = np.vectorize(index.get)(train), np.vectorize(index.get)(test)
+    else:
+        features = str(cache_path)
+    model = _tiny_encoder(features).fit(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedImagesWarning)
+        model.score(test)  # disjoint images: silent
+    mixed = np.concatenate([test, train[:1]])  # one triplet of training images is enough
+    with pytest.warns(SharedImagesWarning, match="flatters"):
+        model.score(mixed)
+    labels = labels_from_folders(KEYS)
+    if source == "array":  # refitted on labels: no record of triplet images, silent
+        model.fit(np.arange(60), labels)
+    else:
+        model.fit(np.array(KEYS, dtype=object), labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SharedImagesWarning)
+        model.score(mixed)

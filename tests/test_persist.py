@@ -42,6 +42,17 @@ def test_round_trip_keeps_parameters_and_answers(saved, tmp_path):
     np.testing.assert_array_equal(restored.transform(X), encoder.transform(X))
 
 
+def test_round_trip_of_an_auto_width_head(tmp_path):
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(40, 1500)), np.repeat([0, 1, 2, 3], 10)
+    encoder = TripletEncoder(n_components=4, max_epochs=1, random_state=0).fit(X, y)
+    assert encoder.hidden_units == "auto" and encoder.weights_[0][0].shape == (1500, 512)
+    encoder.save(tmp_path / "auto.npz")
+    restored = TripletEncoder.load(tmp_path / "auto.npz")
+    assert restored.get_params() == encoder.get_params()
+    np.testing.assert_array_equal(restored.transform(X), encoder.transform(X))
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

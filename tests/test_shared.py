@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import GridSearchCV
 
 from tripletsk.estimator import TripletEncoder
+from tripletsk.model_selection import TripletImageKFold
 from tripletsk.shared import SharedFeatures
 from tripletsk.triplets import sample_label_triplets
 
@@ -127,7 +128,7 @@ def test_grid_search_with_shared_features(n_jobs):
     search = GridSearchCV(
         enc,
         {"margin": [0.5, 1.0]},
-        cv=2,
+        cv=TripletImageKFold(2, random_state=0),  # folds of images: no image on both sides
         n_jobs=n_jobs,
     )
     search.fit(T_keys)

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from tripletsk.errors import UserError
-from tripletsk.folders import labels_from_folders, list_image_keys, make_triplets_from_folders
+from tripletsk.folders import (
+    count_folder_triplets,
+    labels_from_folders,
+    list_image_keys,
+    make_triplets_from_folders,
+)
 from tripletsk.triplets import (
     TripletDataError,
     TripletFileError,
@@ -222,9 +227,9 @@ def test_list_image_keys(tmp_path):
 def test_make_triplets_from_folder_root(tmp_path):
     _image_tree(tmp_path)
     out = tmp_path / "made.txt"
-    t = make_triplets_from_folders(tmp_path, 20, random_state=0, path=out)
+    t = make_triplets_from_folders(tmp_path, 10, random_state=0, path=out)
     labels = labels_from_folders(t.ravel()).reshape(t.shape)
-    assert t.shape == (20, 3)
+    assert t.shape == (10, 3)
     assert np.all(labels[:, 0] == labels[:, 1]) and np.all(labels[:, 0] != labels[:, 2])
     assert np.all(t[:, 0] != t[:, 1])
     assert read_triplets(out).tolist() == t.tolist()
@@ -256,7 +261,7 @@ def test_make_triplets_hard_matches_slow_search(n_candidates):
     labels = labels_from_folders(keys)
     features = rng.randint(0, 4, size=(len(keys), 2)).astype(float)  # many ties, duplicates
     t = make_triplets_from_folders(
-        keys, 200, strategy="hard", features=features, n_candidates=n_candidates, random_state=1
+        keys, 20, strategy="hard", features=features, n_candidates=n_candidates, random_state=1
     )
     index = {k: i for i, k in enumerate(keys)}
     for a, p, n in t.tolist():
@@ -270,6 +275,46 @@ def test_make_triplets_hard_varies_with_candidates():
     features = np.arange(20, dtype=float)[:, None]
     t = make_triplets_from_folders(keys, 200, strategy="hard", features=features, random_state=0)
     assert len({tuple(row) for row in t.tolist()}) > 20
+
+
+def _every_slow(keys, strategy, features=None, n_candidates=10):
+    """Every triplet a strategy can make, by brute force over all (a, p, n)."""
+    labels = labels_from_folders(keys)
+    out = set()
+    for a in range(len(keys)):
+        if strategy == "hard":
+            far_ok, near_ok = _slow_hard_candidates(features, labels, a, n_candidates)
+        for p in range(len(keys)):
+            for n in range(len(keys)):
+                if p == a or labels[p] != labels[a] or labels[n] == labels[a]:
+                    continue
+                if strategy == "random" or (p in far_ok and n in near_ok):
+                    out.add((keys[a], keys[p], keys[n]))
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["random", "hard"])
+@pytest.mark.parametrize("n_triplets", [5, 20, 100, 1000])  # drawn, listed, too many
+def test_make_triplets_are_distinct_or_all_there_are(strategy, n_triplets):
+    # Classes of 2, 3 and 5 images; distinct features so hard candidates have no ties.
+    keys = [f"{c}/{i}.jpg" for c, size in zip("abc", (2, 3, 5), strict=True) for i in range(size)]
+    features = np.random.RandomState(0).normal(size=(len(keys), 3))
+    every = _every_slow(keys, strategy, features, n_candidates=2)
+    assert count_folder_triplets(labels_from_folders(keys), strategy, 2) == len(every)
+    kwargs = {"strategy": strategy, "features": features, "n_candidates": 2, "random_state": 0}
+    if n_triplets > len(every):
+        with pytest.warns(UserWarning, match=f"Only {len(every)} distinct {strategy} triplets"):
+            t = make_triplets_from_folders(keys, n_triplets, **kwargs)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            t = make_triplets_from_folders(keys, n_triplets, **kwargs)
+    rows = [tuple(row) for row in t.tolist()]
+    assert len(rows) == min(n_triplets, len(every)) == len(set(rows))  # no repeats
+    assert set(rows) <= every  # each a valid triplet of the strategy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert make_triplets_from_folders(keys, n_triplets, **kwargs).tolist() == t.tolist()
 
 
 @pytest.mark.parametrize(

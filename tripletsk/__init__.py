@@ -17,6 +17,7 @@ _LAZY = {
     "extract_features": "tripletsk.extraction",
     "ImageFeatures": "tripletsk.image_features",
     "export_model": "tripletsk.export",
+    "EmbeddingIndex": "tripletsk.embedding_index",
     "read_triplets": "tripletsk.triplets",
     "write_triplets": "tripletsk.triplets",
 }

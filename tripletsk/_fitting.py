@@ -1,8 +1,10 @@
-"""The NumPy steps of a fit around the training loop (private): standardisation, the
-early-stopping hold-out and its scorer, and the check that training learned something."""
+"""The steps of a fit around the training loop (private): the check of the head's size,
+standardisation, the early-stopping hold-out and its scorer, the call of the loop with the
+estimator's parameters, and the check that training learned something."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -10,11 +12,51 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
 from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import EmbeddingCollapseWarning
-from tripletsk.head import HeadWeights
+from tripletsk.head import HeadWeights, init_head_weights, normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy, triplet_accuracy
+
+#: Estimated training memory of the head above which ``fit`` warns, or refuses a head whose
+#: embedding is wider than the layer before it (see :func:`check_head_size`).
+HEAD_MEMORY_LIMIT = 1 << 30
+
+
+def check_head_size(n_features: int, hidden: tuple, n_components: int, batch_size: int) -> None:
+    """Refuse a costly head whose extra size buys nothing; warn about any other costly head.
+
+    Training holds about 5 float32 copies of the head's parameters (weights, gradients,
+    Adam's two moments, the weight average) plus the activations of a batch: a lower bound of
+    its memory. Above :data:`HEAD_MEMORY_LIMIT` (1 GiB):
+
+    * if ``n_components`` is more than the width of the layer before it (the last hidden
+      layer, or the features for a linear head), the embedding lies in a space of that width
+      whatever ``n_components`` is (its layer is linear), so the extra dimensions change no
+      distance: ``ValueError``, before any work (``n_components=100000`` on a 2048-unit
+      layer trained 81 s and took 6.6 GB without a word);
+    * otherwise a ``UserWarning`` names the parameters and the memory.
+
+    Small heads are never refused, whatever their shape (tests use ``hidden_units=8`` with
+    the default ``n_components=64``).
+    """
+    widths = [n_features, *hidden, n_components]
+    params = sum(a * b + b for a, b in itertools.pairwise(widths))
+    memory = 4 * (5 * params + 3 * batch_size * sum(widths))
+    if memory <= HEAD_MEMORY_LIMIT:
+        return
+    shape = " -> ".join(f"{w:,}" for w in widths)
+    cost = f"a head of {params:,} parameters ({shape}), at least {memory / 2**30:.1f} GiB to train"
+    before = widths[-2]
+    if n_components > before:
+        layer = "units of the last hidden layer" if hidden else "input features"
+        raise ValueError(
+            f"n_components={n_components} is more than the {before:,} {layer}: the embedding "
+            f"spans at most {before:,} dimensions whatever n_components is, so the extra ones "
+            f"only cost memory and time ({cost}). Use n_components <= {before:,}."
+        )
+    warnings.warn(f"TripletEncoder: {cost}.", UserWarning, stacklevel=4)
 
 
 def standardization(items: FeatureRows, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +126,67 @@ def holdout(
             return 0.0
 
     return train, score
+
+
+def train(encoder, items: FeatureRows, triplets, labels, train_rows, validation_score, rng):
+    """Train ``encoder``'s head on the standardised ``items`` (its ``train_rows``): initial
+    weights and batches from ``rng``, then the training loop with the encoder's parameters.
+    Returns the loop's :class:`~tripletsk._training.TrainingResult`."""
+    if labels is None:
+        mining = "hard" if encoder.mining == "hard" else "given"
+    else:
+        mining = "semi_hard" if encoder.mining == "auto" else encoder.mining
+    hidden = normalize_hidden_units(encoder.hidden_units, items.n_features)
+    init = init_head_weights(items.n_features, hidden, encoder.n_components, rng)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
+    # TensorFlow is needed only from here.
+    from tripletsk._training import WINDOW_BYTES, train_head
+
+    epoch_batches = _mining.epoch_batches(
+        items,
+        triplets,
+        labels,
+        train_rows,
+        mining,
+        batch_rng,
+        batch_size=encoder.batch_size,
+        window_rows=max(1, WINDOW_BYTES // (4 * items.n_features)),
+        distance=encoder.distance,
+        samples_per_class=encoder.samples_per_class,
+        hard_per_anchor=encoder.hard_per_anchor,
+        refresh_every=encoder.refresh_every,
+        stream=encoder.stream,
+    )
+    if encoder.precision == "bfloat16":
+        from tripletsk.backends import warn_if_bfloat16_is_emulated
+
+        warn_if_bfloat16_is_emulated("Training", stacklevel=5)  # the caller of fit
+    return train_head(
+        items,
+        init,
+        epoch_batches,
+        labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
+        distance=encoder.distance,
+        margin=encoder.margin,
+        # hybrid batches carry offline hard examples, then mine batch-hard online.
+        mining="batch_hard" if mining == "hybrid" else mining,
+        dropout=encoder.dropout,
+        input_dropout=encoder.input_dropout,
+        learning_rate=encoder.learning_rate,
+        learning_rate_schedule=encoder.learning_rate_schedule,
+        weight_decay=encoder.weight_decay,
+        weight_averaging=encoder.weight_averaging,
+        max_epochs=encoder.max_epochs,
+        tol=encoder.tol,
+        n_iter_no_change=encoder.n_iter_no_change,
+        criterion=encoder.stopping,
+        validation_score=validation_score,
+        seed=seed,
+        verbose=encoder.verbose,
+        precision=encoder.precision,
+        stream=encoder.stream,
+    )
 
 
 def warn_if_failed(

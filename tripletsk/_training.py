@@ -24,11 +24,19 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from tripletsk._progress import FitProgress
 from tripletsk._rows import FeatureRows
+from tripletsk._stopping import Stopping, epoch_learning_rate
 from tripletsk._tensorflow import import_tensorflow
 from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.head import HeadWeights, build_keras_head, get_head_weights
-from tripletsk.losses import BATCH_LOSSES, triplet_loss
+from tripletsk.losses import (
+    BATCH_LOSSES,
+    batch_triplet_error,
+    paired_distance,
+    triplet_error,
+    triplet_loss,
+)
 
 tf = import_tensorflow()
 
@@ -38,6 +46,7 @@ class TrainingResult:
     weights: HeadWeights
     loss_curve: list[float] = field(default_factory=list)
     active_fraction: list[float] = field(default_factory=list)
+    error_curve: list[float] = field(default_factory=list)
     validation_scores: list[float] = field(default_factory=list)
     best_validation_score: float | None = None
     n_iter: int = 0
@@ -114,15 +123,6 @@ class _FusedAdam:
             )
 
 
-def epoch_learning_rate(schedule: str, learning_rate: float, epoch: int, max_epochs: int) -> float:
-    """The learning rate of ``epoch`` (from 0): constant, or cosine decay to 0 at ``max_epochs``."""
-    if schedule == "constant":
-        return learning_rate
-    if schedule == "cosine":
-        return float(learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)))
-    raise ValueError(f"learning_rate_schedule must be 'constant' or 'cosine'; got {schedule!r}.")
-
-
 def _make_steps(model, optimizer, distance, margin, mining):
     """Compiled training loops: one for index triplets, one for labelled batches.
 
@@ -142,17 +142,22 @@ def _make_steps(model, optimizer, distance, margin, mining):
             loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
-        return loss, active
+        error = triplet_error(
+            paired_distance(emb[:, 0], emb[:, 1], distance),
+            paired_distance(emb[:, 0], emb[:, 2], distance),
+        )
+        return loss, active, error
 
     batch_loss = BATCH_LOSSES.get(mining)  # None for triplet-only training
 
     def batch_step(features, labels, idx):
         with tf.GradientTape() as tape:
             emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
-            loss, active = batch_loss(emb, tf.gather(labels, idx), distance, margin)
+            batch_labels = tf.gather(labels, idx)
+            loss, active = batch_loss(emb, batch_labels, distance, margin)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
-        return loss, active
+        return loss, active, batch_triplet_error(emb, batch_labels, distance)
 
     def looped(step, signature):
         @tf.function(
@@ -167,16 +172,18 @@ def _make_steps(model, optimizer, distance, margin, mining):
             n = tf.shape(batches)[0]
             losses = tf.TensorArray(tf.float32, size=n)
             actives = tf.TensorArray(tf.float32, size=n)
+            errors = tf.TensorArray(tf.float32, size=n)
             for i in tf.range(n):
-                loss, active = step(features, labels, batches[i])
+                loss, active, error = step(features, labels, batches[i])
                 losses = losses.write(i, loss)
                 actives = actives.write(i, active)
+                errors = errors.write(i, error)
             # The loss alone can hide divergence: a NaN distance fails every comparison, so
             # the hinge of NaN embeddings reads as a finite margin. Check the weights too.
             finite = tf.reduce_all(
                 [tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables]
             )
-            return losses.stack(), actives.stack(), finite
+            return losses.stack(), actives.stack(), errors.stack(), finite
 
         return run
 
@@ -273,6 +280,8 @@ def train_head(
     weight_decay: float = 0.0,
     input_dropout: float = 0.0,
     weight_averaging: float = 0.0,
+    criterion: str = "loss",
+    on_epoch: Callable[[TrainingResult, HeadWeights, HeadWeights], None] | None = None,
 ) -> TrainingResult:
     """Train the head and return its best weights with the training history.
 
@@ -282,7 +291,8 @@ def train_head(
     (b, 3) of item indices (triplets) or of shape (b,) (labelled batches mined online with
     ``mining``). With ``validation_score``, training stops once the score has not improved by
     ``tol`` for ``n_iter_no_change`` epochs and the best weights are returned; without it, the
-    same rule applies to the training loss and the last weights are returned. A non-finite loss
+    same rule applies to ``criterion`` (:mod:`tripletsk._stopping`: the share of wrongly
+    ordered training triplets, or the loss) and the last weights are returned. A non-finite loss
     or weight stops training with a :class:`~tripletsk.errors.TrainingDivergedWarning` and
     returns the last finite weights; reaching ``max_epochs`` first warns with scikit-learn's
     ``ConvergenceWarning``.
@@ -325,76 +335,79 @@ def train_head(
         def read(plan):
             return _read_window(items, labels, plan, buffer)
 
-    result = TrainingResult(weights=initial_weights)
-    best, best_weights, no_change = -math.inf, initial_weights, 0
-    last_finite = averaged = initial_weights
-    for epoch in range(max_epochs):
-        optimizer.set_learning_rate(
-            epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
-        )
-        losses, actives, sizes, weights_finite = [], [], [], True
-        windows = _windows(epoch_batches(epoch, last_finite), window_rows)
+    def run_epoch(epoch: int, weights: HeadWeights) -> tuple[float, float, float, bool]:
+        """Mean loss, active share and triplet error of an epoch; whether weights are finite."""
+        losses, actives, errors, sizes, weights_finite = [], [], [], [], True
+        windows = _windows(epoch_batches(epoch, weights), window_rows)
         for plan, upcoming in _with_next(windows):
             features, window_labels, stack = read(plan)
             if upcoming is not None:
                 items.prefetch(upcoming.ravel())
             loop = triplet_loop if stack.shape.rank == 3 else batch_loop
-            run_losses, run_actives, finite = loop(features, window_labels, stack)
+            run_losses, run_actives, run_errors, finite = loop(features, window_labels, stack)
             weights_finite = weights_finite and bool(finite)
             losses.extend(run_losses.numpy().tolist())
             actives.extend(run_actives.numpy().tolist())
+            errors.extend(run_errors.numpy().tolist())
             sizes.extend([int(stack.shape[1])] * int(stack.shape[0]))
-        epoch_loss = float(np.average(losses, weights=sizes))
-        if not (math.isfinite(epoch_loss) and weights_finite):
-            what = f"loss {epoch_loss}" + ("" if weights_finite else ", non-finite weights")
-            warnings.warn(
-                f"Training diverged at epoch {epoch + 1} ({what}); training stopped and the "
-                "last finite weights were kept. Lower learning_rate.",
-                TrainingDivergedWarning,
-                stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
+        loss, active, error = (np.average(v, weights=sizes) for v in (losses, actives, errors))
+        return float(loss), float(active), float(error), weights_finite
+
+    result = TrainingResult(weights=initial_weights)
+    stopping = Stopping(
+        "validation" if validation_score is not None else criterion, tol, n_iter_no_change
+    )
+    progress = FitProgress(max_epochs, verbose, hinge=margin is not None)
+    best_weights = last_finite = averaged = initial_weights
+    warning = None  # issued once the bar is gone
+    try:
+        for epoch in range(max_epochs):
+            optimizer.set_learning_rate(
+                epoch_learning_rate(learning_rate_schedule, learning_rate, epoch, max_epochs)
             )
-            result.stopped_on_nan = True
-            break
-        last_finite = get_head_weights(model)
-        if weight_averaging:  # the bias-corrected average as a running update (1 at epoch 1)
-            step = (1.0 - weight_averaging) / (1.0 - weight_averaging ** (epoch + 1))
-            averaged = average_weights(averaged, last_finite, 1.0 - step)
-        else:
-            averaged = last_finite
-        result.n_iter = epoch + 1
-        result.loss_curve.append(epoch_loss)
-        result.active_fraction.append(float(np.average(actives, weights=sizes)))
-        if validation_score is not None:
-            score = validation_score(averaged)
-            result.validation_scores.append(score)
-            progress = score
-        else:
-            progress = -epoch_loss
-        if verbose:
-            line = (
-                f"epoch {epoch + 1}: loss {epoch_loss:.4f}, active {result.active_fraction[-1]:.3f}"
-            )
-            if validation_score is not None:
-                line += f", validation accuracy {score:.4f}"
-            print(line, flush=True)
-        if progress > best + tol:
-            best, best_weights, no_change = progress, averaged, 0
-        else:
-            no_change += 1
-            if no_change >= n_iter_no_change:
+            loss, active, error, weights_finite = run_epoch(epoch, last_finite)
+            if not (math.isfinite(loss) and weights_finite):
+                what = f"loss {loss}" + ("" if weights_finite else ", non-finite weights")
+                warning = TrainingDivergedWarning(
+                    f"Training diverged at epoch {epoch + 1} ({what}); training stopped and "
+                    "the last finite weights were kept. Lower learning_rate."
+                )
+                result.stopped_on_nan = True
                 break
-    else:  # every epoch ran and still improved by tol within the last n_iter_no_change
-        if learning_rate_schedule == "cosine":  # the rate reached 0: training is complete
-            return _finish(result, validation_score, best, best_weights, averaged)
-        what = "validation score" if validation_score is not None else "training loss"
-        warnings.warn(
-            f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
-            f"(by more than tol={tol} within n_iter_no_change={n_iter_no_change} epochs); "
-            "increase max_epochs.",
-            ConvergenceWarning,
-            stacklevel=4,  # the caller of fit
-        )
-    return _finish(result, validation_score, best, best_weights, averaged)
+            last_finite = get_head_weights(model)
+            if weight_averaging:  # the bias-corrected average as a running update
+                step = (1.0 - weight_averaging) / (1.0 - weight_averaging ** (epoch + 1))
+                averaged = average_weights(averaged, last_finite, 1.0 - step)
+            else:
+                averaged = last_finite
+            result.n_iter = epoch + 1
+            result.loss_curve.append(loss)
+            result.active_fraction.append(active)
+            result.error_curve.append(error)
+            score = None if validation_score is None else validation_score(averaged)
+            if score is not None:
+                result.validation_scores.append(score)
+            progress.epoch(epoch + 1, loss, error, active, score)
+            if on_epoch is not None:
+                on_epoch(result, averaged, last_finite)
+            improved, stop = stopping.update(loss, error, score)
+            if improved:
+                best_weights = averaged
+            if stop:
+                break
+        else:  # every epoch ran and the figure still improved within n_iter_no_change
+            if learning_rate_schedule != "cosine":  # cosine: the rate reached 0, complete
+                warning = ConvergenceWarning(stopping.not_converged(max_epochs))
+    finally:
+        progress.close()
+    if warning is not None:
+        # train_head <- _fitting.train <- fit <- sklearn's wrapper <- the caller of fit
+        warnings.warn(warning, stacklevel=5)
+    if validation_score is not None and result.validation_scores:
+        result.weights, result.best_validation_score = best_weights, stopping.best_score
+    else:
+        result.weights = averaged
+    return result
 
 
 def average_weights(average: HeadWeights, weights: HeadWeights, decay: float) -> HeadWeights:
@@ -404,12 +417,3 @@ def average_weights(average: HeadWeights, weights: HeadWeights, decay: float) ->
         (decay * ka + (1.0 - decay) * kw, decay * ba + (1.0 - decay) * bw)
         for (ka, ba), (kw, bw) in zip(average, weights, strict=True)
     ]
-
-
-def _finish(result, validation_score, best, best_weights, last_finite) -> TrainingResult:
-    if validation_score is not None and result.validation_scores:
-        result.weights = best_weights
-        result.best_validation_score = best
-    else:
-        result.weights = last_finite
-    return result

@@ -132,52 +132,63 @@ def decode_str(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def read_header(path: str | os.PathLike) -> CacheHeader:
-    """Read a cache's attributes, keys, fingerprints and failures (not its features)."""
+def cache_not_found(path: str) -> CacheNotFoundError:
+    return CacheNotFoundError(
+        f"feature cache not found: {path}; run `tripletsk extract-features IMAGES_DIR` "
+        "first (or pass features= an array or another cache)"
+    )
+
+
+def read_header(path: str | os.PathLike, file=None) -> CacheHeader:
+    """Read a cache's attributes, keys, fingerprints and failures (not its features).
+
+    ``file``: what to open instead of ``path`` (named ``path`` in messages), e.g. a file
+    object of one version of the file held open (:mod:`tripletsk.pinned`).
+    """
     h5py = h5py_module()
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CacheNotFoundError(
-            f"feature cache not found: {path}; run `tripletsk extract-features IMAGES_DIR` "
-            "first (or pass features= an array or another cache)"
-        )
+    if file is None and not os.path.exists(path):
+        raise cache_not_found(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = _read_part(path, "its attributes", lambda: _read_attrs(f))
-            if attrs.get("format") != FORMAT_NAME:
-                raise CacheFormatError(f"{path} is not a tripletsk feature cache")
-            version = int(attrs.get("format_version", -1))
-            if version > FORMAT_VERSION:
-                raise CacheFormatError(
-                    f"{path} has cache format version {version}; this tripletsk reads up to "
-                    f"{FORMAT_VERSION}: upgrade tripletsk"
-                )
-            keys = _read_part(
-                path, "dataset 'keys'", lambda: [decode_str(k) for k in _all(f["keys"])]
-            )
-            fps = _read_part(
-                path,
-                "dataset 'fingerprints'",
-                lambda: np.asarray(_all(f["fingerprints"]), FINGERPRINT_DTYPE),
-            )
-            failed = _read_part(
-                path,
-                "failed",
-                lambda: [(decode_str(k), decode_str(r)) for k, r in _all(f["failed"])],
-            )
-            feats = f["features"]
-            dim, dtype = int(feats.shape[1]), str(feats.dtype)
-            if feats.shape[0] != len(keys) or len(fps) != len(keys):
-                raise CacheFormatError(
-                    f"{path} is inconsistent: {feats.shape[0]} feature rows, {len(keys)} keys, "
-                    f"{len(fps)} fingerprints"
-                )
+        with h5py.File(path if file is None else file, "r") as f:
+            header = _header_of(f, path)
     except (OSError, KeyError) as e:
         raise CacheFormatError(
             f"{path} is not a readable tripletsk feature cache ({e}); give the path of a cache "
             "made by extract-features, or write a new cache to another file"
         ) from e
-    _check_index(path, attrs, keys, fps, failed)
+    _check_index(path, header.attrs, header.keys, header.fingerprints, header.failed)
+    return header
+
+
+def _header_of(f, path: str) -> CacheHeader:
+    attrs = _read_part(path, "its attributes", lambda: _read_attrs(f))
+    if attrs.get("format") != FORMAT_NAME:
+        raise CacheFormatError(f"{path} is not a tripletsk feature cache")
+    version = int(attrs.get("format_version", -1))
+    if version > FORMAT_VERSION:
+        raise CacheFormatError(
+            f"{path} has cache format version {version}; this tripletsk reads up to "
+            f"{FORMAT_VERSION}: upgrade tripletsk"
+        )
+    keys = _read_part(path, "dataset 'keys'", lambda: [decode_str(k) for k in _all(f["keys"])])
+    fps = _read_part(
+        path,
+        "dataset 'fingerprints'",
+        lambda: np.asarray(_all(f["fingerprints"]), FINGERPRINT_DTYPE),
+    )
+    failed = _read_part(
+        path,
+        "failed",
+        lambda: [(decode_str(k), decode_str(r)) for k, r in _all(f["failed"])],
+    )
+    feats = f["features"]
+    dim, dtype = int(feats.shape[1]), str(feats.dtype)
+    if feats.shape[0] != len(keys) or len(fps) != len(keys):
+        raise CacheFormatError(
+            f"{path} is inconsistent: {feats.shape[0]} feature rows, {len(keys)} keys, "
+            f"{len(fps)} fingerprints"
+        )
     prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, *_DESCRIPTIVE_KEYS)}
     # absent for the default backbone, or when the runner was not chosen by backend="auto"
     optional = ("layer", "architecture", "backbone_source", "backend_choice")
@@ -351,6 +362,39 @@ def read_feature_rows(path: str, rows: np.ndarray, block: int = READ_BLOCK) -> I
             where = f"rows {start}-{stop - 1} of dataset 'features'"
             data = _read_part(path, where, ds.__getitem__, slice(start, stop))
             yield data[rows[a:b] - start]
+
+
+def read_h5_rows(read, idx: np.ndarray, dim: int) -> np.ndarray:
+    """Rows ``idx`` (any order, repeats allowed) as float32, read with ``read(selection)`` from
+    an h5py dataset, whose fancy reads need sorted unique indices: read those, then reorder."""
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    if uniq.size == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    span = int(uniq[-1] - uniq[0] + 1)
+    if span <= 4 * uniq.size:  # dense: read whole blocks and pick
+        rows = np.empty((uniq.size, dim), dtype=np.float32)
+        lo0 = int(uniq[0])
+        for start in range(lo0, lo0 + span, READ_BLOCK):
+            stop = min(start + READ_BLOCK, lo0 + span)
+            sel = (uniq >= start) & (uniq < stop)
+            if sel.any():
+                rows[sel] = read(slice(start, stop))[uniq[sel] - start]
+    else:
+        rows = np.asarray(read(uniq), dtype=np.float32)
+    return rows[inverse.reshape(-1)]
+
+
+def unreadable_h5_rows(read, n: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows of the blocks of ``step`` rows (of ``n``; with ``rows``, those holding any of
+    ``rows``) that ``read(slice)`` refuses with a ``CacheFormatError`` (a failed checksum)."""
+    starts = range(0, n, step) if rows is None else np.unique(rows // step * step).tolist()
+    bad = []
+    for start in starts:
+        with contextlib.suppress(CacheFormatError):
+            read(slice(start, start + step))
+            continue
+        bad.append(np.arange(start, min(start + step, n)))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
 def library_versions() -> dict:

@@ -279,7 +279,9 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
     check_provenance(old.provenance, expected, output)
     root = old.attrs.get("image_root")
     if root and not same_folder(root, images_dir):
-        raise ImageFolderMismatchError(output, root, images_dir)
+        err = ImageFolderMismatchError(output, root, images_dir)  # (Dask runs take no replace)
+        err.args = (err.message("write to another output file", f"delete {output}"),)
+        raise err
 
 
 def _network(kwargs: dict):

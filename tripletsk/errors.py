@@ -31,6 +31,10 @@ class CacheLockedError(UserError, RuntimeError):
     """Another extraction is writing the same cache."""
 
 
+class CacheChangedError(UserError, RuntimeError):
+    """The cache was rewritten since it was opened: its rows now belong to another version."""
+
+
 class ShardError(UserError, ValueError):
     """Shard caches that do not fit together: missing, overlapping, or from other listings."""
 
@@ -70,6 +74,14 @@ class NonFiniteFeaturesError(UserError, ValueError):
         self.items = items
 
 
+class IndexFormatError(UserError, ValueError):
+    """An embedding index that is damaged, truncated, hostile or not an index at all."""
+
+
+class StaleIndexError(UserError, ValueError):
+    """An embedding index that no longer matches its model or its feature cache."""
+
+
 class ImageDecodeError(ValueError):
     """A file could not be read as an image; the message is the reason stored in the cache."""
 
@@ -85,3 +97,7 @@ class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
 
 class EmbeddingCollapseWarning(UserWarning):
     """The learned embedding maps (nearly) every input to the same point."""
+
+
+class SharedImagesWarning(UserWarning):
+    """Triplets were scored over images the model was fitted on (e.g. plain ``cv=k``)."""

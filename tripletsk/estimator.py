@@ -7,26 +7,34 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tripletsk import _fitting, persist, sources
-from tripletsk import mining as _mining
 from tripletsk._rows import FeatureRows, embed
-from tripletsk.distances import DISTANCES, paired_distance, sklearn_metric
+from tripletsk._shared_images import fitted_images, warn_if_shared
+from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
-from tripletsk.head import init_head_weights, normalize_hidden_units
+from tripletsk.head import normalize_hidden_units
 from tripletsk.metrics import label_triplet_accuracy
 from tripletsk.pairs import PairVerifierMixin
+from tripletsk.provenance import ProvenanceCheck
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
 _LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
 
 
-class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
+class TripletEncoder(
+    PairVerifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
     """Learn an L2-normalised embedding with triplet loss, on precomputed features.
 
     A small dense head (``hidden_units`` ReLU layers with dropout, then a linear layer of
@@ -53,8 +61,10 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         scikit-learn's ``clone`` (``GridSearchCV``, ``cross_val_score``) deep-copies a plain
         array once per fit; wrap a large one as :class:`tripletsk.shared.SharedFeatures`
         (clones share it) or pass a cache path / ``FeatureStore``.
-    hidden_units : int or tuple of int, default=2048
-        Sizes of the hidden ReLU layers; ``()`` makes a linear head.
+    hidden_units : int, tuple of int or "auto", default="auto"
+        Sizes of the hidden ReLU layers; ``()`` makes a linear head. ``"auto"``: one layer of
+        1024, halved until the first layer has at most 2**20 weights (512 for 2048-d CNN
+        features); see :func:`tripletsk.head.auto_hidden_units`.
     n_components : int, default=64
         Dimension of the embedding.
     dropout : float, default=0.0
@@ -91,11 +101,12 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Adam's learning rate.
     learning_rate_schedule : {"constant", "cosine"}, default="constant"
         ``"cosine"`` lowers the learning rate of each epoch along a half cosine, from
-        ``learning_rate`` at the first epoch towards 0 at ``max_epochs``.
+        ``learning_rate`` at the first epoch towards 0 at ``max_epochs``; reaching
+        ``max_epochs`` then completes the fit (no ``ConvergenceWarning``).
     weight_decay : float, default=0.0
         Decoupled weight decay (AdamW): each step shrinks the head's kernels by
         ``learning_rate * weight_decay`` of their value; biases are not decayed.
-    weight_averaging : float, default=0.97
+    weight_averaging : float, default=0.9
         Decay of a bias-corrected moving average of the head's weights over epochs: the fitted
         head (and the one early stopping scores) is that average, not the last epoch's
         weights. 0 turns it off; 0.9 averages roughly the last 10 epochs.
@@ -103,11 +114,18 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Triplets per step for ``fit(T)`` and ``mining="random"``; samples per P x K batch for
         online mining.
     max_epochs : int, default=100
-        Passes over the training data at most; reaching it while the loss (or validation
-        score) still improves warns (``ConvergenceWarning``).
-    tol : float, default=1e-4
-        Minimum improvement of the training loss (or of the validation score with
-        ``early_stopping``) that resets the ``n_iter_no_change`` count.
+        Passes over the training data at most; reaching it while the watched figure (see
+        ``stopping``) still improves warns (``ConvergenceWarning``).
+    tol : float, default=2e-3
+        Minimum improvement of the watched figure (``stopping``, or the validation score
+        with ``early_stopping``) that resets the ``n_iter_no_change`` count.
+    stopping : {"error", "loss"}, default="error"
+        What a fit without ``early_stopping`` watches to stop by itself, using no held-out
+        data: ``"error"``, the share of wrongly ordered triplets in each epoch's training
+        batches (``error_curve_``; among all the valid triplets of each batch when mining from
+        labels); ``"loss"``, the mean training loss (``loss_curve_``; the soft margin's never
+        levels off). The fit stops after ``n_iter_no_change`` epochs without an improvement by
+        more than ``tol``.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (triplets, or samples
         stratified by label), stop when its triplet accuracy stops improving, and keep the
@@ -124,7 +142,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         Seeds weight initialisation, dropout, batch order and triplet sampling. The same value
         gives the same embeddings; global random state is never touched.
     verbose : int, default=0
-        Print the loss of each epoch when positive.
+        0: a progress bar of the epochs (loss and training triplet accuracy) on stderr when it
+        is a terminal; 1 or more: also one line per epoch on stdout; negative: nothing.
     precision : {"float32", "bfloat16"}, default="float32"
         Arithmetic of the head's matrix products while training. ``"bfloat16"``: Keras'
         ``mixed_bfloat16`` policy on the head's layers only (float32 weights, optimizer and
@@ -132,17 +151,11 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         natively (AVX512-BF16, AMX, recent GPUs); fitted weights and inference stay float32.
         ``benchmarks/README.md`` has the measured speed and accuracy.
     stream : bool, default=False
-        Read the features in storage order, for caches larger than memory. A fit never copies
-        the whole set of features: it keeps one standardised copy of the rows it trains on
-        while they fit in 1 GiB (faster epochs), else reads them per epoch in 64 MiB windows;
-        a cache is memory-mapped, so only the pages read are held, and the operating system
-        can drop them again. By default rows are read in random order. With ``stream=True``
-        (always windows) each epoch visits the rows in blocks of consecutive rows (2 MiB, or
-        whole HDF5 chunks) in a random order of blocks, a 64 MiB window of blocks at a time:
-        labelled batches are drawn within a window, given triplets are grouped by their
-        anchor's block. Every block is read once per epoch, sequentially, not row by row.
-        Batches draw on one window, not the whole set, so results differ a little from
-        ``stream=False``; see ``docs/scaling.md``.
+        Read the features in storage order, for caches larger than memory: each epoch visits
+        blocks of consecutive rows (2 MiB, or whole HDF5 chunks) in a random order, 64 MiB of
+        them at a time, and batches draw on one such window, so results differ a little. By
+        default a fit keeps one standardised copy of its rows while they fit in 1 GiB, else
+        reads them in random order, 64 MiB at a time; see ``docs/scaling.md``.
 
     Attributes
     ----------
@@ -155,13 +168,20 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     loss_curve_ : list of float
         Mean training loss of each epoch.
     active_fraction_ : list of float
-        Fraction of triplets (or anchors, for batch-hard) with a positive loss in each epoch.
+        Fraction of triplets (or anchors, for batch-hard) with a positive loss in each epoch
+        (for the hinge loss; the soft margin's is never 0).
+    error_curve_ : list of float
+        Fraction of wrongly ordered training triplets in each epoch's batches (see
+        ``stopping``).
     validation_scores_ : list of float or None
         Held-out triplet accuracy of each epoch, with ``early_stopping``.
     best_validation_score_ : float or None
         The best of those, whose weights were kept.
     n_iter_ : int
         Epochs run.
+    feature_provenance_ : dict or None
+        Provenance of the cache fitted on (backbone, weights, ...), checked at every read of a
+        cache (:mod:`tripletsk.provenance`); None for arrays and mappings.
     threshold_ : float
         Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
 
@@ -187,7 +207,13 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "features": [None, "array-like", str, os.PathLike, Mapping, object],
-        "hidden_units": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "hidden_units": [
+            Interval(Integral, 1, None, closed="left"),
+            tuple,
+            list,
+            None,
+            StrOptions({"auto"}),
+        ],
         "n_components": [Interval(Integral, 1, None, closed="left")],
         "dropout": [Interval(Real, 0, 1, closed="left")],
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
@@ -204,12 +230,13 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "stopping": [StrOptions({"error", "loss"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "standardize": ["boolean"],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "verbose": [Interval(Integral, None, None, closed="neither"), "boolean"],
         "precision": [StrOptions({"float32", "bfloat16"})],
         "stream": ["boolean"],
     }
@@ -218,7 +245,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self,
         features=None,
         *,
-        hidden_units=2048,
+        hidden_units="auto",
         n_components=64,
         dropout=0.0,
         input_dropout=0.1,
@@ -231,10 +258,11 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         learning_rate=1e-3,
         learning_rate_schedule="constant",
         weight_decay=0.0,
-        weight_averaging=0.97,
+        weight_averaging=0.9,
         batch_size=256,
         max_epochs=100,
-        tol=1e-4,
+        tol=2e-3,
+        stopping="error",
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=10,
@@ -262,6 +290,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.tol = tol
+        self.stopping = stopping
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -270,6 +299,11 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
         self.precision = precision
         self.stream = stream
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of the embedding, for ``get_feature_names_out`` (``tripletencoder0``, ...)."""
+        return int(self.weights_[-1][0].shape[1])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -297,18 +331,24 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         -------
         self : TripletEncoder
             The fitted estimator.
+
+        Notes
+        -----
+        Cross-validate triplets over one set of images with ``cv=TripletImageKFold(...)``
+        (:mod:`tripletsk.model_selection`): plain ``cv=k`` splits triplets, not images, so
+        training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
         """
         rng = check_random_state(self.random_state)
-        hidden = normalize_hidden_units(self.hidden_units)
-        if any(h < 1 for h in hidden):
+        if any(h < 1 for h in normalize_hidden_units(self.hidden_units, n_features=1)):
             raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        origin = ProvenanceCheck()  # records the provenance of a cache the rows come from
         if y is None:
             if self.mining not in ("auto", "hard"):
                 raise ValueError(
                     f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
                     "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
                 )
-            items, triplets = sources.triplet_rows(self.features, X)
+            items, triplets = sources.triplet_rows(self.features, X, origin)
             labels = None
         else:
             if self.mining == "hard":
@@ -316,72 +356,25 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
                     "mining='hard' mines within given triplets, for fit(T); with labels use "
                     "'batch_hard' or 'hybrid'."
                 )
-            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy)
+            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
             triplets = None
+        self._fitted_images = fitted_images(self.features, X, items) if y is None else None
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
-        self.n_features_in_ = items.n_features
+        self.n_features_in_, self.feature_provenance_ = items.n_features, origin.found
+        hidden = normalize_hidden_units(self.hidden_units, items.n_features)
+        _fitting.check_head_size(items.n_features, hidden, self.n_components, self.batch_size)
         self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
         items = items.standardized(self.feature_mean_, self.feature_scale_)
         fraction = self.validation_fraction if self.early_stopping else None
         train, validation_score = _fitting.holdout(
             items, triplets, labels, fraction, self.distance, rng
         )
-        mining = self._effective_mining(labels)
-        init = init_head_weights(items.n_features, hidden, self.n_components, rng)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
-        # TensorFlow is needed only from here.
-        from tripletsk._training import WINDOW_BYTES, train_head
-
-        epoch_batches = _mining.epoch_batches(
-            items,
-            triplets,
-            labels,
-            train,
-            mining,
-            batch_rng,
-            batch_size=self.batch_size,
-            window_rows=max(1, WINDOW_BYTES // (4 * items.n_features)),
-            distance=self.distance,
-            samples_per_class=self.samples_per_class,
-            hard_per_anchor=self.hard_per_anchor,
-            refresh_every=self.refresh_every,
-            stream=self.stream,
-        )
-
-        if self.precision == "bfloat16":
-            from tripletsk.backends import warn_if_bfloat16_is_emulated
-
-            warn_if_bfloat16_is_emulated("Training", stacklevel=4)  # the caller of fit
-
-        result = train_head(
-            items,
-            init,
-            epoch_batches,
-            labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
-            distance=self.distance,
-            margin=self.margin,
-            # hybrid batches carry offline hard examples, then mine batch-hard online.
-            mining="batch_hard" if mining == "hybrid" else mining,
-            dropout=self.dropout,
-            input_dropout=self.input_dropout,
-            learning_rate=self.learning_rate,
-            learning_rate_schedule=self.learning_rate_schedule,
-            weight_decay=self.weight_decay,
-            weight_averaging=self.weight_averaging,
-            max_epochs=self.max_epochs,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
-            validation_score=validation_score,
-            seed=seed,
-            verbose=self.verbose,
-            precision=self.precision,
-            stream=self.stream,
-        )
+        result = _fitting.train(self, items, triplets, labels, train, validation_score, rng)
         self.weights_ = result.weights
         self.loss_curve_ = result.loss_curve
         self.active_fraction_ = result.active_fraction
+        self.error_curve_ = result.error_curve
         self.validation_scores_ = result.validation_scores if self.early_stopping else None
         self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
@@ -389,11 +382,6 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
             items, self.weights_, self.loss_curve_, self.active_fraction_, self.margin, rng
         )
         return self
-
-    def _effective_mining(self, labels) -> str:
-        if labels is None:
-            return "hard" if self.mining == "hard" else "given"
-        return "semi_hard" if self.mining == "auto" else self.mining
 
     # ------------------------------------------------------------------ inputs
 
@@ -428,7 +416,7 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
             ids = np.asarray(X)
-            items, inverse = sources.feature_rows(self.features, ids)
+            items, inverse = sources.feature_rows(self.features, ids, ProvenanceCheck.of(self))
             self._check_width(items.n_features)
             try:
                 return self._embed(items)[inverse]
@@ -437,25 +425,16 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return self._embed(FeatureRows.from_array(X))
 
-    def _paired(self, emb: np.ndarray, triplets: np.ndarray):
-        a, p, n = emb[triplets[:, 0]], emb[triplets[:, 1]], emb[triplets[:, 2]]
-        return paired_distance(a, p, self.distance), paired_distance(a, n, self.distance)
-
     def decision_function(self, T) -> np.ndarray:
         """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
 
-        Parameters
-        ----------
-        T : array-like of shape (n, 3, d), or (n, 3) indices or keys into ``features``
-
-        Returns
-        -------
-        margin : ndarray of shape (n,)
+        ``T``: (n, 3, d) feature triplets, or (n, 3) indices or keys into ``features``;
+        returns a float array of shape (n,).
         """
         check_is_fitted(self)
-        items, triplets = sources.triplet_rows(self.features, T)
+        items, triplets = sources.triplet_rows(self.features, T, ProvenanceCheck.of(self))
         self._check_width(items.n_features)
-        d_ap, d_an = self._paired(self._embed(items), triplets)
+        d_ap, d_an = triplet_distances(self._embed(items), triplets, self.distance)
         return d_an - d_ap
 
     def predict_triplets(self, T) -> np.ndarray:
@@ -466,17 +445,14 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
         return (self.decision_function(T) > 0).astype(int)
 
     def score(self, X, y=None) -> float:
-        """Triplet accuracy.
+        """Triplet accuracy (a float): ``score(T)`` on triplets, ``score(X, y)`` on labels.
 
-        ``score(T)`` is the mean of :meth:`predict_triplets` over triplets ``T``.
-        ``score(X, y)`` is the accuracy over every valid (anchor, positive, negative) triplet
-        that the labels ``y`` define, computed exactly by ranking distances per anchor.
-
-        Returns
-        -------
-        accuracy : float
+        ``score(T)``: the mean of :meth:`predict_triplets`; warns (``SharedImagesWarning``) if
+        ``T`` holds images the model was fitted on. ``score(X, y)``: exact, over every valid
+        (anchor, positive, negative) triplet of the labels ``y``, by ranking distances.
         """
         if y is None:
+            warn_if_shared(self, X)  # SharedImagesWarning: scored images were fitted on
             return float(np.mean(self.predict_triplets(X)))
         metric = sklearn_metric(self.distance)
         return label_triplet_accuracy(self.transform(X), np.asarray(y), metric)
@@ -486,10 +462,8 @@ class TripletEncoder(PairVerifierMixin, TransformerMixin, BaseEstimator):
     def save(self, path) -> None:
         """Save the fitted model to a ``.npz`` file that loads without executing code.
 
-        Weights and standardisation are stored as arrays, parameters and history as JSON.
-        Unlike joblib or pickle files, such a file is safe to load when it comes from someone
-        else. ``features`` is kept only when it is a path (an array or mapping is not saved:
-        pass it again to :meth:`load`).
+        Arrays, and parameters, history and ``feature_provenance_`` as JSON: safe to load from
+        anyone. ``features`` is kept if a path (else pass it again to :meth:`load`).
         """
         check_is_fitted(self)
         persist.save_encoder(self, path)

@@ -12,7 +12,6 @@ It is made of built-in Keras layers only, so a ``.keras`` file loads with
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 
 import numpy as np
@@ -21,6 +20,15 @@ from tripletsk._tensorflow import import_keras
 from tripletsk.errors import CacheMismatchError, UsageError, UserError
 from tripletsk.extraction.architecture import PREPROCESSING_MODES
 from tripletsk.head import HeadWeights, build_keras_head
+from tripletsk.outputs import (
+    Output,
+    OutputChangedError,
+    check_planned,
+    plan_output,
+    publish,
+    temporary_path,
+    writing,
+)
 
 __all__ = [
     "FORMATS",
@@ -176,9 +184,38 @@ def build_export_model(encoder, store, weights=None, backbone=None):
     # where transform()'s NumPy divides by max(norm, 1e-6): the same for any norm above 1e-6.
     head = fold_standardization(encoder.weights_, encoder.feature_mean_, encoder.feature_scale_)
     outputs = build_keras_head(head)(x)
+    outputs = keras.layers.Add(name="embedding")([outputs, _size_check(inputs, size, outputs)])
     model = keras.Model(inputs, outputs, name="tripletsk_embedding")
     model.trainable = False
     return model
+
+
+def _size_check(inputs, size: int, embedding):
+    """Zeros shaped like ``embedding`` that exist only for images of ``size`` x ``size``.
+
+    Keras checks a model's input shape when it traces a call, but a traced ``predict`` is
+    retraced with relaxed shapes (``(None, None, None, 3)``) for a second image size, after
+    which any size runs through the backbone's global pooling and gives wrong embeddings
+    silently. This branch checks the size in the graph itself, on every call, with built-in
+    layers only: a ``size`` x ``size`` convolution with a zero kernel leaves one value per
+    image exactly when the image is ``size`` x ``size`` (a smaller one fails the convolution),
+    and the reshape to that one value fails otherwise; the error names the layer,
+    ``images_must_be_<size>x<size>``. Its output is exactly zero (finite pixels), added to
+    the embedding so that it stays in the graph; its cost is ``size**2 * 3`` multiplications
+    per image.
+    """
+    keras = import_keras()
+    tag = f"{size}x{size}"
+    probe = keras.layers.Conv2D(
+        1, size, use_bias=False, kernel_initializer="zeros", trainable=False,
+        name=f"pixels_must_be_{tag}",
+    )(inputs)  # fmt: skip
+    probe = keras.layers.Reshape((1,), name=f"images_must_be_{tag}")(probe)
+    width = int(embedding.shape[-1])
+    zeros = keras.layers.Dense(
+        width, use_bias=False, kernel_initializer="zeros", trainable=False, name="size_checked"
+    )
+    return zeros(probe)
 
 
 def export_model(
@@ -231,11 +268,15 @@ def export_model(
     path = path.rstrip("/" + os.sep) or path
     targets = [path, os.path.splitext(path)[0] + ".bin"] if fmt == "openvino" else [path]
     _check_output(targets, fmt, force)
+    # What is there now is what may be replaced: an output that appears during the slow
+    # build is never replaced (tripletsk.outputs).
+    planned = [plan_output(target) for target in targets]
     if fmt == "openvino":
         _import_openvino()  # before the slow part
     encoder, store = _encoder_and_store(model, features, trust_pickle)
     keras_model = build_export_model(encoder, store, weights, backbone)
-    _WRITERS[fmt](keras_model, path)
+    # The matching threshold (tripletsk calibrate) goes into the export before it is published.
+    _WRITERS[fmt](keras_model, planned, getattr(encoder, "calibration_", None))
     return path
 
 
@@ -278,57 +319,49 @@ def _check_output(targets: list[str], fmt: str, force: bool) -> None:
             raise UserError(f"{target} is not a file; not replaced")
 
 
-def _temporary(path: str, suffix: str = "") -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.tmp{os.getpid()}{suffix}")
+def _add_calibration(tmp: str, fmt: str, calibration: dict | None) -> None:
+    if calibration is not None:
+        from tripletsk.export_metadata import write_calibration
+
+        write_calibration(tmp, fmt, calibration)
 
 
-def _replace(tmp: str, path: str) -> None:
-    """Move ``tmp`` to ``path``; an old folder at ``path`` goes only once the new one is in."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        old = _temporary(path, ".old")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
-
-
-def _write_keras(model, path: str) -> None:
-    tmp = _temporary(path, ".keras")  # Keras insists on the suffix
-    try:
+def _write_keras(model, outputs: list[Output], calibration: dict | None) -> None:
+    with writing(outputs[0], "export", suffix=".keras") as tmp:  # Keras insists on the suffix
         model.save(tmp)
-        _replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _add_calibration(tmp, "keras", calibration)
 
 
-def _write_savedmodel(model, path: str) -> None:
-    tmp = _temporary(path)
-    try:
+def _write_savedmodel(model, outputs: list[Output], calibration: dict | None) -> None:
+    with writing(outputs[0], "export", suffix="") as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
-        _replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _add_calibration(tmp, "savedmodel", calibration)
 
 
-def _write_openvino(model, path: str) -> None:
+def _write_openvino(model, outputs: list[Output], calibration: dict | None) -> None:
     from tripletsk.backends import _to_openvino
 
     ov = _import_openvino()
     ov_model = _to_openvino(model, [-1, *list(model.input_shape)[1:]])
-    tmp = _temporary(path, ".xml")
-    tmp_bin, path_bin = os.path.splitext(tmp)[0] + ".bin", os.path.splitext(path)[0] + ".bin"
+    xml, bin_ = outputs
+    tmp = temporary_path(xml, ".xml")
+    tmp_bin = os.path.splitext(tmp)[0] + ".bin"
     try:
         # float32 weights: save_model would halve them to float16 by default.
         ov.save_model(ov_model, tmp, compress_to_fp16=False)
-        os.replace(tmp_bin, path_bin)
-        os.replace(tmp, path)
-    finally:
+        del ov_model
+        _add_calibration(tmp, "openvino", calibration)
+        for output in outputs:  # both still as planned before either is moved in
+            check_planned(output, f"{tmp} and {tmp_bin}", "export")
+        publish(tmp_bin, bin_, "export")
+        publish(tmp, xml, "export")
+    except OutputChangedError:
+        raise
+    except BaseException:
         for name in (tmp, tmp_bin):
             if os.path.exists(name):
                 os.remove(name)
+        raise
 
 
 def _import_openvino():

@@ -6,11 +6,12 @@ The class of an image is its first folder. Also importable from :mod:`tripletsk.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from sklearn.utils import check_array, check_random_state
 
-from tripletsk.mining import hard_label_triplets, sample_label_triplets
+from tripletsk.mining import hard_examples, hard_label_triplets, sample_label_triplets
 from tripletsk.triplets import TripletDataError, write_triplets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -93,10 +94,12 @@ def make_triplets_from_folders(
     random_state=None,
     path: str | os.PathLike | None = None,
 ) -> np.ndarray:
-    """Make triplets of image keys from class folders (``images/<class>/<image>``).
+    """Make distinct triplets of image keys from class folders (``images/<class>/<image>``).
 
     For users who have images sorted into one folder per class but no triplet file: the
-    class of an image is its first folder (:func:`labels_from_folders`).
+    class of an image is its first folder (:func:`labels_from_folders`). No triplet is
+    repeated: when fewer than ``n_triplets`` distinct triplets exist (few images per class),
+    all of them are returned, in random order, with a warning that says how many.
 
     Parameters
     ----------
@@ -104,7 +107,7 @@ def make_triplets_from_folders(
         A folder of class folders (listed recursively with :func:`list_image_keys`), or the
         image keys themselves, e.g. the keys of the feature cache.
     n_triplets : int
-        How many triplets to make; anchors are drawn with replacement.
+        How many distinct triplets to make (an anchor may start several of them).
     strategy : {"random", "hard"}, default="random"
         ``"random"``: uniform positives and negatives (:func:`sample_label_triplets`).
         ``"hard"``: for each anchor, a positive drawn among the ``n_candidates`` farthest
@@ -122,8 +125,14 @@ def make_triplets_from_folders(
 
     Returns
     -------
-    triplets : ndarray of shape (n_triplets, 3), dtype object
-        Image keys: anchor, positive, negative.
+    triplets : ndarray of shape (n_made, 3), dtype object
+        Image keys: anchor, positive, negative; ``n_made`` is ``n_triplets``, or the number of
+        distinct triplets there are if that is smaller (see :func:`count_folder_triplets`).
+
+    Warns
+    -----
+    UserWarning
+        When fewer than ``n_triplets`` distinct triplets exist.
 
     Examples
     --------
@@ -152,9 +161,7 @@ def make_triplets_from_folders(
         keys = np.asarray(keys_or_root, dtype=object).ravel()
     y = labels_from_folders(keys)
     rng = check_random_state(random_state)
-    if strategy == "random":
-        triplets = sample_label_triplets(y, n_triplets, random_state=rng)
-    else:
+    if strategy == "hard":
         if features is None:
             raise ValueError("strategy='hard' needs features: one row per key.")
         features = check_array(features, dtype=[np.float64, np.float32])
@@ -165,8 +172,92 @@ def make_triplets_from_folders(
             )
         if n_candidates < 1:
             raise ValueError(f"n_candidates must be at least 1; got {n_candidates}.")
-        triplets = hard_label_triplets(features, y, n_triplets, n_candidates, rng)
+    triplets = _distinct_triplets(y, n_triplets, strategy, features, n_candidates, rng)
+    if len(triplets) < n_triplets:
+        warnings.warn(
+            f"Only {len(triplets)} distinct {strategy} triplets exist over these "
+            f"{len(keys)} images (n_triplets={n_triplets}); returning all {len(triplets)}.",
+            UserWarning,
+            stacklevel=2,
+        )
     result = keys[triplets]
     if path is not None:
         write_triplets(path, result)
     return result
+
+
+def count_folder_triplets(labels, strategy: str = "random", n_candidates: int = 10) -> int:
+    """How many distinct triplets :func:`make_triplets_from_folders` can make from ``labels``.
+
+    ``"random"``: every anchor of a class of two or more, times the other members of its
+    class, times the images of other classes. ``"hard"``: every such anchor, times its
+    ``n_candidates`` farthest positives and ``n_candidates`` nearest negatives (fewer where
+    its class, or the rest, is smaller).
+
+    Examples
+    --------
+    >>> from tripletsk.folders import count_folder_triplets
+    >>> count_folder_triplets(["a", "a", "b", "b", "b"])  # 2*1*3 + 3*2*2
+    18
+    >>> count_folder_triplets(["a", "a", "b", "b", "b"], "hard", n_candidates=1)
+    5
+    """
+    _, sizes = np.unique(np.asarray(labels), return_counts=True)
+    sizes = sizes[sizes >= 2].astype(np.int64)
+    n = len(np.asarray(labels))
+    positives, negatives = sizes - 1, n - sizes
+    if strategy == "hard":
+        positives = np.minimum(positives, n_candidates)
+        negatives = np.minimum(negatives, n_candidates)
+    return int(np.sum(sizes * positives * negatives))
+
+
+def _distinct_triplets(y, n_triplets: int, strategy: str, features, n_candidates: int, rng):
+    """Up to ``n_triplets`` distinct triplets of indices into ``y``, in random order.
+
+    When the request is at least half of what exists, every possible triplet is listed and
+    a random subset kept (drawing until all were seen would take ~P log P draws); otherwise
+    triplets are drawn in rounds and repeats discarded, each round drawing twice what is
+    missing (at least half of what remains is new, so few rounds are needed).
+    """
+    n_possible = count_folder_triplets(y, strategy, n_candidates)
+    if n_possible == 0:
+        sample_label_triplets(y, 1, random_state=rng)  # raises the reason (one class, ...)
+    if 2 * n_triplets >= n_possible:
+        every = _every_triplet(y, strategy, features, n_candidates)
+        return every[rng.permutation(len(every))[:n_triplets]]
+
+    def draw(m: int) -> np.ndarray:
+        if strategy == "random":
+            return sample_label_triplets(y, m, random_state=rng)
+        return hard_label_triplets(features, y, m, n_candidates, rng)
+
+    made = draw(n_triplets)
+    while True:
+        _, first = np.unique(made, axis=0, return_index=True)
+        made = made[np.sort(first)]  # first draws of each, in the order drawn
+        if len(made) >= n_triplets:
+            return made[:n_triplets]
+        made = np.concatenate([made, draw(2 * (n_triplets - len(made)))])
+
+
+def _every_triplet(y, strategy: str, features, n_candidates: int) -> np.ndarray:
+    """Every distinct triplet of indices into ``y`` that ``strategy`` can draw."""
+    y = np.asarray(y)
+    _, inverse, sizes = np.unique(y, return_inverse=True, return_counts=True)
+    anchors = np.flatnonzero(sizes[inverse] >= 2)
+    if strategy == "hard":
+        hard_pos, hard_neg = hard_examples(features, y, n_candidates, anchors=anchors)
+        candidates = [(p[p >= 0], n[n >= 0]) for p, n in zip(hard_pos, hard_neg, strict=True)]
+    else:
+        index = np.arange(len(y))
+        candidates = [
+            (index[(inverse == inverse[a]) & (index != a)], index[inverse != inverse[a]])
+            for a in anchors
+        ]
+    return np.concatenate(
+        [
+            np.column_stack([np.full(len(p) * len(n), a), np.repeat(p, len(n)), np.tile(n, len(p))])
+            for a, (p, n) in zip(anchors, candidates, strict=True)
+        ]
+    ).astype(np.int64)

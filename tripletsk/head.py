@@ -24,10 +24,35 @@ HeadWeights = list[tuple[np.ndarray, np.ndarray]]
 _NORM_EPS = 1e-12
 
 
-def normalize_hidden_units(hidden_units) -> tuple[int, ...]:
-    """``512`` -> ``(512,)``; ``(256, 128)`` stays; ``()`` or ``None`` -> a linear head."""
+# hidden_units="auto": one layer of 1024 units, halved until the first layer holds at most
+# 2**20 weights (512 for 2048-d CNN features), at least 128. On a Fashion-MNIST validation
+# split (split 0, batches of 128) 1024 units beat 512 on 784 pixels (MAP@R 0.692 vs 0.680
+# after 50 epochs) and 512 matched 1024 on 2048-d ResNet50 features (0.670 vs 0.666 after 60)
+# at less cost per epoch (docs/defaults_study.md, "A fit that stops by itself").
+AUTO_UNITS, AUTO_FIRST_LAYER_WEIGHTS, AUTO_MIN_UNITS = 1024, 2**20, 128
+
+
+def auto_hidden_units(n_features: int) -> int:
+    """The width of ``hidden_units="auto"`` for ``n_features`` inputs.
+
+    >>> auto_hidden_units(784), auto_hidden_units(2048), auto_hidden_units(64)
+    (1024, 512, 1024)
+    """
+    units = AUTO_UNITS
+    while units > AUTO_MIN_UNITS and units * n_features > AUTO_FIRST_LAYER_WEIGHTS:
+        units //= 2
+    return units
+
+
+def normalize_hidden_units(hidden_units, n_features: int | None = None) -> tuple[int, ...]:
+    """``512`` -> ``(512,)``; ``(256, 128)`` stays; ``()`` or ``None`` -> a linear head;
+    ``"auto"`` -> ``(auto_hidden_units(n_features),)``."""
     if hidden_units is None:
         return ()
+    if isinstance(hidden_units, str):
+        if hidden_units != "auto" or n_features is None:
+            raise ValueError(f"hidden_units={hidden_units!r} needs 'auto' and n_features.")
+        return (auto_hidden_units(n_features),)
     if isinstance(hidden_units, int | np.integer):
         return (int(hidden_units),)
     return tuple(int(h) for h in hidden_units)

@@ -9,25 +9,36 @@ cache's by :func:`~tripletsk.extraction.features_for_files`, and nothing is writ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils._set_output import _get_output_config
+from sklearn.utils.validation import check_is_fitted
 
-from tripletsk.errors import CacheLockedError, UserError
+from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
 from tripletsk.extraction.backbone import DEFAULT_BACKEND
 from tripletsk.extraction.discovery import is_listed_name
 from tripletsk.extraction.roots import ImageFolderMismatchError, same_folder
-from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
+from tripletsk.store import DEFAULT_CACHE, PROVENANCE_KEYS, FeatureStore, check_provenance
 
 __all__ = ["ImageFeatures"]
 
-_INT8_KEYS = ("int8_calibration", "int8_model")
+_INT8 = ("int8_calibration", "int8_model")
+
+AUTO = "auto"
+#: The parameters that choose the network, with what "auto" stands for when there is no cache
+#: (the defaults of ``extract-features``, but float32: a model fitted in a pipeline is never
+#: handed int8 features it did not ask for; ``backend="auto"`` then times the float32 runners).
+_NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
+                     "weights": "imagenet", "seed": 0, "image_size": 224,
+                     "backend": DEFAULT_BACKEND, "precision": "float32"}  # fmt: skip
 
 
-class ImageFeatures(TransformerMixin, BaseEstimator):
+class ImageFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Map image paths to the features of a frozen backbone, through the feature cache.
 
     ``transform(X)`` replaces each path of ``X`` (an array of any shape) by its feature vector:
@@ -40,45 +51,62 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         The images folder: relative paths are relative to it, and cache keys are paths relative
         to it (``/`` separators). None: the folder the cache was extracted from.
     cache : path, default "cache/features.h5"
-        The feature cache, created if missing. An existing cache's recorded network (backbone,
-        layer, preprocessing, weights, seed, image size, backend, precision) is used for the
-        parameters below left at their defaults; one set otherwise must equal the cache's (else
-        :class:`~tripletsk.errors.CacheMismatchError`).
-    backbone, weights, image_size, backend, precision, batch_size, seed, dtype, workers, \
-max_pixels
+        The feature cache, created if missing.
+    backbone, weights, image_size, backend, precision, seed, layer, preprocessing : "auto" \
+or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
+        The network. ``"auto"``: the existing cache's (its recorded backbone, layer,
+        preprocessing, weights and seed, image size, backend, precision); with no cache yet,
+        the defaults of ``extract-features`` (ResNet50, ImageNet weights, 224 px, the fastest
+        float32 runner of this CPU: ``backend="auto"``, ``precision="float32"``; int8 only when
+        set or when the cache holds it); once fitted, what :meth:`fit` found. A value set
+        otherwise is honoured: it must equal the cache's (else
+        :class:`~tripletsk.errors.CacheMismatchError` names each difference), whether or not it
+        equals a default.
+    batch_size, dtype, workers, max_pixels
         As for :func:`~tripletsk.extraction.extract_features`.
-    layer, preprocessing : str or None, default None
-        The backbone's feature layer and pixel scaling (as ``extract-features --layer``,
-        ``--preprocessing``).
     append : bool, default True
         Add the features of new images of ``root`` to the cache. False (or a cache that cannot
         be written, with a warning): they are computed each time, and the cache is never written.
     lock_timeout : float, default 600
         Seconds to wait while another process writes the cache before raising
         :class:`~tripletsk.errors.CacheLockedError`.
+    verify : bool, default False
+        Read and hash every cached image asked for, and compare with the content hash the cache
+        recorded, instead of trusting an unchanged size and modification time: an image
+        rewritten in place with both kept is then extracted again, not served stale. (Without
+        it, only an image modified within 3 s of its hashing is hashed again.)
+
+    Attributes
+    ----------
+    network_ : dict
+        The network :meth:`fit` resolved (what ``"auto"`` stands for from then on).
+    provenance_ : dict
+        The cache's record of the network its features were made with, when fitted (or what
+        it will record, if there was no cache yet). Every later :meth:`transform` checks that
+        the cache still records it, so a cache made again with other settings (another seed,
+        image size, weights, backbone, preprocessing or precision) is refused, not used.
 
     Notes
     -----
     Images outside ``root`` have no key: they are computed each time, never cached. ``fit``
-    learns nothing; the transformer holds no model or open file, so it clones, pickles and runs
-    in parallel processes cheaply (each process builds the backbone once, when it first
-    extracts). Processes that add images to one cache at once take turns.
+    reads only the cache's header; the transformer holds no model or open file, so it clones,
+    pickles and runs in parallel processes cheaply (each process builds the backbone once, when
+    it first extracts). Processes that add images to one cache at once take turns; readers
+    read one version of the cache, whatever is written meanwhile.
 
     Examples
     --------
     >>> from tripletsk import ImageFeatures
     >>> features = ImageFeatures(root="images", weights="none", image_size=32)
-    >>> features.get_params()["cache"]
-    'cache/features.h5'
-    >>> features.fit(["cat/1.jpg"]) is features  # fit learns nothing
-    True
+    >>> features.get_params()["cache"], features.get_params()["backbone"]
+    ('cache/features.h5', 'auto')
     """
 
     def __init__(
-        self, root=None, cache=DEFAULT_CACHE, backbone="ResNet50", weights="imagenet",
-        image_size=224, backend=DEFAULT_BACKEND, precision=None, batch_size=32, *,
-        layer=None, preprocessing=None, seed=0, dtype=None, append=True, workers=None,
-        max_pixels=None, lock_timeout=600.0,
+        self, root=None, cache=DEFAULT_CACHE, backbone=AUTO, weights=AUTO, image_size=AUTO,
+        backend=AUTO, precision=AUTO, batch_size=32, *, layer=AUTO, preprocessing=AUTO,
+        seed=AUTO, dtype=None, append=True, workers=None, max_pixels=None, lock_timeout=600.0,
+        verify=False,
     ):  # fmt: skip
         self.root = root
         self.cache = cache
@@ -96,6 +124,7 @@ max_pixels
         self.workers = workers
         self.max_pixels = max_pixels
         self.lock_timeout = lock_timeout
+        self.verify = verify
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -104,9 +133,41 @@ max_pixels
         tags.input_tags.string = True
         return tags
 
-    def fit(self, X, y=None) -> ImageFeatures:
-        """Learn nothing (the backbone is frozen); returns ``self``."""
+    def fit(self, X=None, y=None) -> ImageFeatures:
+        """Record the network and the provenance of the cache's features (the backbone is
+        frozen: nothing is learned); ``X`` and ``y`` are not used. Returns ``self``.
+
+        Raises
+        ------
+        CacheMismatchError
+            A parameter set to something other than what the cache records.
+        """
+        cache = os.fspath(self.cache)
+        network = self._network(cache, refit=True)
+        expected = _provenance_of(network)
+        prov = expected
+        if os.path.exists(cache):
+            with FeatureStore(cache) as store:
+                if self.root is not None:
+                    _check_folder(store, cache, self._image_root(cache))
+                prov = store.provenance
+                check_provenance(prov, {**expected, **{k: prov.get(k) for k in _INT8}}, cache)
+        self.network_ = network
+        self.provenance_ = {k: prov.get(k) for k in PROVENANCE_KEYS if k in prov or k not in _INT8}
         return self
+
+    @property
+    def _n_features_out(self) -> int:
+        """The length of the feature vectors (for ``get_feature_names_out``)."""
+        check_is_fitted(self, "provenance_")
+        cache = os.fspath(self.cache)
+        if os.path.exists(cache):
+            with FeatureStore(cache) as store:
+                _check_fitted(store.provenance, self.provenance_, cache)
+                return store.dim
+        from tripletsk.extraction.backbone import feature_dim
+
+        return feature_dim(_spec_of(self.network_), int(self.network_["image_size"]))
 
     def transform(self, X) -> np.ndarray:
         """Features of the images at the paths ``X``, shape ``X.shape + (d,)``, float32.
@@ -115,11 +176,17 @@ max_pixels
         ------
         UserError
             A path that is not a readable image file (named in the message), a cache made with
-            other settings or of another folder (:class:`~tripletsk.errors.CacheMismatchError`).
+            other settings, or with settings other than when fitted, or of another folder
+            (:class:`~tripletsk.errors.CacheMismatchError`).
         """
         X = np.asarray(X, dtype=object)
         if X.size == 0:
             raise ValueError("ImageFeatures.transform needs at least one image path")
+        if X.ndim != 1 and _get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"set_output(transform=...) tables hold one row per image: pass a 1-d array of "
+                f"paths, not shape {X.shape} (or set_output(transform='default'))"
+            )
         flat = [_path_str(p) for p in X.ravel()]
         uniq = list(dict.fromkeys(flat))
         cache = os.fspath(self.cache)
@@ -151,17 +218,20 @@ max_pixels
     def _features(self, root: str, cache: str, files: list, keys: list) -> np.ndarray:
         """(len(files), d): cached rows, then new images extracted into the cache, then the rest
         computed like the cache's."""
+        network = self._network(cache)
+        expected = _provenance_of(network, root, cache)
+        fitted = getattr(self, "provenance_", None)
         got, todo, extracted = {}, list(range(len(files))), False
         deadline, delay = time.monotonic() + float(self.lock_timeout), 0.05
         while True:
-            if os.path.exists(cache):  # (its recorded runner is what backend="auto" means)
-                expected = self._options(root, cache).provenance
-                got, todo = _cached_rows(cache, root, files, keys, expected)
+            if os.path.exists(cache):
+                with _checked_store(cache, root, expected, fitted) as store:
+                    got, todo = _cached_rows(store, files, keys, bool(self.verify))
             new = [keys[i] for i in todo if keys[i] is not None]
             if extracted or not new or not self._writable(cache, len(new)):
                 break
             try:
-                self._extract(root, cache, new)
+                self._extract(root, cache, new, network)
                 extracted = True
             except CacheLockedError:  # another process writes: wait, then see what is left
                 if time.monotonic() >= deadline:
@@ -169,7 +239,8 @@ max_pixels
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(1.0, delay * 1.5)
         if todo:
-            got.update(zip(todo, self._computed(cache, [files[i] for i in todo]), strict=True))
+            computed = self._computed(root, cache, [files[i] for i in todo], expected, fitted)
+            got.update(zip(todo, computed, strict=True))
         return np.stack([got[i] for i in range(len(files))]).astype(np.float32, copy=False)
 
     def _writable(self, cache: str, n_new: int) -> bool:
@@ -187,50 +258,47 @@ max_pixels
             )
         return ok
 
-    def _extraction_kwargs(self, cache: str) -> dict:
-        """The arguments of ``extract_features`` (and ``ExtractOptions``): the network of an
-        existing cache, except where a parameter is set to something other than its default
-        (then the provenance check compares it with the cache's)."""
-        network = {name: getattr(self, name) for name in _NETWORK_DEFAULTS}
-        if os.path.exists(cache):
+    def _network(self, cache: str, refit: bool = False) -> dict:
+        """The network's ``extract_features`` arguments: each parameter set (not "auto") as
+        set; the others as fitted (unless ``refit``), else the existing cache's, else the
+        defaults."""
+        given = {k: getattr(self, k) for k in _NETWORK_DEFAULTS}
+        given = {k: v for k, v in given.items() if not (isinstance(v, str) and v == AUTO)}
+        base = None if refit else getattr(self, "network_", None)
+        if base is None and len(given) < len(_NETWORK_DEFAULTS) and os.path.exists(cache):
             from tripletsk.extraction.query import extraction_settings_of_cache
 
             with FeatureStore(cache) as store:
-                recorded = extraction_settings_of_cache(store)
-            unset = [k for k, v in network.items() if _same(v, _NETWORK_DEFAULTS[k])
-                     or (k, v) in (("backend", "auto"), ("precision", None))]  # fmt: skip
-            if {"layer", "preprocessing"} & set(network) - set(unset):
-                unset = [k for k in unset if k != "backbone"]  # they refine a named backbone
-            network.update({k: recorded[k] for k in unset if k in recorded})
-        return {
-            **network, "batch_size": self.batch_size, "dtype": self.dtype,
-            "workers": self.workers, "max_pixels": self.max_pixels,
-        }  # fmt: skip
+                base = {**extraction_settings_of_cache(store), "layer": None, "preprocessing": None}
+        base = dict(_NETWORK_DEFAULTS if base is None else base)
+        arch = base["backbone"]
+        if not isinstance(arch, str) and {"backbone", "layer", "preprocessing"} & set(given):
+            # A recorded architecture, refined or replaced by what was set: spelled out.
+            base.update(backbone=_backbone_name(arch), layer=arch.layer, preprocessing=arch.mode)
+        return {**base, **given}
 
-    def _options(self, root: str, cache: str):
-        """The checked extraction settings (:class:`ExtractOptions`)."""
-        from tripletsk.extraction.options import ExtractOptions
-
-        return ExtractOptions.from_arguments(
-            root, cache, progress=False, quiet=True, decode_memory=None,
-            **self._extraction_kwargs(cache),
-        )  # fmt: skip
-
-    def _extract(self, root: str, cache: str, keys: list) -> None:
+    def _extract(self, root: str, cache: str, keys: list, network: dict) -> None:
         """Extract the images ``keys`` of ``root`` into ``cache`` (the other rows are kept)."""
         from tripletsk.extraction.run import extract_features
 
         try:
             summary = extract_features(
-                root, cache, progress=False, quiet=True, only=keys, **self._extraction_kwargs(cache)
-            )
+                root, cache, progress=False, quiet=True, only=keys, **network,
+                **self._run_options(),
+            )  # fmt: skip
         except ImageFolderMismatchError as e:
             raise _folder_mismatch(e.holder, e.old_root, root) from None
-        if summary.failed:
-            shown = "; ".join(f"{os.path.join(root, k)}: {why}" for k, why in summary.failed[:5])
-            raise UserError(f"cannot read {len(summary.failed)} image(s) ({shown})")
+        wanted = set(keys)  # (the cache's failures of other images are kept, not reported)
+        failed = [(k, why) for k, why in summary.failed if k in wanted]
+        if failed:
+            shown = "; ".join(f"{os.path.join(root, k)}: {why}" for k, why in failed[:5])
+            raise UserError(f"cannot read {len(failed)} image(s) ({shown})")
 
-    def _computed(self, cache: str, files: list) -> np.ndarray:
+    def _run_options(self) -> dict:
+        return {"batch_size": self.batch_size, "dtype": self.dtype, "workers": self.workers,
+                "max_pixels": self.max_pixels, "verify": bool(self.verify)}  # fmt: skip
+
+    def _computed(self, root, cache: str, files: list, expected, fitted) -> np.ndarray:
         """Features of ``files`` computed like the cache's, without writing anything."""
         from tripletsk.extraction.query import features_for_files
 
@@ -241,26 +309,85 @@ max_pixels
                 "cache's settings"
             )
         weights = self.weights
-        named = isinstance(weights, str) and weights.lower() in ("imagenet", "none")
+        named = weights is None or (
+            isinstance(weights, str) and weights.lower() in ("imagenet", "none", AUTO)
+        )
         backbone = os.fspath(self.backbone) if self.backbone is not None else ""
-        return features_for_files(
-            files,
-            cache,
-            weights=None if named or weights is None else weights,
-            backbone=backbone if os.path.isfile(backbone) else None,  # a moved model file
-            batch_size=self.batch_size,
-            max_pixels=self.max_pixels,
+        with _checked_store(cache, root, expected, fitted) as store:
+            return features_for_files(
+                files,
+                store,
+                weights=None if named else weights,
+                backbone=backbone if os.path.isfile(backbone) else None,  # a moved model file
+                batch_size=self.batch_size,
+                max_pixels=self.max_pixels,
+            )
+
+
+def _spec_of(network: dict):
+    from tripletsk.extraction.backbone import resolve_network
+
+    n = network
+    return resolve_network(n["weights"], n["seed"], n["backbone"], n["layer"], n["preprocessing"])
+
+
+def _provenance_of(network: dict, root: str | None = None, cache: str = "") -> dict:
+    """What a cache of ``network``'s features records (int8 keys aside); with ``root``, the
+    arguments are checked as an extraction checks them."""
+    if root is not None:
+        from tripletsk.extraction.options import ExtractOptions
+
+        return ExtractOptions.from_arguments(
+            root, cache, progress=False, quiet=True, decode_memory=None, batch_size=1,
+            dtype=None, workers=None, **network,
+        ).provenance  # fmt: skip
+    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
+
+    check_image_size(int(network["image_size"]))
+    backend, precision = check_backend(network["backend"], network["precision"])
+    return provenance_for(_spec_of(network), int(network["image_size"]), backend, precision)
+
+
+def _backbone_name(arch) -> str:
+    """What ``backbone=`` names the architecture ``arch`` by: its model file or its name."""
+    if arch.is_file:
+        return arch.path
+    args = ", ".join(f"{k}={v!r}" for k, v in arch.kwargs)
+    return f"{arch.name}({args})" if args else arch.name
+
+
+def _check_folder(store: FeatureStore, cache: str, root: str) -> None:
+    recorded = store.attrs.get("image_root")
+    if recorded and not same_folder(recorded, root):
+        raise _folder_mismatch(cache, str(recorded), root)
+
+
+def _check_fitted(found: dict, fitted: dict, cache: str) -> None:
+    """Refuse a cache whose features were made otherwise than those :meth:`fit` saw."""
+    diffs = [
+        f"{k}: fitted on {fitted.get(k)!r}, the cache now has {found.get(k)!r}"
+        for k in PROVENANCE_KEYS
+        if (k in fitted or k not in _INT8) and str(found.get(k)) != str(fitted.get(k))
+    ]
+    if diffs:
+        raise CacheMismatchError(
+            f"{cache} changed since this ImageFeatures was fitted: it was made again with other "
+            f"settings ({'; '.join(diffs)}). Fit it again (e.g. refit the pipeline) to use the "
+            "new cache, or extract the old settings' features again."
         )
 
 
-#: The parameters that choose the network, with their defaults (those of ``extract-features``).
-_NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
-                     "weights": "imagenet", "seed": 0, "image_size": 224,
-                     "backend": DEFAULT_BACKEND, "precision": None}  # fmt: skip
-
-
-def _same(value, default) -> bool:
-    return type(value) is type(default) and value == default
+@contextlib.contextmanager
+def _checked_store(cache: str, root: str, expected: dict, fitted: dict | None):
+    """The cache, open, once checked: of the images folder ``root``, made as when fitted
+    (``fitted``) and with the ``expected`` network (int8 keys aside)."""
+    with FeatureStore(cache) as store:
+        _check_folder(store, cache, root)
+        found = store.provenance
+        if fitted is not None:
+            _check_fitted(found, fitted, cache)
+        check_provenance(found, {**expected, **{k: found.get(k) for k in _INT8}}, cache)
+        yield store
 
 
 def _path_str(p) -> str:
@@ -288,42 +415,34 @@ def _folder_mismatch(holder: str, old_root: str, root: str) -> ImageFolderMismat
     return err
 
 
-def _identity(path: str) -> tuple:
-    st = os.stat(path)
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _cached_rows(cache: str, root: str, files: list, keys: list, expected: dict):
+def _cached_rows(store: FeatureStore, files: list, keys: list, verify: bool):
     """``({i: features}, [i not served])``: the rows of ``keys`` the cache holds for the files
-    as they are now (same size and modification time as when extracted)."""
-    for _ in range(10):  # the cache was replaced while being read (another process added rows)
-        before = _identity(cache)
-        with FeatureStore(cache) as store:
-            recorded = store.attrs.get("image_root")
-            if recorded and not same_folder(recorded, root):
-                raise _folder_mismatch(cache, str(recorded), root)
-            found = store.provenance
-            check_provenance(found, {**expected, **{k: found.get(k) for k in _INT8_KEYS}}, cache)
-            hit = [i for i, k in enumerate(keys) if k is not None and k in store]
-            rows = store.indices([keys[i] for i in hit])
-            fps = store.fingerprints[rows]
-            fresh = np.array([_unchanged(fp, files[i]) for fp, i in zip(fps, hit, strict=True)])
-            hit, rows = (
-                [i for i, ok in zip(hit, fresh, strict=True) if ok],
-                rows[fresh.astype(bool)],
-            )
-            feats = store.take(rows) if hit else []
-        if _identity(cache) == before:
-            served = set(hit)
-            return dict(zip(hit, feats, strict=True)), [
-                i for i in range(len(files)) if i not in served
-            ]
-    raise UserError(f"the cache {cache} keeps changing while being read; try again")
+    as they are now (same size and modification time as when extracted; same content, with
+    ``verify``). The store reads one version of the cache, whatever is written meanwhile."""
+    hit = [i for i, k in enumerate(keys) if k is not None and k in store]
+    rows = store.indices([keys[i] for i in hit])
+    fps = store.fingerprints[rows]
+    fresh = [_unchanged(fp, files[i], verify) for fp, i in zip(fps, hit, strict=True)]
+    fresh = np.array(fresh, dtype=bool)
+    hit, rows = [i for i, ok in zip(hit, fresh, strict=True) if ok], rows[fresh]
+    feats = store.take(rows) if hit else []
+    served = set(hit)
+    return dict(zip(hit, feats, strict=True)), [i for i in range(len(files)) if i not in served]
 
 
-def _unchanged(fp, file: str) -> bool:
+def _unchanged(fp, file: str, verify: bool) -> bool:
+    """Whether ``file`` is as its cached fingerprint ``fp`` says: same size and modification
+    time, and same content if ``verify`` or if it was hashed within the time stamps'
+    granularity of a change (as the extraction's own plan decides)."""
+    from tripletsk.checksums import file_digest
+    from tripletsk.extraction.plan import trust_stat
+
     try:
         st = os.stat(file)
+        if int(fp["size"]) != st.st_size or int(fp["mtime_ns"]) != st.st_mtime_ns:
+            return False
+        if verify or not trust_stat(fp, st.st_size, st.st_mtime_ns):
+            return file_digest(file) == bytes(fp["blake2b"]).decode()
     except OSError:  # (gone since it was checked: its extraction or reading will say why)
         return False
-    return int(fp["size"]) == st.st_size and int(fp["mtime_ns"]) == st.st_mtime_ns
+    return True

@@ -136,6 +136,19 @@ class PartsJournal:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def remove_parts(self, done) -> None:
+        """Delete the parts for which ``done(part)`` is true, and the journal once no part is
+        left: the others hold finished work another run can still resume."""
+        kept = [p for p in self.parts if not done(p)]
+        if not kept:
+            self.remove()
+            return
+        for p in self.parts:
+            if done(p):
+                with contextlib.suppress(OSError):
+                    os.remove(p.path)
+        self.parts = kept
+
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"

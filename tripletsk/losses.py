@@ -20,7 +20,8 @@ margin ``log(1 + exp(d(a, p) - d(a, n)))`` (Hermans et al., 2017), which never s
 
 Online mining (``batch_all``, ``batch_hard``, ``semi_hard``) works on a batch of embeddings and
 their labels, embedding each item once and mining inside the batch's distance matrix:
-``batch_hard`` and ``semi_hard`` need O(batch^2) memory; ``batch_all`` averages over every valid
+``batch_hard`` needs O(batch^2) memory, ``semi_hard`` O(batch^2 K) for K samples per class;
+``batch_all`` averages over every valid
 triplet, whose count is O(batch^3) by definition, and builds that cube only at the small
 default batch sizes where it costs less than a megabyte per 64 items.
 """
@@ -130,6 +131,68 @@ def triplet_loss(
     return tf.reduce_mean(triplet_margin_loss(d_ap, d_an, margin)), tf.reduce_mean(active)
 
 
+def triplet_error(d_ap: tf.Tensor, d_an: tf.Tensor) -> tf.Tensor:
+    """Fraction of wrongly ordered triplets: the anchor not strictly closer to the positive
+    (``d_ap >= d_an``, a tie is wrong, as in ``predict_triplets``)."""
+    return tf.reduce_mean(tf.cast(d_ap >= d_an, tf.float32))
+
+
+def batch_triplet_error(
+    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2"
+) -> tf.Tensor:
+    """Fraction of wrongly ordered triplets among *all* valid triplets of a batch.
+
+    The triplet error that :func:`tripletsk.metrics.label_triplet_accuracy` counts (one minus
+    it), on the batch, whatever triplets the loss mined: for each anchor-positive pair, the
+    negatives at least as near as the positive (a tie is wrong). 0 when the batch holds no
+    valid triplet.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from tripletsk.losses import batch_triplet_error
+    >>> x = tf.constant([[0.0], [0.1], [0.3], [1.0]])  # 8 triplets; anchor 2 is nearer
+    >>> float(batch_triplet_error(x, tf.constant([0, 0, 1, 1])))  # to both negatives than to 3
+    0.25
+    """
+    dist = tf.cast(pairwise_distance(embeddings, distance), tf.float32)
+    is_pos, is_neg = _label_masks(labels)
+    pairs = _PositivePairs(dist, is_pos, is_neg)
+    wrong = tf.cast(pairs.n_neg - pairs.n_farther(), tf.float32)
+    valid = tf.cast(pairs.valid, tf.float32)
+    total = tf.cast(pairs.n_neg, tf.float32) * valid
+    return tf.math.divide_no_nan(tf.reduce_sum(wrong * valid), tf.reduce_sum(total))
+
+
+class _PositivePairs:
+    """Each anchor's positives as columns of a (b, k) block, k the most positives any anchor
+    has (K - 1 in a P x K batch), and each pair's negatives as a (b, k, b) block: O(b^2 k)
+    memory and no sorting (TensorFlow's CPU sort and binary search took most of a step).
+
+    ``pos`` (b, k) are column indices, ``valid`` (b, k) marks real positives of anchors that
+    have a negative, ``d_ap`` (b, k) their distances, ``farther`` (b, k, b) each pair's
+    distances to the negatives strictly farther than its positive (the largest float
+    elsewhere), ``n_neg`` (b, 1) each anchor's number of negatives.
+    """
+
+    def __init__(self, dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
+        b = tf.shape(dist)[0]
+        n_pos = tf.reduce_sum(tf.cast(is_pos, tf.int32), axis=1)
+        k = tf.reduce_max(tf.concat([n_pos, [0]], axis=0))
+        # Positives first, in column order: the k largest of -column (others far below).
+        columns = tf.range(b)[None, :]
+        _, self.pos = tf.math.top_k(tf.where(is_pos, -columns, -columns - 2 * b), k=k)
+        self.n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
+        self.valid = tf.logical_and(tf.range(k)[None, :] < n_pos[:, None], self.n_neg > 0)
+        self.d_ap = tf.gather(dist, self.pos, batch_dims=1)
+        is_farther = tf.logical_and(is_neg[:, None, :], dist[:, None, :] > self.d_ap[..., None])
+        self.farther = tf.where(is_farther, dist[:, None, :], dist.dtype.max)
+
+    def n_farther(self) -> tf.Tensor:
+        """(b, k): how many negatives are strictly farther than each positive."""
+        return tf.reduce_sum(tf.cast(self.farther < self.farther.dtype.max, tf.int32), axis=2)
+
+
 def _label_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(positive pair mask without the diagonal, negative pair mask), both (n, n) bool."""
     same = tf.equal(labels[:, None], labels[None, :])
@@ -191,21 +254,17 @@ def batch_hard_triplet_loss(
 
 
 def _semi_hard(dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
-    """Semi-hard selection: for each (anchor, positive), the index of its negative.
+    """Semi-hard selection: for each anchor-positive pair, its negative.
 
-    The nearest negative strictly farther than the positive; when there is none, the farthest
-    negative. Returns ``(negative index (b, b), counts (b, b))``; ``counts`` marks the
-    anchor-positive pairs whose anchor has a negative. Sorting each anchor's negatives once and
-    locating every positive distance by binary search keeps memory O(b^2).
+    The nearest negative strictly farther than the positive (the lowest column among equally
+    near ones); when there is none, the farthest negative. Returns the :class:`_PositivePairs`
+    of the batch and the negatives' columns (b, k). Memory O(b^2 k).
     """
-    big = tf.fill(tf.shape(dist), dist.dtype.max)
-    order = tf.argsort(tf.where(is_neg, dist, big), axis=1, stable=True)
-    neg_sorted = tf.gather(tf.where(is_neg, dist, big), order, batch_dims=1)
-    n_neg = tf.reduce_sum(tf.cast(is_neg, tf.int32), axis=1, keepdims=True)
-    first_farther = tf.searchsorted(neg_sorted, dist, side="right")
-    farthest = tf.broadcast_to(tf.maximum(n_neg - 1, 0), tf.shape(first_farther))
-    rank = tf.where(first_farther < n_neg, first_farther, farthest)
-    return tf.gather(order, rank, batch_dims=1), tf.logical_and(is_pos, n_neg > 0)
+    pairs = _PositivePairs(dist, is_pos, is_neg)
+    nearest_farther = tf.argmin(pairs.farther, axis=2, output_type=tf.int32)
+    has_farther = tf.gather(pairs.farther, nearest_farther, batch_dims=2) < dist.dtype.max
+    farthest = tf.argmax(tf.where(is_neg, dist, -1.0), axis=1, output_type=tf.int32)
+    return pairs, tf.where(has_farther, nearest_farther, farthest[:, None])
 
 
 def semi_hard_triplet_loss(
@@ -218,15 +277,16 @@ def semi_hard_triplet_loss(
     beyond it, the pair is easy and contributes 0. Fallback when no negative is farther than
     the positive (all of them are harder): the farthest negative, i.e. the least hard of the
     hard ones, as TensorFlow Addons does, which avoids the collapse that the very hardest
-    negatives cause early in training. Uses O(batch^2) memory. Returns
+    negatives cause early in training. Uses O(batch^2 k) memory, k the most positives of an
+    anchor (K - 1 in a P x K batch). Returns
     ``(loss, active_fraction)`` over the anchor-positive pairs.
     """
     dist = pairwise_distance(embeddings, distance)
-    negative, counts = _semi_hard(dist, *_label_masks(labels))
+    pairs, negative = _semi_hard(dist, *_label_masks(labels))
     d_an = tf.gather(dist, negative, batch_dims=1)
-    weights = tf.cast(counts, dist.dtype)
-    losses = triplet_margin_loss(dist, d_an, margin)
-    active = tf.cast(_active(dist, d_an, margin), dist.dtype) * weights
+    weights = tf.cast(pairs.valid, dist.dtype)
+    losses = triplet_margin_loss(pairs.d_ap, d_an, margin)
+    active = tf.cast(_active(pairs.d_ap, d_an, margin), dist.dtype) * weights
     return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
 
 
@@ -255,9 +315,11 @@ def mined_triplets(
         anchors = tf.range(tf.shape(dist)[0])
         triplets = tf.boolean_mask(tf.stack([anchors, hardest_pos, hardest_neg], 1), counts)
     elif mining == "semi_hard":
-        negative, counts = _semi_hard(dist, is_pos, is_neg)
-        pairs = tf.cast(tf.where(counts), tf.int32)
-        triplets = tf.concat([pairs, tf.gather_nd(negative, pairs)[:, None]], axis=1)
+        pairs, negative = _semi_hard(dist, is_pos, is_neg)
+        where = tf.cast(tf.where(pairs.valid), tf.int32)  # (anchor, slot)
+        triplets = tf.stack(
+            [where[:, 0], tf.gather_nd(pairs.pos, where), tf.gather_nd(negative, where)], axis=1
+        )
     else:
         raise ValueError(f"mining must be batch_all, batch_hard or semi_hard; got {mining!r}.")
     triplets = np.asarray(triplets, dtype=np.int64).reshape(-1, 3)

@@ -55,8 +55,11 @@ class MappedFeatures:
             self._chunks_at = _windows(flat, self.rows_per_chunk * self.row_bytes + CHECKSUM_BYTES)
 
     @classmethod
-    def open(cls, path: str, ds) -> MappedFeatures | None:
+    def open(cls, path: str, ds, fd: int | None = None) -> MappedFeatures | None:
         """Map dataset ``ds`` of the open file ``path``; None if only HDF5 can read it.
+
+        ``fd``: an open file descriptor of that file (one version of it, see
+        :mod:`tripletsk.pinned`), mapped instead of opening ``path`` again.
 
         Mappable: contiguous, or chunks of whole rows with no filter but ``fletcher32``; stored
         little-endian (as NumPy reads natively here) and fully written.
@@ -86,8 +89,11 @@ class MappedFeatures:
             ds.id.chunk_iter(record)
             if not sizes_ok[0] or (offsets < 0).any():  # (e.g. partial chunks not filtered)
                 return None
-        with open(path, "rb") as fh:
-            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if fd is not None:
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        else:
+            with open(path, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         return cls(path, mm, (n, d), ds.dtype, offsets, rows_per_chunk, checksummed)
 
     def __len__(self) -> int:
@@ -128,12 +134,17 @@ class MappedFeatures:
         chunks = chunks[~self._verified[chunks]]
         return self._check_chunks(np.unique(chunks)) if chunks.size else chunks
 
-    def all_bad_rows(self) -> np.ndarray:
-        """Verify every chunk (reading the whole file); the rows of the corrupt ones."""
+    def all_bad_rows(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Verify every chunk (reading the whole file; with ``rows``, the chunks holding those
+        rows), verified before or not; the rows of the corrupt ones."""
         if not self.checksummed:
             return np.zeros(0, dtype=np.int64)
-        self._verified[:] = False
-        return self._check_chunks(np.arange(len(self.offsets)))
+        if rows is None:
+            chunks = np.arange(len(self.offsets))
+        else:
+            chunks = np.unique(np.asarray(rows, dtype=np.int64) // self.rows_per_chunk)
+        self._verified[chunks] = False
+        return self._check_chunks(chunks)
 
     def _check_chunks(self, chunks: np.ndarray) -> np.ndarray:
         stored = self._chunks_at.shape[1]

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, CacheNotFoundError, UserError
-from tripletsk.store import DEFAULT_CACHE, FeatureStore, provenance_differences
+from tripletsk.outputs import writing
+from tripletsk.provenance import check_features_provenance
+from tripletsk.store import DEFAULT_CACHE, FeatureStore
 
 __all__ = [
     "MODEL_EXTENSIONS",
@@ -99,14 +101,14 @@ def save_model(
 ) -> None:
     """Write a fitted encoder with its cache and training records (format by extension).
 
-    The file is written under a temporary name and renamed, so an interrupted save never
-    leaves half a model behind.
+    The file is written under a temporary name and moved in, so an interrupted save never
+    leaves half a model behind, and a file that appeared at ``path`` since it was planned
+    (``path`` may be a :class:`~tripletsk.outputs.Output` planned when a command started) is
+    never replaced (:mod:`tripletsk.outputs`).
     """
-    path = os.fspath(path)
     fmt = model_format(path)
     meta = {"cache": cache or {}, "training": training or {}}
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with writing(path, "model") as tmp:
         if fmt == "joblib":
             import joblib
 
@@ -119,10 +121,6 @@ def save_model(
             # np.savez wrote a zip file: one more member keeps everything in a single file.
             with zipfile.ZipFile(tmp, "a") as zf, zf.open(_NPZ_NAME + ".npy", "w") as member:
                 np.lib.format.write_array(member, np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False) -> FittedModel:
@@ -213,9 +211,11 @@ def model_info(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict:
         "n_epochs": m.n_iter_,
         "loss_curve": [round(float(v), 6) for v in m.loss_curve_],
         "active_fraction": [round(float(v), 6) for v in m.active_fraction_],
+        "error_curve": [round(float(v), 6) for v in getattr(m, "error_curve_", None) or []],
         "validation_scores": m.validation_scores_,
         "best_validation_score": m.best_validation_score_,
         "threshold": getattr(m, "threshold_", None),
+        "matching": getattr(m, "calibration_", None),  # tripletsk calibrate
         "cache": fitted.cache,
         "training": fitted.training,
     }
@@ -225,8 +225,11 @@ def check_model_cache(fitted: FittedModel, store: FeatureStore) -> None:
     """Raise :class:`CacheMismatchError` if ``store``'s features do not fit the model.
 
     The feature width must match, and so must the provenance (backbone, weights, image size,
-    preprocessing) recorded at fit time: features of another backbone have the same width
-    but mean something else.
+    preprocessing, precision) of the features it was fitted on: features of another backbone
+    have the same width but mean something else. The provenance is the model's own fitted
+    ``feature_provenance_`` (recorded by ``fit`` however the model is saved), or for files
+    written before it existed the cache record of ``tripletsk fit``; the comparison is
+    :func:`tripletsk.provenance.check_features_provenance`, the one ``transform`` makes.
     """
     n_in = getattr(fitted.model, "n_features_in_", None)
     if n_in is not None and n_in != store.dim:
@@ -235,17 +238,13 @@ def check_model_cache(fitted: FittedModel, store: FeatureStore) -> None:
             f"{store.dim}: pass --features with the cache the model was fitted on"
             + (f" ({fitted.cache['path']})" if fitted.cache.get("path") else "")
         )
-    recorded = fitted.cache.get("provenance")
-    if not recorded:
-        return
-    diffs = provenance_differences(recorded, store.provenance)
-    if diffs:
-        raise CacheMismatchError(
-            f"{fitted.path} was fitted on features made with other settings than "
-            f"{store.path} ({'; '.join(f'{k} {a!r} vs {b!r}' for k, a, b in diffs)}): the "
-            "features are not comparable. Pass --features with a cache made like "
-            f"{fitted.cache.get('path', 'the training one')}, or fit a model on this cache"
-        )
+    recorded = getattr(fitted.model, "feature_provenance_", None)
+    check_features_provenance(
+        recorded or fitted.cache.get("provenance"),
+        store,
+        model=fitted.path,
+        fitted_on=fitted.cache.get("path") or _path_or_none(fitted.model.get_params()["features"]),
+    )
 
 
 def open_model_cache(fitted: FittedModel, features: str | os.PathLike | None = None):

@@ -15,11 +15,13 @@ import numpy as np
 
 from tripletsk.errors import ModelFileError
 from tripletsk.head import normalize_hidden_units
+from tripletsk.outputs import writing
+from tripletsk.provenance import validate_recorded_provenance
 
 FORMAT = "tripletsk.TripletEncoder"
 FORMAT_VERSION = 1
 # Fitted attributes stored in the JSON as they are.
-_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_",
+_HISTORY = ("n_features_in_", "n_iter_", "loss_curve_", "active_fraction_", "error_curve_",
             "validation_scores_", "best_validation_score_")  # fmt: skip
 
 
@@ -29,20 +31,26 @@ def save_encoder(encoder, path) -> None:
     features = params.pop("features")
     if not isinstance(params["random_state"], int | None):
         params["random_state"] = None  # a RandomState instance has no JSON form
-    if not isinstance(params["hidden_units"], int):
+    if not isinstance(params["hidden_units"], int | str):  # "auto" stays
         params["hidden_units"] = list(params["hidden_units"])  # JSON has lists, not tuples
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "params": params,
         "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
-        **{name: getattr(encoder, name) for name in _HISTORY},
+        **{name: getattr(encoder, name, None) for name in _HISTORY},
         "threshold_": getattr(encoder, "threshold_", None),
+        # Matching calibration (tripletsk.matching): a JSON dict, checked on load.
+        "calibration_": getattr(encoder, "calibration_", None),
+        # Where the features came from: checked against every cache the model reads.
+        "feature_provenance_": getattr(encoder, "feature_provenance_", None),
     }
     arrays = {"feature_mean": encoder.feature_mean_, "feature_scale": encoder.feature_scale_}
     for i, (kernel, bias) in enumerate(encoder.weights_):
         arrays[f"kernel_{i}"], arrays[f"bias_{i}"] = kernel, bias
-    with open(path, "wb") as file:
+    # Written whole under a temporary name, then moved in without replacing a file that
+    # appeared meanwhile (tripletsk.outputs).
+    with writing(path, "model") as tmp, open(tmp, "wb") as file:
         np.savez(file, meta=np.array(json.dumps(meta)), **arrays)
 
 
@@ -73,12 +81,21 @@ def load_encoder(cls, path, features=None):
         model._validate_params()
     except (TypeError, ValueError) as exc:  # unknown names, invalid values
         raise ModelFileError(f"{path}: invalid parameters ({exc})") from None
+    try:  # absent from files saved before it was recorded: nothing to check then
+        provenance = validate_recorded_provenance(meta.get("feature_provenance_"), path)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from None
     _check_layers(path, model, weights, mean)
     model.weights_, model.feature_mean_, model.feature_scale_ = weights, mean, scale
     for name in _HISTORY:
         setattr(model, name, meta.get(name))
     if meta.get("threshold_") is not None:
         model.threshold_ = float(meta["threshold_"])
+    if meta.get("calibration_") is not None:  # matching calibration (tripletsk.matching)
+        from tripletsk.matching import check_calibration
+
+        model.calibration_ = check_calibration(meta["calibration_"], path)
+    model.feature_provenance_ = provenance
     return model
 
 
@@ -167,13 +184,15 @@ def _read_arrays(path: str, zf: zipfile.ZipFile, headers: dict):
 
 def _check_layers(path: str, model, weights, mean: np.ndarray) -> None:
     """The layers must chain: (d, h1), (h1,), ..., (hk, n_components), with mean of shape (d,)."""
-    widths = [*normalize_hidden_units(model.hidden_units), model.n_components]
+    if mean.ndim != 1:
+        raise ModelFileError(f"{path}: feature_mean has shape {mean.shape}; one axis expected")
+    widths = [*normalize_hidden_units(model.hidden_units, mean.shape[0]), model.n_components]
     if len(weights) != len(widths):
         raise ModelFileError(
             f"{path}: {len(weights)} layers of weights for hidden_units={model.hidden_units} "
             f"and n_components={model.n_components} ({len(widths)} layers)"
         )
-    fan_in = mean.shape[0] if mean.ndim == 1 else -1
+    fan_in = mean.shape[0]
     for i, ((kernel, bias), width) in enumerate(zip(weights, widths, strict=True)):
         if kernel.shape != (fan_in, width) or bias.shape != (width,):
             raise ModelFileError(

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from tripletsk.errors import UserError
+from tripletsk.outputs import writing
 
 __all__ = [
     "plot_distance_histograms",
     "plot_loss_curves",
     "plot_neighbour_sheet",
+    "plot_precision_recall",
 ]
 
 
@@ -36,36 +38,56 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` whole under a temporary name, then move it to ``path`` without replacing
+    a file that appeared there meanwhile (:mod:`tripletsk.outputs`)."""
     plt = _pyplot()
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower() or plt.rcParams["savefig.format"]
     try:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        with writing(path, "plot") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
 
 
 def plot_loss_curves(model, path: str | os.PathLike) -> None:
-    """Training loss per epoch; fraction of active triplets and validation accuracy beside it.
+    """Training loss per epoch; beside it, the share of wrongly ordered triplets.
+
+    The right panel shows what the loss is for: the fraction of training triplets whose
+    anchor is not closer to the positive than to the negative (``error_curve_``; among all
+    the valid triplets of each batch when mining from labels), with early stopping the same
+    on the held-out data (one minus ``validation_scores_``), and, for the hinge loss only
+    (``margin`` set), the fraction of triplets still inside the margin (``active_fraction_``,
+    loss > 0: the soft margin's loss is never 0).
 
     Parameters
     ----------
     model : fitted TripletEncoder
-        Uses ``loss_curve_``, ``active_fraction_`` and, with early stopping,
-        ``validation_scores_``.
+        Uses ``loss_curve_``, ``error_curve_``, ``active_fraction_``, ``margin`` and, with
+        early stopping, ``validation_scores_``.
     path : str or path-like
         Image file to write (the format follows the extension, e.g. ``.png``).
     """
     plt = _pyplot()
     epochs = np.arange(1, len(model.loss_curve_) + 1)
-    fig, (ax_loss, ax_frac) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_wrong) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, model.loss_curve_, marker=".", label="training loss")
     ax_loss.set(xlabel="epoch", ylabel="mean triplet loss", title="Training loss")
-    ax_frac.plot(epochs, model.active_fraction_, marker=".", label="active (loss > 0) fraction")
+    errors = getattr(model, "error_curve_", None)  # None: a model saved before it existed
+    if errors:
+        ax_wrong.plot(epochs[: len(errors)], errors, marker=".", label="training triplets")
     scores = getattr(model, "validation_scores_", None)
     if scores:
-        ax_frac.plot(epochs[: len(scores)], scores, marker=".", label="validation accuracy")
-    title = "Active triplets and validation accuracy" if scores else "Active triplets"
-    ax_frac.set(xlabel="epoch", ylim=(0, 1.05), title=title)
-    ax_frac.legend(loc="best")
+        wrong = 1.0 - np.asarray(scores, dtype=float)
+        ax_wrong.plot(epochs[: len(scores)], wrong, marker=".", label="held-out triplets")
+    if getattr(model, "margin", None) is not None:
+        ax_wrong.plot(epochs, model.active_fraction_, marker=".", ls="--",
+                      label=f"inside the margin {model.margin} (loss > 0)")  # fmt: skip
+    ax_wrong.set(xlabel="epoch", ylabel="fraction of triplets", ylim=(0, None),
+                 title="Wrongly ordered triplets: d(a, p) >= d(a, n)")  # fmt: skip
+    if ax_wrong.lines:
+        ax_wrong.legend(loc="best")
+    else:  # a model saved before error_curve_ existed, fitted with the soft margin
+        ax_wrong.text(0.5, 0.5, "not recorded", ha="center", va="center")
     _save(fig, path)
 
 
@@ -169,3 +191,27 @@ def plot_neighbour_sheet(
 
 def _short(text: str, width: int = 22) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def plot_precision_recall(calibration, path: str | os.PathLike) -> None:
+    """Precision and recall of matching against the distance threshold, the chosen one marked.
+
+    Parameters
+    ----------
+    calibration : tripletsk.matching.Calibration
+    path : str or path-like
+        Image file to write.
+    """
+    plt = _pyplot()
+    c = calibration.curve
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(c["threshold"], c["precision"], label="precision")
+    ax.plot(c["threshold"], c["recall"], label="recall (correct matches / queries)")
+    ax.axhline(calibration.target_precision, color="grey", lw=0.8, ls=":")
+    ax.axvline(calibration.threshold, color="k", lw=0.8, ls="--",
+               label=f"threshold {calibration.threshold:.3f}")  # fmt: skip
+    ax.set_xlabel(f"distance threshold ({calibration.distance})")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right")
+    ax.set_title(f"matching on {calibration.n_queries} validation queries")
+    _save(fig, path)

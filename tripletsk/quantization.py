@@ -88,7 +88,7 @@ def _keras_identity(model) -> str:
     return h.hexdigest()
 
 
-def _ir_digest(folder: str) -> str:
+def _ir_digest(folder: str, bin_digest: str | None = None) -> str:
     """A digest of the quantized model itself: its constants (``model.bin``: weights, scales)
     and its graph (``model.xml``) without node and tensor names, which OpenVINO and Keras number
     per process (the input is ``keras_tensor_<n>`` for the n-th model built), and runtime info,
@@ -98,7 +98,7 @@ def _ir_digest(folder: str) -> str:
     with open(os.path.join(folder, "model.xml"), encoding="utf-8") as f:
         xml = re.sub(r"<rt_info>.*?</rt_info>", "", f.read(), flags=re.DOTALL)
         h.update(re.sub(r' names?="[^"]*"', "", xml).encode())
-    h.update(file_digest(os.path.join(folder, "model.bin")).encode())
+    h.update((bin_digest or file_digest(os.path.join(folder, "model.bin"))).encode())
     return h.hexdigest()
 
 
@@ -115,13 +115,18 @@ def _read_manifest(folder: str, key: str) -> dict | None:
         for name, digest in files.items():
             if file_digest(os.path.join(folder, name)) != digest:
                 return None
+        # The digest caches record and compare is recomputed from the files, never taken
+        # from the manifest, which anyone who can edit the folder can rewrite.
+        if _ir_digest(folder, files["model.bin"]) != manifest.get("model_digest"):
+            return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return manifest
 
 
-def _quantize(keras_model, calibration: np.ndarray, settings: dict):
-    """NNCF post-training quantization of ``keras_model`` (dynamic batch) on ``calibration``."""
+def _quantize(keras_model, calibration: np.ndarray, settings: dict, quiet: bool = False):
+    """NNCF post-training quantization of ``keras_model`` (dynamic batch) on ``calibration``;
+    ``quiet``: without NNCF's progress bars."""
     import logging
 
     nncf = _import_nncf()
@@ -131,17 +136,35 @@ def _quantize(keras_model, calibration: np.ndarray, settings: dict):
     # One image per item: NNCF collects statistics per item, and batches of several images
     # would be reduced differently (it warns that batch-wise statistics can be inaccurate).
     items = [calibration[i : i + 1] for i in range(len(calibration))]
-    return nncf.quantize(
-        ov_model,
-        nncf.Dataset(items),
-        preset=nncf.QuantizationPreset(settings["preset"]),
-        target_device=nncf.TargetDevice.CPU,
-        subset_size=len(items),
-        fast_bias_correction=settings["fast_bias_correction"],
-        advanced_parameters=nncf.AdvancedQuantizationParameters(
-            overflow_fix=nncf.OverflowFix(settings["overflow_fix"])
-        ),
-    )
+    with _quiet_rich() if quiet else contextlib.nullcontext():
+        return nncf.quantize(
+            ov_model,
+            nncf.Dataset(items),
+            preset=nncf.QuantizationPreset(settings["preset"]),
+            target_device=nncf.TargetDevice.CPU,
+            subset_size=len(items),
+            fast_bias_correction=settings["fast_bias_correction"],
+            advanced_parameters=nncf.AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix(settings["overflow_fix"])
+            ),
+        )
+
+
+@contextlib.contextmanager
+def _quiet_rich():
+    """NNCF draws its progress bars with rich on rich's global console, and has no switch of
+    its own: that console is silenced meanwhile."""
+    try:
+        import rich
+    except ImportError:  # no rich, no progress bars
+        yield
+        return
+    console = rich.get_console()
+    before, console.quiet = console.quiet, True
+    try:
+        yield
+    finally:
+        console.quiet = before
 
 
 def int8_settings(versions_only: bool = False) -> dict:
@@ -175,6 +198,7 @@ def quantize_openvino_int8(
     calibration,
     cache_dir: str | os.PathLike,
     calibration_id: str | None = None,
+    quiet: bool = False,
 ) -> tuple[str, dict]:
     """The folder of ``keras_model`` quantized to int8 with NNCF, quantizing only if it is not
     cached yet; with the manifest of that folder.
@@ -193,6 +217,8 @@ def quantize_openvino_int8(
     calibration_id : str or None
         The identity of the calibration sample (:func:`calibration_identity`); None computes a
         digest of ``calibration``'s values (then ``calibration`` must be an array).
+    quiet : bool, default False
+        Hide NNCF's progress bars (``extract-features -q``).
 
     Returns
     -------
@@ -231,7 +257,7 @@ def quantize_openvino_int8(
     expected = tuple(keras_model.input_shape[1:])
     if data.ndim != 4 or data.shape[1:] != expected or len(data) == 0:
         raise ValueError(f"calibration must be (n, *{expected}) images, got {data.shape}")
-    quantized = _quantize(keras_model, data, identity)
+    quantized = _quantize(keras_model, data, identity, quiet)
     agreement = _agreement(keras_model, quantized, data[:AGREEMENT_IMAGES])
 
     ov = _import_openvino()

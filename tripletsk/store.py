@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import difflib
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -28,15 +28,21 @@ from tripletsk.cachefile import (
     CacheHeader,
     check_provenance,
     decode_str,
-    h5py_module,
     library_versions,
     now_iso,
     provenance_differences,
     read_feature_rows,
+    read_h5_rows,
     read_header,
+    unreadable_h5_rows,
     write_cache,
 )
-from tripletsk.errors import CacheFormatError, CacheMismatchError, UnknownKeyError
+from tripletsk.errors import (
+    CacheChangedError,
+    CacheFormatError,
+    CacheMismatchError,
+    UnknownKeyError,
+)
 from tripletsk.journal import (
     PartInfo,
     PartsJournal,
@@ -45,6 +51,8 @@ from tripletsk.journal import (
 )
 from tripletsk.locking import CacheLock
 from tripletsk.mapped import MappedFeatures, warn_unchecksummed
+from tripletsk.messages import corrupt_rows_message, unknown_keys_message
+from tripletsk.pinned import PinnedFile
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -125,6 +133,10 @@ class FeatureStore:
     def _reset(self) -> None:
         self._hdr: CacheHeader | None = None
         self._index: dict | None = None
+        # The version of the file read (held open until close()), and its identity: a store
+        # used again after close() reads on only if the path still names that version.
+        self._pin: PinnedFile | None = None
+        self._identity: tuple | None = None
         # The features once opened: an in-memory array, a MappedFeatures (memory map of the
         # file), or an h5py dataset (layouts only HDF5 reads) kept open in self._h5.
         self._feats = None
@@ -135,48 +147,84 @@ class FeatureStore:
     def _open(self) -> None:
         if self._hdr is not None:
             return
-        hdr = read_header(self.path)
+        pin = PinnedFile(self.path)
+        try:
+            hdr = read_header(self.path, pin.file)
+        except BaseException:
+            pin.close()
+            raise
         index = {k: i for i, k in enumerate(hdr.keys)}
         if len(index) != len(hdr.keys):
+            pin.close()
             raise CacheFormatError(f"corrupt cache: {self.path} has duplicate keys")
-        self._hdr, self._index = hdr, index
+        self._hdr, self._index, self._pin, self._identity = hdr, index, pin, pin.identity
+
+    def _pinned(self) -> PinnedFile:
+        """The version of the file the keys were read from (opened again after close())."""
+        self._open()
+        if self._pin is None:
+            pin = PinnedFile(self.path)
+            if pin.identity != self._identity:
+                pin.close()
+                raise CacheChangedError(_changed_message(self.path))
+            self._pin = pin
+        return self._pin
+
+    def _check_generation(self, f) -> None:
+        """Refuse a file whose version attributes differ from those the keys were read with
+        (the file descriptor was reused after close() by another version of the cache)."""
+        for name in ("generation", "index_checksums"):
+            found = f.attrs.get(name)
+            found = found.decode() if isinstance(found, bytes) else found
+            if found != self._hdr.attrs.get(name):
+                self._pin.close()
+                self._pin = None
+                raise CacheChangedError(_changed_message(self.path))
 
     def _features(self):
         """The (N, D) features: an in-memory array, a MappedFeatures or an h5py dataset."""
-        self._open()
         if self._feats is None:
-            f = h5py_module().File(self.path, "r")
-            try:
-                ds = f["features"]
-                self._chunk_rows = int(ds.chunks[0]) if ds.chunks else None
-                self._checksummed = ds.fletcher32
-                mapped = MappedFeatures.open(self.path, ds)
-                if ds.shape[0] == 0:
-                    feats = np.zeros(ds.shape, dtype=ds.dtype)
-                elif mapped is not None:
-                    feats = mapped
-                elif self.in_memory:
-                    feats = self._read_h5(ds, slice(None))
-                else:  # (e.g. compressed by another tool): read through h5py, file kept open
-                    self._h5, feats = f, ds
-            except CacheFormatError:
-                raise
-            except (OSError, ValueError, KeyError) as e:
-                raise CacheFormatError(
-                    f"corrupt cache: {self.path}: dataset 'features' cannot be read ({e}). "
-                    f"Re-extract it (`tripletsk extract-features IMAGES_DIR -o {self.path}`)."
-                ) from None
-            finally:
-                if self._h5 is None:
-                    f.close()
-            if len(feats) and not self._checksummed:
-                warn_unchecksummed(self.path)
-            if self.in_memory and isinstance(feats, MappedFeatures):
-                rows = np.arange(len(feats))
-                self._check(feats, rows)
-                feats = feats.take(rows)
-            self._feats = feats
+            self._feats = self._load(self.in_memory)
         return self._feats
+
+    def _load(self, in_memory: bool):
+        """Open the features of the pinned version (see :meth:`_features`)."""
+        pin = self._pinned()
+        f = pin.open_h5()
+        try:
+            self._check_generation(f)
+            ds = f["features"]
+            self._chunk_rows = int(ds.chunks[0]) if ds.chunks else None
+            self._checksummed = ds.fletcher32
+            mapped = MappedFeatures.open(self.path, ds, pin.fd)
+            if ds.shape[0] == 0:
+                feats = np.zeros(ds.shape, dtype=ds.dtype)
+            elif mapped is not None:
+                feats = mapped
+            elif in_memory:
+                feats = self._read_h5(ds, slice(None))
+            else:  # (e.g. compressed by another tool): read through h5py, file kept open
+                self._h5, feats = f, ds
+        except CacheFormatError:
+            raise
+        except (OSError, ValueError, KeyError) as e:
+            raise CacheFormatError(
+                f"corrupt cache: {self.path}: dataset 'features' cannot be read ({e}). "
+                f"Re-extract it (`tripletsk extract-features IMAGES_DIR -o {self.path}`)."
+            ) from None
+        finally:
+            if self._h5 is not f:
+                f.close()
+        if len(feats) and not self._checksummed:
+            warn_unchecksummed(self.path)
+        if in_memory and isinstance(feats, MappedFeatures):
+            rows = np.arange(len(feats))
+            self._check(feats, rows)
+            feats = feats.take(rows)
+        if self._h5 is None:  # the map (or memory) holds this version now: one file fewer open
+            self._pin.close()
+            self._pin = None
+        return feats
 
     @property
     def chunk_rows(self) -> int | None:
@@ -191,12 +239,17 @@ class FeatureStore:
         return self._checksummed
 
     def close(self) -> None:
-        """Release the file (the store reopens it on next use)."""
+        """Release the file. The store opens it again on next use if it is still the version
+        whose keys it read; if the cache was rewritten meanwhile, that use raises
+        :class:`~tripletsk.errors.CacheChangedError` (open a new store)."""
         if self._h5 is not None:
             with contextlib.suppress(Exception):
                 self._h5.close()
         self._h5 = None
         self._feats = None  # a memory map closes once no array uses it
+        if self._pin is not None:
+            self._pin.close()
+            self._pin = None
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -298,7 +351,7 @@ class FeatureStore:
             "created": a.get("created"),
             "updated": a.get("updated"),
             "versions": json.loads(a.get("versions", "{}")),
-            "file_size": os.path.getsize(self.path) if os.path.exists(self.path) else None,
+            "file_size": self._identity[2],
             "checksummed": self.checksummed,
         }
 
@@ -327,39 +380,8 @@ class FeatureStore:
             else:
                 out[i] = r
         if unknown:
-            raise UnknownKeyError(self._unknown_message(unknown))
+            raise UnknownKeyError(unknown_keys_message(self.path, unknown, self._hdr))
         return out
-
-    def _unknown_message(self, unknown: list) -> str:
-        uniq = list(dict.fromkeys(map(str, unknown)))
-        shown = uniq[:5]
-        known = self._hdr.keys
-        parts = []
-        for k in shown:
-            base = k.rsplit("/", 1)[-1]
-            pool = known
-            if len(known) > 20000:  # difflib is slow on huge caches: same folder or file name
-                folder = k.rsplit("/", 1)[0] + "/" if "/" in k else ""
-                pool = [x for x in known if x.startswith(folder) or x.endswith(base)][:20000]
-            close = difflib.get_close_matches(k, pool, n=3, cutoff=0.6) if len(pool) else []
-            if not close:  # also try by file name, for keys given without their folder
-                close = [x for x in pool if x.rsplit("/", 1)[-1] == base][:3]
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            parts.append(f"{k!r}{hint}")
-        more = f" and {len(uniq) - len(shown)} more" if len(uniq) > len(shown) else ""
-        failed = {k for k, _ in self._hdr.failed}
-        nfail = sum(1 for k in uniq if k in failed)
-        fail_note = (
-            f"; {nfail} of them could not be read as images when the cache was made "
-            "(see FeatureStore.failed)"
-            if nfail
-            else ""
-        )
-        return (
-            f"{len(uniq)} unknown image key(s) not in {self.path}: {', '.join(parts)}{more}"
-            f"{fail_note}. Keys are paths relative to the extracted image folder with '/' "
-            "separators; run `tripletsk extract-features` on the folder to add new images."
-        )
 
     def lookup(self, keys) -> np.ndarray:
         """Features of ``keys`` as an (n, D) float32 array, in the requested order.
@@ -395,22 +417,8 @@ class FeatureStore:
             if out is not None and feats.dtype == out.dtype:
                 return np.take(feats, idx, axis=0, out=out, mode="clip")
             return _into(np.asarray(feats[idx], dtype=np.float32), out)
-        # h5py dataset: fancy reads need sorted unique indices; read those, then reorder.
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        if uniq.size == 0:
-            return _into(np.zeros((0, self.dim), dtype=np.float32), out)
-        span = int(uniq[-1] - uniq[0] + 1)
-        if span <= 4 * uniq.size:  # dense: read whole blocks and pick
-            rows = np.empty((uniq.size, self.dim), dtype=np.float32)
-            lo0 = int(uniq[0])
-            for start in range(lo0, lo0 + span, READ_BLOCK):
-                stop = min(start + READ_BLOCK, lo0 + span)
-                sel = (uniq >= start) & (uniq < stop)
-                if sel.any():
-                    rows[sel] = self._read_h5(feats, slice(start, stop))[uniq[sel] - start]
-        else:
-            rows = np.asarray(self._read_h5(feats, uniq), dtype=np.float32)
-        return _into(rows[inverse.reshape(-1)], out)
+        read = functools.partial(self._read_h5, feats)  # an h5py dataset
+        return _into(read_h5_rows(read, idx, self.dim), out)
 
     def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, features)`` in row order, ``chunk_size`` rows at a time."""
@@ -443,57 +451,45 @@ class FeatureStore:
             feats.will_need(np.unique(np.asarray(idx, dtype=np.int64)))
 
     # -- checksums ---------------------------------------------------------------------------
-    def corrupt_rows(self) -> np.ndarray:
-        """Row numbers (sorted int64) whose features fail their checksum; reads the whole file.
+    def corrupt_rows(self, rows=None) -> np.ndarray:
+        """Row numbers (sorted int64) whose features fail their checksum; reads the whole file
+        (with ``rows``: the chunks holding those rows only).
 
         Empty for a cache without checksums (see :attr:`checksummed`): damage to it cannot be
         detected. ``tripletsk extract-features --verify`` re-extracts the rows listed here.
         """
-        if self.in_memory:  # (loading refuses a damaged file): look at it through a map
-            return self._lazy(self.path, in_memory=False).corrupt_rows()
-        feats = self._features()
+        # In memory (loading refuses a damaged file): look at the same version through a map.
+        feats = self._load(in_memory=False) if self.in_memory else self._features()
+        rows = None if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
         if isinstance(feats, MappedFeatures):
-            return feats.all_bad_rows()
+            return feats.all_bad_rows(rows)
         if isinstance(feats, np.ndarray) or not self._checksummed:
             return np.zeros(0, dtype=np.int64)
-        bad = []
         step = self._chunk_rows or READ_BLOCK
-        for start in range(0, len(self), step):
-            with contextlib.suppress(CacheFormatError):
-                self._read_h5(feats, slice(start, start + step))
-                continue
-            bad.append(np.arange(start, min(start + step, len(self))))
-        return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+        return unreadable_h5_rows(functools.partial(self._read_h5, feats), len(self), step, rows)
 
     def _check(self, feats: MappedFeatures, rows: np.ndarray) -> None:
         bad = feats.bad_rows(rows)
         if bad.size:
-            raise CacheFormatError(self._corrupt_message(bad, "its stored checksum does not match"))
+            why = "its stored checksum does not match"
+            raise CacheFormatError(corrupt_rows_message(self.path, bad, self._hdr.keys, why))
 
     def _read_h5(self, ds, sel) -> np.ndarray:
         try:
             return ds[sel]
         except OSError as e:  # HDF5 verifies checksums (and decompresses) as it reads
             why = f"HDF5 cannot read them: {e}"
-            raise CacheFormatError(self._corrupt_message(np.arange(len(self))[sel], why)) from None
-
-    def _corrupt_message(self, rows: np.ndarray, why: str) -> str:
-        keys = [self._hdr.keys[r] for r in rows[:3]]
-        more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
-        return (
-            f"corrupt cache: {self.path}: the features of {len(rows)} row(s) ({_ranges(rows)}; "
-            f"keys {', '.join(map(repr, keys))}{more}) are damaged ({why}). Re-run `tripletsk "
-            f"extract-features IMAGES_DIR -o {self.path} --verify` to re-extract them "
-            "(FeatureStore.corrupt_rows() lists every damaged row)."
-        )
+            rows = np.arange(len(self))[sel]
+            message = corrupt_rows_message(self.path, rows, self._hdr.keys, why)
+            raise CacheFormatError(message) from None
 
 
-def _ranges(rows: np.ndarray, shown: int = 4) -> str:
-    """``"rows 8-15, 40-47"`` for sorted ``rows``, the first ``shown`` runs."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
-    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:shown])
-    return f"rows {text}" + (", ..." if len(runs) > shown else "")
+def _changed_message(path: str) -> str:
+    return (
+        f"{path} was rewritten (e.g. by another extraction) since this FeatureStore read its "
+        "keys and was closed: its rows now belong to another version of the cache. Open a new "
+        f"FeatureStore({path!r}) (or run again) to read the new version."
+    )
 
 
 def _into(rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:

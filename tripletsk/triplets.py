@@ -7,25 +7,26 @@ re-exported here).
 
 from __future__ import annotations
 
-import codecs
 import difflib
 import os
-import re
-import shlex
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from tripletsk._triplet_lines import Block, KeyTable, blocks, parse_block
 from tripletsk.errors import TripletDataError, TripletFileError, UserError  # noqa: F401 (re-exported)
 from tripletsk.mining import pk_batches, sample_label_triplets
+from tripletsk.outputs import writing
 
 __all__ = [
     "TripletDataError",
     "TripletFile",
     "TripletFileError",
+    "TripletIndices",
     "pk_batches",
+    "read_triplet_indices",
     "read_triplets",
     "read_triplets_with_lines",
     "sample_label_triplets",
@@ -36,12 +37,9 @@ __all__ = [
 # Triplet files
 # --------------------------------------------------------------------------------------------
 
-# Only space and tab separate names: other Unicode spaces (e.g. U+00A0) are part of a name.
-_BLANKS = " \t"
-_SPLIT = re.compile(r"[ \t]+")
-# A comment starts at a '#' at the start of a line or preceded by a space or tab.
-_COMMENT = re.compile(r"(?:^|[ \t])#.*$")
 _N_SHOWN = 5  # offending lines quoted in one error or warning message
+#: Distinct unknown names counted before reading stops (their count is then "more than").
+_MAX_UNKNOWN = 100_000
 
 
 @dataclass(frozen=True)
@@ -70,86 +68,32 @@ class TripletFile:
         return f"{self.path}, line {self.line_numbers[row]}"
 
 
-def _strip_quoted_comment(line: str) -> str:
-    """Cut a ``#`` comment from a line that uses double quotes, ignoring ``#`` inside quotes.
+@dataclass(frozen=True)
+class TripletIndices:
+    """Triplets read from a file as row numbers into a list of keys (:func:`read_triplet_indices`).
 
-    Follows the escapes of :func:`shlex.split` in POSIX mode: outside quotes a backslash
-    escapes any character, inside double quotes only ``"`` and ``\\``.
+    Attributes
+    ----------
+    indices : ndarray of shape (n_triplets, 3), dtype int32 (int64 for 2**31 keys or more)
+        Row of the anchor, positive and negative in the keys.
+    line_numbers : ndarray of shape (n_triplets,), dtype int64
+        1-based line number of each triplet in the file.
+    path : str
+        The file, as it was given; used in messages.
     """
-    quoted = False
-    i = 0
-    while i < len(line):
-        ch = line[i]
-        if ch == "\\":
-            if not quoted or line[i + 1 : i + 2] in ('"', "\\"):
-                i += 1  # skip the escaped character
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == "#" and not quoted and (i == 0 or line[i - 1] in _BLANKS):
-            return line[:i]
-        i += 1
-    return line
+
+    indices: np.ndarray
+    line_numbers: np.ndarray
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
-def _split_quoted(line: str) -> list[str]:
-    """Split like ``shlex.split(line, posix=True)``, but only ``"`` quotes (``'`` is literal)."""
-    lexer = shlex.shlex(line, posix=True)
-    lexer.whitespace = _BLANKS
-    lexer.whitespace_split = True
-    lexer.quotes = '"'
-    lexer.commenters = ""  # comments are already cut, with the whitespace rule
-    return list(lexer)
-
-
-def _parse_line(line: str) -> list[str]:
-    """The names on one decoded line (no newline); ``[]`` for blank and comment lines.
-
-    Raises ``ValueError`` with a short reason for a malformed line.
-    """
-    if '"' in line:
-        line = _strip_quoted_comment(line)
-        if not line.strip(_BLANKS):
-            return []
-        try:
-            return _split_quoted(line)
-        except ValueError:
-            raise ValueError('a double quote (") is not closed') from None
-    line = _COMMENT.sub("", line).strip(_BLANKS)
-    if not line:
-        return []
-    if "\t" in line:
-        fields = [field.strip(" ") for field in line.split("\t")]
-        if "" in fields:
-            raise ValueError(
-                f"empty name in tab-separated column {fields.index('') + 1} (two tabs in a row?)"
-            )
-        return fields
-    return _SPLIT.split(line)
-
-
-def _read_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` with the newline, ``\\r`` and a leading BOM removed."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise TripletFileError(f"{path}: triplet file not found.") from None
-    except IsADirectoryError:
-        raise TripletFileError(f"{path}: is a directory, not a triplet file.") from None
-    except OSError as exc:
-        raise TripletFileError(f"{path}: cannot read triplet file ({exc.strerror}).") from None
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    # Split on "\n" only: str.splitlines would also break names at U+2028, \x0c, ...
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TripletFileError(
-                f"{path}, line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                f"column {exc.start + 1}); save the file as UTF-8."
-            ) from None
-        yield number, text.removesuffix("\r")
+def _parsed(path: str) -> Iterator[Block]:
+    """The triplets of ``path``, a block of lines at a time."""
+    for first_line, block in blocks(path):
+        yield parse_block(path, first_line, block)
 
 
 def _close_matches(name: str, known: Collection[str]) -> list[str]:
@@ -170,30 +114,43 @@ def _check_known(result: TripletFile, known_keys: Collection[str]) -> None:
     if not is_unknown.any():
         return
     bad_cells = np.flatnonzero(is_unknown[inverse.ravel()])
-    first_row_of = {}
+    first_line_of = {}
     for cell in bad_cells.tolist():
-        first_row_of.setdefault(str(result.triplets.flat[cell]), cell // 3)
+        first_line_of.setdefault(str(result.triplets.flat[cell]), result.line_numbers[cell // 3])
+    raise _unknown_error(result.path, first_line_of, len(bad_cells), known)
+
+
+def _unknown_error(path: str, first_line_of: dict, uses: int, known: Collection[str],
+                   stopped_at: int | None = None) -> TripletFileError:  # fmt: skip
+    """The error for unknown names: how many, how often, the first few with a suggestion."""
     details = []
-    for name, row in list(first_row_of.items())[:_N_SHOWN]:
+    for name, line in list(first_line_of.items())[:_N_SHOWN]:
         matches = _close_matches(name, known)
         hint = f" (did you mean {', '.join(map(repr, matches))}?)" if matches else ""
-        details.append(f"line {result.line_numbers[row]}: {name!r}{hint}")
-    raise TripletFileError(
-        f"{result.path}: {len(first_row_of)} image name(s) not among the {len(known)} known "
-        f"images, used {len(bad_cells)} time(s); first: " + "; ".join(details) + "."
+        details.append(f"line {line}: {name!r}{hint}")
+    count = f"{len(first_line_of)}"
+    if stopped_at is not None:
+        count = f"more than {len(first_line_of) - 1} (reading stopped at line {stopped_at})"
+    return TripletFileError(
+        f"{path}: {count} image name(s) not among the {len(known)} known "
+        f"images, used {uses} time(s); first: " + "; ".join(details) + "."
     )
 
 
-def _check_repeats(result: TripletFile, on_self: str) -> None:
-    t = result.triplets
-    rows = np.flatnonzero((t[:, 0] == t[:, 1]) | (t[:, 0] == t[:, 2]) | (t[:, 1] == t[:, 2]))
-    if rows.size == 0 or on_self == "ignore":
+def _repeats(t: np.ndarray) -> np.ndarray:
+    """Rows of triplets ``t`` that repeat an image."""
+    return np.flatnonzero((t[:, 0] == t[:, 1]) | (t[:, 0] == t[:, 2]) | (t[:, 1] == t[:, 2]))
+
+
+def _check_repeats(path: str, count: int, lines: Sequence[int], on_self: str) -> None:
+    """Warn about (or refuse) ``count`` triplets that repeat an image, first at ``lines``."""
+    if count == 0 or on_self == "ignore":
         return
-    lines = ", ".join(str(n) for n in result.line_numbers[rows[:_N_SHOWN]])
+    shown = ", ".join(str(n) for n in lines[:_N_SHOWN])
     message = (
-        f"{result.path}: {rows.size} triplet(s) repeat an image (anchor equal to positive or "
-        f"negative, or positive equal to negative), at line(s) {lines}"
-        f"{', ...' if rows.size > _N_SHOWN else ''}; such triplets teach nothing."
+        f"{path}: {count} triplet(s) repeat an image (anchor equal to positive or "
+        f"negative, or positive equal to negative), at line(s) {shown}"
+        f"{', ...' if count > _N_SHOWN else ''}; such triplets teach nothing."
     )
     if on_self == "error":
         raise TripletFileError(message)
@@ -236,34 +193,102 @@ def read_triplets_with_lines(
     >>> tf.triplets.tolist(), tf.line_numbers.tolist()
     ([['a.jpg', 'b.jpg', 'c.jpg']], [2])
     """
-    if on_self not in ("warn", "error", "ignore"):
-        raise ValueError(f"on_self must be 'warn', 'error' or 'ignore'; got {on_self!r}.")
+    _check_on_self(on_self)
     path = os.fspath(path)
-    rows: list[list[str]] = []
-    numbers: list[int] = []
-    for number, text in _read_lines(path):
-        try:
-            names = _parse_line(text)
-        except ValueError as exc:
-            raise TripletFileError(f"{path}, line {number}: {exc}.") from None
-        if not names:
-            continue
-        if len(names) != 3:
-            raise TripletFileError(
-                f"{path}, line {number}: expected 3 names (anchor positive negative), "
-                f"found {len(names)}."
-            )
-        rows.append(names)
-        numbers.append(number)
-    if not rows:
+    names: list[str] = []
+    numbers: list[np.ndarray] = []
+    for block in _parsed(path):
+        names.extend(map(bytes.decode, block.all_names()))
+        numbers.append(block.lines)
+    if not names:
         raise TripletFileError(f"{path}: no triplets found (the file is empty or all comments).")
-    triplets = np.empty((len(rows), 3), dtype=object)
-    triplets[:] = rows
-    result = TripletFile(triplets, np.asarray(numbers, dtype=np.int64), path)
+    triplets = np.empty((len(names) // 3, 3), dtype=object)
+    triplets[:] = np.array(names, dtype=object).reshape(-1, 3)
+    result = TripletFile(triplets, np.concatenate(numbers), path)
     if known_keys is not None:
         _check_known(result, known_keys)
-    _check_repeats(result, on_self)
+    rows = _repeats(triplets)
+    _check_repeats(path, len(rows), result.line_numbers[rows[:_N_SHOWN]].tolist(), on_self)
     return result
+
+
+def _check_on_self(on_self: str) -> None:
+    if on_self not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_self must be 'warn', 'error' or 'ignore'; got {on_self!r}.")
+
+
+def read_triplet_indices(
+    path: str | os.PathLike, keys: Sequence[str], *, on_self: str = "warn"
+) -> TripletIndices:
+    """Read a triplet file as row numbers into ``keys``, a block of lines at a time.
+
+    The format, the checks and the errors are those of :func:`read_triplets` with
+    ``known_keys=keys``, but names are never held as Python strings: each block of about
+    4 MiB is parsed and looked up in ``keys`` at once, so memory is the row numbers (12 bytes
+    a triplet, and 8 for its line number) plus one block. The command line reads triplet
+    files this way (a 5,000,000-line file: ``benchmarks/README.md``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The triplet file, UTF-8 encoded.
+    keys : sequence of str
+        The known image keys, e.g. ``FeatureStore.keys``; the rows returned index them.
+    on_self : {"warn", "error", "ignore"}, default="warn"
+        What to do with triplets that repeat an image.
+
+    Returns
+    -------
+    TripletIndices
+
+    Raises
+    ------
+    TripletFileError
+        As :func:`read_triplets`; unknown names are all counted (up to 100,000 distinct
+        ones, then reading stops) and the first five named with their line.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> path = Path(tempfile.mkdtemp()) / "t.txt"
+    >>> _ = path.write_text("# anchor positive negative\\nb.jpg a.jpg c.jpg\\n")
+    >>> read_triplet_indices(path, ["a.jpg", "b.jpg", "c.jpg"]).indices.tolist()
+    [[1, 0, 2]]
+    """
+    _check_on_self(on_self)
+    path = os.fspath(path)
+    table = KeyTable(keys)
+    parts, numbers = [], []
+    unknown: dict[str, int] = {}  # name -> first line, in the order met
+    uses = repeats = 0
+    repeat_lines: list[int] = []
+    stopped_at = None
+    for block in _parsed(path):
+        rows, lines = block.rows(table), block.lines
+        bad = rows < 0
+        if bad.any():
+            uses += int(bad.sum())
+            for cell in np.flatnonzero(bad).tolist():
+                unknown.setdefault(block.name(cell).decode("utf-8"), int(lines[cell // 3]))
+                if len(unknown) > _MAX_UNKNOWN:
+                    stopped_at = int(lines[cell // 3])
+                    break
+            if stopped_at is not None:
+                break
+        if unknown or not len(rows):
+            continue  # (a file with unknown names will be refused: its rows are not kept)
+        found = _repeats(rows)
+        repeats += len(found)
+        repeat_lines.extend(lines[found[:_N_SHOWN]].tolist())
+        parts.append(rows)
+        numbers.append(lines)
+    if unknown:
+        raise _unknown_error(path, unknown, uses, keys, stopped_at)
+    if not parts:
+        raise TripletFileError(f"{path}: no triplets found (the file is empty or all comments).")
+    _check_repeats(path, repeats, repeat_lines, on_self)
+    return TripletIndices(np.concatenate(parts), np.concatenate(numbers), path)
 
 
 def read_triplets(
@@ -387,14 +412,8 @@ def write_triplets(path: str | os.PathLike, triplets) -> None:
         if any(_needs_quotes(name) for name in names):
             names = [_quote(name) for name in names]
         lines.append(" ".join(names) + "\n")
-    # Written whole under a temporary name, then renamed: an interrupted write never leaves
-    # half a triplet file where a complete one was.
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Written whole under a temporary name, then moved in: an interrupted write never leaves
+    # half a triplet file where a complete one was, and a file that appeared at ``path``
+    # meanwhile is not replaced (tripletsk.outputs).
+    with writing(path, "triplet file") as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines)

@@ -1,8 +1,8 @@
 """The ``tripletsk`` command line: from a folder of images to predictions, scores and search.
 
 Commands: ``extract-features``, ``merge-features``, ``make-triplets``, ``fit``, ``predict``,
-``score``, ``search``, ``export``, ``info``; ``tripletsk COMMAND --help`` shows an example of
-each (see ``docs/cli.md``).
+``score``, ``search``, ``index``, ``duplicates``, ``calibrate``, ``match``, ``export``, ``info``;
+``tripletsk COMMAND --help`` shows an example of each (see ``docs/cli.md``).
 
 Exit status: 0 on success, 2 for a usage error (bad option), 1 for any other error. Errors the
 user can fix (a missing file, a bad triplet line, an unknown image, a model/cache mismatch) are
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import os
 import sys
 import traceback
 import warnings
 from collections.abc import Sequence
 
 from tripletsk import __version__
-from tripletsk.cli import evaluate, export, extract, info, train
+from tripletsk.cli import evaluate, export, extract, index, info, train
 from tripletsk.cli._common import PROG, UsageError
 from tripletsk.errors import UserError
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for commands in (extract, train, evaluate, export, info):  # in the order of the help
+    for commands in (extract, train, evaluate, index, export, info):  # in the order of the help
         commands.register(sub)
     return parser
 
@@ -55,11 +57,23 @@ def _message(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _drop_stdout() -> None:
+    """After a reader closed stdout (``tripletsk info CACHE | head``): send what is left to
+    /dev/null so that flushing at exit fails no more (Python's documented way, "Note on
+    SIGPIPE" in the signal module), and say nothing: nobody is reading."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # no file descriptor (in-process)
+        pass
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """Run the ``tripletsk`` command with ``argv`` (default: ``sys.argv[1:]``).
 
     Returns the exit status instead of exiting, so that it can be called from Python:
-    0 on success, 2 for a usage error, 1 for any other error, 130 if interrupted.
+    0 on success, 2 for a usage error, 1 for any other error (and, silently, when the reader
+    of its output has gone: ``tripletsk info CACHE | head``), 130 if interrupted.
     """
     parser = build_parser()
     try:
@@ -69,7 +83,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # one line per warning, no source line
         try:
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
+            sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
+            return status
+        except BrokenPipeError:
+            _drop_stdout()
+            return 1
         except UsageError as exc:
             subparser = parser._subparsers._group_actions[0].choices[args.command]
             with contextlib.suppress(SystemExit):

@@ -7,6 +7,7 @@ import os
 import textwrap
 
 from tripletsk.errors import UsageError
+from tripletsk.outputs import Output, plan_output
 
 __all__ = [
     "PROG",
@@ -32,10 +33,10 @@ def add_command(subparsers, name: str, summary: str, example: str) -> argparse.A
     )
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--model`` and ``--features`` of the commands that use a fitted model."""
     parser.add_argument(
-        "-m", "--model", required=True, help="model file written by `tripletsk fit`"
+        "-m", "--model", required=required, help="model file written by `tripletsk fit`"
     )
     parser.add_argument(
         "--features",
@@ -64,8 +65,13 @@ def load_model_and_cache(args: argparse.Namespace):
     return fitted, store
 
 
-def check_output_path(path: str, option: str) -> None:
-    """Fail before any work when ``path`` (the value of ``option``) cannot be written."""
+def check_output_path(path: str, option: str) -> Output:
+    """Fail before any work when ``path`` (the value of ``option``) cannot be written.
+
+    Returns the planned :class:`~tripletsk.outputs.Output` (what is at ``path`` now): write
+    the output through it, so that a file that appears there while the command works is
+    never replaced.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{option}: {path} is a folder; give a file name")
@@ -73,3 +79,4 @@ def check_output_path(path: str, option: str) -> None:
         raise UsageError(f"{option}: the folder {os.path.dirname(path)} does not exist; create it")
     if not os.access(folder, os.W_OK):
         raise UsageError(f"{option}: the folder {os.path.dirname(path) or '.'} is not writable")
+    return plan_output(path)

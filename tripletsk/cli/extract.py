@@ -231,16 +231,17 @@ def _run_extract(args: argparse.Namespace) -> int:
     _check_sizes(args)
     from tripletsk.extraction.roots import ImageFolderMismatchError
 
+    dask = args.scheduler is not None or args.dask_workers is not None or args.gpus is not None
     try:
-        if args.scheduler is not None or args.dask_workers is not None or args.gpus is not None:
-            return run_extract_dask(args)
-        return run_extract(args)
+        return run_extract_dask(args) if dask else run_extract(args)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(
             f"{e} On the command line: --weights PATH, or --weights none."
         ) from None
     except ImageFolderMismatchError as e:
-        raise CacheMismatchError(e.message("use another -o FILE", "add --replace")) from None
+        # --replace works without a cluster only: a Dask run's way out is deleting the file.
+        fresh = f"delete {e.holder}" if dask else "add --replace"
+        raise CacheMismatchError(e.message("use another -o FILE", fresh)) from None
 
 
 def _print_summary(args: argparse.Namespace, summary) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +32,13 @@ def _add_make_triplets(sub) -> None:
         "--split test.txt --test-size 0.3",
     )
     p.add_argument("source", metavar="SOURCE", help="feature cache (.h5) or folder of images")
-    p.add_argument("-n", "--n-triplets", type=int, required=True, help="triplets to write")
+    p.add_argument(
+        "-n",
+        "--n-triplets",
+        type=int,
+        required=True,
+        help="distinct triplets to write (all there are, if fewer exist)",
+    )
     p.add_argument("-o", "--output", required=True, help="triplet file to write")
     p.add_argument(
         "--split",
@@ -90,7 +97,7 @@ def _add_fit(sub) -> None:
         help="a TripletEncoder parameter, e.g. --set margin=0.3 (repeatable)",
     )
     p.add_argument("--plot", metavar="PNG", help="draw the loss curves to this file")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_fit)
 
 
@@ -116,8 +123,9 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
     if not 0 < args.test_size < 1:
         raise UsageError("--test-size must be between 0 and 1")
     outputs = [("-o/--output", args.output)] + ([("--split", args.split)] if args.split else [])
+    planned = {}  # each output as found now: one that appears meanwhile is not replaced
     for option, path in outputs:
-        check_output_path(path, option)
+        planned[path] = check_output_path(path, option)
         if os.path.exists(path) and os.path.samefile(path, args.source):
             raise UsageError(f"{option}: {path} is SOURCE; write the triplets to another file")
     if args.split and os.path.abspath(args.split) == os.path.abspath(args.output):
@@ -151,9 +159,11 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
         part_keys = np.sort(part_keys)
         features = store.lookup(part_keys.tolist()) if args.strategy == "hard" else None
         try:
-            triplets = make_triplets_from_folders(
-                part_keys, n, strategy=args.strategy, features=features, random_state=rng
-            )
+            with warnings.catch_warnings():  # fewer distinct triplets: said below, once
+                warnings.filterwarnings("ignore", "Only .* distinct", UserWarning)
+                triplets = make_triplets_from_folders(
+                    part_keys, n, strategy=args.strategy, features=features, random_state=rng
+                )
         except ValueError as exc:
             hint = (
                 "; hold out more of each class (raise --test-size) or use more images per class"
@@ -164,13 +174,19 @@ def _run_make_triplets(args: argparse.Namespace) -> int:
             raise UserError(
                 f"cannot make the triplets of {option} {path}: {reason}{hint}"
             ) from None
-        made.append((path, triplets, part_keys))
-    for path, triplets, part_keys in made:
-        write_triplets(path, triplets)
+        made.append((path, triplets, part_keys, n))
+    for path, triplets, part_keys, n in made:
+        write_triplets(planned[path], triplets)
         n_classes = len(set(labels_from_folders(part_keys).tolist()))
+        fewer = (
+            f" (asked for {n}, but only {len(triplets)} distinct triplets exist over these "
+            "images: add images or ask for fewer)"
+            if len(triplets) < n
+            else ""
+        )
         print(
-            f"wrote {len(triplets)} triplets over {len(part_keys)} images ({n_classes} classes) "
-            f"to {path}"
+            f"wrote {len(triplets)} distinct triplets over {len(part_keys)} images "
+            f"({n_classes} classes) to {path}{fewer}"
         )
     return 0
 
@@ -206,7 +222,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     from tripletsk.folders import labels_from_folders
     from tripletsk.modelfile import cache_record, model_format, save_model
     from tripletsk.store import FeatureStore
-    from tripletsk.triplets import read_triplets
+    from tripletsk.triplets import read_triplet_indices
 
     params = parse_params(args.params)
     # Outputs are checked now, not after training.
@@ -214,11 +230,11 @@ def _run_fit(args: argparse.Namespace) -> int:
         model_format(args.output)
     except UserError as exc:
         raise UsageError(f"-o/--output: {exc}") from None
-    check_output_path(args.output, "-o/--output")
-    if args.plot:
-        check_output_path(args.plot, "--plot")
+    output = check_output_path(args.output, "-o/--output")
+    plot = check_output_path(args.plot, "--plot") if args.plot else None
     user_verbose = params.get("verbose", 0)
-    model = TripletEncoder(**{"verbose": 0 if args.quiet else 1, **params})
+    # A progress bar on a terminal (verbose=0), lines per epoch with --set verbose=1.
+    model = TripletEncoder(**{**params, **({"verbose": -1} if args.quiet else {})})
     try:
         model._validate_params()  # bad --set values are usage errors, found before any work
     except InvalidParameterError as exc:
@@ -230,18 +246,20 @@ def _run_fit(args: argparse.Namespace) -> int:
         model.fit(keys, labels_from_folders(keys))
         training = {"mode": "labels-from-folders", "n_images": len(keys)}
     else:
-        triplets = read_triplets(args.triplets, known_keys=set(store.keys))
+        # Read in blocks as row numbers, then given to fit as keys (the cache's own strings).
+        rows = read_triplet_indices(args.triplets, store.keys).indices
+        triplets = np.asarray(store.keys, dtype=object)[rows]
         model.fit(triplets)
         training = {
             "mode": "triplets",
             "triplets": args.triplets,
             "n_triplets": len(triplets),
-            "n_images": len(np.unique(triplets.astype(str))),
+            "n_images": len(np.unique(rows)),
         }
     # Per-epoch lines are for this run; the saved model keeps the verbosity the user set.
     # The cache path, not the open store, so that .npz files keep it too.
     model.set_params(verbose=user_verbose, features=store.path)
-    save_model(args.output, model, cache_record(store), training)
+    save_model(output, model, cache_record(store), training)
     what = (
         f"{training['n_triplets']} triplets of {training['n_images']} images"
         if "n_triplets" in training
@@ -254,6 +272,6 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.plot:
         from tripletsk.plotting import plot_loss_curves
 
-        plot_loss_curves(model, args.plot)
+        plot_loss_curves(model, plot)
         print(f"wrote {args.plot}")
     return 0

@@ -139,7 +139,7 @@ def quantize_for(
         return preprocess(arrays, spec.arch)
 
     folder, manifest = quantization.quantize_openvino_int8(
-        model, calibration, models_dir(cache_path), identity
+        model, calibration, models_dir(cache_path), identity, quiet=quiet
     )
     found = Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
     lookup.record(found)

@@ -18,10 +18,12 @@ from tripletsk.store import FeatureStore, read_feature_rows
 __all__ = ["corrupt_rows", "read_intact_rows"]
 
 
-def corrupt_rows(path: str) -> np.ndarray:
-    """Sorted row numbers of the cache ``path`` whose features fail their checksum."""
+def corrupt_rows(path: str, keys=None) -> np.ndarray:
+    """Sorted row numbers of the cache ``path`` whose features fail their checksum (with
+    ``keys``: of the chunks holding those keys' rows only)."""
     with FeatureStore(path) as store:
-        return np.asarray(store.corrupt_rows(), dtype=np.int64)
+        rows = None if keys is None else store.indices([k for k in keys if k in store])
+        return np.asarray(store.corrupt_rows(rows), dtype=np.int64)
 
 
 def read_intact_rows(path: str, rows: np.ndarray, corrupt: np.ndarray) -> Iterator[np.ndarray]:

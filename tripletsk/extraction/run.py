@@ -314,8 +314,8 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     with writing_cache(output, journal.dir):
         journal.open()
     corrupt = np.zeros(0, np.int64)
-    if old is not None and opts.verify:
-        corrupt = corrupt_rows(output)
+    if old is not None and opts.verify:  # (only: the rows of the images considered)
+        corrupt = corrupt_rows(output, opts.only)
     return _Run(
         opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
     )
@@ -396,8 +396,24 @@ def _execute(run: _Run) -> None:
             check_room(opts.output, run.journal.dir, needed)
             _write(run, rows, failed)
             summary.written = True
-        run.journal.remove()
+        _finish_journal(run)
         summary.failed_list = write_failed_list(opts.output, failed)
+
+
+def _finish_journal(run: _Run) -> None:
+    """Delete the parts journal, now in the cache. With ``only``, delete only the parts that
+    hold nothing but images this run considered: an interrupted run's finished batches of
+    other images stay, for that run to resume (a kept part's entries of this run's images are
+    checked against the cache then, as any part's)."""
+    if run.opts.only is None:
+        run.journal.remove()
+        return
+    considered = {f.key for f in run.found.files} | {k for k, _ in run.found.failed}
+
+    def done(part) -> bool:
+        return considered.issuperset([*part.keys, *(k for k, *_ in part.failed)])
+
+    run.journal.remove_parts(done)
 
 
 def _failures_not_listed(run: _Run) -> dict:

@@ -1,0 +1,65 @@
+"""When a fit stops, and the learning rate of each epoch (private: used by the training loop).
+
+A fit watches one figure per epoch: with early stopping the held-out triplet accuracy (higher
+is better); otherwise, by ``stopping``, the share of wrongly ordered triplets in the epoch's
+training batches (``"error"``) or the mean training loss (``"loss"``), lower is better. An
+epoch improves when the figure beats the best so far by more than ``tol``; after
+``n_iter_no_change`` epochs without an improvement the figure has reached a plateau and the
+fit stops (the ``"cosine"`` schedule lowers the rate to 0 at ``max_epochs`` instead).
+"""
+
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("constant", "cosine")
+CRITERIA = ("error", "loss")
+
+
+def epoch_learning_rate(schedule: str, learning_rate: float, epoch: int, max_epochs: int) -> float:
+    """The learning rate of ``epoch`` (from 0): constant, or cosine decay to 0 at ``max_epochs``."""
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return float(learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)))
+    raise ValueError(f"learning_rate_schedule must be 'constant' or 'cosine'; got {schedule!r}.")
+
+
+class Stopping:
+    """The stopping rule of one fit; :meth:`update` after each epoch says whether to stop."""
+
+    def __init__(self, criterion: str, tol: float, n_iter_no_change: int):
+        if criterion not in (*CRITERIA, "validation"):
+            raise ValueError(f"stopping must be one of {CRITERIA}; got {criterion!r}.")
+        self.criterion = criterion
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.best = math.inf  # of the figure made "lower is better"
+        self.no_change = 0
+
+    def update(self, loss: float, error: float, score: float | None) -> tuple[bool, bool]:
+        """``(improved, stop)`` after an epoch with this loss, error and validation score."""
+        value = {"validation": -(score or 0.0), "error": error, "loss": loss}[self.criterion]
+        if value < self.best - self.tol:
+            self.best, self.no_change = value, 0
+            return True, False
+        self.no_change += 1
+        return False, self.no_change >= self.n_iter_no_change
+
+    @property
+    def best_score(self) -> float:
+        """The best validation score (with early stopping)."""
+        return -self.best
+
+    def not_converged(self, max_epochs: int) -> str:
+        """The ConvergenceWarning's message when ``max_epochs`` came first."""
+        what = {
+            "validation": "validation score",
+            "error": "share of wrongly ordered training triplets",
+            "loss": "training loss",
+        }[self.criterion]
+        return (
+            f"Training reached max_epochs={max_epochs} before the {what} stopped improving "
+            f"(by more than tol={self.tol} within n_iter_no_change={self.n_iter_no_change} "
+            "epochs); increase max_epochs."
+        )

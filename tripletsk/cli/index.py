@@ -1,0 +1,367 @@
+"""``index``, ``duplicates``, ``calibrate``, ``match`` and ``search --index``: using a stored
+embedding index (:mod:`tripletsk.embedding_index`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from tripletsk.cli._common import UsageError, add_command, add_trust_pickle_argument
+from tripletsk.errors import UnknownKeyError, UserError
+
+__all__ = ["register", "run_search_index"]
+
+
+def register(sub) -> None:
+    """Add ``index``, ``duplicates``, ``calibrate`` and ``match`` to the sub-commands ``sub``."""
+    p = add_command(
+        sub,
+        "index",
+        "Embed every cached image with a fitted model once and store the embeddings (an "
+        "existing index is brought up to date: only new images are embedded).",
+        "tripletsk index --model model.npz -o cache/index\n"
+        "tripletsk search --index cache/index photo.jpg -k 5",
+    )
+    p.add_argument("-m", "--model", required=True, help="model file written by `tripletsk fit`")
+    p.add_argument("-o", "--output", required=True, metavar="INDEX", help="the index folder")
+    p.add_argument("--features", help="feature cache (default: the one the model was fitted on)")
+    p.add_argument(
+        "--approximate",
+        choices=("auto", "yes", "no"),
+        default=None,
+        help="keep an approximate-search structure: auto = from 200,000 images when usearch is "
+        "installed (default for a new index; an existing one keeps its choice)",
+    )
+    p.add_argument("--replace", action="store_true", help="rebuild an existing index from scratch")
+    add_trust_pickle_argument(p)
+    p.set_defaults(run=_run_index)
+
+    p = add_command(
+        sub,
+        "duplicates",
+        "Groups of near-duplicate images: every pair within --threshold (exact, all pairs), "
+        "joined into connected groups.",
+        "tripletsk duplicates --index cache/index --threshold 0.05",
+    )
+    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
+    p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
+    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.set_defaults(run=_run_duplicates)
+
+    p = add_command(
+        sub,
+        "calibrate",
+        "Choose the matching threshold for a target precision on labelled validation images "
+        "(labels: first folder) and store it in the model file.",
+        "tripletsk calibrate --index cache/index --queries val.txt --precision 0.95",
+    )
+    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
+    p.add_argument(
+        "--queries",
+        required=True,
+        help="file of validation image keys, one per line, labelled by their first folder; each "
+        "is matched against the rest of the index",
+    )
+    p.add_argument("--precision", type=float, required=True, help="target precision, e.g. 0.95")
+    p.add_argument("--model", help="model file to store the threshold in (default: the index's)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--plot", metavar="PNG", help="draw the precision / recall curve")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    p.set_defaults(run=_run_calibrate)
+
+    p = add_command(
+        sub,
+        "match",
+        "The matched image of each query (nearest in the index, within the calibrated "
+        "threshold), or 'no match'.",
+        "tripletsk match --index cache/index photo.jpg other.jpg",
+    )
+    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
+    p.add_argument("queries", metavar="QUERY", nargs="+", help="cached key or image file")
+    p.add_argument("--threshold", type=float, help="distance threshold (default: calibrated)")
+    p.add_argument("--model", help="model file (default: the one the index records)")
+    p.add_argument("--features", help="feature cache (default: the one the index records)")
+    p.add_argument("--json", action="store_true", help="print the matches as JSON")
+    add_trust_pickle_argument(p)
+    p.set_defaults(run=_run_match)
+
+
+def _open_index(path: str):
+    from tripletsk.embedding_index import EmbeddingIndex
+
+    return EmbeddingIndex(path)
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from tripletsk.index_build import build_index_from_model
+
+    index, report = build_index_from_model(
+        args.output,
+        args.model,
+        args.features,
+        replace=args.replace,
+        approximate=args.approximate,
+        trust_pickle=args.trust_pickle,
+    )
+    verb = "built" if report.created else "updated"
+    print(
+        f"{verb} {index.path}: {report.n_rows} images ({report.n_embedded} embedded, "
+        f"{report.n_kept} kept, {report.n_dropped} dropped); {_method_note(index, 'auto')}"
+    )
+    return 0
+
+
+def _method_note(index, method: str) -> str:
+    a = index.approximate
+    if index.method(method) == "exact" or a is None:
+        return "search: exact"
+    return (
+        f"search: approximate ({a['library']} {a['params'].get('kind', '')}), recall@10 "
+        f"{a['recall_at_10']:.3f} against exact search on {a['recall_queries']} sampled rows"
+    )
+
+
+def _model_and_store(
+    index, model_path=None, features=None, trust_pickle=False, need_store=True, store=None
+):
+    """The index's model (checked against it) and, if needed, its cache (checked fresh;
+    ``store``: the cache, already opened and checked against the index)."""
+    from tripletsk.index_build import check_index_current
+    from tripletsk.modelfile import check_model_cache, load_model, open_model_cache
+
+    path = model_path or index.model.get("path") or index.model.get("abspath")
+    if not path or not os.path.exists(path):
+        path = index.model.get("abspath") or path
+    if not path:
+        raise UserError(f"{index.path} records no model file; pass --model")
+    fitted = load_model(path, trust_pickle=trust_pickle)
+    check_index_current(index, encoder=fitted.model)
+    if store is not None:
+        check_model_cache(fitted, store)
+        return fitted, store
+    if need_store:
+        cache = features or index.cache.get("path")
+        if cache and not os.path.exists(cache):
+            cache = index.cache.get("abspath") or cache
+        store = open_model_cache(fitted, cache)
+        check_index_current(index, store=store)
+    return fitted, store
+
+
+def _query_rows(index, queries: list[str]) -> tuple[list, list]:
+    """For each query: its row in the index (a key, or a file under the image folder) or -1,
+    and the files that need the backbone."""
+    root = index.cache.get("image_root")
+    rows, files = [], []
+    for q in queries:
+        row = index.row_of.get(q)
+        if row is None and os.path.isfile(q) and root:
+            for rel in (
+                os.path.relpath(os.path.abspath(q), root),
+                os.path.relpath(os.path.realpath(q), os.path.realpath(root)),
+            ):
+                row = index.row_of.get(rel.replace(os.sep, "/"))
+                if row is not None:
+                    break
+        if row is None and not os.path.isfile(q):
+            raise UnknownKeyError(
+                f"{q!r} is neither a key of the index {index.path} nor an image file"
+            )
+        rows.append(-1 if row is None else row)
+        if row is None:
+            files.append(q)
+    return rows, files
+
+
+def _query_embeddings(index, queries, args, *, need_model=False, store=None):
+    """Embeddings of the queries: stored rows for indexed images, the backbone for the rest."""
+    rows, files = _query_rows(index, queries)
+    fitted = None
+    if files or need_model:
+        fitted, store = _model_and_store(
+            index,
+            getattr(args, "model", None),
+            getattr(args, "features", None),
+            getattr(args, "trust_pickle", False),
+            need_store=bool(files),
+            store=store,
+        )
+    out = np.empty((len(queries), index.dim), dtype=np.float32)
+    known = [i for i, r in enumerate(rows) if r >= 0]
+    if known:
+        out[known] = index.embeddings([rows[i] for i in known])
+    if files:
+        from tripletsk.extraction import features_for_files
+
+        names = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+        print(
+            f"{len(files)} image(s) not in the cache ({names}): loading the backbone to embed them",
+            file=sys.stderr,
+        )
+        new = [i for i, r in enumerate(rows) if r < 0]
+        out[new] = fitted.model.transform(features_for_files(files, like=store))
+    return out, np.array(rows, dtype=np.int64), fitted
+
+
+def run_search_index(args: argparse.Namespace) -> int:
+    """``tripletsk search --index INDEX QUERY...``."""
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
+    index = _open_index(args.index)
+    store = _checked_store(index, args)
+    embeddings, rows, _ = _query_embeddings(index, args.queries, args, store=store)
+    found = index.search(embeddings, args.k, method=args.method, exclude_rows=rows)
+    print(_method_note(index, args.method), file=sys.stderr)
+    _print_neighbours(args, found)
+    return 0
+
+
+def _checked_store(index, args):
+    """The index's cache (``--features`` first), checked: a stale index is refused. None (with
+    a note) when the cache is not found."""
+    paths = [p for p in _cache_paths(index, args) if p and os.path.exists(p)]
+    if paths:
+        from tripletsk.index_build import check_index_current
+        from tripletsk.store import FeatureStore
+
+        store = FeatureStore(paths[0])
+        check_index_current(index, store=store)
+        return store
+    if index.cache:
+        print(
+            f"{index.path}: its cache is not found; cannot check that the index is up to date",
+            file=sys.stderr,
+        )
+    return None
+
+
+def _cache_paths(index, args) -> list:
+    return [getattr(args, "features", None), index.cache.get("path"), index.cache.get("abspath")]
+
+
+def _print_neighbours(args, found) -> None:
+    results = found.to_list()
+    if args.json:
+        print(json.dumps([
+            {"query": q, "neighbours": [{"key": k, "distance": d} for k, d in hits]}
+            for q, hits in zip(args.queries, results, strict=True)
+        ], indent=2))  # fmt: skip
+        return
+    for q, hits in zip(args.queries, results, strict=True):
+        print(f"query: {q}")
+        for rank, (k, d) in enumerate(hits, start=1):
+            print(f"{rank:4d}  {d:.4f}  {k}")
+
+
+def _run_duplicates(args: argparse.Namespace) -> int:
+    index = _open_index(args.index)
+    try:
+        groups = index.duplicates(args.threshold)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"threshold": args.threshold, "groups": groups}, indent=2))
+    else:
+        for group in groups:
+            print("\t".join(group))
+    n = sum(len(g) for g in groups)
+    print(
+        f"{len(groups)} group(s) of near-duplicates, {n} images, within distance "
+        f"{args.threshold} ({index.distance}) among {len(index)} images",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _read_keys(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            keys = [line.strip() for line in fh]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the query keys ({exc})") from None
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise UserError(f"{path}: no query keys (one image key per line)")
+    return keys
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from tripletsk.folders import labels_from_folders
+    from tripletsk.matching import calibrate_index
+    from tripletsk.modelfile import load_model, save_model
+
+    if not 0 < args.precision <= 1:
+        raise UsageError("--precision must be in (0, 1]")
+    if args.plot:
+        from tripletsk.cli._common import check_output_path
+
+        check_output_path(args.plot, "--plot")
+    index = _open_index(args.index)
+    _checked_store(index, args)
+    keys = _read_keys(args.queries)
+    rows = index.rows_of(keys)
+    model_path = args.model or index.model.get("path") or index.model.get("abspath")
+    if not model_path:
+        raise UserError(f"{index.path} records no model file; pass --model")
+    fitted = load_model(model_path)
+    from tripletsk.index_build import check_index_current
+
+    check_index_current(index, encoder=fitted.model)
+    calibration = calibrate_index(
+        index, index.embeddings(rows), labels_from_folders(keys), args.precision,
+        exclude_rows=rows, n_bootstrap=args.bootstrap,
+    )  # fmt: skip
+    fitted.model.calibration_ = calibration.to_dict()
+    save_model(model_path, fitted.model, fitted.cache, fitted.training)
+    _report_calibration(args, calibration, model_path)
+    if args.plot:
+        from tripletsk.plotting import plot_precision_recall
+
+        plot_precision_recall(calibration, args.plot)
+    return 0
+
+
+def _report_calibration(args, c, model_path: str) -> None:
+    if args.json:
+        print(json.dumps(c.to_dict(), indent=2))
+        return
+    ci = c.interval
+    print(
+        f"threshold {c.threshold:.4f} ({c.distance}) for precision {c.target_precision} on "
+        f"{c.n_queries} queries: precision {c.precision:.3f} "
+        f"[{ci['precision'][0]:.3f}, {ci['precision'][1]:.3f}], recall {c.recall:.3f} "
+        f"[{ci['recall'][0]:.3f}, {ci['recall'][1]:.3f}], {c.match_rate:.1%} matched; "
+        f"threshold interval [{ci['threshold'][0]:.4f}, {ci['threshold'][1]:.4f}] "
+        f"({ci['confidence']:.0%} bootstrap); stored in {model_path}"
+    )
+
+
+def _run_match(args: argparse.Namespace) -> int:
+    index = _open_index(args.index)
+    store = _checked_store(index, args)
+    embeddings, rows, fitted = _query_embeddings(
+        index, args.queries, args, need_model=args.threshold is None, store=store
+    )
+    threshold = args.threshold
+    if threshold is None:
+        calibration = getattr(fitted.model, "calibration_", None)
+        if calibration is None:
+            raise UserError(
+                f"{fitted.path} has no matching threshold: run `tripletsk calibrate --index "
+                f"{index.path} --queries VAL.txt --precision 0.95`, or pass --threshold"
+            )
+        threshold = calibration["threshold"]
+    matches = index.match(embeddings, threshold, exclude_rows=rows)
+    if args.json:
+        print(json.dumps([
+            {"query": q, "match": k, "distance": float(d)}
+            for q, k, d in zip(args.queries, matches.keys, matches.distances, strict=True)
+        ], indent=2))  # fmt: skip
+    else:
+        for q, k, d in zip(args.queries, matches.keys, matches.distances, strict=True):
+            print(f"{q}\t{'no match' if k is None else k}\t{d:.4f}")
+    return 0

@@ -1,0 +1,107 @@
+"""The matching calibration inside ``tripletsk export`` outputs, where any runtime can read it.
+
+``tripletsk calibrate`` stores a distance threshold with the model (``encoder.calibration_``,
+:mod:`tripletsk.matching`); an exported model carries it too, as JSON:
+
+* ``.keras``: a zip member ``tripletsk_matching.json`` (Keras ignores members it does not know);
+* SavedModel folder: ``assets.extra/tripletsk_matching.json`` (TensorFlow Serving's folder for
+  extra files);
+* OpenVINO IR: the model's runtime information ``tripletsk/matching`` (``model.get_rt_info``).
+
+Each is written under a temporary name and renamed over the export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import zipfile
+
+__all__ = ["MEMBER", "read_calibration", "write_calibration"]
+
+MEMBER = "tripletsk_matching.json"
+_RT_PATH = ["tripletsk", "matching"]
+
+
+def _tmp(path: str, suffix: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def write_calibration(path: str, fmt: str, calibration: dict) -> None:
+    """Add ``calibration`` (a JSON-ready dict) to the export at ``path`` of format ``fmt``."""
+    text = json.dumps(calibration, sort_keys=True)
+    if fmt == "keras":
+        tmp = _tmp(path, ".keras")
+        try:
+            shutil.copyfile(path, tmp)
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr(MEMBER, text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    elif fmt == "savedmodel":
+        folder = os.path.join(path, "assets.extra")
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, MEMBER)
+        tmp = _tmp(target, "")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    elif fmt == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(path)
+        model.set_rt_info(text, _RT_PATH)
+        tmp = _tmp(path, ".xml")
+        tmp_bin, path_bin = os.path.splitext(tmp)[0] + ".bin", os.path.splitext(path)[0] + ".bin"
+        try:
+            ov.save_model(model, tmp, compress_to_fp16=False)
+            del model  # (the original .bin may be memory-mapped by it)
+            os.replace(tmp_bin, path_bin)
+            os.replace(tmp, path)
+        finally:
+            for name in (tmp, tmp_bin):
+                if os.path.exists(name):
+                    os.remove(name)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+
+
+def read_calibration(path: str | os.PathLike) -> dict | None:
+    """The matching calibration stored in an export (any format), or None.
+
+    Raises
+    ------
+    tripletsk.errors.ModelFileError
+        If one is stored but is not a valid calibration.
+    """
+    from tripletsk.matching import check_calibration
+
+    path = os.fspath(path)
+    text = None
+    if os.path.isdir(path):
+        member = os.path.join(path, "assets.extra", MEMBER)
+        if os.path.isfile(member):
+            with open(member, encoding="utf-8") as fh:
+                text = fh.read(1 << 20)
+    elif path.lower().endswith(".xml"):
+        import openvino as ov
+
+        model = ov.Core().read_model(path)
+        if model.has_rt_info(_RT_PATH):
+            text = model.get_rt_info(_RT_PATH).astype(str)
+    else:
+        with zipfile.ZipFile(path) as zf:
+            if MEMBER in zf.namelist() and zf.getinfo(MEMBER).file_size < 1 << 20:
+                text = zf.read(MEMBER).decode("utf-8")
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    return check_calibration(value, path)
