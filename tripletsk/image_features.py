@@ -333,19 +333,31 @@ def _spec_of(network: dict):
 
 def _provenance_of(network: dict, root: str | None = None, cache: str = "") -> dict:
     """What a cache of ``network``'s features records (int8 keys aside); with ``root``, the
-    arguments are checked as an extraction checks them."""
+    arguments are checked as an extraction checks them. ``backend="auto"``: the runner is
+    recorded, not compared (runners of one precision agree to rounding), so the provenance of
+    any runner of that precision stands for it; a precision left unset is float32 here."""
+    from tripletsk.extraction.backbone import AUTO as AUTO_RUNNER
+    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
+
+    network = {**network, "precision": network["precision"] or "float32"}
     if root is not None:
         from tripletsk.extraction.options import ExtractOptions
 
-        return ExtractOptions.from_arguments(
+        options = ExtractOptions.from_arguments(
             root, cache, progress=False, quiet=True, decode_memory=None, batch_size=1,
             dtype=None, workers=None, **network,
-        ).provenance  # fmt: skip
-    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
-
-    check_image_size(int(network["image_size"]))
-    backend, precision = check_backend(network["backend"], network["precision"])
-    return provenance_for(_spec_of(network), int(network["image_size"]), backend, precision)
+        )  # fmt: skip
+        if options.backend != AUTO_RUNNER:
+            return options.provenance
+        spec, size, precision = options.spec, options.image_size, options.precision
+    else:
+        check_image_size(int(network["image_size"]))
+        spec, size = _spec_of(network), int(network["image_size"])
+        precision = check_backend(network["backend"], network["precision"])[1]
+    backend = network["backend"]
+    if backend == AUTO_RUNNER:
+        backend = "openvino" if precision == "int8" else "tensorflow"
+    return provenance_for(spec, size, backend, precision)
 
 
 def _backbone_name(arch) -> str:
