@@ -14,7 +14,8 @@ features, preprocessing included:
 
 With ``--tune``, int8 also runs with other OpenVINO settings: performance hint THROUGHPUT
 (streams, a batch split between them) or LATENCY (one stream), fixed or dynamic batch shape,
-CPU pinning off.
+CPU pinning off, requests of a quarter and a sixteenth of the usual size (each batch then runs
+as several rounds of requests).
 
 Rounds are interleaved (every runner once per round); each runner's speed-up over TensorFlow
 fp32 is the median of its per-round ratios. Agreement: cosine of each image's features to its
@@ -145,6 +146,9 @@ def main(argv=None) -> None:
             "int8 lat fixed": dict(batch_size=b, performance_hint="LATENCY"),
             "int8 lat dyn": dict(batch_size=None, performance_hint="LATENCY"),
             "int8 tput fixed nopin": dict(batch_size=b, pinning=False),
+            # smaller requests, several rounds of them per batch (the runner's chunks)
+            "int8 tput req/4": dict(batch_size=max(1, b // 4)),
+            "int8 tput req/16": dict(batch_size=max(1, b // 16)),
         }
         for name, kw in variants.items():
             run = timed(name, lambda kw=kw: quantization.load_openvino_int8_runner(folder, **kw))

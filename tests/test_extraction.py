@@ -958,8 +958,8 @@ def test_bfloat16_extraction_is_recorded_close_to_float32_and_never_mixed(photo_
     )
     assert a.keys == b.keys
     assert _cosines(a.to_array(), b.to_array()).min() >= 0.99
-    with pytest.raises(CacheMismatchError, match="compute_dtype"):
-        extract_features(photo_folder, bf16, **run)  # float32 into a bfloat16 cache
+    with pytest.raises(CacheMismatchError, match="compute_dtype"):  # float32 into a bfloat16 cache
+        extract_features(photo_folder, bf16, precision="float32", **run)
     again = features_for_files([photo_folder / b.keys[0]], like=b)  # rebuilt in bfloat16
     np.testing.assert_allclose(again[0], b.lookup([b.keys[0]])[0], rtol=1e-5, atol=1e-5)
 

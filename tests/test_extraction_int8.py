@@ -34,7 +34,9 @@ FLOAT = {**INT8, "backend": "tensorflow", "precision": "float32"}
 
 
 def model_folders(cache: Path) -> list[str]:
-    return sorted(p for p in os.listdir(cache.parent / MODELS_DIR) if p.startswith("openvino-"))
+    return sorted(
+        p for p in os.listdir(cache.parent / MODELS_DIR) if p.startswith("openvino-int8-")
+    )
 
 
 def manifest(cache: Path) -> dict:
@@ -176,20 +178,30 @@ def test_second_run_reuses_the_model_and_appends(first):
     assert "a/new-1.png" in FeatureStore(cache).keys
 
 
-def test_a_deleted_model_is_quantized_again_or_refused(first):
+def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
     cache, images = first["cache"], first["images"]
-    digest = FeatureStore(cache).provenance["int8_model"]
-    shutil.rmtree(cache.parent / MODELS_DIR)
-    with pytest.raises(UserError, match="quantized model is not in"):
-        features_for_files([images / "a/00.png"], like=cache)
-    add_image(images, "new-3.png", 103)
-    summary = extract_features(images, cache, **INT8)  # same calibration images: same model
-    assert summary.extracted == 1
-    assert manifest(cache)["model_digest"] == digest
-    shutil.rmtree(cache.parent / MODELS_DIR)
-    add_image(images, "00.png", 104)  # a calibration image changed
-    with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
-        extract_features(images, cache, **INT8)
+    models = cache.parent / MODELS_DIR
+    # The shared cache's model and calibration image are put back after: other tests use them.
+    shutil.copytree(models, tmp_path / "models")
+    shutil.copy2(images / "a" / "00.png", tmp_path / "00.png")
+    try:
+        digest = FeatureStore(cache).provenance["int8_model"]
+        shutil.rmtree(models)
+        with pytest.raises(UserError, match="quantized model is not in"):
+            features_for_files([images / "a/00.png"], like=cache)
+        add_image(images, "new-3.png", 103)
+        summary = extract_features(images, cache, **INT8)  # same calibration images: same model
+        assert summary.extracted == 1
+        assert manifest(cache)["model_digest"] == digest
+        shutil.rmtree(models)
+        add_image(images, "00.png", 104)  # a calibration image changed
+        with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
+            extract_features(images, cache, **INT8)
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+        shutil.copytree(tmp_path / "models", models)
+        shutil.copy2(tmp_path / "00.png", images / "a" / "00.png")
+        (images / "a" / "new-3.png").unlink(missing_ok=True)  # (it changes the calibration)
 
 
 def test_two_int8_shards_merge_into_the_single_run(tmp_path):
@@ -220,10 +232,10 @@ def test_shards_of_other_calibrations_are_not_merged(tmp_path):
         merge_shards([str(one), str(two)], tmp_path / "merged.h5")
 
 
-def test_cli_refuses_int8_without_openvino(tmp_path, capsys):
+def test_cli_refuses_int8_with_tensorflow(tmp_path, capsys):
     images = make_images(tmp_path / "images", 2)
     argv = ["extract-features", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "none",
-            "--image-size", "32", "--precision", "int8"]  # fmt: skip
+            "--image-size", "32", "--backend", "tensorflow", "--precision", "int8"]  # fmt: skip
     assert cli(argv) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -242,6 +254,43 @@ def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
     extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
     assert len(model_folders(tmp_path / "dask.h5")) == 1
     assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
+
+
+def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch):
+    """A new int8 model records how its features agree with TensorFlow float32's on its
+    calibration images; auto reads that instead of building TensorFlow to check."""
+    from tripletsk.extraction import auto
+    from tripletsk.extraction.int8 import models_dir
+
+    agreement = manifest(first["cache"])["agreement"]
+    assert agreement["reference"] == "tensorflow/float32" and agreement["images"] == 10
+    assert 0.0 < agreement["least_cosine"] <= agreement["mean_cosine"] <= 1.0 + 1e-9
+    ov, i8 = "openvino/float32", "openvino/int8"
+    record = {"per_image": {"tensorflow/float32": 0.03, ov: 0.02, i8: 0.01},
+              "cosine": {ov: 1.0}}  # fmt: skip
+    path = auto.record_path(models_dir(first["cache"]), resolve_network("none"), 32, 4)
+    with open(path, "w") as f:
+        json.dump(record, f)
+
+    def refuse(self, pending):
+        raise AssertionError("the recorded timings and agreement should have been used")
+
+    monkeypatch.setattr(auto._Trial, "run", refuse)
+    out = first["cache"].parent / "auto.h5"
+    extract_features(first["images"], out, quiet=True, **{**INT8, "backend": "auto",
+                                                           "precision": None})  # fmt: skip
+    prov = FeatureStore(out).provenance
+    if agreement["least_cosine"] >= auto.MIN_COSINE:
+        assert prov["compute_dtype"] == "int8", prov.get("backend_choice")
+        assert prov["int8_model"] == FeatureStore(first["cache"]).provenance["int8_model"]
+        keys = FeatureStore(out).keys
+        np.testing.assert_array_equal(
+            FeatureStore(out).lookup(keys), FeatureStore(first["cache"]).lookup(keys)
+        )
+    else:
+        assert f"{prov['backend']}/{prov['compute_dtype']}" == ov
+    os.remove(out)
+    os.remove(path)
 
 
 def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(first, tmp_path):

@@ -23,26 +23,29 @@ are built once and then called per batch; the first call of a new batch shape co
     retrieval quality against float32 features.
 
 OpenVINO settings, measured with ``benchmarks/extraction_int8.py --tune`` (ResNet50 at 224 px,
-batch 32, 2 vCPUs of a shared Xeon with AMX, load average 3-4; int8 images/s, medians of 3
-interleaved rounds; "AVX2" = oneDNN and OpenVINO kernels capped with ``ONEDNN_MAX_CPU_ISA=AVX2
-OV_CPU_MAX_ISA=AVX2``, like an AVX2-only CPU):
+batch 32, 2 vCPUs; int8 images/s, medians of 3 interleaved rounds): an Intel Xeon with AMX
+(family 6 model 167, load average 3-4), the same Xeon with its kernels capped by
+``ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2`` (still the Xeon, not an AVX2 CPU), and a real
+AMD EPYC Zen 3 (family 25 model 1, AVX2 only, load average 8-12: absolute figures low, compare
+within the column):
 
-=====================================  =================  ==========
-settings                               AMX (native)       AVX2 cap
-=====================================  =================  ==========
-THROUGHPUT, fixed batch (the default)  207.6              31.2
-THROUGHPUT, dynamic batch              203.1              32.4
-THROUGHPUT, fixed, CPU pinning off     187.3              28.6
-LATENCY, fixed batch                   169.9              21.1
-LATENCY, dynamic batch                 146.6              22.1
-=====================================  =================  ==========
+=====================================  =================  ============  ============
+settings                               Xeon AMX (native)  Xeon AVX2 cap Zen 3
+=====================================  =================  ============  ============
+THROUGHPUT, fixed batch (the default)  207.6              31.2          5.7
+THROUGHPUT, dynamic batch              203.1              32.4          6.4
+THROUGHPUT, fixed, CPU pinning off     187.3              28.6          5.5
+LATENCY, fixed batch                   169.9              21.1          5.0
+LATENCY, dynamic batch                 146.6              22.1          5.1
+=====================================  =================  ============  ============
 
 THROUGHPUT (2 streams of 1 core here; each batch split between them, run concurrently) beat
-LATENCY (1 stream of 2 cores) by 1.2x-1.5x; a fixed batch shape was as fast as a dynamic one
-with THROUGHPUT and faster with LATENCY; turning pinning off did not help. Feeding uint8
-images with ResNet50's preprocessing inside the OpenVINO model (``PrePostProcessor``) was
-slower than NumPy preprocessing plus the float model in three runs (0.5x-0.9x), so it is not
-offered.
+LATENCY (1 stream of 2 cores) by 1.1x-1.5x; a fixed batch shape was about as fast as a dynamic
+one with THROUGHPUT (the Zen 3's 6.4 vs 5.7 is within its rounds' spread, 3.1x-5.3x vs
+3.0x-3.6x TensorFlow float32) and faster with LATENCY; turning pinning off did not help.
+Feeding uint8 images with ResNet50's preprocessing inside the OpenVINO model
+(``PrePostProcessor``) was slower than NumPy preprocessing plus the float model in three runs
+(0.5x-0.9x), so it is not offered.
 
 The OpenVINO runner needs the optional ``openvino`` package (``pip install "tripletsk[openvino]"``).
 A cache must never mix features computed at different precisions; the caller records the
@@ -117,6 +120,33 @@ def cpu_supports_bfloat16() -> bool:
 def cpu_lacks_bfloat16() -> bool:
     """True when the CPU is known to have no native bfloat16 (False where flags are unknown)."""
     return _cpu_has_bfloat16() is False
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available_runners(precision: str | None = None) -> list[str]:
+    """``"backend/precision"`` of the runners this machine has: TensorFlow float32 always,
+    OpenVINO float32 if installed, bfloat16 where the CPU has it natively (TensorFlow's also
+    when ``precision="bfloat16"`` is asked for), OpenVINO int8 with NNCF installed;
+    ``precision``: only those of that precision."""
+    openvino, native_bf16 = _installed("openvino"), cpu_supports_bfloat16()
+    out = ["tensorflow/float32"]
+    if openvino:
+        out.append("openvino/float32")
+    if native_bf16 or precision == "bfloat16":
+        out.append("tensorflow/bfloat16")
+    if openvino and native_bf16:
+        out.append("openvino/bfloat16")
+    if openvino and _installed("nncf"):
+        out.append("openvino/int8")
+    return [r for r in out if precision is None or r.endswith("/" + precision)]
 
 
 def warn_if_bfloat16_is_emulated(what: str, stacklevel: int = 3) -> None:
@@ -333,6 +363,27 @@ def make_openvino_runner(
     return _compile_runner(
         _to_openvino(keras_model, shape), config, None, batch_size, performance_hint
     )
+
+
+def load_openvino_runner(
+    folder: str | os.PathLike,
+    precision: str = "float32",
+    batch_size: int | None = None,
+    num_threads: int | None = None,
+    performance_hint: str = "THROUGHPUT",
+    pinning: bool | None = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`make_openvino_runner` of a model already converted to OpenVINO IR (``folder``
+    holds ``model.xml`` and ``model.bin``, e.g. from
+    :func:`tripletsk.extraction.openvino_ir.float_model_folder`): no TensorFlow needed."""
+    ov = _import_openvino()
+    precision = normalize_precision(precision)
+    if precision == "int8":
+        raise ValueError("int8 models are loaded by tripletsk.quantization")
+    ov_model = ov.Core().read_model(os.path.join(os.fspath(folder), "model.xml"))
+    config = _openvino_config(num_threads, pinning)
+    config["INFERENCE_PRECISION_HINT"] = "bf16" if precision == "bfloat16" else "f32"
+    return _compile_runner(ov_model, config, None, batch_size, performance_hint)
 
 
 make_openvino_runner.__doc__ = make_openvino_runner.__doc__.replace(

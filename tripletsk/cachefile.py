@@ -54,7 +54,8 @@ FORMAT_VERSION = 1
 PROVENANCE_KEYS = ("backbone", "layer", "weights", "image_size", "preprocessing",
                    "compute_dtype", "int8_calibration", "int8_model")  # fmt: skip
 #: Recorded and read back, not compared: how to rebuild the backbone, and where files were.
-_DESCRIPTIVE_KEYS = ("backend", "weights_source", "architecture", "backbone_source")
+_DESCRIPTIVE_KEYS = ("backend", "weights_source", "architecture", "backbone_source",
+                     "backend_choice")  # fmt: skip
 #: Per-row file fingerprint: size and mtime to notice a change cheaply, a content hash to be sure.
 #: ``hashed_ns`` is when the hash was taken (to detect files modified within the mtime granularity).
 FINGERPRINT_DTYPE = np.dtype(
@@ -189,7 +190,8 @@ def _header_of(f, path: str) -> CacheHeader:
             f"{len(fps)} fingerprints"
         )
     prov = {k: attrs.get(k) for k in (*PROVENANCE_KEYS, *_DESCRIPTIVE_KEYS)}
-    optional = ("layer", "architecture", "backbone_source")  # absent for the default backbone
+    # absent for the default backbone, or when the runner was not chosen by backend="auto"
+    optional = ("layer", "architecture", "backbone_source", "backend_choice")
     prov = {
         k: v
         for k, v in prov.items()

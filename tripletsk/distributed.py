@@ -270,7 +270,9 @@ def _check_output(output: str, images_dir: str, kwargs: dict) -> None:
             "output file"
         )
     spec = _network(kwargs)
-    backend = check_backend(kwargs.get("backend", "tensorflow"), kwargs.get("precision", "float32"))
+    backend = check_backend(kwargs.get("backend", _default_backend()), kwargs.get("precision"))
+    if backend[0] == "auto":  # auto keeps the cache's runner (at the precision asked, if any)
+        backend = (old.provenance.get("backend"), backend[1] or old.provenance["compute_dtype"])
     # An int8 cache's own model is the one the shards use (see _int8_model).
     int8 = {k: v for k, v in old.provenance.items() if k.startswith("int8_")}
     expected = provenance_for(spec, kwargs.get("image_size", 224), *backend, int8=int8 or None)
@@ -288,6 +290,27 @@ def _network(kwargs: dict):
 
     names = ("weights", "seed", "backbone", "layer", "preprocessing")
     return resolve_network(**{k: kwargs[k] for k in names if k in kwargs})
+
+
+def _default_backend() -> str:
+    from tripletsk.extraction.backbone import DEFAULT_BACKEND
+
+    return DEFAULT_BACKEND
+
+
+def _resolve_auto(client, root: str, output: str, kwargs: dict) -> dict:
+    """``kwargs`` with the runner ``backend="auto"`` stands for, the same for every shard: the
+    one ``output`` recorded, else chosen once, on a worker (the cluster's CPU), over the whole
+    collection (:func:`tripletsk.extraction.auto.choose`)."""
+    from tripletsk.extraction.auto import choose_for_folder, recorded
+
+    kept = recorded(read_header(output).provenance) if os.path.exists(output) else None
+    if kept is not None:
+        backend, precision, reason = kept.backend, kept.precision, kept.reason
+    else:
+        future = client.submit(choose_for_folder, root, output, kwargs, pure=False)
+        backend, precision, reason = future.result()
+    return {**kwargs, "backend": backend, "precision": precision, "backend_choice": reason}
 
 
 def _int8_model(root: str, output: str, kwargs: dict, quiet: bool):
@@ -400,10 +423,12 @@ def extract_with_dask(
         paths = [shard_path(output, i, n) for i in range(1, n + 1)]
         run_id = uuid.uuid4().hex[:8]
         shard_kwargs = extract_kwargs
-        if str(extract_kwargs.get("precision", "")).lower() in ("int8", "i8"):
+        if extract_kwargs.get("backend", _default_backend()) == "auto":
+            shard_kwargs = _resolve_auto(client, root, output, extract_kwargs)
+        if str(shard_kwargs.get("precision", "")).lower() in ("int8", "i8"):
             shard_kwargs = {
-                **extract_kwargs,
-                "int8_model": _int8_model(root, output, extract_kwargs, quiet),
+                **shard_kwargs,
+                "int8_model": _int8_model(root, output, shard_kwargs, quiet),
             }
         futures = [
             client.submit(

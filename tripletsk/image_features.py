@@ -20,6 +20,7 @@ from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted
 
 from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
+from tripletsk.extraction.backbone import DEFAULT_BACKEND
 from tripletsk.extraction.discovery import is_listed_name
 from tripletsk.extraction.roots import ImageFolderMismatchError, same_folder
 from tripletsk.store import DEFAULT_CACHE, PROVENANCE_KEYS, FeatureStore, check_provenance
@@ -30,10 +31,11 @@ _INT8 = ("int8_calibration", "int8_model")
 
 AUTO = "auto"
 #: The parameters that choose the network, with what "auto" stands for when there is no cache
-#: (the defaults of ``extract-features``).
+#: (the defaults of ``extract-features``, but float32: a model fitted in a pipeline is never
+#: handed int8 features it did not ask for; ``backend="auto"`` then times the float32 runners).
 _NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
                      "weights": "imagenet", "seed": 0, "image_size": 224,
-                     "backend": "tensorflow", "precision": "float32"}  # fmt: skip
+                     "backend": DEFAULT_BACKEND, "precision": "float32"}  # fmt: skip
 
 
 class ImageFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -54,10 +56,12 @@ class ImageFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         The network. ``"auto"``: the existing cache's (its recorded backbone, layer,
         preprocessing, weights and seed, image size, backend, precision); with no cache yet,
-        the defaults of ``extract-features`` (ResNet50, ImageNet weights, 224 px, TensorFlow,
-        float32); once fitted, what :meth:`fit` found. A value set otherwise is honoured: it
-        must equal the cache's (else :class:`~tripletsk.errors.CacheMismatchError` names each
-        difference), whether or not it equals a default.
+        the defaults of ``extract-features`` (ResNet50, ImageNet weights, 224 px, the fastest
+        float32 runner of this CPU: ``backend="auto"``, ``precision="float32"``; int8 only when
+        set or when the cache holds it); once fitted, what :meth:`fit` found. A value set
+        otherwise is honoured: it must equal the cache's (else
+        :class:`~tripletsk.errors.CacheMismatchError` names each difference), whether or not it
+        equals a default.
     batch_size, dtype, workers, max_pixels
         As for :func:`~tripletsk.extraction.extract_features`.
     append : bool, default True
@@ -329,19 +333,31 @@ def _spec_of(network: dict):
 
 def _provenance_of(network: dict, root: str | None = None, cache: str = "") -> dict:
     """What a cache of ``network``'s features records (int8 keys aside); with ``root``, the
-    arguments are checked as an extraction checks them."""
+    arguments are checked as an extraction checks them. ``backend="auto"``: the runner is
+    recorded, not compared (runners of one precision agree to rounding), so the provenance of
+    any runner of that precision stands for it; a precision left unset is float32 here."""
+    from tripletsk.extraction.backbone import AUTO as AUTO_RUNNER
+    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
+
+    network = {**network, "precision": network["precision"] or "float32"}
     if root is not None:
         from tripletsk.extraction.options import ExtractOptions
 
-        return ExtractOptions.from_arguments(
+        options = ExtractOptions.from_arguments(
             root, cache, progress=False, quiet=True, decode_memory=None, batch_size=1,
             dtype=None, workers=None, **network,
-        ).provenance  # fmt: skip
-    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
-
-    check_image_size(int(network["image_size"]))
-    backend, precision = check_backend(network["backend"], network["precision"])
-    return provenance_for(_spec_of(network), int(network["image_size"]), backend, precision)
+        )  # fmt: skip
+        if options.backend != AUTO_RUNNER:
+            return options.provenance
+        spec, size, precision = options.spec, options.image_size, options.precision
+    else:
+        check_image_size(int(network["image_size"]))
+        spec, size = _spec_of(network), int(network["image_size"])
+        precision = check_backend(network["backend"], network["precision"])[1]
+    backend = network["backend"]
+    if backend == AUTO_RUNNER:
+        backend = "openvino" if precision == "int8" else "tensorflow"
+    return provenance_for(spec, size, backend, precision)
 
 
 def _backbone_name(arch) -> str:

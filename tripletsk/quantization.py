@@ -37,6 +37,9 @@ INT8_FORMAT = 1
 #: with TF fp32 (centred cosine mean 0.9919 / 0.9920 / 0.9918) and took 16 / 24 / 37 s to
 #: quantize on 2 vCPUs; 128 keeps some margin for real weights and collections (NNCF: 300).
 CALIBRATION_SIZE = 128
+#: On how many of the calibration images a new quantized model's features are compared with
+#: TensorFlow float32's (recorded in its manifest as ``agreement``; ``backend="auto"`` reads it).
+AGREEMENT_IMAGES = 32
 _MANIFEST = "manifest.json"
 _IR_FILES = ("model.xml", "model.bin")
 
@@ -255,6 +258,7 @@ def quantize_openvino_int8(
     if data.ndim != 4 or data.shape[1:] != expected or len(data) == 0:
         raise ValueError(f"calibration must be (n, *{expected}) images, got {data.shape}")
     quantized = _quantize(keras_model, data, identity, quiet)
+    agreement = _agreement(keras_model, quantized, data[:AGREEMENT_IMAGES])
 
     ov = _import_openvino()
     os.makedirs(cache_dir, exist_ok=True)
@@ -263,7 +267,7 @@ def quantize_openvino_int8(
         ov.save_model(quantized, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
         files = {name: file_digest(os.path.join(tmp, name)) for name in _IR_FILES}
         manifest = {"key": key, "identity": identity, "files": files,
-                    "model_digest": _ir_digest(tmp)}  # fmt: skip
+                    "model_digest": _ir_digest(tmp), "agreement": agreement}  # fmt: skip
         with open(os.path.join(tmp, _MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         _install(tmp, folder, key)
@@ -273,6 +277,29 @@ def quantize_openvino_int8(
     if found is None:
         raise OSError(f"could not store the quantized model in {folder}")
     return folder, found
+
+
+def _agreement(keras_model, quantized, images: np.ndarray) -> dict:
+    """How the quantized model's features agree with TensorFlow float32's on ``images`` (some
+    of the calibration images): the least and the mean cosine, image by image."""
+    from tripletsk.backends import make_tensorflow_runner
+
+    ref = np.asarray(make_tensorflow_runner(keras_model)(images), np.float64)
+    got = np.asarray(_compile_runner(quantized, {}, "int8")(images), np.float64)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cos = np.where(den > 0, (ref * got).sum(axis=1) / np.where(den > 0, den, 1.0), 1.0)
+    return {"reference": "tensorflow/float32", "images": len(images),
+            "least_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}  # fmt: skip
+
+
+def model_agreement(folder: str | os.PathLike) -> float | None:
+    """The least cosine between a quantized model's features and TensorFlow float32's on its
+    calibration images, as measured when it was quantized (None: not recorded)."""
+    try:
+        with open(os.path.join(os.fspath(folder), _MANIFEST)) as f:
+            return float(json.load(f)["agreement"]["least_cosine"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _install(tmp: str, folder: str, key: str) -> None:

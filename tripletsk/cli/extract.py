@@ -50,7 +50,7 @@ def register(sub) -> None:
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``extract-features`` arguments to ``parser``."""
-    from tripletsk.extraction.backbone import BACKENDS
+    from tripletsk.extraction.backbone import AUTO, BACKENDS, DEFAULT_BACKEND
 
     parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
     parser.add_argument(
@@ -120,18 +120,21 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     )
     parser.add_argument(
         "--backend",
-        choices=BACKENDS,
-        default="tensorflow",
-        help="what runs the model; openvino needs `pip install tripletsk[openvino]` "
-        "(default: %(default)s)",
+        choices=(*BACKENDS, AUTO),
+        default=DEFAULT_BACKEND,
+        help="what runs the model; openvino needs `pip install tripletsk[openvino]`; auto: the "
+        "fastest runner on this CPU whose features agree with tensorflow float32 (cosine >= "
+        "0.99), timed on your first batch once per cache folder, recorded in the cache; a "
+        "cache keeps the runner it was made with (default: %(default)s)",
     )
     parser.add_argument(
         "--precision",
         choices=("float32", "bfloat16", "int8"),
-        default="float32",
-        help="model arithmetic; bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs; "
-        "int8 (--backend openvino, needs nncf) quantizes the backbone once on 128 of your "
-        "images and keeps it in .tripletsk-models/ next to the cache (default: %(default)s)",
+        default=None,
+        help="model arithmetic (default: float32, or with --backend auto whichever agrees and "
+        "is fastest); bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs; int8 "
+        "(OpenVINO, needs nncf) quantizes the backbone once on 128 of your images and keeps "
+        "it in .tripletsk-models/ next to the cache",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return parser
@@ -183,6 +186,8 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def extraction_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`extract_features` that the parsed options set."""
+    from tripletsk.extraction.backbone import DEFAULT_BACKEND
+
     return {
         "weights": args.weights,
         "backbone": getattr(args, "backbone", "ResNet50"),
@@ -197,8 +202,8 @@ def extraction_options(args: argparse.Namespace) -> dict:
         "quiet": args.quiet,
         "verify": getattr(args, "verify", False),
         "workers": getattr(args, "workers", None),
-        "backend": getattr(args, "backend", "tensorflow"),
-        "precision": getattr(args, "precision", "float32"),
+        "backend": getattr(args, "backend", DEFAULT_BACKEND),
+        "precision": getattr(args, "precision", None),
     }
 
 

@@ -18,21 +18,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletsk._tensorflow import import_keras, import_tensorflow
-from tripletsk.errors import UserError, WeightsUnavailableError
+from tripletsk._tensorflow import import_tensorflow
+from tripletsk.errors import UserError
 from tripletsk.extraction.architecture import (
     DEFAULT_BACKBONE,
     RESNET50,
     Architecture,
-    load_model_file,
     preprocess_array,
     preprocess_pixels,
     resolve_architecture,
 )
+from tripletsk.extraction.keras_build import (
+    build_model,
+    random_init_of,
+)
 
 __all__ = [
+    "AUTO",
     "BACKBONE",
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "FEATURE_DIM",
     "Backbone",
     "WeightsSpec",
@@ -49,13 +54,8 @@ __all__ = [
 
 BACKBONE = RESNET50.identity  # the default backbone's provenance
 FEATURE_DIM = 2048
-RANDOM_INIT = "numpy-glorot-uniform-v1"  # ResNet50's (its residual sums keep activations alive)
-#: Other applications': variance-preserving, so that activations neither vanish nor explode
-#: through deep plain stacks (with Glorot, random MobileNet features were ~1e-13).
-RANDOM_INIT_HE = "numpy-he-uniform-v1"
 #: Keras' md5 of resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 (the ImageNet weights).
 IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
-IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 @dataclass(frozen=True)
@@ -125,23 +125,40 @@ def resolve_network(
 
 
 BACKENDS = ("tensorflow", "openvino")
+#: ``backend="auto"``: the fastest runner here whose features agree with TensorFlow float32
+#: (:mod:`tripletsk.extraction.auto`).
+AUTO = "auto"
+#: What ``backend`` is unless given (extract_features, extract-features, ImageFeatures, Dask).
+DEFAULT_BACKEND = "auto"
 
 
-def check_backend(backend: str, precision: str) -> tuple[str, str]:
+def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]:
     """Validated ``(backend, precision)``; precision spelled ``float32``, ``bfloat16`` or
-    ``int8`` (OpenVINO only).
+    ``int8`` (OpenVINO only). ``precision=None``: float32, except with ``backend="auto"``,
+    which then chooses the precision too (``(AUTO, None)``).
 
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
     from tripletsk.backends import check_precision, cpu_lacks_bfloat16, normalize_precision
 
-    if backend not in BACKENDS:
-        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend not in (*BACKENDS, AUTO):
+        raise UserError(f"backend must be one of {', '.join((*BACKENDS, AUTO))}, got {backend!r}")
+    if precision is None and backend == AUTO:
+        return AUTO, None
     try:
-        precision = normalize_precision(precision)
+        precision = normalize_precision("float32" if precision is None else precision)
     except ValueError as e:  # said here without check_precision's CLI flag name
         raise UserError(str(e)) from None
+    if backend == AUTO:
+        from tripletsk.backends import available_runners
+
+        if not available_runners(precision):
+            raise UserError(
+                f"precision {precision!r}: no runner computes in it here; int8 runs on "
+                'OpenVINO with NNCF: pip install "tripletsk[openvino]"'
+            )
+        return AUTO, precision
     precision = check_precision(backend, precision)  # int8: OpenVINO only
     # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
     # own report of the precision OpenVINO chose is checked when it is built.
@@ -159,14 +176,16 @@ def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
 
 
 def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflow",
-                   precision: str = "float32", *, int8: dict | None = None) -> dict:  # fmt: skip
+                   precision: str = "float32", *, int8: dict | None = None,
+                   choice: str | None = None) -> dict:  # fmt: skip
     """The attributes that identify the features a model produces.
 
     ``compute_dtype`` takes part in the mismatch check: bfloat16, float32 and int8 features are
     never mixed in one cache. The backend is recorded but not checked, since TensorFlow and
     OpenVINO agree to float32 rounding at the same precision. ``int8`` (int8 caches only) adds
     ``int8_calibration`` and ``int8_model``, also checked: the quantized model depends on its
-    calibration images (:mod:`tripletsk.extraction.int8`).
+    calibration images (:mod:`tripletsk.extraction.int8`). ``choice`` (``backend_choice``,
+    descriptive): how the runner was chosen (``backend="auto"``'s timings and reason).
     """
     return {
         **spec.arch.provenance(),
@@ -176,51 +195,13 @@ def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflo
         "backend": backend,
         "weights_source": spec.source,
         **(int8 or {}),
+        **({"backend_choice": choice} if choice else {}),
     }
 
 
 def preprocess(images: np.ndarray, arch: Architecture = RESNET50) -> np.ndarray:
     """uint8 images -> what the model takes (float32, ``arch``'s ``preprocess_input``)."""
     return preprocess_array(images, arch.mode)
-
-
-def random_init_of(arch: Architecture) -> str:
-    """The random initialisation of ``arch`` for ``weights="none"``."""
-    return RANDOM_INIT if arch == RESNET50 else RANDOM_INIT_HE
-
-
-def _seeded_init(model, seed: int, init: str = RANDOM_INIT) -> None:
-    """Set every weight from a NumPy generator seeded by (seed, variable path): reproducible in
-    any process, independent of TensorFlow's global random state. ``init``: Glorot-uniform
-    kernels (:data:`RANDOM_INIT`) or He-uniform ones (:data:`RANDOM_INIT_HE`)."""
-    import zlib
-
-    depthwise = {id(w) for lay in model.layers if type(lay).__name__ == "DepthwiseConv2D"
-                 for w in lay.weights}  # fmt: skip
-    for v in model.weights:
-        path = getattr(v, "path", v.name)
-        kind = path.rsplit("/", 1)[-1].split(":")[0]
-        kind = _INIT_KIND.get(kind, kind)
-        shape = tuple(int(s) for s in v.shape)
-        rng = np.random.default_rng([int(seed), zlib.crc32(path.encode("utf-8"))])
-        if kind == "kernel":
-            receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-            fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-            if init == RANDOM_INIT:
-                lim = np.sqrt(6.0 / (fan_in + fan_out))
-            else:  # a depthwise kernel (h, w, channels, multiplier) sees h * w inputs
-                lim = np.sqrt(6.0 / (receptive if id(v) in depthwise else fan_in))
-            val = rng.uniform(-lim, lim, size=shape)
-        elif kind in ("gamma", "moving_variance", "variance"):
-            val = np.ones(shape)
-        else:  # bias, beta, moving_mean
-            val = np.zeros(shape)
-        v.assign(val.astype(np.float32))
-
-
-#: Variables of other applications initialised as ResNet50's kinds (MobileNet's depthwise and
-#: pointwise kernels as kernels). Any other kind starts at zero.
-_INIT_KIND = {"depthwise_kernel": "kernel", "pointwise_kernel": "kernel"}
 
 
 class Backbone:
@@ -241,6 +222,7 @@ class Backbone:
         precision: str = "float32",
         *,
         int8_folder: str | None = None,
+        ov_folder: str | None = None,
     ):
         arch = spec.arch
 
@@ -258,9 +240,9 @@ class Backbone:
             self._fn = lambda x: compiled(x).numpy()
         else:
             self._fn = _backend_runner(
-                model, arch, backend, precision, self.batch_size, int8_folder
+                model, arch, backend, precision, self.batch_size, int8_folder or ov_folder
             )
-        # int8 runs the quantized model alone (model is None): its output says the width.
+        # OpenVINO from a model folder runs it alone (model is None): its output says the width.
         self.dim = int(model.output_shape[-1]) if model is not None else self._fn.dim
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -279,16 +261,20 @@ class Backbone:
 
 
 def _backend_runner(model, arch: Architecture, backend: str, precision: str, batch_size: int,
-                    int8_folder: str | None = None):  # fmt: skip
+                    folder: str | None = None):  # fmt: skip
     """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
-    int8: the quantized model in ``int8_folder``."""
+    OpenVINO: the model in ``folder`` (int8: quantized; float: converted) if given, else
+    ``model`` converted now."""
     from tripletsk import backends, quantization
 
     if precision == "int8":
-        run = quantization.load_openvino_int8_runner(int8_folder, batch_size=batch_size)
+        run = quantization.load_openvino_int8_runner(folder, batch_size=batch_size)
     elif backend == "openvino":
         try:
-            run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
+            if folder is not None:
+                run = backends.load_openvino_runner(folder, precision, batch_size=batch_size)
+            else:
+                run = backends.make_openvino_runner(model, precision, batch_size=batch_size)
         except ImportError as e:
             raise UserError(str(e)) from None
         if run.precision != precision:  # the cache would record a precision never used
@@ -313,13 +299,16 @@ def build_backbone(
     backend: str = "tensorflow",
     precision: str = "float32",
     int8_folder: str | None = None,
+    models_dir: str | None = None,
 ) -> Backbone:
     """Build the frozen backbone (``weights``' architecture) and compile its forward function.
 
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
-    (:func:`tripletsk.quantization.quantize_openvino_int8`).
+    (:func:`tripletsk.quantization.quantize_openvino_int8`). ``models_dir``: with OpenVINO at
+    float32/bfloat16, where the converted model is kept (found there, or converted once and
+    put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
 
     Raises
     ------
@@ -330,11 +319,17 @@ def build_backbone(
     backend, precision = check_backend(backend, precision)
     if precision == "int8" and int8_folder is None:
         raise ValueError("precision int8 needs int8_folder, the quantized model")
-    # The quantized model is all int8 needs: no Keras model, so no TensorFlow in the process.
-    model = None if precision == "int8" else build_keras_model(spec, image_size)
-    return Backbone(
-        model, spec, image_size, batch_size, backend, precision, int8_folder=int8_folder
-    )
+    ov_folder = None
+    if backend == "openvino" and precision != "int8" and models_dir is not None:
+        from tripletsk.extraction.openvino_ir import float_model_folder
+
+        build = lambda: build_keras_model(spec, image_size)  # noqa: E731
+        ov_folder = float_model_folder(spec, image_size, models_dir, build)
+    # A model folder is all OpenVINO needs: no Keras model, so no TensorFlow in the process.
+    needs_keras = precision != "int8" and ov_folder is None
+    model = build_keras_model(spec, image_size) if needs_keras else None
+    return Backbone(model, spec, image_size, batch_size, backend, precision,
+                    int8_folder=int8_folder, ov_folder=ov_folder)  # fmt: skip
 
 
 def build_keras_model(spec: WeightsSpec, image_size: int):
@@ -344,121 +339,13 @@ def build_keras_model(spec: WeightsSpec, image_size: int):
     with _MODEL_LOCK:
         if _LAST_MODEL.get("key") != key:
             _LAST_MODEL.clear()
-            _LAST_MODEL.update(key=key, model=_build_keras_model(spec, int(image_size)))
+            check_image_size(image_size)
+            _LAST_MODEL.update(key=key, model=build_model(spec, int(image_size)))
         return _LAST_MODEL["model"]
 
 
 _LAST_MODEL: dict = {}
 _MODEL_LOCK = threading.Lock()
-
-
-def _build_keras_model(spec: WeightsSpec, image_size: int):
-    arch = spec.arch
-    check_image_size(image_size)
-    keras = import_keras()
-    shape = (image_size, image_size, 3)
-    if arch.is_file:
-        return _cut(load_model_file(arch), arch.layer, shape, keras)
-    build = getattr(keras.applications, arch.name)
-    kwargs = {**dict(arch.kwargs), "include_top": False, "input_shape": shape}
-    if arch.layer is None:
-        kwargs["pooling"] = "avg"
-    if spec.kind == "imagenet":
-        try:
-            model = build(weights="imagenet", **kwargs)
-        except Exception as e:
-            raise WeightsUnavailableError(_imagenet_unavailable(arch, e)) from e
-    else:
-        model = build(weights=None, **kwargs)
-        if spec.kind == "file":
-            _load_weights(model, spec)
-        else:
-            _seeded_init(model, spec.seed, random_init_of(arch))
-    if arch.layer is not None:
-        model = _cut(model, arch.layer, None, keras)
-    model.trainable = False
-    return model
-
-
-def _imagenet_unavailable(arch: Architecture, e: Exception) -> str:
-    offline = (
-        f"Offline, download {IMAGENET_NOTOP_FILE} elsewhere and pass its path as the weights "
-        f"(weights='path/to/{IMAGENET_NOTOP_FILE}')"
-        if arch == RESNET50
-        else f"Offline, pass the path of a {arch.name} weights file as the weights"
-    )
-    return (
-        f"cannot get the ImageNet weights for {arch.describe()} ({type(e).__name__}: {e}). "
-        f"{offline}, or use weights='none' for random weights (for testing only)."
-    )
-
-
-def _load_weights(model, spec: WeightsSpec) -> None:
-    """Load a weights file into ``model``: saved from the same network, or (legacy ``.h5``)
-    from the whole network with its top, matched by layer name, every layer accounted for."""
-    name = spec.arch.describe()
-    try:
-        model.load_weights(spec.path)
-        return
-    except Exception as e:
-        first = e
-    if spec.path.lower().endswith((".h5", ".hdf5")):
-        missing = _layers_missing_from(model, spec.path)
-        if missing is not None and not missing:
-            try:
-                model.load_weights(spec.path, by_name=True)
-                return
-            except Exception as e:
-                first = e
-        elif missing:
-            first = ValueError(f"no weights for its layers {', '.join(missing[:5])}")
-    raise UserError(
-        f"could not load {name} weights from {spec.path} ({type(first).__name__}: {first}); the "
-        f"file must hold {name} weights, e.g. a file written by model.save_weights() or "
-        "Keras' ImageNet weights file of that network"
-    )
-
-
-def _layers_missing_from(model, path: str) -> list | None:
-    """Layers of ``model`` with weights that the legacy ``.h5`` weights file lacks (None: not
-    such a file)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            group = f["model_weights"] if "model_weights" in f else f
-            names = {n.decode() if isinstance(n, bytes) else str(n)
-                     for n in group.attrs.get("layer_names", [])}  # fmt: skip
-    except (OSError, KeyError):
-        return None
-    if not names:
-        return None
-    return [lay.name for lay in model.layers if lay.weights and lay.name not in names]
-
-
-def _cut(model, layer: str, shape, keras):
-    """``model`` up to ``layer`` (a feature map is average-pooled), taking ``shape`` images
-    (None: the model's own input)."""
-    out = model.get_layer(layer).output
-    if len(out.shape) == 4:
-        out = keras.layers.GlobalAveragePooling2D(name="tripletsk_pool")(out)
-    elif len(out.shape) != 2:
-        raise UserError(
-            f"layer {layer!r} gives outputs of shape {tuple(out.shape)}: choose a layer whose "
-            "output is a feature vector or a feature map"
-        )
-    cut = keras.Model(model.inputs, out)
-    if shape is not None:
-        want = tuple(model.input_shape[1:])
-        if any(w is not None and w != s for w, s in zip(want, shape, strict=False)):
-            raise UserError(
-                f"the backbone model takes images of shape {want}; pass image_size "
-                f"{want[0]} (got {shape[0]})"
-            )
-        inputs = keras.Input(shape)
-        cut = keras.Model(inputs, cut(inputs))
-    cut.trainable = False
-    return cut
 
 
 def feature_dim(spec: WeightsSpec, image_size: int) -> int:
@@ -481,18 +368,38 @@ _BACKBONES_LOCK = threading.Lock()
 
 def cached_backbone(spec: WeightsSpec, image_size: int, batch_size: int,
                     backend: str = "tensorflow", precision: str = "float32",
-                    int8_folder: str | None = None) -> Backbone:  # fmt: skip
+                    int8_folder: str | None = None,
+                    models_dir: str | None = None) -> Backbone:  # fmt: skip
     """Build a backbone once per (weights, image size, batch size, backend, precision, quantized
-    model) in this process."""
-    key = (spec, int(image_size), int(batch_size), backend, precision, int8_folder)
+    model, models folder) in this process."""
+    key = _backbone_key(spec, image_size, batch_size, backend, precision, int8_folder, models_dir)
     with _BACKBONES_LOCK:
         bb = _BACKBONES.get(key)
         if bb is None:
             bb = build_backbone(
-                spec, image_size, spec.seed, batch_size, backend, precision, int8_folder
-            )
+                spec, image_size, spec.seed, batch_size, backend, precision, int8_folder,
+                models_dir,
+            )  # fmt: skip
             if backend == "tensorflow":  # trace now (OpenVINO compiled when it was built)
                 bb(np.zeros((1, image_size, image_size, 3), np.uint8))
             _BACKBONES.clear()  # keep one model in memory
             _BACKBONES[key] = bb
         return bb
+
+
+def _backbone_key(spec, image_size, batch_size, backend, precision, int8_folder, models_dir):
+    if backend != "openvino" or precision == "int8":
+        models_dir = None  # (only OpenVINO float models are kept there)
+    return (spec, int(image_size), int(batch_size), backend, precision, int8_folder, models_dir)
+
+
+def keep_backbone(bb: Backbone, models_dir: str | None = None,
+                  int8_folder: str | None = None) -> None:  # fmt: skip
+    """Make ``bb`` (built elsewhere, e.g. while timing runners) the backbone
+    :func:`cached_backbone` returns for its settings."""
+    prov = bb.provenance
+    key = _backbone_key(bb.spec, bb.image_size, bb.batch_size, prov["backend"],
+                        prov["compute_dtype"], int8_folder, models_dir)  # fmt: skip
+    with _BACKBONES_LOCK:
+        _BACKBONES.clear()
+        _BACKBONES[key] = bb

@@ -33,7 +33,14 @@ from tripletsk.extraction.backbone import (
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
 
-__all__ = ["MODELS_DIR", "Int8Model", "int8_model_of_cache", "models_dir", "quantize_for"]
+__all__ = [
+    "MODELS_DIR",
+    "Int8Model",
+    "find_model",
+    "int8_model_of_cache",
+    "models_dir",
+    "quantize_for",
+]
 
 #: Where quantized models are kept, next to the cache (shards of one cache share it).
 MODELS_DIR = ".tripletsk-models"
@@ -137,6 +144,20 @@ def quantize_for(
     found = Int8Model(folder, identity, manifest["model_digest"], tuple(keys))
     lookup.record(found)
     return found
+
+
+def find_model(
+    spec: WeightsSpec,
+    image_size: int,
+    files: Sequence[ImageFile],
+    cache_path: str,
+    *,
+    workers: int = 1,
+    **_ignored,
+) -> Int8Model | None:
+    """The int8 model of a cache of ``files`` if it was quantized already (by its lookup
+    record, without decoding or building anything), else None."""
+    return _Lookup(spec, image_size, files, cache_path, workers).find()
 
 
 class _Lookup:

@@ -10,6 +10,7 @@ from functools import cached_property
 from tripletsk.errors import UserError
 from tripletsk.extraction.architecture import DEFAULT_BACKBONE
 from tripletsk.extraction.backbone import (
+    AUTO,
     WeightsSpec,
     check_backend,
     check_image_size,
@@ -33,8 +34,8 @@ class ExtractOptions:
     spec: WeightsSpec
     image_size: int
     batch_size: int
-    backend: str = "tensorflow"
-    precision: str = "float32"
+    backend: str = "tensorflow"  # "auto" until the run resolves it (auto.py)
+    precision: str | None = "float32"  # None: auto chooses it too
     dtype: str | None = None  # requested storage precision; None keeps the cache's
     recursive: bool = True
     prune: bool = False
@@ -49,6 +50,7 @@ class ExtractOptions:
     decode_memory: int = DEFAULT_DECODE_MEMORY
     int8: dict | None = None  # int8 only: what the cache records of the quantized model
     int8_folder: str | None = None  # int8 only: the quantized model
+    choice: str | None = None  # how the runner was chosen (backend_choice)
 
     @classmethod
     def from_arguments(
@@ -90,6 +92,7 @@ class ExtractOptions:
 
     @property
     def provenance(self) -> dict:
-        return provenance_for(
-            self.spec, self.image_size, self.backend, self.precision, int8=self.int8
-        )
+        if self.backend == AUTO:
+            raise RuntimeError("backend='auto' is resolved by the run before its provenance")
+        return provenance_for(self.spec, self.image_size, self.backend, self.precision,
+                              int8=self.int8, choice=self.choice)  # fmt: skip

@@ -22,6 +22,7 @@ from tripletsk.extraction.backbone import cached_backbone
 from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
+from tripletsk.extraction.int8 import models_dir
 from tripletsk.extraction.options import ExtractOptions
 from tripletsk.extraction.write_errors import writing_cache
 from tripletsk.store import FINGERPRINT_DTYPE, PartsJournal
@@ -96,8 +97,9 @@ class _LazyBackbone:
         if self.model is None:  # the decoding of the next batches runs meanwhile
             o = self.opts
             self.model = cached_backbone(
-                o.spec, o.image_size, o.batch_size, o.backend, o.precision, o.int8_folder
-            )
+                o.spec, o.image_size, o.batch_size, o.backend, o.precision, o.int8_folder,
+                models_dir(o.output),
+            )  # fmt: skip
             self.ready_at = time.perf_counter()
         return self.model(images)
 

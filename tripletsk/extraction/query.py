@@ -21,6 +21,7 @@ from tripletsk.extraction.backbone import (
     resolve_weights,
 )
 from tripletsk.extraction.decode import load_image
+from tripletsk.extraction.int8 import models_dir
 from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
 
 __all__ = ["extraction_settings_of_cache", "features_for_files", "weights_of_cache"]
@@ -65,7 +66,8 @@ def features_for_files(
     backend = str(prov.get("backend") or "tensorflow")
     precision = _dtype(prov)
     folder = _int8_folder(store) if precision == "int8" else None
-    backbone = cached_backbone(spec, image_size, int(batch_size), backend, precision, folder)
+    backbone = cached_backbone(spec, image_size, int(batch_size), backend, precision, folder,
+                               models_dir(store.path))  # fmt: skip
     return backbone(np.stack(arrays))
 
 
@@ -83,7 +85,6 @@ def _expected(spec, prov: dict) -> dict:
 
 def _int8_folder(store: FeatureStore) -> str:
     """The quantized model the int8 cache ``store`` recorded, in ``.tripletsk-models/``."""
-    from tripletsk.extraction.int8 import models_dir
     from tripletsk.quantization import find_quantized_model
 
     folder = find_quantized_model(models_dir(store.path), str(store.provenance["int8_model"]))

@@ -7,6 +7,7 @@ unreadable files are skipped and reported with a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.errors import CacheMismatchError, UserError
+from tripletsk.extraction.backbone import AUTO, DEFAULT_BACKEND
 from tripletsk.extraction.decode import safe_fingerprint
 from tripletsk.extraction.discovery import (
     IMAGE_EXTENSIONS,
@@ -104,8 +106,8 @@ def extract_features(
     workers: int | None = None,
     max_pixels: int | None = None,
     shard: str | tuple[int, int] | None = None,
-    backend: str = "tensorflow",
-    precision: str = "float32",
+    backend: str = DEFAULT_BACKEND,
+    precision: str | None = None,
     replace: bool = False,
     decode_memory: int | None = None,
     int8_model=None,
@@ -113,6 +115,7 @@ def extract_features(
     layer: str | None = None,
     preprocessing: str | None = None,
     only=None,
+    backend_choice: str | None = None,
 ) -> ExtractionSummary:
     """Extract backbone features (ResNet50 ``avg_pool`` by default) of every image under
     ``images_dir`` into a cache.
@@ -153,10 +156,18 @@ def extract_features(
     shard : "I/N", (I, N) or None
         Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
         key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
-    backend : "tensorflow" or "openvino", default "tensorflow"
-        What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``.
-    precision : "float32", "bfloat16" or "int8", default "float32"
-        Arithmetic of the model. bfloat16 is faster only on hardware with native bfloat16
+    backend : "auto", "tensorflow" or "openvino", default "auto"
+        What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``; its
+        converted model is kept in ``.tripletsk-models/`` next to the cache, so later runs need
+        no TensorFlow (:mod:`tripletsk.extraction.openvino_ir`). ``"auto"``: the fastest runner
+        on this CPU whose features agree with TensorFlow float32's (cosine >= 0.99 on each of
+        the first batch's images), timed on the first batch of a run of at least 256 images
+        (once per cache folder; smaller first runs use TensorFlow float32 untimed); a cache made
+        before, or an interrupted run, keeps its runner; recorded in the cache's
+        ``backend_choice`` (:mod:`tripletsk.extraction.auto`).
+    precision : "float32", "bfloat16", "int8" or None, default None
+        Arithmetic of the model; None: float32, or with ``backend="auto"`` whichever runner is
+        fastest. bfloat16 is faster only on hardware with native bfloat16
         (AVX512-BF16 or AMX CPUs, recent GPUs); its features differ slightly from float32 ones
         (``benchmarks/extraction_bf16.py``), so a cache holds one precision only. int8
         (``backend="openvino"``, needs ``nncf``): the backbone quantized once, calibrated on
@@ -181,6 +192,10 @@ def extract_features(
         they are looked up instead of searching the folder, and the cache's other rows and
         failures are kept as they are (not with ``prune`` or ``shard``). How
         :class:`tripletsk.ImageFeatures` adds a few images to the cache of a large folder.
+    backend_choice : str or None
+        With an explicit backend: how it was chosen, recorded as the cache's
+        ``backend_choice`` (how :func:`~tripletsk.distributed.extract_with_dask` records the
+        choice ``"auto"`` made once for all its shards).
 
     Returns
     -------
@@ -204,7 +219,7 @@ def extract_features(
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
         verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
         decode_memory=decode_memory, backbone=backbone, layer=layer, preprocessing=preprocessing,
-        only=None if only is None else tuple(only),
+        only=None if only is None else tuple(only), choice=backend_choice,
     )  # fmt: skip
     found, shard_attrs, listing = _discover(opts)
     _make_output_folder(opts.output)
@@ -257,6 +272,16 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     """Under the cache's lock: check the existing cache fits, open the parts journal."""
     remove_stale_temp_files(opts.output)
     old = read_header(opts.output) if os.path.exists(opts.output) and not opts.replace else None
+    if opts.backend == AUTO:
+        from tripletsk.extraction.auto import resolve
+
+        journal = journal_meta(opts.output + ".parts")
+        opts, chosen = resolve(opts, old, journal, found.files, listing)
+        int8_model = chosen or int8_model
+    elif old is not None and opts.choice is None:  # the same runner keeps its recorded choice
+        same = (old.provenance.get("backend"), old.provenance.get("compute_dtype"))
+        if same == (opts.backend, opts.precision):
+            opts = dataclasses.replace(opts, choice=old.provenance.get("backend_choice"))
     if opts.precision == "int8":
         opts = _with_int8_model(opts, old, listing, int8_model)
     output, prov = opts.output, opts.provenance
