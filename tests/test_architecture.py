@@ -129,6 +129,7 @@ def test_preprocessing_overrides_an_application_and_must_be_known():
         resolve_architecture("MobileNetV2", preprocessing="imagenet")
 
 
+@pytest.mark.slow
 def test_application_backbone_end_to_end(images, tmp_path):
     out = tmp_path / "mobilenet.h5"
     extract_features(images, out, backbone="MobileNetV2", weights="none", image_size=32, quiet=True)
@@ -365,6 +366,7 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
 # Every backbone through the other ways of extracting: shards, OpenVINO (float32 and int8).
 
 
+@pytest.mark.slow
 def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
     from tripletsk.shards import merge_shards
 

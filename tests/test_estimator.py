@@ -334,6 +334,7 @@ def test_grid_search_on_triplets_uses_its_own_score(blobs):
         assert grid.score(T) == pytest.approx(grid.best_estimator_.score(T))
 
 
+@pytest.mark.slow
 def test_pipeline_with_knn_in_grid_search(blobs):
     X, y = blobs
     params = {**SMALL, "mining": "batch_hard", "max_epochs": 30}

@@ -60,6 +60,7 @@ def first(tmp_path_factory):
     return {"dir": d, "images": images, "cache": cache, "summary": summary}
 
 
+@pytest.mark.slow
 def test_int8_cache_records_its_calibration_and_model(first):
     prov = FeatureStore(first["cache"]).provenance
     assert first["summary"].extracted == 10
@@ -71,6 +72,7 @@ def test_int8_cache_records_its_calibration_and_model(first):
     assert sorted(keys) == sorted(FeatureStore(first["cache"]).keys)  # the broken file skipped
 
 
+@pytest.mark.slow
 def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeypatch):
     from tripletsk.extraction import int8
 
@@ -102,6 +104,7 @@ def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeyp
     os.remove(other)
 
 
+@pytest.mark.slow
 def test_a_run_with_the_model_found_never_loads_tensorflow(first):
     """The quantized model is all an int8 run needs: a new process extracting into a new cache
     (model found by its record) imports neither TensorFlow nor Keras, and gets the same rows."""
@@ -140,11 +143,13 @@ def test_float_caches_have_no_int8_attributes(tmp_path):
     assert not (tmp_path / MODELS_DIR).exists()  # refused before quantizing
 
 
+@pytest.mark.slow
 def test_float_run_into_an_int8_cache_is_refused(first):
     with pytest.raises(CacheMismatchError, match="compute_dtype: cache has 'int8'"):
         extract_features(first["images"], first["cache"], **FLOAT)
 
 
+@pytest.mark.slow
 def test_queries_get_the_cached_features(first):
     store = FeatureStore(first["cache"])
     keys = ["a/00.png", "b/03.png", "b/09.png"]
@@ -153,6 +158,7 @@ def test_queries_get_the_cached_features(first):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibration_sample_ignores_listing_order(first):
     files = discover_images(first["images"]).files
     keys, arrays, identity = _decode_sample(files, 32, None, 2)
@@ -163,6 +169,7 @@ def test_calibration_sample_ignores_listing_order(first):
     np.testing.assert_array_equal(again[1], arrays)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_model_and_appends(first):
     cache, images = first["cache"], first["images"]
     before = manifest(cache)
@@ -178,6 +185,7 @@ def test_second_run_reuses_the_model_and_appends(first):
     assert "a/new-1.png" in FeatureStore(cache).keys
 
 
+@pytest.mark.slow
 def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
     cache, images = first["cache"], first["images"]
     models = cache.parent / MODELS_DIR
@@ -204,6 +212,7 @@ def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
         (images / "a" / "new-3.png").unlink(missing_ok=True)  # (it changes the calibration)
 
 
+@pytest.mark.slow
 def test_two_int8_shards_merge_into_the_single_run(tmp_path):
     images = make_images(tmp_path / "images", 8)
     single = tmp_path / "single.h5"
@@ -221,6 +230,7 @@ def test_two_int8_shards_merge_into_the_single_run(tmp_path):
     assert_same_cache(str(single), str(tmp_path / "merged.h5"))
 
 
+@pytest.mark.slow
 def test_shards_of_other_calibrations_are_not_merged(tmp_path):
     images = make_images(tmp_path / "images", 6)
     one = tmp_path / "one" / "shard-1.h5"
@@ -243,6 +253,7 @@ def test_cli_refuses_int8_with_tensorflow(tmp_path, capsys):
     assert not (tmp_path / "f.h5").exists()
 
 
+@pytest.mark.slow
 def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
     pytest.importorskip("distributed")
     from tripletsk.distributed import extract_with_dask
@@ -256,6 +267,7 @@ def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
     assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
 
 
+@pytest.mark.slow
 def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch):
     """A new int8 model records how its features agree with TensorFlow float32's on its
     calibration images; auto reads that instead of building TensorFlow to check."""
@@ -293,6 +305,7 @@ def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch)
     os.remove(path)
 
 
+@pytest.mark.slow
 def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(first, tmp_path):
     """The manifest lists each file's digest and the model's digest (what caches record).
     Files changed together with their listed digests used to pass, with the manifest's model
@@ -316,6 +329,7 @@ def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(firs
         load_openvino_int8_runner(folder)
 
 
+@pytest.mark.slow
 def test_quiet_hides_the_progress_bars_of_quantization(tmp_path, capfd):
     """``extract-features -q`` printed NNCF's progress bars ("Statistics collection ━━━")."""
     images = make_images(tmp_path / "images", 6)
