@@ -84,7 +84,7 @@ def test_tensorflow_bfloat16_runner_is_close_and_leaves_global_policy(small_cnn,
     assert all(w.dtype == "float32" for w in copy.weights)  # variables stay float32
 
 
-@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=pytest.mark.slow)])
 def test_openvino_runner(small_cnn, batch, precision):
     pytest.importorskip("openvino")
     ref = small_cnn(batch, training=False).numpy()

@@ -253,6 +253,7 @@ def test_cli_merge_overlapping_shards(capsys, runs, tmp_path):
     assert "shard 2/3 given twice" in one_error_line(err)
 
 
+@pytest.mark.slow
 def test_cli_merge_provenance_mismatch(capsys, runs, tmp_path):
     other = tmp_path / "other-2-of-3.h5"
     extract_features(runs["images"], other, shard="2/3", **{**RUN, "seed": 1})
@@ -266,6 +267,7 @@ def test_cli_merge_provenance_mismatch(capsys, runs, tmp_path):
         merge_shards(shards, tmp_path / "m.h5")
 
 
+@pytest.mark.slow
 def test_cli_merge_different_listings(capsys, runs, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(runs["images"], images)
