@@ -169,6 +169,45 @@ def test_calibration_sample_ignores_listing_order(first):
     np.testing.assert_array_equal(again[1], arrays)
 
 
+# Before the tests that add images to the folder: another image set is another collection.
+@pytest.mark.slow
+def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch):
+    """A new int8 model records how its features agree with TensorFlow float32's on its
+    calibration images; auto reads that instead of building TensorFlow to check."""
+    from tripletsk.extraction import auto
+    from tripletsk.extraction.int8 import models_dir
+
+    agreement = manifest(first["cache"])["agreement"]
+    assert agreement["reference"] == "tensorflow/float32" and agreement["images"] == 10
+    assert 0.0 < agreement["least_cosine"] <= agreement["mean_cosine"] <= 1.0 + 1e-9
+    ov, i8 = "openvino/float32", "openvino/int8"
+    record = {"per_image": {"tensorflow/float32": 0.03, ov: 0.02, i8: 0.01},
+              "cosine": {ov: 1.0}}  # fmt: skip
+    path = auto.record_path(models_dir(first["cache"]), resolve_network("none"), 32, 4)
+    with open(path, "w") as f:
+        json.dump(record, f)
+
+    def refuse(self, pending):
+        raise AssertionError("the recorded timings and agreement should have been used")
+
+    monkeypatch.setattr(auto._Trial, "run", refuse)
+    out = first["cache"].parent / "auto.h5"
+    extract_features(first["images"], out, quiet=True, **{**INT8, "backend": "auto",
+                                                           "precision": None})  # fmt: skip
+    prov = FeatureStore(out).provenance
+    if agreement["least_cosine"] >= auto.MIN_COSINE:
+        assert prov["compute_dtype"] == "int8", prov.get("backend_choice")
+        assert prov["int8_model"] == FeatureStore(first["cache"]).provenance["int8_model"]
+        keys = FeatureStore(out).keys
+        np.testing.assert_array_equal(
+            FeatureStore(out).lookup(keys), FeatureStore(first["cache"]).lookup(keys)
+        )
+    else:
+        assert f"{prov['backend']}/{prov['compute_dtype']}" == ov
+    os.remove(out)
+    os.remove(path)
+
+
 @pytest.mark.slow
 def test_second_run_reuses_the_model_and_appends(first):
     cache, images = first["cache"], first["images"]
@@ -265,44 +304,6 @@ def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
     extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
     assert len(model_folders(tmp_path / "dask.h5")) == 1
     assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
-
-
-@pytest.mark.slow
-def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch):
-    """A new int8 model records how its features agree with TensorFlow float32's on its
-    calibration images; auto reads that instead of building TensorFlow to check."""
-    from tripletsk.extraction import auto
-    from tripletsk.extraction.int8 import models_dir
-
-    agreement = manifest(first["cache"])["agreement"]
-    assert agreement["reference"] == "tensorflow/float32" and agreement["images"] == 10
-    assert 0.0 < agreement["least_cosine"] <= agreement["mean_cosine"] <= 1.0 + 1e-9
-    ov, i8 = "openvino/float32", "openvino/int8"
-    record = {"per_image": {"tensorflow/float32": 0.03, ov: 0.02, i8: 0.01},
-              "cosine": {ov: 1.0}}  # fmt: skip
-    path = auto.record_path(models_dir(first["cache"]), resolve_network("none"), 32, 4)
-    with open(path, "w") as f:
-        json.dump(record, f)
-
-    def refuse(self, pending):
-        raise AssertionError("the recorded timings and agreement should have been used")
-
-    monkeypatch.setattr(auto._Trial, "run", refuse)
-    out = first["cache"].parent / "auto.h5"
-    extract_features(first["images"], out, quiet=True, **{**INT8, "backend": "auto",
-                                                           "precision": None})  # fmt: skip
-    prov = FeatureStore(out).provenance
-    if agreement["least_cosine"] >= auto.MIN_COSINE:
-        assert prov["compute_dtype"] == "int8", prov.get("backend_choice")
-        assert prov["int8_model"] == FeatureStore(first["cache"]).provenance["int8_model"]
-        keys = FeatureStore(out).keys
-        np.testing.assert_array_equal(
-            FeatureStore(out).lookup(keys), FeatureStore(first["cache"]).lookup(keys)
-        )
-    else:
-        assert f"{prov['backend']}/{prov['compute_dtype']}" == ov
-    os.remove(out)
-    os.remove(path)
 
 
 @pytest.mark.slow
