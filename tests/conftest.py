@@ -3,6 +3,15 @@ own writer, so every test reads the same file format users get."""
 
 from __future__ import annotations
 
+import os
+
+# Under pytest-xdist every worker is a process of its own: one TensorFlow / oneDNN thread each,
+# so that two workers on two cores do not contend (set before anything imports TensorFlow;
+# processes that tests start inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+
 import numpy as np
 import pytest
 

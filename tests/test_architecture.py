@@ -129,6 +129,7 @@ def test_preprocessing_overrides_an_application_and_must_be_known():
         resolve_architecture("MobileNetV2", preprocessing="imagenet")
 
 
+@pytest.mark.slow
 def test_application_backbone_end_to_end(images, tmp_path):
     out = tmp_path / "mobilenet.h5"
     extract_features(images, out, backbone="MobileNetV2", weights="none", image_size=32, quiet=True)
@@ -365,6 +366,7 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
 # Every backbone through the other ways of extracting: shards, OpenVINO (float32 and int8).
 
 
+@pytest.mark.slow
 def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
     from tripletsk.shards import merge_shards
 
@@ -376,7 +378,10 @@ def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
         extract_features(images, part, shard=(i, 2), **run)
     merge_shards(parts, tmp_path / "merged.h5")
     single, merged = FeatureStore(tmp_path / "single.h5"), FeatureStore(tmp_path / "merged.h5")
-    assert merged.provenance == single.provenance
+    how = "backend_choice"  # how the runner was chosen: shards take the precision's first one
+    assert {k: v for k, v in merged.provenance.items() if k != how} == {
+        k: v for k, v in single.provenance.items() if k != how
+    }
     np.testing.assert_allclose(merged.lookup(single.keys), single.to_array(), rtol=1e-4, atol=1e-5)
 
 

@@ -84,7 +84,7 @@ def test_tensorflow_bfloat16_runner_is_close_and_leaves_global_policy(small_cnn,
     assert all(w.dtype == "float32" for w in copy.weights)  # variables stay float32
 
 
-@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize("precision", ["f32", pytest.param("bf16", marks=pytest.mark.slow)])
 def test_openvino_runner(small_cnn, batch, precision):
     pytest.importorskip("openvino")
     ref = small_cnn(batch, training=False).numpy()
@@ -201,6 +201,7 @@ def test_quantized_model_is_found_by_its_digest(int8_cache, tmp_path):
     assert find_quantized_model(tmp_path / "missing", digest) is None
 
 
+@pytest.mark.slow
 def test_other_calibration_or_weights_is_another_model(small_cnn, int8_cache, calibration):
     import keras
 
@@ -213,6 +214,8 @@ def test_other_calibration_or_weights_is_another_model(small_cnn, int8_cache, ca
     assert other_weights not in (str(folder), other_cal)
 
 
+# Each case quantizes again (end to end): in the full run.
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "no_manifest", "garbage_manifest"])
 def test_damaged_cached_model_is_not_trusted(small_cnn, calibration, tmp_path, damage):
     pytest.importorskip("nncf")

@@ -86,6 +86,7 @@ def test_digits_triplets_default_reaches_099_held_out():
     assert figures["held_out_accuracy"] >= 0.99
 
 
+@pytest.mark.slow
 def test_digits_labels_batch_hard_and_hybrid_reach_099_held_out():
     results = load_example("compare_mining").compare(["batch_hard", "hybrid"])
     for mining, figures in results.items():
@@ -334,6 +335,7 @@ def test_grid_search_on_triplets_uses_its_own_score(blobs):
         assert grid.score(T) == pytest.approx(grid.best_estimator_.score(T))
 
 
+@pytest.mark.slow
 def test_pipeline_with_knn_in_grid_search(blobs):
     X, y = blobs
     params = {**SMALL, "mining": "batch_hard", "max_epochs": 30}
@@ -422,7 +424,12 @@ _FORMER_HEAD = {"margin": 1.0, "hidden_units": 512, "n_components": 10, "dropout
 
 
 @pytest.mark.parametrize("head", ["hinge, former head", "soft margin, defaults"])
-@pytest.mark.parametrize(("signal", "stuck"), [(0.0, True), (1.0, True), (6.0, False)])
+# (1.0, True) and (6.0, False) fit longer: in the full run.
+@pytest.mark.parametrize(
+    ("signal", "stuck"),
+    [(0.0, True), pytest.param(1.0, True, marks=pytest.mark.slow),
+     pytest.param(6.0, False, marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_a_fit_stuck_at_the_margin_warns(signal, stuck, head):
     # Batch-hard on weak signal: every anchor stays active, the loss sits at the margin (the
     # hinge's margin, or log 2 for the soft margin) and the embeddings shrink together. The
@@ -556,7 +563,7 @@ def class_sorted_digits_cache(tmp_path_factory, write_feature_cache):
 
 
 @pytest.mark.filterwarnings("ignore:batch_size=64 with samples_per_class=4")
-@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("stream", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_stream_reads_a_cache_block_by_block_and_still_learns(
     class_sorted_digits_cache, monkeypatch, stream
 ):

@@ -944,6 +944,7 @@ def _cosines(a, b):
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@pytest.mark.slow
 def test_bfloat16_extraction_is_recorded_close_to_float32_and_never_mixed(photo_folder, tmp_path):
     from tripletsk.errors import CacheMismatchError
     from tripletsk.extraction import features_for_files

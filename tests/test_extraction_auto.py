@@ -67,6 +67,7 @@ def no_trial(monkeypatch):
     monkeypatch.setattr(auto._Trial, "run", refuse)
 
 
+@pytest.mark.slow
 def test_the_trial_times_each_runner_and_records_the_choice(first):
     with open(record_of(first["cache"])) as f:
         record = json.load(f)
@@ -96,6 +97,7 @@ def test_a_small_first_run_uses_the_reference_untimed(tmp_path, no_trial):
     assert not models.exists() or not [p for p in os.listdir(models) if p.startswith("auto-")]
 
 
+@pytest.mark.slow
 def test_auto_features_equal_those_of_the_runner_it_chose(first):
     backend, precision = runner_of(first["cache"]).split("/")
     explicit = first["out"] / "explicit.h5"
@@ -107,6 +109,7 @@ def test_auto_features_equal_those_of_the_runner_it_chose(first):
     assert "backend_choice" not in FeatureStore(explicit).attrs  # an explicit choice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("per_image", "cosine", "expected"),
     [
@@ -124,6 +127,7 @@ def test_the_fastest_agreeing_runner_is_chosen(first, no_trial, per_image, cosin
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_an_explicit_choice_is_kept(first, no_trial):
     set_record(first["cache"], {TF: 0.02, OV: 0.01}, {OV: 1.0})
     out = first["out"] / "kept.h5"
@@ -135,6 +139,7 @@ def test_an_explicit_choice_is_kept(first, no_trial):
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_a_cache_keeps_the_runner_auto_chose(first, no_trial):
     set_record(first["cache"], {TF: 0.02, OV: 0.01}, {OV: 1.0})
     out = first["out"] / "resume.h5"
@@ -153,6 +158,7 @@ def test_a_cache_keeps_the_runner_auto_chose(first, no_trial):
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_an_interrupted_auto_run_resumes_with_its_runner(first, no_trial, monkeypatch):
     import tripletsk.extraction as ex
 
@@ -181,6 +187,7 @@ def test_an_interrupted_auto_run_resumes_with_its_runner(first, no_trial, monkey
     os.remove(whole)
 
 
+@pytest.mark.slow
 def test_shards_under_auto_all_use_the_same_runner(first, no_trial):
     set_record(first["cache"], {TF: 0.02, OV: 0.01}, {OV: 1.0})
     out = first["out"] / "shard.h5"
@@ -190,6 +197,7 @@ def test_shards_under_auto_all_use_the_same_runner(first, no_trial):
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_the_command_line_takes_auto(first, no_trial):
     set_record(first["cache"], {TF: 0.02, OV: 0.01}, {OV: 1.0})
     out = first["out"] / "cli.h5"
@@ -200,6 +208,7 @@ def test_the_command_line_takes_auto(first, no_trial):
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_image_features_takes_auto(first, no_trial):
     from tripletsk import ImageFeatures
 
@@ -213,6 +222,7 @@ def test_image_features_takes_auto(first, no_trial):
     os.remove(out)
 
 
+@pytest.mark.slow
 def test_dask_chooses_once_for_every_shard(first):
     pytest.importorskip("distributed")
     from tripletsk.distributed import extract_with_dask

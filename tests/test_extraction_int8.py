@@ -60,6 +60,7 @@ def first(tmp_path_factory):
     return {"dir": d, "images": images, "cache": cache, "summary": summary}
 
 
+@pytest.mark.slow
 def test_int8_cache_records_its_calibration_and_model(first):
     prov = FeatureStore(first["cache"]).provenance
     assert first["summary"].extracted == 10
@@ -71,6 +72,7 @@ def test_int8_cache_records_its_calibration_and_model(first):
     assert sorted(keys) == sorted(FeatureStore(first["cache"]).keys)  # the broken file skipped
 
 
+@pytest.mark.slow
 def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeypatch):
     from tripletsk.extraction import int8
 
@@ -102,6 +104,7 @@ def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeyp
     os.remove(other)
 
 
+@pytest.mark.slow
 def test_a_run_with_the_model_found_never_loads_tensorflow(first):
     """The quantized model is all an int8 run needs: a new process extracting into a new cache
     (model found by its record) imports neither TensorFlow nor Keras, and gets the same rows."""
@@ -140,11 +143,13 @@ def test_float_caches_have_no_int8_attributes(tmp_path):
     assert not (tmp_path / MODELS_DIR).exists()  # refused before quantizing
 
 
+@pytest.mark.slow
 def test_float_run_into_an_int8_cache_is_refused(first):
     with pytest.raises(CacheMismatchError, match="compute_dtype: cache has 'int8'"):
         extract_features(first["images"], first["cache"], **FLOAT)
 
 
+@pytest.mark.slow
 def test_queries_get_the_cached_features(first):
     store = FeatureStore(first["cache"])
     keys = ["a/00.png", "b/03.png", "b/09.png"]
@@ -153,6 +158,7 @@ def test_queries_get_the_cached_features(first):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_calibration_sample_ignores_listing_order(first):
     files = discover_images(first["images"]).files
     keys, arrays, identity = _decode_sample(files, 32, None, 2)
@@ -163,99 +169,8 @@ def test_calibration_sample_ignores_listing_order(first):
     np.testing.assert_array_equal(again[1], arrays)
 
 
-def test_second_run_reuses_the_model_and_appends(first):
-    cache, images = first["cache"], first["images"]
-    before = manifest(cache)
-    stamp = os.stat(cache.parent / MODELS_DIR / model_folders(cache)[0] / "model.bin").st_mtime_ns
-    add_image(images, "new-1.png", 101)
-    add_image(images, "new-2.png", 102)
-    summary = extract_features(images, cache, **INT8)
-    assert (summary.extracted, summary.cached) == (2, 10)
-    assert manifest(cache) == before and len(model_folders(cache)) == 1
-    folder = cache.parent / MODELS_DIR / model_folders(cache)[0]
-    assert os.stat(folder / "model.bin").st_mtime_ns == stamp
-    assert FeatureStore(cache).provenance["int8_model"] == before["model_digest"]
-    assert "a/new-1.png" in FeatureStore(cache).keys
-
-
-def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
-    cache, images = first["cache"], first["images"]
-    models = cache.parent / MODELS_DIR
-    # The shared cache's model and calibration image are put back after: other tests use them.
-    shutil.copytree(models, tmp_path / "models")
-    shutil.copy2(images / "a" / "00.png", tmp_path / "00.png")
-    try:
-        digest = FeatureStore(cache).provenance["int8_model"]
-        shutil.rmtree(models)
-        with pytest.raises(UserError, match="quantized model is not in"):
-            features_for_files([images / "a/00.png"], like=cache)
-        add_image(images, "new-3.png", 103)
-        summary = extract_features(images, cache, **INT8)  # same calibration images: same model
-        assert summary.extracted == 1
-        assert manifest(cache)["model_digest"] == digest
-        shutil.rmtree(models)
-        add_image(images, "00.png", 104)  # a calibration image changed
-        with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
-            extract_features(images, cache, **INT8)
-    finally:
-        shutil.rmtree(models, ignore_errors=True)
-        shutil.copytree(tmp_path / "models", models)
-        shutil.copy2(tmp_path / "00.png", images / "a" / "00.png")
-        (images / "a" / "new-3.png").unlink(missing_ok=True)  # (it changes the calibration)
-
-
-def test_two_int8_shards_merge_into_the_single_run(tmp_path):
-    images = make_images(tmp_path / "images", 8)
-    single = tmp_path / "single.h5"
-    extract_features(images, single, **INT8)
-    shards = [str(tmp_path / f"shard-{i}.h5") for i in (1, 2)]
-    for i, p in enumerate(shards, start=1):
-        extract_features(images, p, shard=f"{i}/2", **INT8)
-    assert len(model_folders(single)) == 1  # quantized once for the run and both shards
-    for p in shards:  # each shard calibrated on the whole listing, not on its share
-        assert FeatureStore(p).provenance["int8_calibration"].startswith("calibration:n=8:")
-        assert len(FeatureStore(p)) < 8
-        for k in ("int8_calibration", "int8_model"):
-            assert FeatureStore(p).provenance[k] == FeatureStore(single).provenance[k]
-    merge_shards(shards, tmp_path / "merged.h5")
-    assert_same_cache(str(single), str(tmp_path / "merged.h5"))
-
-
-def test_shards_of_other_calibrations_are_not_merged(tmp_path):
-    images = make_images(tmp_path / "images", 6)
-    one = tmp_path / "one" / "shard-1.h5"
-    extract_features(images, one, shard="1/2", **INT8)
-    add_image(images, "extra.png", 7)  # the second shard sees another listing and sample
-    two = tmp_path / "two" / "shard-2.h5"
-    extract_features(images, two, shard="2/2", **INT8)
-    with pytest.raises(Exception, match="int8_calibration"):
-        merge_shards([str(one), str(two)], tmp_path / "merged.h5")
-
-
-def test_cli_refuses_int8_with_tensorflow(tmp_path, capsys):
-    images = make_images(tmp_path / "images", 2)
-    argv = ["extract-features", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "none",
-            "--image-size", "32", "--backend", "tensorflow", "--precision", "int8"]  # fmt: skip
-    assert cli(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert "--precision int8 needs --backend openvino" in err
-    assert not (tmp_path / "f.h5").exists()
-
-
-def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
-    pytest.importorskip("distributed")
-    from tripletsk.distributed import extract_with_dask
-
-    images = make_images(tmp_path / "images", 6)
-    run = {k: v for k, v in INT8.items() if k != "progress"}
-    extract_with_dask(images, tmp_path / "dask.h5", n_workers=1, n_shards=2, quiet=True, **run)
-    assert len(model_folders(tmp_path / "dask.h5")) == 1
-    extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
-    assert len(model_folders(tmp_path / "dask.h5")) == 1
-    assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
-
-
+# Before the tests that add images to the folder: another image set is another collection.
+@pytest.mark.slow
 def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch):
     """A new int8 model records how its features agree with TensorFlow float32's on its
     calibration images; auto reads that instead of building TensorFlow to check."""
@@ -293,6 +208,105 @@ def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch)
     os.remove(path)
 
 
+@pytest.mark.slow
+def test_second_run_reuses_the_model_and_appends(first):
+    cache, images = first["cache"], first["images"]
+    before = manifest(cache)
+    stamp = os.stat(cache.parent / MODELS_DIR / model_folders(cache)[0] / "model.bin").st_mtime_ns
+    add_image(images, "new-1.png", 101)
+    add_image(images, "new-2.png", 102)
+    summary = extract_features(images, cache, **INT8)
+    assert (summary.extracted, summary.cached) == (2, 10)
+    assert manifest(cache) == before and len(model_folders(cache)) == 1
+    folder = cache.parent / MODELS_DIR / model_folders(cache)[0]
+    assert os.stat(folder / "model.bin").st_mtime_ns == stamp
+    assert FeatureStore(cache).provenance["int8_model"] == before["model_digest"]
+    assert "a/new-1.png" in FeatureStore(cache).keys
+
+
+@pytest.mark.slow
+def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
+    cache, images = first["cache"], first["images"]
+    models = cache.parent / MODELS_DIR
+    # The shared cache's model and calibration image are put back after: other tests use them.
+    shutil.copytree(models, tmp_path / "models")
+    shutil.copy2(images / "a" / "00.png", tmp_path / "00.png")
+    try:
+        digest = FeatureStore(cache).provenance["int8_model"]
+        shutil.rmtree(models)
+        with pytest.raises(UserError, match="quantized model is not in"):
+            features_for_files([images / "a/00.png"], like=cache)
+        add_image(images, "new-3.png", 103)
+        summary = extract_features(images, cache, **INT8)  # same calibration images: same model
+        assert summary.extracted == 1
+        assert manifest(cache)["model_digest"] == digest
+        shutil.rmtree(models)
+        add_image(images, "00.png", 104)  # a calibration image changed
+        with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
+            extract_features(images, cache, **INT8)
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+        shutil.copytree(tmp_path / "models", models)
+        shutil.copy2(tmp_path / "00.png", images / "a" / "00.png")
+        (images / "a" / "new-3.png").unlink(missing_ok=True)  # (it changes the calibration)
+
+
+@pytest.mark.slow
+def test_two_int8_shards_merge_into_the_single_run(tmp_path):
+    images = make_images(tmp_path / "images", 8)
+    single = tmp_path / "single.h5"
+    extract_features(images, single, **INT8)
+    shards = [str(tmp_path / f"shard-{i}.h5") for i in (1, 2)]
+    for i, p in enumerate(shards, start=1):
+        extract_features(images, p, shard=f"{i}/2", **INT8)
+    assert len(model_folders(single)) == 1  # quantized once for the run and both shards
+    for p in shards:  # each shard calibrated on the whole listing, not on its share
+        assert FeatureStore(p).provenance["int8_calibration"].startswith("calibration:n=8:")
+        assert len(FeatureStore(p)) < 8
+        for k in ("int8_calibration", "int8_model"):
+            assert FeatureStore(p).provenance[k] == FeatureStore(single).provenance[k]
+    merge_shards(shards, tmp_path / "merged.h5")
+    assert_same_cache(str(single), str(tmp_path / "merged.h5"))
+
+
+@pytest.mark.slow
+def test_shards_of_other_calibrations_are_not_merged(tmp_path):
+    images = make_images(tmp_path / "images", 6)
+    one = tmp_path / "one" / "shard-1.h5"
+    extract_features(images, one, shard="1/2", **INT8)
+    add_image(images, "extra.png", 7)  # the second shard sees another listing and sample
+    two = tmp_path / "two" / "shard-2.h5"
+    extract_features(images, two, shard="2/2", **INT8)
+    with pytest.raises(Exception, match="int8_calibration"):
+        merge_shards([str(one), str(two)], tmp_path / "merged.h5")
+
+
+def test_cli_refuses_int8_with_tensorflow(tmp_path, capsys):
+    images = make_images(tmp_path / "images", 2)
+    argv = ["extract-features", str(images), "-o", str(tmp_path / "f.h5"), "--weights", "none",
+            "--image-size", "32", "--backend", "tensorflow", "--precision", "int8"]  # fmt: skip
+    assert cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--precision int8 needs --backend openvino" in err
+    assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.slow
+def test_dask_quantizes_once_and_matches_a_single_run(tmp_path):
+    pytest.importorskip("distributed")
+    from tripletsk.distributed import extract_with_dask
+
+    images = make_images(tmp_path / "images", 6)
+    run = {k: v for k, v in INT8.items() if k != "progress"}
+    extract_with_dask(images, tmp_path / "dask.h5", n_workers=1, n_shards=2, quiet=True, **run)
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    extract_features(images, tmp_path / "single.h5", **INT8)  # reuses the model
+    assert len(model_folders(tmp_path / "dask.h5")) == 1
+    assert_same_cache(str(tmp_path / "single.h5"), str(tmp_path / "dask.h5"))
+
+
+@pytest.mark.slow
 def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(first, tmp_path):
     """The manifest lists each file's digest and the model's digest (what caches record).
     Files changed together with their listed digests used to pass, with the manifest's model
@@ -316,6 +330,7 @@ def test_a_model_whose_files_were_swapped_is_not_taken_for_the_recorded_one(firs
         load_openvino_int8_runner(folder)
 
 
+@pytest.mark.slow
 def test_quiet_hides_the_progress_bars_of_quantization(tmp_path, capfd):
     """``extract-features -q`` printed NNCF's progress bars ("Statistics collection ━━━")."""
     images = make_images(tmp_path / "images", 6)

@@ -21,6 +21,9 @@ from tripletsk.extraction.int8 import MODELS_DIR
 from tripletsk.extraction.openvino_ir import float_model_folder, float_model_key
 from tripletsk.store import FeatureStore
 
+# Each test converts a backbone to OpenVINO IR (~20 s of CPU): end-to-end cases, in the full run.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("openvino")
 
 OV = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False, "quiet": True,

@@ -126,6 +126,7 @@ def test_the_same_folder_by_another_path_is_the_same_cache(tmp_path, monkeypatch
     assert _snapshot(cache) == before  # the recorded folder is kept as first written
 
 
+@pytest.mark.slow
 def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
     a, b = _folder(tmp_path / "a", 12, seed=1), _folder(tmp_path / "b", 3, seed=2)
     cache = tmp_path / "features.h5"

@@ -113,6 +113,7 @@ def test_evaluate_reports_retrieval_triplets_and_pairs_with_base_rate():
     assert fm.evaluate(noise, y, noise, y, n_pairs=200)["map_at_r"] < 0.6
 
 
+@pytest.mark.slow
 def test_backbone_features_are_what_extract_features_gives(tmp_path):
     """The example's in-memory features equal tripletsk's extraction of the same images
     written as grey PNG files (same resize, network, preprocessing and random weights)."""

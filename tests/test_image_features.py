@@ -226,6 +226,7 @@ def test_parameters_left_at_their_defaults_take_the_cache_s_network(images, tmp_
         ImageFeatures(root=images, cache=cache, backbone="MobileNetV2").transform(["red/4.png"])
 
 
+@pytest.mark.slow
 def test_waits_for_another_writer_of_the_cache(images, cache):
     feats = ImageFeatures(root=images, cache=cache, lock_timeout=0, **SETTINGS)
     with CacheLock(cache):  # another extraction writes the cache

@@ -49,6 +49,7 @@ def _keys(n: int = 6) -> list[str]:
 
 
 # -- provenance recorded at fit, checked at every transform --------------------------------------
+@pytest.mark.slow
 def test_a_fitted_pipeline_refuses_a_cache_made_again_with_other_settings(root, tmp_path):
     cache = str(tmp_path / "f.h5")
     extract_features(root, cache, quiet=True, seed=0, **SETTINGS)

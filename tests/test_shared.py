@@ -116,7 +116,8 @@ def test_encoder_with_shared_features_matches_plain_array():
     np.testing.assert_array_equal(a.predict_triplets(T), b.predict_triplets(T))
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
+# n_jobs=2 starts worker processes, each importing TensorFlow: an end-to-end case (slow).
+@pytest.mark.parametrize("n_jobs", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_grid_search_with_shared_features(n_jobs):
     X, y = load_digits(return_X_y=True)
     X, y = X[:300], y[:300]

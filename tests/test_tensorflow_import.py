@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,6 +46,7 @@ def test_failed_import_replays_what_it_wrote(tmp_path):
     assert "ImportError: broken tensorflow" in proc.stderr
 
 
+@pytest.mark.slow  # a whole extract-features process (TensorFlow, the backbone)
 def test_extract_features_command_writes_nothing_to_stderr(tmp_path):
     from PIL import Image
 

@@ -185,6 +185,7 @@ def _peak_mib(argv: list[str], cwd: Path) -> float:
     return int((cwd / "peak.txt").read_text()) / 1024
 
 
+@pytest.mark.slow
 def test_predict_on_a_million_triplets_stays_in_bounded_memory(tmp_path, write_feature_cache):
     """``predict`` held every name as a Python string and three (n, n_components) copies of
     the embeddings: 3.6 GB for 5,000,000 lines. Read in blocks as row numbers and compared a
