@@ -319,11 +319,11 @@ def _check_output(targets: list[str], fmt: str, force: bool) -> None:
             raise UserError(f"{target} is not a file; not replaced")
 
 
-def _add_calibration(tmp: str, fmt: str, calibration: dict | None) -> None:
+def _add_calibration(tmp: str, fmt: str, calibration: dict | None, ov_model=None) -> None:
     if calibration is not None:
         from tripletsk.export_metadata import write_calibration
 
-        write_calibration(tmp, fmt, calibration)
+        write_calibration(tmp, fmt, calibration, ov_model)
 
 
 def _write_keras(model, outputs: list[Output], calibration: dict | None) -> None:
@@ -347,10 +347,9 @@ def _write_openvino(model, outputs: list[Output], calibration: dict | None) -> N
     tmp = temporary_path(xml, ".xml")
     tmp_bin = os.path.splitext(tmp)[0] + ".bin"
     try:
+        _add_calibration(tmp, "openvino", calibration, ov_model)
         # float32 weights: save_model would halve them to float16 by default.
         ov.save_model(ov_model, tmp, compress_to_fp16=False)
-        del ov_model
-        _add_calibration(tmp, "openvino", calibration)
         for output in outputs:  # both still as planned before either is moved in
             check_planned(output, f"{tmp} and {tmp_bin}", "export")
         publish(tmp_bin, bin_, "export")

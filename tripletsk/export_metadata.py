@@ -8,15 +8,13 @@
   extra files);
 * OpenVINO IR: the model's runtime information ``tripletsk/matching`` (``model.get_rt_info``).
 
-Each is written under a temporary name and renamed over the export.
+It is written into the export before the export is published under its name.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 import zipfile
 
 __all__ = ["MEMBER", "read_calibration", "write_calibration"]
@@ -25,48 +23,21 @@ MEMBER = "tripletsk_matching.json"
 _RT_PATH = ["tripletsk", "matching"]
 
 
-def _tmp(path: str, suffix: str) -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
-def write_calibration(path: str, fmt: str, calibration: dict) -> None:
-    """Add ``calibration`` (a JSON-ready dict) to the export at ``path`` of format ``fmt``."""
+def write_calibration(path: str, fmt: str, calibration: dict, ov_model=None) -> None:
+    """Add ``calibration`` (a JSON-ready dict) to the export of format ``fmt`` at ``path``, an
+    export not yet published (its temporary name: written in place). For OpenVINO, pass
+    ``ov_model`` before it is saved: the calibration goes into its runtime information."""
     text = json.dumps(calibration, sort_keys=True)
     if fmt == "keras":
-        tmp = _tmp(path, ".keras")
-        try:
-            shutil.copyfile(path, tmp)
-            with zipfile.ZipFile(tmp, "a") as zf:
-                zf.writestr(MEMBER, text)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr(MEMBER, text)
     elif fmt == "savedmodel":
         folder = os.path.join(path, "assets.extra")
         os.makedirs(folder, exist_ok=True)
-        target = os.path.join(folder, MEMBER)
-        tmp = _tmp(target, "")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(os.path.join(folder, MEMBER), "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, target)
     elif fmt == "openvino":
-        import openvino as ov
-
-        model = ov.Core().read_model(path)
-        model.set_rt_info(text, _RT_PATH)
-        tmp = _tmp(path, ".xml")
-        tmp_bin, path_bin = os.path.splitext(tmp)[0] + ".bin", os.path.splitext(path)[0] + ".bin"
-        try:
-            ov.save_model(model, tmp, compress_to_fp16=False)
-            del model  # (the original .bin may be memory-mapped by it)
-            os.replace(tmp_bin, path_bin)
-            os.replace(tmp, path)
-        finally:
-            for name in (tmp, tmp_bin):
-                if os.path.exists(name):
-                    os.remove(name)
+        ov_model.set_rt_info(text, _RT_PATH)
     else:
         raise ValueError(f"unknown export format {fmt!r}")
 
