@@ -10,7 +10,7 @@ idle cores is about half of them.
 
 The rows are those of ``benchmarks/index_scale.py`` (its ``make`` stage: ``data.npy``,
 ``queries.npy``, ``new.npy``); the exact answers of the queries are computed once
-(``truth.npy``, by :func:`tripletsk.blocked.exact_neighbors`) if absent. ``--hard`` makes
+(``truth.npy``, by :func:`tripletsk.index.blocked.exact_neighbors`) if absent. ``--hard`` makes
 harder rows first (clusters that overlap: noise 1.5 instead of 0.6), so that recall is also
 measured where neighbours are not one tight cluster.
 
@@ -149,7 +149,7 @@ def truth_of(work: str) -> np.ndarray:
     path = os.path.join(work, "truth.npy")
     if os.path.exists(path):
         return np.load(path)
-    from tripletsk.blocked import exact_neighbors
+    from tripletsk.index.blocked import exact_neighbors
 
     x = np.load(os.path.join(work, "data.npy"), mmap_mode="r")
     q = np.load(os.path.join(work, "queries.npy"))

@@ -65,7 +65,7 @@ def end_to_end_model(backbone, weights, dropout: float, size: int, seed: int):
     """The original design: three image inputs -> frozen ResNet50 -> shared head -> (n, 3, c)."""
     import keras
 
-    from tripletsk.head import build_keras_head
+    from tripletsk.training.head import build_keras_head
 
     backbone.trainable = False
     head = build_keras_head(weights, dropout=dropout, seed=seed)
@@ -108,11 +108,11 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     from tripletsk import TripletEncoder
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.extraction import extract_features
-    from tripletsk.head import init_head_weights
-    from tripletsk.losses import TripletLoss
-    from tripletsk.store import FeatureStore
-    from tripletsk.triplets import sample_label_triplets
+    from tripletsk.training.head import init_head_weights
+    from tripletsk.training.losses import TripletLoss
+    from tripletsk.triplets.files import sample_label_triplets
 
     print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ import digits_triplets
 import fashion_mnist
 
 from tripletsk import TripletEncoder
-from tripletsk.metrics import retrieval_report
+from tripletsk.evaluation.metrics import retrieval_report
 
 # Before issue 21 (2026-12-03): the head of docs/defaults_study.md, 100 epochs that stopped
 # only on a plateau of the training loss (within 1e-4 for 10 epochs).

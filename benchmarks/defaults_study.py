@@ -45,7 +45,7 @@ import digits_triplets
 import fashion_mnist
 
 from tripletsk import TripletEncoder
-from tripletsk.metrics import label_triplet_accuracy, retrieval_report
+from tripletsk.evaluation.metrics import label_triplet_accuracy, retrieval_report
 
 # (factor, candidate settings): each candidate is a dict of parameters. Batch composition
 # moves samples_per_class and batch_size together: with 10 classes, P = batch_size //
@@ -182,7 +182,7 @@ def digits_triplet_validation(
     5,000 among the second score. The test images are never touched.
     """
     inner = seed if inner_seed is None else inner_seed
-    from tripletsk.triplets import sample_label_triplets
+    from tripletsk.triplets.files import sample_label_triplets
 
     X, y = load_digits(return_X_y=True)
     train, _ = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)

@@ -2,7 +2,7 @@
 
 The frozen ResNet50 of tripletsk (up to ``avg_pool``, 224 px, batch 32, random weights from a
 seed as with ``weights="none"``: the cost does not depend on the values) is run by each
-backend of :mod:`tripletsk.backends` on the same real images (crops and flips of
+backend of :mod:`tripletsk.extraction.runners` on the same real images (crops and flips of
 scikit-learn's two sample photos, after ResNet50's ``preprocess_input``):
 
 * TensorFlow float32, compiled ``tf.function`` (the reference, as extraction runs today);
@@ -107,12 +107,12 @@ def main(argv=None) -> None:
     import tensorflow as tf
     from keras.applications.resnet50 import preprocess_input
 
-    from tripletsk.backends import (
+    from tripletsk.extraction import build_backbone
+    from tripletsk.extraction.runners import (
         cpu_supports_bfloat16,
         make_openvino_runner,
         make_tensorflow_runner,
     )
-    from tripletsk.extraction import build_backbone
 
     images = real_images(args.images, args.size)
     x = preprocess_input(images.astype(np.float32))

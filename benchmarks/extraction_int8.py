@@ -9,8 +9,8 @@ features, preprocessing included:
 * ``tf fp32``: ResNet50's ``preprocess_input`` in NumPy, then the compiled ``tf.function``;
 * ``ov f32``: the same preprocessing, then OpenVINO f32 (THROUGHPUT streams, the default);
 * ``ov int8``: the same preprocessing, then the model quantized by NNCF
-  (:func:`tripletsk.quantization.make_openvino_int8_runner`, calibrated on ``--calibration``
-  other crops of the photos, never the measured ones);
+  (:func:`tripletsk.extraction.quantization.make_openvino_int8_runner`, calibrated on
+  ``--calibration`` other crops of the photos, never the measured ones);
 
 With ``--tune``, int8 also runs with other OpenVINO settings: performance hint THROUGHPUT
 (streams, a batch split between them) or LATENCY (one stream), fixed or dynamic batch shape,
@@ -107,8 +107,8 @@ def main(argv=None) -> None:
     import tensorflow as tf
     from keras.applications.resnet50 import preprocess_input
 
-    from tripletsk import backends, quantization
-    from tripletsk.extraction import build_backbone
+    from tripletsk.extraction import build_backbone, quantization
+    from tripletsk.extraction import runners as backends
 
     images = real_images(args.images, args.size, seed=0)
     calibration = preprocess_input(real_images(args.calibration, args.size, seed=1).astype("f4"))

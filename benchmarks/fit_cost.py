@@ -40,7 +40,7 @@ import numpy as np
 from defaults_study import datasets, parse_settings
 from head_training import matmul_peak
 
-import tripletsk._training as training
+import tripletsk.training.loop as training
 from tripletsk import TripletEncoder
 
 SETTINGS = {

@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from defaults_study import datasets, parse_settings
 
-import tripletsk._training as training
+import tripletsk.training.loop as training
 from tripletsk import TripletEncoder
-from tripletsk.head import forward
-from tripletsk.metrics import label_triplet_accuracy, retrieval_report
+from tripletsk.evaluation.metrics import label_triplet_accuracy, retrieval_report
+from tripletsk.training.head import forward
 
 RECORDED = ("hidden_units", "n_components", "dropout", "input_dropout", "margin",
             "weight_averaging", "batch_size", "learning_rate", "learning_rate_schedule",
@@ -94,9 +94,9 @@ def curves(params: dict, data, seed: int) -> dict:
 
 
 def stop_epoch(figures, tol: float, n_iter_no_change: int) -> int | None:
-    """The epoch (from 1) at which ``tripletsk._stopping.Stopping`` stops on ``figures``
+    """The epoch (from 1) at which ``tripletsk.training.stopping.Stopping`` stops on ``figures``
     (lower is better), or None."""
-    from tripletsk._stopping import Stopping
+    from tripletsk.training.stopping import Stopping
 
     rule = Stopping("error", tol, n_iter_no_change)
     for epoch, figure in enumerate(figures, start=1):

@@ -13,10 +13,12 @@ a small search (2 settings x 2 folds, 1 epoch on 3,000 triplets), and reports pe
 peak of NumPy allocations during the search (tracemalloc), and the search's wall time:
 
 * ``plain``: ``features=X`` (copied by every clone);
-* ``shared``: ``features=tripletsk.shared.SharedFeatures(X)`` (clone returns the same object).
+* ``shared``: ``features=tripletsk.training.shared.SharedFeatures(X)`` (clone returns the same
+object).
 
 The folds are plain ``KFold(3)`` on triplets: fine for timing; for honest scores use
-``tripletsk.model_selection.TripletGroupKFold`` so that no image is in both train and test.
+``tripletsk.evaluation.model_selection.TripletGroupKFold`` so that no image is in both train and
+test.
 
 Usage::
 
@@ -66,8 +68,8 @@ def time_part(args) -> None:
     from sklearn.model_selection import GridSearchCV, KFold
 
     from tripletsk import TripletEncoder
-    from tripletsk.shared import SharedFeatures
-    from tripletsk.triplets import sample_label_triplets
+    from tripletsk.training.shared import SharedFeatures
+    from tripletsk.triplets.files import sample_label_triplets
 
     X, labels = clustered(args.items, 2048, 100)
     T = sample_label_triplets(labels, n_triplets=args.triplets, random_state=0)
@@ -110,8 +112,8 @@ def memory_child(variant: str, rows: int) -> None:
     from sklearn.model_selection import GridSearchCV, KFold
 
     from tripletsk import TripletEncoder
-    from tripletsk.shared import SharedFeatures
-    from tripletsk.triplets import sample_label_triplets
+    from tripletsk.training.shared import SharedFeatures
+    from tripletsk.triplets.files import sample_label_triplets
 
     X, labels = clustered(rows, 2048, 100)
     T = sample_label_triplets(labels[:20_000], n_triplets=3000, random_state=0)

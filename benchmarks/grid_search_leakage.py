@@ -127,8 +127,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     make_data(args.work, args.data_seeds)
 
-    from tripletsk.model_selection import TripletImageKFold
-    from tripletsk.triplets import read_triplets
+    from tripletsk.evaluation.model_selection import TripletImageKFold
+    from tripletsk.triplets.files import read_triplets
 
     cache = str(args.work / "cache" / "features.h5")
     fixed = FIXINGS[args.fixed]

@@ -53,7 +53,7 @@ def _kind(copy: str) -> str:
 
 def _nearest(x: np.ndarray, rows: np.ndarray):
     """Each of ``rows``' nearest other row of ``x`` and its distance (exact, blocked)."""
-    from tripletsk.blocked import exact_neighbors
+    from tripletsk.index.blocked import exact_neighbors
 
     def blocks(n, a=0):
         return ((i, x[i : i + n]) for i in range(a, len(x), n))
@@ -98,7 +98,7 @@ def _pixels(root: str, keys: list, size: int) -> np.ndarray:
 
 
 def duplicates(w: str, meta: dict) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     for part in ("train", "test"):
         tripletsk("index", "--features-only", "--features", os.path.join(w, f"{part}.h5"),
@@ -158,9 +158,9 @@ def _check_groups(w: str, groups: list, planted: dict) -> dict:
 
 
 def separation(w: str, meta: dict) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.index.embedding_index import EmbeddingIndex
     from tripletsk.modelfile import load_model
-    from tripletsk.store import FeatureStore
 
     planted = meta["planted_test"]
     store = FeatureStore(os.path.join(w, "test.h5"))

@@ -21,8 +21,8 @@ of the 5,000 fit images to the ``train`` cache.
 
 Matching: the gallery is the 5,000 training images; each query's nearest gallery image is a
 correct match when it has the query's class. The threshold for precision 0.9 and 0.95 is
-calibrated on the 2,000 validation queries (``tripletsk.matching.calibrate_index``) and the
-precision measured on 2,000 class-balanced t10k images.
+calibrated on the 2,000 validation queries (``tripletsk.evaluation.matching.calibrate_index``) and
+the precision measured on 2,000 class-balanced t10k images.
 
     python benchmarks/index_fashion.py --work /tmp/fashion_index \\
         --data /work/data/fashion-mnist \\
@@ -128,7 +128,7 @@ def main() -> None:
             tripletsk("extract-features", os.path.join(w, part), "-o", output, *extract)
     model = os.path.join(w, "model.npz")
     if not os.path.exists(model):
-        from tripletsk.store import FeatureStore
+        from tripletsk.cache.store import FeatureStore
 
         keys = [k for k in FeatureStore(os.path.join(w, "train.h5")).keys
                 if os.path.basename(k).startswith("fit") and "_" not in k]  # fmt: skip
@@ -168,10 +168,10 @@ def fit_duplicate_model(cache: str, path: str, max_epochs: int) -> None:
     """A TripletEncoder taught that an image and its resized copy are one image: triplets
     (fit image, one of its resized copies, another fit image: its nearest in backbone space
     for half of them, a random one for the rest)."""
-    from tripletsk.blocked import exact_neighbors
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.estimator import TripletEncoder
+    from tripletsk.index.blocked import exact_neighbors
     from tripletsk.modelfile import cache_record, save_model
-    from tripletsk.store import FeatureStore
 
     store = FeatureStore(cache)
     originals = [k for k in store.keys if os.path.basename(k).startswith("fit") and "_" not in k]
@@ -195,10 +195,10 @@ def fit_duplicate_model(cache: str, path: str, max_epochs: int) -> None:
 
 def fit_model(cache: str, keys: list[str], path: str, max_epochs: int) -> None:
     """A TripletEncoder (defaults, ``max_epochs``) fitted on ``keys`` labelled by folder."""
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.estimator import TripletEncoder
-    from tripletsk.folders import labels_from_folders
     from tripletsk.modelfile import cache_record, save_model
-    from tripletsk.store import FeatureStore
+    from tripletsk.triplets.folders import labels_from_folders
 
     t = time.perf_counter()
     enc = TripletEncoder(features=cache, max_epochs=max_epochs, random_state=0)
@@ -210,11 +210,11 @@ def fit_model(cache: str, keys: list[str], path: str, max_epochs: int) -> None:
 
 
 def matching(w: str, model: str, meta: dict) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
-    from tripletsk.folders import labels_from_folders
-    from tripletsk.matching import calibrate_index
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.evaluation.matching import calibrate_index
+    from tripletsk.index.embedding_index import EmbeddingIndex
     from tripletsk.modelfile import load_model
-    from tripletsk.store import FeatureStore
+    from tripletsk.triplets.folders import labels_from_folders
 
     enc = load_model(model).model
     train, test = (

@@ -49,8 +49,8 @@ def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 t0, c0 = time.perf_counter(), cpu()
-from tripletsk.embedding_index import EmbeddingIndex
-from tripletsk.index_build import check_index_current
+from tripletsk.index.embedding_index import EmbeddingIndex
+from tripletsk.index.build import check_index_current
 from tripletsk.modelfile import load_model, open_model_cache
 index = EmbeddingIndex(sys.argv[1])
 fitted = load_model(index.model["path"])
@@ -88,10 +88,10 @@ def run(argv, **kw):
 def prepare(work: str, weights: str) -> dict:
     from PIL import Image
 
+    from tripletsk.cache.store import FINGERPRINT_DTYPE, FeatureStore, write_cache
     from tripletsk.estimator import TripletEncoder
     from tripletsk.extraction import extract_features
     from tripletsk.modelfile import cache_record, save_model
-    from tripletsk.store import FINGERPRINT_DTYPE, FeatureStore, write_cache
 
     images = os.path.join(work, "images")
     os.makedirs(os.path.join(images, "a"), exist_ok=True)

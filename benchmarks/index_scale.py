@@ -80,7 +80,7 @@ def make(work: str, rows: int, dim: int) -> dict:
 
 
 def build(work: str, approximate: str = "yes") -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     x = np.load(os.path.join(work, "data.npy"))
     keys = [f"c{i // 1000}/{i}.jpg" for i in range(len(x))]
@@ -95,7 +95,7 @@ def build(work: str, approximate: str = "yes") -> dict:
 
 
 def exact(work: str) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     q = np.load(os.path.join(work, "queries.npy"))
     t, c = time.perf_counter(), _cpu()
@@ -114,7 +114,7 @@ def exact(work: str) -> dict:
 
 
 def approx(work: str) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     q = np.load(os.path.join(work, "queries.npy"))
     truth = np.load(os.path.join(work, "truth_keys.npy"))
@@ -136,7 +136,7 @@ def approx(work: str) -> dict:
 
 
 def add(work: str) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     new = np.load(os.path.join(work, "new.npy"))
     path = os.path.join(work, "index")
@@ -156,7 +156,7 @@ def add(work: str) -> dict:
 
 
 def remove(work: str) -> dict:
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     path = os.path.join(work, "index")
     index = EmbeddingIndex(path)

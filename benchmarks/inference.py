@@ -5,7 +5,7 @@ A fitted encoder is plain NumPy. Measured on cached-size features (2048-d, head 
 
 * ``transform`` rows/s, from feature rows and from integer indices into ``features``;
 * ``predict_triplets`` triplets/s on index triplets;
-* the same head as a Keras model (``tripletsk.head.build_keras_head``) on the same
+* the same head as a Keras model (``tripletsk.training.head.build_keras_head``) on the same
   standardised rows: ``model.predict`` and a compiled ``tf.function`` call; outputs are
   checked to agree with ``transform``;
 * NumPy's own float32 matmul GFLOP/s, to put ``transform`` in proportion to the machine.
@@ -51,8 +51,8 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     from tripletsk import TripletEncoder
-    from tripletsk._rows import FeatureRows
-    from tripletsk.head import build_keras_head
+    from tripletsk.training.head import build_keras_head
+    from tripletsk.training.rows import FeatureRows
 
     n, d = args.rows, args.dim
     rng = np.random.RandomState(0)

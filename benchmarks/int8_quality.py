@@ -8,7 +8,7 @@ no download) turns them into features three ways, each through tripletsk's own
 * ``tf fp32``: TensorFlow float32, the reference;
 * ``ov f32``: OpenVINO f32 (to separate the backend from the quantization);
 * ``ov int8``: OpenVINO int8 quantized by NNCF, calibrated on the calibration sample of the
-  training images only (:func:`tripletsk.quantization.calibration_keys`, 128 images by
+  training images only (:func:`tripletsk.extraction.quantization.calibration_keys`, 128 images by
   default, ``--calibration``), as ``extract-features --precision int8`` would.
 
 ``--dataset digits``: scikit-learn's 1797 digits (8x8, nearest-neighbour upscaling); for each
@@ -19,7 +19,7 @@ split, the encoder fitted with ``--splits`` seeds. Quantization is calibrated on
 
 A ``TripletEncoder(random_state=seed)`` (defaults otherwise) is fitted on the training images'
 labels for each feature set, and the test images' embeddings are scored with leave-one-out
-retrieval (:func:`tripletsk.metrics.retrieval_report`): precision@1 and MAP@R. Only the
+retrieval (:func:`tripletsk.evaluation.metrics.retrieval_report`): precision@1 and MAP@R. Only the
 features differ. The raw features' own retrieval (no encoder) is printed as context.
 
 Usage::
@@ -97,10 +97,10 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     from tripletsk import TripletEncoder
+    from tripletsk.evaluation.metrics import retrieval_report
     from tripletsk.extraction import build_backbone
     from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
-    from tripletsk.metrics import retrieval_report
-    from tripletsk.quantization import (
+    from tripletsk.extraction.quantization import (
         CALIBRATION_SIZE,
         calibration_identity,
         calibration_keys,

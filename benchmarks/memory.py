@@ -8,7 +8,7 @@ up TensorFlow on a tiny fit, then fits 1 epoch and reports
 * the fit's extra peak memory (peak - before) as a multiple of the features' size.
 
 Up to 1 GiB of rows (128k images) a fit reads them once into one resident tensor (one copy,
-for speed); beyond that it reads windows of 64 MiB per epoch (``tripletsk/_training.py``). The
+for speed); beyond that it reads windows of 64 MiB per epoch (``tripletsk/training/loop.py``). The
 sizes straddle that budget, and the cost per million images is the slope between the two
 largest sizes.
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def child(rows: int, features_kind: str) -> None:
 
     from tripletsk import TripletEncoder
-    from tripletsk.shared import SharedFeatures
+    from tripletsk.training.shared import SharedFeatures
 
     rng = np.random.RandomState(0)
     block = rng.standard_normal((4096, 2048)).astype(np.float32)

@@ -1,10 +1,10 @@
 """Semi-hard mining and the batch triplet error per training step: today's (b, k, b) block of
 the positives against the former sort + binary search (issue 21, item 2).
 
-Both compute the same thing (``tests/test_losses.py`` checks today's against slow references):
-for each anchor-positive pair of a P x K batch, the nearest negative farther than the positive
-(semi-hard), and how many negatives are at least as near (the wrongly ordered triplets). The
-former code sorted each anchor's negative distances (``tf.argsort``) and located every distance
+Both compute the same thing (``tests/training/test_losses.py`` checks today's against slow
+references): for each anchor-positive pair of a P x K batch, the nearest negative farther than the
+positive (semi-hard), and how many negatives are at least as near (the wrongly ordered triplets).
+The former code sorted each anchor's negative distances (``tf.argsort``) and located every distance
 among them (``tf.searchsorted``); TensorFlow's CPU kernels for both are slow at these sizes.
 Each variant runs 100 steps in one compiled loop (loss, gradient); best of 3 per variant,
 variants interleaved::
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf
 
-from tripletsk.losses import (
+from tripletsk.training.losses import (
     _label_masks,
     batch_triplet_error,
     pairwise_distance,

@@ -38,7 +38,7 @@ ROWS, DIM = 20_000, 2048
 
 
 def make_cache(path: str) -> None:
-    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
 
     rng = np.random.default_rng(0)
     keys = [f"class{i % 10}/img{i:06d}.jpg" for i in range(ROWS)]
@@ -50,7 +50,7 @@ def make_cache(path: str) -> None:
 
 
 def child(path: str) -> None:
-    from tripletsk.store import FeatureStore
+    from tripletsk.cache.store import FeatureStore
 
     rng = np.random.default_rng(1)
     out = np.empty((256, DIM), np.float32)

@@ -47,7 +47,7 @@ IMAGES_PER_CLASS = 100
 
 def write_class_sorted_cache(path: Path, rows: int) -> None:
     """A cache of ``rows`` images in classes of 100, rows sorted by class, written in blocks."""
-    from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
 
     n_classes = rows // IMAGES_PER_CLASS
     keys = [f"c{i // IMAGES_PER_CLASS:05d}/{i:07d}.jpg" for i in range(rows)]
@@ -105,7 +105,7 @@ def _read_bytes() -> int:
 
 def child(path: str, stream: bool, early_stopping: bool) -> None:
     from tripletsk import TripletEncoder
-    from tripletsk.store import FeatureStore
+    from tripletsk.cache.store import FeatureStore
 
     keys = np.array(FeatureStore(path).keys)
     labels = np.array([k.split("/")[0] for k in keys])

@@ -41,16 +41,16 @@ CLASSES, PER_CLASS, DIM = 10, 1000, 2048
 def setup(work: Path, n_lines: int) -> None:
     """The cache, the model and the triplet file, unless already there."""
     sys.path.insert(0, str(REPO))
-    from tripletsk.errors import ConvergenceWarning
-    from tripletsk.estimator import TripletEncoder
-    from tripletsk.modelfile import cache_record, save_model
-    from tripletsk.store import (
+    from tripletsk.cache.store import (
         FINGERPRINT_DTYPE,
         FORMAT_NAME,
         FORMAT_VERSION,
         FeatureStore,
         write_cache,
     )
+    from tripletsk.errors import ConvergenceWarning
+    from tripletsk.estimator import TripletEncoder
+    from tripletsk.modelfile import cache_record, save_model
 
     keys = [f"{c}/{i:04d}.png" for c in range(CLASSES) for i in range(PER_CLASS)]
     rng = np.random.RandomState(0)

@@ -23,7 +23,7 @@ from sklearn.metrics import pairwise_distances
 from sklearn.model_selection import train_test_split
 
 from tripletsk import TripletEncoder
-from tripletsk.metrics import retrieval_report
+from tripletsk.evaluation.metrics import retrieval_report
 
 STRATEGIES = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
 

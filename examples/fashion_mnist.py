@@ -190,7 +190,7 @@ def cached(cache_dir, name: str, compute):
 
 def evaluate(train_emb, y_train, test_emb, y_test, n_pairs: int = 20000, seed: int = 0) -> dict:
     """Test figures of an embedding; the pair threshold is chosen on training pairs."""
-    from tripletsk.metrics import (
+    from tripletsk.evaluation.metrics import (
         choose_threshold,
         label_triplet_accuracy,
         make_pairs,

@@ -15,7 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import numpy as np
 import pytest
 
-from tripletsk.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
 
 #: Provenance of caches that hold arbitrary vectors rather than a backbone's features.
 PLAIN_PROVENANCE = {"model": "test", "layer": "test", "weights": "none", "image_size": 8,

@@ -25,7 +25,7 @@ def test_paired_distance_matches_sklearn_metric(distance):
 
 
 def test_paired_distance_twins_the_tensorflow_one():
-    from tripletsk import losses
+    from tripletsk.training import losses
 
     rng = np.random.RandomState(1)
     a, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)

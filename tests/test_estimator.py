@@ -20,8 +20,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from tripletsk import TripletEncoder
 from tripletsk.errors import NonFiniteFeaturesError, SharedImagesWarning
 from tripletsk.estimator import EmbeddingCollapseWarning
-from tripletsk.metrics import label_triplet_accuracy
-from tripletsk.triplets import sample_label_triplets
+from tripletsk.evaluation.metrics import label_triplet_accuracy
+from tripletsk.triplets.files import sample_label_triplets
 
 SMALL = dict(hidden_units=16, n_components=4, max_epochs=3, batch_size=32, random_state=0)
 
@@ -156,7 +156,7 @@ def image_cache(tmp_path_factory):
 
 
 def test_key_triplets_through_a_real_feature_cache(image_cache):
-    from tripletsk.store import FeatureStore
+    from tripletsk.cache.store import FeatureStore
 
     store = FeatureStore(image_cache)
     keys = np.array(store.keys)
@@ -167,7 +167,7 @@ def test_key_triplets_through_a_real_feature_cache(image_cache):
     assert by_path.n_features_in_ == store.dim == 2048
     np.testing.assert_allclose(by_path.transform(keys), by_store.transform(keys), atol=1e-5)
     assert clone(by_store).features.path == store.path
-    from tripletsk.search import search
+    from tripletsk.evaluation.search import search
 
     found = search(by_path, [keys[0]], k=3)  # the cache path is enough to know what to search
     assert found.keys.shape == (1, 3) and keys[0] not in found.keys[0]
@@ -322,7 +322,7 @@ def test_grid_search_on_triplets_uses_its_own_score(blobs):
     X, y = blobs
     T = sample_label_triplets(y, 120, random_state=0)
     # Plain cv=3 on triplets shares images between folds: score says so (model_selection's
-    # TripletImageKFold does not; tests/test_model_selection.py).
+    # TripletImageKFold does not; tests/evaluation/test_model_selection.py).
     with pytest.warns(SharedImagesWarning, match="TripletImageKFold"):
         grid = GridSearchCV(
             TripletEncoder(features=X, **SMALL),
@@ -508,7 +508,7 @@ def test_bfloat16_training_keeps_float32_weights_and_learns(blobs):
 def test_bfloat16_training_warns_where_it_is_emulated(blobs, monkeypatch):
     import tensorflow as tf
 
-    import tripletsk.backends as backends
+    import tripletsk.extraction.runners as backends
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("TensorFlow computes bfloat16 on the GPU here")
@@ -526,8 +526,8 @@ def test_fit_and_transform_do_not_copy_the_features(monkeypatch):
     allocation stays a fraction of the features (TensorFlow's own buffers are not traced)."""
     import tracemalloc
 
-    import tripletsk._rows as rows_module
-    import tripletsk._training as training
+    import tripletsk.training.loop as training
+    import tripletsk.training.rows as rows_module
 
     monkeypatch.setattr(rows_module, "CHUNK_BYTES", 2**20)
     monkeypatch.setattr(training, "WINDOW_BYTES", 2**20)
@@ -567,9 +567,9 @@ def class_sorted_digits_cache(tmp_path_factory, write_feature_cache):
 def test_stream_reads_a_cache_block_by_block_and_still_learns(
     class_sorted_digits_cache, monkeypatch, stream
 ):
-    import tripletsk._rows as rows_module
-    import tripletsk._training as training
-    from tripletsk.store import FeatureStore
+    import tripletsk.training.loop as training
+    import tripletsk.training.rows as rows_module
+    from tripletsk.cache.store import FeatureStore
 
     path, keys, y = class_sorted_digits_cache
     block_rows, window_rows = 32, 256  # 64-d rows: 8 KiB blocks, 64 KiB windows
@@ -606,7 +606,7 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
 @pytest.mark.parametrize("labelled", [False, True])
 def test_windows_train_exactly_as_one_resident_tensor(blobs, monkeypatch, labelled):
     """Reading rows per window (large sets) only changes how batches are fed, not training."""
-    import tripletsk._training as training
+    import tripletsk.training.loop as training
 
     X, y = blobs
     T = sample_label_triplets(y, 300, random_state=0)

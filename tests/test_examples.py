@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tripletsk.triplets import read_triplets
+from tripletsk.triplets.files import read_triplets
 
 pytestmark = pytest.mark.slow
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import (
     ConvergenceWarning,
@@ -28,7 +29,6 @@ from tripletsk.export import export_format, export_model, preprocessing_layers
 from tripletsk.extraction.backbone import BACKBONE
 from tripletsk.extraction.decode import PREPROCESSING
 from tripletsk.modelfile import cache_record, save_model
-from tripletsk.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -119,8 +119,8 @@ def test_backbone_features_are_what_extract_features_gives(tmp_path):
     written as grey PNG files (same resize, network, preprocessing and random weights)."""
     from PIL import Image
 
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.extraction import extract_features
-    from tripletsk.store import FeatureStore
 
     images = np.random.RandomState(0).randint(0, 256, (3, 28, 28)).astype(np.uint8)
     for i, image in enumerate(images):

@@ -12,16 +12,16 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import PLAIN_PROVENANCE
 from PIL import Image
 
+from tests.conftest import PLAIN_PROVENANCE
+from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import ConvergenceWarning
 from tripletsk.estimator import TripletEncoder
 from tripletsk.modelfile import cache_record, save_model
 from tripletsk.outputs import OutputChangedError, plan_output, publish, writing
-from tripletsk.store import FeatureStore
-from tripletsk.triplets import write_triplets
+from tripletsk.triplets.files import write_triplets
 
 KEYS = [f"{c}/{i}.png" for c in "abc" for i in range(6)]
 MINE = "the user's own file\n"
@@ -130,7 +130,7 @@ def _commands(work, out):
         "search --sheet": (["search", *model, KEYS[0], "--sheet", out("s.png")],
                            "tripletsk.cli.evaluate.load_model_and_cache"),
         "make-triplets -o": (["make-triplets", work / "cache.h5", "-n", "5", "-o", out("t.txt")],
-                             "tripletsk.folders.make_triplets_from_folders"),
+                             "tripletsk.triplets.folders.make_triplets_from_folders"),
     }  # fmt: skip
 
 

@@ -6,26 +6,22 @@ and never load TensorFlow until a model is fitted or features are extracted.
 
 from __future__ import annotations
 
-import importlib
+from tripletsk._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "TripletEncoder": "tripletsk.estimator",
-    "FeatureStore": "tripletsk.store",
-    "SharedFeatures": "tripletsk.shared",
+    "FeatureStore": "tripletsk.cache.store",
+    "SharedFeatures": "tripletsk.training.shared",
     "extract_features": "tripletsk.extraction",
-    "ImageFeatures": "tripletsk.image_features",
+    "ImageFeatures": "tripletsk.extraction.image_features",
     "export_model": "tripletsk.export",
-    "EmbeddingIndex": "tripletsk.embedding_index",
-    "read_triplets": "tripletsk.triplets",
-    "write_triplets": "tripletsk.triplets",
+    "EmbeddingIndex": "tripletsk.index.embedding_index",
+    "read_triplets": "tripletsk.triplets.files",
+    "write_triplets": "tripletsk.triplets.files",
 }
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tripletsk' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,7 +1,7 @@
 """Distances between embeddings, on the NumPy side: their names and how to compute them.
 
 A :class:`~tripletsk.TripletEncoder` is trained with one ``distance`` (see
-:mod:`tripletsk.losses` for the TensorFlow twins) and every prediction, score and search
+:mod:`tripletsk.training.losses` for the TensorFlow twins) and every prediction, score and search
 should use the same one. scikit-learn spells them differently (``"l2"`` is
 ``"euclidean"``): :data:`SKLEARN_METRIC` is the one map between the two spellings.
 """
@@ -57,7 +57,7 @@ def metric_of(estimator) -> str:
 def paired_distance(a: np.ndarray, b: np.ndarray, distance: str = "l2") -> np.ndarray:
     """Distance between matching rows of ``a`` and ``b``.
 
-    NumPy twin of :func:`tripletsk.losses.paired_distance`, for inference.
+    NumPy twin of :func:`tripletsk.training.losses.paired_distance`, for inference.
 
     Examples
     --------

@@ -17,15 +17,17 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from tripletsk import _fitting, persist, sources
-from tripletsk._rows import FeatureRows, embed
-from tripletsk._shared_images import fitted_images, warn_if_shared
+from tripletsk import persist
+from tripletsk.cache.provenance import ProvenanceCheck
 from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
-from tripletsk.head import normalize_hidden_units
-from tripletsk.metrics import label_triplet_accuracy
-from tripletsk.pairs import PairVerifierMixin
-from tripletsk.provenance import ProvenanceCheck
+from tripletsk.evaluation.metrics import label_triplet_accuracy
+from tripletsk.evaluation.pairs import PairVerifierMixin
+from tripletsk.training import fitting as _fitting
+from tripletsk.training import sources
+from tripletsk.training.head import normalize_hidden_units
+from tripletsk.training.rows import FeatureRows, embed
+from tripletsk.training.shared_images import fitted_images, warn_if_shared
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
@@ -55,16 +57,16 @@ class TripletEncoder(
     ----------
     features : array of shape (n_samples, d), str, path, FeatureStore, mapping or None
         Where indices and keys point. An array is indexed by integers; a path opens the HDF5
-        cache of ``tripletsk extract-features`` (a :class:`~tripletsk.store.FeatureStore`);
+        cache of ``tripletsk extract-features`` (a :class:`~tripletsk.cache.store.FeatureStore`);
         any mapping of key -> vector works too. ``None`` means inputs hold the feature vectors
         themselves, or, for string keys, the default cache ``cache/features.h5``.
         scikit-learn's ``clone`` (``GridSearchCV``, ``cross_val_score``) deep-copies a plain
-        array once per fit; wrap a large one as :class:`tripletsk.shared.SharedFeatures`
+        array once per fit; wrap a large one as :class:`tripletsk.training.shared.SharedFeatures`
         (clones share it) or pass a cache path / ``FeatureStore``.
     hidden_units : int, tuple of int or "auto", default="auto"
         Sizes of the hidden ReLU layers; ``()`` makes a linear head. ``"auto"``: one layer of
         1024, halved until the first layer has at most 2**20 weights (512 for 2048-d CNN
-        features); see :func:`tripletsk.head.auto_hidden_units`.
+        features); see :func:`tripletsk.training.head.auto_hidden_units`.
     n_components : int, default=64
         Dimension of the embedding.
     dropout : float, default=0.0
@@ -80,9 +82,9 @@ class TripletEncoder(
     mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
         How ``fit(X, y)`` turns labels into triplets (the words are those of
-        :mod:`tripletsk.mining`). ``"random"`` draws one random valid triplet per anchor each
-        epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
-        of P = ``batch_size // K`` classes), see :mod:`tripletsk.losses`;
+        :mod:`tripletsk.triplets.mining`). ``"random"`` draws one random valid triplet per anchor
+        each epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
+        of P = ``batch_size // K`` classes), see :mod:`tripletsk.training.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
         then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why).
         With ``fit(T)``, ``"auto"`` uses the given triplets, and ``"hard"`` adds each epoch
@@ -91,7 +93,7 @@ class TripletEncoder(
         K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
         fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
         (10 classes, ``batch_size=256``: 10 classes x 25); a number that leaves the batch
-        short of classes warns (:func:`tripletsk.mining.pk_shape`).
+        short of classes warns (:func:`tripletsk.triplets.mining.pk_shape`).
     hard_per_anchor : int, default=2
         For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
     refresh_every : int, default=0
@@ -181,13 +183,13 @@ class TripletEncoder(
         Epochs run.
     feature_provenance_ : dict or None
         Provenance of the cache fitted on (backbone, weights, ...), checked at every read of a
-        cache (:mod:`tripletsk.provenance`); None for arrays and mappings.
+        cache (:mod:`tripletsk.cache.provenance`); None for arrays and mappings.
     threshold_ : float
         Set by :meth:`fit_threshold`: the distance below which a pair is called "same".
 
     See Also
     --------
-    tripletsk.metrics : retrieval metrics (precision@1, MAP@R) to judge an embedding.
+    tripletsk.evaluation.metrics : retrieval metrics (precision@1, MAP@R) to judge an embedding.
 
     Examples
     --------
@@ -335,8 +337,8 @@ class TripletEncoder(
         Notes
         -----
         Cross-validate triplets over one set of images with ``cv=TripletImageKFold(...)``
-        (:mod:`tripletsk.model_selection`): plain ``cv=k`` splits triplets, not images, so
-        training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
+        (:mod:`tripletsk.evaluation.model_selection`): plain ``cv=k`` splits triplets, not images,
+        so training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
         """
         rng = check_random_state(self.random_state)
         if any(h < 1 for h in normalize_hidden_units(self.hidden_units, n_features=1)):

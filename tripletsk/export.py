@@ -19,7 +19,6 @@ import numpy as np
 from tripletsk._tensorflow import import_keras
 from tripletsk.errors import CacheMismatchError, UsageError, UserError
 from tripletsk.extraction.architecture import PREPROCESSING_MODES
-from tripletsk.head import HeadWeights, build_keras_head
 from tripletsk.outputs import (
     Output,
     OutputChangedError,
@@ -29,6 +28,7 @@ from tripletsk.outputs import (
     temporary_path,
     writing,
 )
+from tripletsk.training.head import HeadWeights, build_keras_head
 
 __all__ = [
     "FORMATS",
@@ -128,7 +128,7 @@ def fold_standardization(weights: HeadWeights, mean: np.ndarray, scale: np.ndarr
 
     Examples
     --------
-    >>> from tripletsk.head import forward
+    >>> from tripletsk.training.head import forward
     >>> rng = np.random.RandomState(0)
     >>> w = [(rng.randn(5, 3).astype(np.float32), rng.randn(3).astype(np.float32))]
     >>> x, m, s = rng.randn(4, 5), rng.randn(5), np.full(5, 2.0)
@@ -282,8 +282,8 @@ def export_model(
 
 def _encoder_and_store(model, features, trust_pickle: bool):
     """The fitted encoder and its feature cache; an encoder given is not modified."""
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.modelfile import FittedModel, check_model_cache, load_model, open_model_cache
-    from tripletsk.store import FeatureStore
 
     if isinstance(model, str | os.PathLike):
         fitted = load_model(model, trust_pickle=trust_pickle)
@@ -339,7 +339,7 @@ def _write_savedmodel(model, outputs: list[Output], calibration: dict | None) ->
 
 
 def _write_openvino(model, outputs: list[Output], calibration: dict | None) -> None:
-    from tripletsk.backends import _to_openvino
+    from tripletsk.extraction.runners import _to_openvino
 
     ov = _import_openvino()
     ov_model = _to_openvino(model, [-1, *list(model.input_shape)[1:]])
@@ -364,7 +364,7 @@ def _write_openvino(model, outputs: list[Output], calibration: dict | None) -> N
 
 
 def _import_openvino():
-    from tripletsk.backends import _import_openvino as load
+    from tripletsk.extraction.runners import _import_openvino as load
 
     try:
         return load()

@@ -1,7 +1,7 @@
 """The matching calibration inside ``tripletsk export`` outputs, where any runtime can read it.
 
 ``tripletsk calibrate`` stores a distance threshold with the model (``encoder.calibration_``,
-:mod:`tripletsk.matching`); an exported model carries it too, as JSON:
+:mod:`tripletsk.evaluation.matching`); an exported model carries it too, as JSON:
 
 * ``.keras``: a zip member ``tripletsk_matching.json`` (Keras ignores members it does not know);
 * SavedModel folder: ``assets.extra/tripletsk_matching.json`` (TensorFlow Serving's folder for
@@ -50,7 +50,7 @@ def read_calibration(path: str | os.PathLike) -> dict | None:
     tripletsk.errors.ModelFileError
         If one is stored but is not a valid calibration.
     """
-    from tripletsk.matching import check_calibration
+    from tripletsk.evaluation.matching import check_calibration
 
     path = os.fspath(path)
     text = None

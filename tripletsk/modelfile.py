@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tripletsk.cache.provenance import check_features_provenance
+from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore
 from tripletsk.errors import CacheMismatchError, CacheNotFoundError, UserError
 from tripletsk.outputs import writing
-from tripletsk.provenance import check_features_provenance
-from tripletsk.store import DEFAULT_CACHE, FeatureStore
 
 __all__ = [
     "MODEL_EXTENSIONS",
@@ -229,7 +229,7 @@ def check_model_cache(fitted: FittedModel, store: FeatureStore) -> None:
     have the same width but mean something else. The provenance is the model's own fitted
     ``feature_provenance_`` (recorded by ``fit`` however the model is saved), or for files
     written before it existed the cache record of ``tripletsk fit``; the comparison is
-    :func:`tripletsk.provenance.check_features_provenance`, the one ``transform`` makes.
+    :func:`tripletsk.cache.provenance.check_features_provenance`, the one ``transform`` makes.
     """
     n_in = getattr(fitted.model, "n_features_in_", None)
     if n_in is not None and n_in != store.dim:

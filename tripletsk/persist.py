@@ -13,10 +13,10 @@ import zipfile
 
 import numpy as np
 
+from tripletsk.cache.provenance import validate_recorded_provenance
 from tripletsk.errors import ModelFileError
-from tripletsk.head import normalize_hidden_units
 from tripletsk.outputs import writing
-from tripletsk.provenance import validate_recorded_provenance
+from tripletsk.training.head import normalize_hidden_units
 
 FORMAT = "tripletsk.TripletEncoder"
 FORMAT_VERSION = 1
@@ -40,7 +40,7 @@ def save_encoder(encoder, path) -> None:
         "features": os.fspath(features) if isinstance(features, str | os.PathLike) else None,
         **{name: getattr(encoder, name, None) for name in _HISTORY},
         "threshold_": getattr(encoder, "threshold_", None),
-        # Matching calibration (tripletsk.matching): a JSON dict, checked on load.
+        # Matching calibration (tripletsk.evaluation.matching): a JSON dict, checked on load.
         "calibration_": getattr(encoder, "calibration_", None),
         # Where the features came from: checked against every cache the model reads.
         "feature_provenance_": getattr(encoder, "feature_provenance_", None),
@@ -91,8 +91,8 @@ def load_encoder(cls, path, features=None):
         setattr(model, name, meta.get(name))
     if meta.get("threshold_") is not None:
         model.threshold_ = float(meta["threshold_"])
-    if meta.get("calibration_") is not None:  # matching calibration (tripletsk.matching)
-        from tripletsk.matching import check_calibration
+    if meta.get("calibration_") is not None:  # matching calibration (tripletsk.evaluation.matching)
+        from tripletsk.evaluation.matching import check_calibration
 
         model.calibration_ = check_calibration(meta["calibration_"], path)
     model.feature_provenance_ = provenance

@@ -20,7 +20,7 @@ from tripletsk.cli._common import (
 from tripletsk.distances import sklearn_metric, triplet_distances
 from tripletsk.errors import UnknownKeyError, UserError
 from tripletsk.outputs import writing
-from tripletsk.sources import unique_inverse
+from tripletsk.training.sources import unique_inverse
 
 __all__ = ["register"]
 
@@ -93,7 +93,7 @@ def register(sub) -> None:
 def _read_checked(path: str, store) -> np.ndarray:
     """The triplets of ``path`` as (n, 3) row numbers into ``store``, read in blocks: a
     5,000,000-line file is 60 MB of row numbers, never 15 million Python strings."""
-    from tripletsk.triplets import read_triplet_indices
+    from tripletsk.triplets.files import read_triplet_indices
 
     return read_triplet_indices(path, store.keys).indices
 
@@ -120,8 +120,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from tripletsk.folders import labels_from_folders
-    from tripletsk.metrics import retrieval_report
+    from tripletsk.evaluation.metrics import retrieval_report
+    from tripletsk.triplets.folders import labels_from_folders
 
     if any(k < 1 for k in args.ks):
         raise UsageError("-k/--ks values must be positive")
@@ -152,7 +152,7 @@ def _run_score(args: argparse.Namespace) -> int:
         for name, value in scores.items():
             print(f"{name:<18} {value:.4f}" if isinstance(value, float) else f"{name:<18} {value}")
     if args.plot:
-        from tripletsk.plotting import plot_distance_histograms
+        from tripletsk.evaluation.plotting import plot_distance_histograms
 
         raw = store.lookup(keys.tolist())
         scaled = (raw - model.feature_mean_) / model.feature_scale_
@@ -207,7 +207,7 @@ def _query_features(found: list, store) -> np.ndarray:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from tripletsk.search import build_index
+    from tripletsk.evaluation.search import build_index
 
     if args.index:
         if args.sheet:
@@ -252,7 +252,7 @@ def _run_search(args: argparse.Namespace) -> int:
             for rank, (k, d) in enumerate(hits, start=1):
                 print(f"{rank:4d}  {d:.4f}  {k}")
     if args.sheet:
-        from tripletsk.plotting import plot_neighbour_sheet
+        from tripletsk.evaluation.plotting import plot_neighbour_sheet
 
         sheet = [
             (q, path or os.path.join(image_root, key), hits)

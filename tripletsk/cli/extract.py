@@ -1,8 +1,8 @@
 """``extract-features`` and ``merge-features``: the command-line side of extraction.
 
 Arguments become the keyword arguments of :func:`tripletsk.extraction.extract_features` (or of
-:func:`tripletsk.distributed.extract_with_dask` on a Dask cluster); library errors speak of those
-parameters, and this module words the ones a user meets most often in terms of the flags.
+:func:`tripletsk.extraction.distributed.extract_with_dask` on a Dask cluster); library errors speak
+of those parameters, and this module words the ones a user meets most often in terms of the flags.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.cli._common import UsageError, add_command
 from tripletsk.errors import CacheMismatchError, UserError, WeightsUnavailableError
-from tripletsk.store import DEFAULT_CACHE
 
 __all__ = ["add_extract_arguments", "extraction_options", "register", "run_extract"]
 
@@ -141,7 +141,7 @@ def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def _shard_arg(value: str) -> tuple[int, int]:
-    from tripletsk.shards import parse_shard
+    from tripletsk.cache.shards import parse_shard
 
     try:
         return parse_shard(value)
@@ -229,7 +229,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             "--replace works without --scheduler/--dask-workers; delete the cache file instead"
         )
     _check_sizes(args)
-    from tripletsk.extraction.roots import ImageFolderMismatchError
+    from tripletsk.cache.roots import ImageFolderMismatchError
 
     dask = args.scheduler is not None or args.dask_workers is not None or args.gpus is not None
     try:
@@ -280,7 +280,7 @@ def run_extract(args: argparse.Namespace) -> int:
 
 def run_extract_dask(args: argparse.Namespace) -> int:
     """``tripletsk extract-features --scheduler ADDRESS | --dask-workers N`` from parsed args."""
-    from tripletsk.distributed import extract_with_dask
+    from tripletsk.extraction.distributed import extract_with_dask
 
     s = extract_with_dask(
         args.images_dir,
@@ -296,7 +296,7 @@ def run_extract_dask(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from tripletsk.shards import merge_shards
+    from tripletsk.cache.shards import merge_shards
 
     summary = merge_shards(args.shards, args.output, remove=args.remove_shards)
     if not args.quiet:

@@ -1,5 +1,5 @@
 """``index``, ``duplicates``, ``calibrate``, ``match`` and ``search --index``: using a stored
-embedding index (:mod:`tripletsk.embedding_index`)."""
+embedding index (:mod:`tripletsk.index.embedding_index`)."""
 
 from __future__ import annotations
 
@@ -98,13 +98,13 @@ def register(sub) -> None:
 
 
 def _open_index(path: str):
-    from tripletsk.embedding_index import EmbeddingIndex
+    from tripletsk.index.embedding_index import EmbeddingIndex
 
     return EmbeddingIndex(path)
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from tripletsk.index_build import build_index_from_features, build_index_from_model
+    from tripletsk.index.build import build_index_from_features, build_index_from_model
 
     if args.features_only == bool(args.model):
         raise UsageError(
@@ -145,7 +145,7 @@ def _model_and_store(
 ):
     """The index's model (checked against it) and, if needed, its cache (checked fresh;
     ``store``: the cache, already opened and checked against the index)."""
-    from tripletsk.index_build import check_index_current
+    from tripletsk.index.build import check_index_current
     from tripletsk.modelfile import check_model_cache, load_model, open_model_cache
 
     path = model_path or index.model.get("path") or index.model.get("abspath")
@@ -243,7 +243,7 @@ def _embedding(index, fitted, store):
     L2 normalisation, checked against the index's width."""
     if not index.features_only:
         return fitted.model
-    from tripletsk.index_build import FeatureEmbedding
+    from tripletsk.index.build import FeatureEmbedding
 
     if store.dim != index.dim:
         raise UserError(
@@ -271,8 +271,8 @@ def _checked_store(index, args):
     a note) when the cache is not found."""
     paths = [p for p in _cache_paths(index, args) if p and os.path.exists(p)]
     if paths:
-        from tripletsk.index_build import check_index_current
-        from tripletsk.store import FeatureStore
+        from tripletsk.cache.store import FeatureStore
+        from tripletsk.index.build import check_index_current
 
         store = FeatureStore(paths[0])
         check_index_current(index, store=store)
@@ -336,9 +336,9 @@ def _read_keys(path: str) -> list[str]:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from tripletsk.folders import labels_from_folders
-    from tripletsk.matching import calibrate_index
+    from tripletsk.evaluation.matching import calibrate_index
     from tripletsk.modelfile import load_model, save_model
+    from tripletsk.triplets.folders import labels_from_folders
 
     if not 0 < args.precision <= 1:
         raise UsageError("--precision must be in (0, 1]")
@@ -360,7 +360,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     if not model_path:
         raise UserError(f"{index.path} records no model file; pass --model")
     fitted = load_model(model_path)
-    from tripletsk.index_build import check_index_current
+    from tripletsk.index.build import check_index_current
 
     check_index_current(index, encoder=fitted.model)
     calibration = calibrate_index(
@@ -371,7 +371,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     save_model(model_path, fitted.model, fitted.cache, fitted.training)
     _report_calibration(args, calibration, model_path)
     if args.plot:
-        from tripletsk.plotting import plot_precision_recall
+        from tripletsk.evaluation.plotting import plot_precision_recall
 
         plot_precision_recall(calibration, args.plot)
     return 0

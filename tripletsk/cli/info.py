@@ -48,8 +48,8 @@ def _print_info(info: dict) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.modelfile import model_info
-    from tripletsk.store import FeatureStore
 
     path = args.path
     if not os.path.exists(path):

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.cli._common import UsageError, add_command, check_output_path
 from tripletsk.errors import UserError
-from tripletsk.store import DEFAULT_CACHE
 
 __all__ = ["parse_params", "register"]
 
@@ -103,8 +103,8 @@ def _add_fit(sub) -> None:
 
 def _keys_of(source: str) -> tuple[np.ndarray, object]:
     """Image keys of a cache file or an image folder, and the store (None for a folder)."""
-    from tripletsk.folders import list_image_keys
-    from tripletsk.store import FeatureStore
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.triplets.folders import list_image_keys
 
     if os.path.isdir(source):
         return list_image_keys(source), None
@@ -115,8 +115,8 @@ def _keys_of(source: str) -> tuple[np.ndarray, object]:
 def _run_make_triplets(args: argparse.Namespace) -> int:
     from sklearn.model_selection import train_test_split
 
-    from tripletsk.folders import labels_from_folders, make_triplets_from_folders
-    from tripletsk.triplets import write_triplets
+    from tripletsk.triplets.files import write_triplets
+    from tripletsk.triplets.folders import labels_from_folders, make_triplets_from_folders
 
     if args.n_triplets < 1:
         raise UsageError("-n/--n-triplets must be at least 1")
@@ -218,11 +218,11 @@ def parse_params(assignments: Sequence[str]) -> dict:
 def _run_fit(args: argparse.Namespace) -> int:
     from sklearn.utils._param_validation import InvalidParameterError
 
+    from tripletsk.cache.store import FeatureStore
     from tripletsk.estimator import TripletEncoder
-    from tripletsk.folders import labels_from_folders
     from tripletsk.modelfile import cache_record, model_format, save_model
-    from tripletsk.store import FeatureStore
-    from tripletsk.triplets import read_triplet_indices
+    from tripletsk.triplets.files import read_triplet_indices
+    from tripletsk.triplets.folders import labels_from_folders
 
     params = parse_params(args.params)
     # Outputs are checked now, not after training.
@@ -270,7 +270,7 @@ def _run_fit(args: argparse.Namespace) -> int:
         f"wrote {args.output}"
     )
     if args.plot:
-        from tripletsk.plotting import plot_loss_curves
+        from tripletsk.evaluation.plotting import plot_loss_curves
 
         plot_loss_curves(model, plot)
         print(f"wrote {args.plot}")

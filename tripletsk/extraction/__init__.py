@@ -3,17 +3,19 @@
 The expensive one-time step. ``extract_features(images_dir)`` (``tripletsk extract-features``)
 passes every image once through a frozen backbone (by default ResNet50 up to its ``avg_pool`` layer,
 2048 numbers; any ``keras.applications`` model or a user's model file) and stores the features in an
-HDF5 cache (see :mod:`tripletsk.store`). Runs are incremental (only new or changed
+HDF5 cache (see :mod:`tripletsk.cache.store`). Runs are incremental (only new or changed
 images are extracted), resumable after any interruption (SIGKILL included), and unreadable files
 are skipped and reported with a reason.
 
 Modules: ``discovery`` (finding images), ``decode`` (Pillow decoding, fingerprints), ``budget``
 (the decoders' shared memory budget), ``architecture`` (which network), ``backbone`` (weights,
 the model, provenance), ``plan`` (what a run keeps, extracts and drops), ``pipeline`` (decoding
-threads feeding the model), ``roots`` (one images folder per cache), ``repair`` (re-extracting
-damaged rows), ``write_errors`` (a cache that cannot be written), ``run`` (one run,
-:func:`extract_features`), ``summary``, ``query`` (:func:`features_for_files`). TensorFlow is
-imported only when a model is built.
+threads feeding the model), ``run`` (one run, :func:`extract_features`), ``summary``, ``query``
+(:func:`features_for_files`), ``runners`` (TensorFlow or OpenVINO runners of the backbone),
+``quantization``, ``int8`` and ``openvino_ir`` (int8 and OpenVINO models), ``auto`` (choosing the
+fastest runner), ``image_features`` (:class:`ImageFeatures`, a scikit-learn transformer),
+``distributed`` (extraction on a Dask cluster). TensorFlow is imported only when a model is
+built.
 """
 
 from tripletsk.extraction.backbone import (

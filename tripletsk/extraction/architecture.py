@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk._tensorflow import import_keras
-from tripletsk.checksums import file_digest
+from tripletsk.cache.checksums import file_digest
 from tripletsk.errors import UserError
 
 __all__ = [

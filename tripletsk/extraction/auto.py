@@ -79,8 +79,8 @@ class Choice:
 
 def candidates(precision: str | None = None) -> list[str]:
     """``"backend/precision"`` of the runners this machine has (``precision``: only those);
-    :func:`tripletsk.backends.available_runners`."""
-    from tripletsk.backends import available_runners
+    :func:`tripletsk.extraction.runners.available_runners`."""
+    from tripletsk.extraction.runners import available_runners
 
     return available_runners(precision)
 
@@ -101,7 +101,7 @@ def resolve(opts, old, journal: dict | None, files: Sequence, listing: Sequence)
     here (:func:`choose`, on ``files`` of the collection ``listing``)."""
     from dataclasses import replace
 
-    from tripletsk.extraction.roots import same_folder
+    from tripletsk.cache.roots import same_folder
 
     kept = None
     if journal and journal.get("provenance") and same_folder(journal.get("image_root") or "/",
@@ -243,7 +243,9 @@ def choose(
         return Choice(*names[0].split("/"), _reason(names[0], {}, {}, 0, notes), int8_model)
     trial = None
     if int8_model is not None and _cosine_key("openvino/int8", int8_model) not in record["cosine"]:
-        from tripletsk.quantization import model_agreement  # measured when it was quantized
+        from tripletsk.extraction.quantization import (
+            model_agreement,  # measured when it was quantized
+        )
 
         agreement = model_agreement(int8_model.folder)
         if agreement is not None:

@@ -140,7 +140,11 @@ def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]
     OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
     OpenVINO would compute in float32 while the cache recorded bfloat16.
     """
-    from tripletsk.backends import check_precision, cpu_lacks_bfloat16, normalize_precision
+    from tripletsk.extraction.runners import (
+        check_precision,
+        cpu_lacks_bfloat16,
+        normalize_precision,
+    )
 
     if backend not in (*BACKENDS, AUTO):
         raise UserError(f"backend must be one of {', '.join((*BACKENDS, AUTO))}, got {backend!r}")
@@ -151,7 +155,7 @@ def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]
     except ValueError as e:  # said here without check_precision's CLI flag name
         raise UserError(str(e)) from None
     if backend == AUTO:
-        from tripletsk.backends import available_runners
+        from tripletsk.extraction.runners import available_runners
 
         if not available_runners(precision):
             raise UserError(
@@ -262,10 +266,11 @@ class Backbone:
 
 def _backend_runner(model, arch: Architecture, backend: str, precision: str, batch_size: int,
                     folder: str | None = None):  # fmt: skip
-    """uint8 batch -> features through :mod:`tripletsk.backends` (OpenVINO, or TF bfloat16);
-    OpenVINO: the model in ``folder`` (int8: quantized; float: converted) if given, else
+    """uint8 batch -> features through :mod:`tripletsk.extraction.runners` (OpenVINO, or TF
+    bfloat16); OpenVINO: the model in ``folder`` (int8: quantized; float: converted) if given, else
     ``model`` converted now."""
-    from tripletsk import backends, quantization
+    from tripletsk.extraction import quantization
+    from tripletsk.extraction import runners as backends
 
     if precision == "int8":
         run = quantization.load_openvino_int8_runner(folder, batch_size=batch_size)
@@ -306,9 +311,9 @@ def build_backbone(
     ``weights``: ``"imagenet"`` (Keras downloads and caches the file), ``"none"``/``None`` (random
     initialisation from ``seed``, identical in every process), or a path to a weights file.
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
-    (:func:`tripletsk.quantization.quantize_openvino_int8`). ``models_dir``: with OpenVINO at
-    float32/bfloat16, where the converted model is kept (found there, or converted once and
-    put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
+    (:func:`tripletsk.extraction.quantization.quantize_openvino_int8`). ``models_dir``: with
+    OpenVINO at float32/bfloat16, where the converted model is kept (found there, or converted once
+    and put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
 
     Raises
     ------

@@ -12,8 +12,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from tripletsk.cache.failures import escape_field, is_control
 from tripletsk.errors import UserError
-from tripletsk.failures import escape_field, is_control
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -1,11 +1,11 @@
 """int8 extraction: the calibration sample of a collection and its quantized backbone.
 
 ``--precision int8`` (OpenVINO) runs a copy of the backbone quantized with NNCF
-(:func:`tripletsk.quantization.quantize_openvino_int8`), calibrated on
-:data:`~tripletsk.quantization.CALIBRATION_SIZE` of the user's own images: those of
-:func:`~tripletsk.quantization.calibration_keys` of the complete listing (before any sharding, so
-every shard picks the same ones), unreadable ones skipped for the next in the ranking. The
-quantized model is kept in ``<cache folder>/.tripletsk-models/`` and reused by every run, shard
+(:func:`tripletsk.extraction.quantization.quantize_openvino_int8`), calibrated on
+:data:`~tripletsk.extraction.quantization.CALIBRATION_SIZE` of the user's own images: those of
+:func:`~tripletsk.extraction.quantization.calibration_keys` of the complete listing (before any
+sharding, so every shard picks the same ones), unreadable ones skipped for the next in the ranking.
+The quantized model is kept in ``<cache folder>/.tripletsk-models/`` and reused by every run, shard
 and query of that cache. An int8 cache records ``int8_calibration`` (the sample's identity),
 ``int8_model`` (the quantized model's digest), both checked like the rest of the provenance,
 and ``int8_calibration_keys`` (the sample's keys, to quantize again if the model is deleted).
@@ -78,7 +78,11 @@ def _decode_sample(
 ) -> tuple[list[str], np.ndarray, str]:
     """The calibration sample of ``files`` (the whole listing): its keys, uint8 pixels and
     identity. Unreadable files are skipped: the next in the ranking takes their place."""
-    from tripletsk.quantization import CALIBRATION_SIZE, calibration_identity, calibration_keys
+    from tripletsk.extraction.quantization import (
+        CALIBRATION_SIZE,
+        calibration_identity,
+        calibration_keys,
+    )
 
     by_key = {f.key: f for f in files}
     ranked = calibration_keys(list(by_key), n=len(by_key))
@@ -112,7 +116,7 @@ def quantize_for(
     """The int8 model of a cache of ``files`` (the complete listing), quantized unless already
     in :func:`models_dir`. ``calibration_keys``: quantize on these (a recorded sample) instead.
     """
-    from tripletsk import quantization
+    from tripletsk.extraction import quantization
 
     if calibration_keys is not None:
         wanted = set(calibration_keys)
@@ -171,7 +175,11 @@ class _Lookup:
     (about 3 s per run with ResNet50 at 224 px)."""
 
     def __init__(self, spec, image_size, files, cache_path, workers):
-        from tripletsk.quantization import CALIBRATION_SIZE, calibration_keys, int8_settings
+        from tripletsk.extraction.quantization import (
+            CALIBRATION_SIZE,
+            calibration_keys,
+            int8_settings,
+        )
 
         self.by_key = {f.key: f for f in files}
         self.folder, self.workers = models_dir(cache_path), workers
@@ -191,7 +199,7 @@ class _Lookup:
         return [[k, fp[2] if fp is not None else None] for k, fp in zip(keys, fps, strict=True)]
 
     def find(self) -> Int8Model | None:
-        from tripletsk.quantization import calibration_identity, find_quantized_model
+        from tripletsk.extraction.quantization import calibration_identity, find_quantized_model
 
         try:
             with open(self.path) as f:
@@ -243,7 +251,7 @@ def int8_model_of_cache(
         If the model is gone and quantizing again gives another model (calibration images
         changed or gone, other NNCF/OpenVINO versions): re-extract into a new cache.
     """
-    from tripletsk.quantization import find_quantized_model
+    from tripletsk.extraction.quantization import find_quantized_model
 
     digest, calibration = str(attrs.get("int8_model")), str(attrs.get("int8_calibration"))
     keys = tuple(json.loads(attrs.get(CALIBRATION_KEYS_ATTR) or "[]"))

@@ -9,8 +9,8 @@ and other caches of that folder load it without TensorFlow. ``<key>`` is a diges
 network's identity (architecture, layer, weights identity), the image size and the TensorFlow,
 Keras and OpenVINO versions: what the conversion depends on. A folder is used only when its
 manifest names that key and every file matches its recorded digest (as for int8 models,
-:mod:`tripletsk.quantization`). The same IR serves float32 and bfloat16 (the precision is chosen
-when it is compiled); its features equal those of a model converted in the same process.
+:mod:`tripletsk.extraction.quantization`). The same IR serves float32 and bfloat16 (the precision
+is chosen when it is compiled); its features equal those of a model converted in the same process.
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ def float_model_folder(
     """The folder in ``models_dir`` of ``spec`` converted to OpenVINO IR (float32 weights),
     converting ``build_model()`` (the Keras model) first if it is missing or damaged; None if
     it cannot be stored there (e.g. a read-only folder: the caller converts in memory)."""
-    from tripletsk.quantization import _install, _ir_digest, _read_manifest, file_digest
+    from tripletsk.extraction.quantization import _install, _ir_digest, _read_manifest, file_digest
 
     key, identity = float_model_key(spec, image_size)
     folder = os.path.join(models_dir, f"openvino-float-{key}")
     if _read_manifest(folder, key) is not None:
         return folder
-    from tripletsk.backends import _import_openvino, _to_openvino
+    from tripletsk.extraction.runners import _import_openvino, _to_openvino
 
     ov = _import_openvino()
     model = build_model()

@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tripletsk.cache.store import FINGERPRINT_DTYPE, PartsJournal
+from tripletsk.cache.write_errors import writing_cache
 from tripletsk.extraction.backbone import cached_backbone
 from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
 from tripletsk.extraction.int8 import models_dir
 from tripletsk.extraction.options import ExtractOptions
-from tripletsk.extraction.write_errors import writing_cache
-from tripletsk.store import FINGERPRINT_DTYPE, PartsJournal
 
 __all__ = ["DECODE_NICE", "extract_pending", "progress_bar"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tripletsk.cache.store import FINGERPRINT_DTYPE
 from tripletsk.extraction.discovery import ImageFile
-from tripletsk.store import FINGERPRINT_DTYPE
 
 __all__ = ["RACY_NS", "Assembly", "Plan", "apply_checks", "assemble", "plan_run"]
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore, check_provenance
 from tripletsk.errors import CacheMismatchError, ImageDecodeError, UserError
 from tripletsk.extraction.architecture import architecture_of, with_model_file
 from tripletsk.extraction.backbone import (
@@ -22,7 +23,6 @@ from tripletsk.extraction.backbone import (
 )
 from tripletsk.extraction.decode import load_image
 from tripletsk.extraction.int8 import models_dir
-from tripletsk.store import DEFAULT_CACHE, FeatureStore, check_provenance
 
 __all__ = ["extraction_settings_of_cache", "features_for_files", "weights_of_cache"]
 
@@ -85,7 +85,7 @@ def _expected(spec, prov: dict) -> dict:
 
 def _int8_folder(store: FeatureStore) -> str:
     """The quantized model the int8 cache ``store`` recorded, in ``.tripletsk-models/``."""
-    from tripletsk.quantization import find_quantized_model
+    from tripletsk.extraction.quantization import find_quantized_model
 
     folder = find_quantized_model(models_dir(store.path), str(store.provenance["int8_model"]))
     if folder is None:

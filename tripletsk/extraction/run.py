@@ -17,6 +17,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tripletsk.cache.failures import write_failed_list
+from tripletsk.cache.repair import corrupt_rows, read_intact_rows
+from tripletsk.cache.roots import ImageFolderMismatchError, journal_meta, same_folder
+from tripletsk.cache.store import (
+    DEFAULT_CACHE,
+    FINGERPRINT_DTYPE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    CacheHeader,
+    CacheLock,
+    PartsJournal,
+    check_provenance,
+    library_versions,
+    load_part_features,
+    now_iso,
+    read_header,
+    remove_stale_temp_files,
+    write_cache,
+)
+from tripletsk.cache.write_errors import check_room, writing_cache
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction.backbone import AUTO, DEFAULT_BACKEND
 from tripletsk.extraction.decode import safe_fingerprint
@@ -36,27 +56,7 @@ from tripletsk.extraction.plan import (
     plan_run,
     record_extracted,
 )
-from tripletsk.extraction.repair import corrupt_rows, read_intact_rows
-from tripletsk.extraction.roots import ImageFolderMismatchError, journal_meta, same_folder
 from tripletsk.extraction.summary import ExtractionSummary
-from tripletsk.extraction.write_errors import check_room, writing_cache
-from tripletsk.failures import write_failed_list
-from tripletsk.store import (
-    DEFAULT_CACHE,
-    FINGERPRINT_DTYPE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    CacheHeader,
-    CacheLock,
-    PartsJournal,
-    check_provenance,
-    library_versions,
-    load_part_features,
-    now_iso,
-    read_header,
-    remove_stale_temp_files,
-    write_cache,
-)
 
 __all__ = ["extract_features"]
 
@@ -155,7 +155,7 @@ def extract_features(
         Decompression-bomb limit (default ``PIL.Image.MAX_IMAGE_PIXELS``).
     shard : "I/N", (I, N) or None
         Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
-        key; merge the N shard caches with :func:`tripletsk.shards.merge_shards`.
+        key; merge the N shard caches with :func:`tripletsk.cache.shards.merge_shards`.
     backend : "auto", "tensorflow" or "openvino", default "auto"
         What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``; its
         converted model is kept in ``.tripletsk-models/`` next to the cache, so later runs need
@@ -186,7 +186,8 @@ def extract_features(
         for an application, its own ``preprocess_input`` unless given.
     int8_model : Int8Model or None
         int8 only: an already quantized model to use for a new cache (how
-        :func:`~tripletsk.distributed.extract_with_dask` quantizes once for all its shards).
+        :func:`~tripletsk.extraction.distributed.extract_with_dask` quantizes once for all its
+        shards).
     only : collection of str or None
         Keys (paths relative to ``images_dir``, ``/`` separators) of the only images to consider:
         they are looked up instead of searching the folder, and the cache's other rows and
@@ -194,8 +195,8 @@ def extract_features(
         :class:`tripletsk.ImageFeatures` adds a few images to the cache of a large folder.
     backend_choice : str or None
         With an explicit backend: how it was chosen, recorded as the cache's
-        ``backend_choice`` (how :func:`~tripletsk.distributed.extract_with_dask` records the
-        choice ``"auto"`` made once for all its shards).
+        ``backend_choice`` (how :func:`~tripletsk.extraction.distributed.extract_with_dask` records
+        the choice ``"auto"`` made once for all its shards).
 
     Returns
     -------
@@ -206,8 +207,8 @@ def extract_features(
     UserError
         The folder does not exist or holds no images, bad arguments, or (subclasses)
         :class:`CacheMismatchError` for a cache made with other settings or of another images
-        folder (:class:`~tripletsk.extraction.roots.ImageFolderMismatchError`),
-        :class:`~tripletsk.extraction.write_errors.CacheWriteError` when the cache cannot be
+        folder (:class:`~tripletsk.cache.roots.ImageFolderMismatchError`),
+        :class:`~tripletsk.cache.write_errors.CacheWriteError` when the cache cannot be
         written (disk full, file-size limit...; finished batches are kept),
         :class:`CacheLockedError` when another extraction writes the same cache,
         :class:`WeightsUnavailableError` when ImageNet weights cannot be downloaded.
@@ -255,7 +256,7 @@ def _discover(opts: ExtractOptions) -> tuple[Discovery, dict | None, list]:
         )
     if opts.shard is None:
         return found, None, found.files
-    from tripletsk.shards import select_shard
+    from tripletsk.cache.shards import select_shard
 
     return (*select_shard(found, opts.shard), found.files)
 
@@ -293,7 +294,7 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     if old is not None:
         check_provenance(old.provenance, prov, output)
         if shard_attrs is not None or "shard" in old.attrs:
-            from tripletsk.shards import check_shard_output
+            from tripletsk.cache.shards import check_shard_output
 
             check_shard_output(old.attrs, shard_attrs, output)
         if opts.dtype is not None and opts.dtype != old.dtype:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from tripletsk.failures import escape_field
+from tripletsk.cache.failures import escape_field
 
 __all__ = ["ExtractionSummary"]
 

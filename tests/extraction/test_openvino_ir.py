@@ -1,0 +1,116 @@
+"""OpenVINO float extraction from the converted model kept beside the cache
+(:mod:`tripletsk.extraction.openvino_ir`): converted once, checked before use, no TensorFlow
+in later runs, the same features as a model converted in the process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.cache.test_shards import make_images
+from tripletsk.cache.store import FeatureStore
+from tripletsk.extraction import extract_features, load_image
+from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
+from tripletsk.extraction.int8 import MODELS_DIR
+from tripletsk.extraction.openvino_ir import float_model_folder, float_model_key
+
+# Each test converts a backbone to OpenVINO IR (~20 s of CPU): end-to-end cases, in the full run.
+pytestmark = pytest.mark.slow
+
+pytest.importorskip("openvino")
+
+OV = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False, "quiet": True,
+      "backend": "openvino"}  # fmt: skip
+
+
+def float_folders(out: Path) -> list[str]:
+    return sorted(p for p in os.listdir(out / MODELS_DIR) if p.startswith("openvino-float-"))
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ovfloat")
+    images = make_images(d / "images", 6)
+    extract_features(images, d / "out" / "first.h5", **OV)
+    return {"images": images, "out": d / "out"}
+
+
+def test_the_converted_model_is_kept_and_reused(first):
+    (folder,) = float_folders(first["out"])
+    key, _ = float_model_key(resolve_network("none"), 32)
+    assert folder == f"openvino-float-{key}"
+    stamp = os.stat(first["out"] / MODELS_DIR / folder / "model.bin").st_mtime_ns
+    extract_features(first["images"], first["out"] / "second.h5", **OV)
+    assert float_folders(first["out"]) == [folder]
+    assert os.stat(first["out"] / MODELS_DIR / folder / "model.bin").st_mtime_ns == stamp
+    np.testing.assert_array_equal(FeatureStore(first["out"] / "second.h5").to_array(),
+                                  FeatureStore(first["out"] / "first.h5").to_array())  # fmt: skip
+    os.remove(first["out"] / "second.h5")
+
+
+def test_features_equal_those_of_the_model_converted_in_process(first):
+    from tripletsk.extraction.runners import make_openvino_runner
+
+    store = FeatureStore(first["out"] / "first.h5")
+    keys = store.keys[:4]
+    pixels = np.stack([load_image(first["images"] / k, 32) for k in keys])
+    spec = resolve_network("none")
+    runner = make_openvino_runner(build_keras_model(spec, 32), "float32", batch_size=4)
+    np.testing.assert_array_equal(runner(preprocess(pixels, spec.arch)), store.lookup(keys))
+
+
+def test_a_run_with_the_converted_model_never_loads_tensorflow(first):
+    other = first["out"] / "no-tensorflow.h5"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from tripletsk.extraction import extract_features
+        s = extract_features({os.fspath(first["images"])!r}, {os.fspath(other)!r}, **{OV!r})
+        print(s.extracted, "tensorflow" in sys.modules, "keras" in sys.modules)
+        """
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split()[-3:] == ["6", "False", "False"]
+    np.testing.assert_array_equal(FeatureStore(other).to_array(),
+                                  FeatureStore(first["out"] / "first.h5").to_array())  # fmt: skip
+    os.remove(other)
+
+
+@pytest.mark.parametrize("damage", ["model.bin", "manifest.json"])
+def test_a_damaged_converted_model_is_converted_again(first, damage, tmp_path):
+    spec = resolve_network("none")
+    models = tmp_path / MODELS_DIR
+    shutil.copytree(first["out"] / MODELS_DIR, models)
+    folder = os.fspath(models / float_folders(first["out"])[0])
+    with open(os.path.join(folder, damage), "r+b") as f:
+        f.seek(10)
+        f.write(b"XXXX")
+    built = []
+
+    def build():
+        built.append(1)
+        return build_keras_model(spec, 32)
+
+    again = float_model_folder(spec, 32, str(models), build)
+    assert again == folder and built == [1]
+    assert float_model_folder(spec, 32, str(models), build) == folder and built == [1]
+
+
+def test_an_unwritable_models_folder_converts_in_memory(tmp_path):
+    spec = resolve_network("none")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert float_model_folder(spec, 32, str(blocker / MODELS_DIR),
+                              lambda: build_keras_model(spec, 32)) is None  # fmt: skip

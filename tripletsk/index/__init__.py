@@ -1,0 +1,21 @@
+"""The embedding index on disk: embeddings stored once, searched exactly or approximately.
+
+``format`` (segment files committed by one JSON manifest), ``writer`` (create, add, remove in
+one atomic commit), ``embedding_index`` (:class:`EmbeddingIndex`: search, duplicates, match),
+``blocked`` (exact search and close pairs in bounded memory), ``ann`` (approximate search with
+faiss), ``build`` (the index of a cache under a fitted model, kept up to date).
+"""
+
+from tripletsk._lazy import lazy_getattr
+
+_LAZY = {
+    "EmbeddingIndex": "tripletsk.index.embedding_index",
+    "Matches": "tripletsk.index.embedding_index",
+    "BuildReport": "tripletsk.index.build",
+    "build_index_from_features": "tripletsk.index.build",
+    "build_index_from_model": "tripletsk.index.build",
+    "check_index_current": "tripletsk.index.build",
+}
+
+__all__ = [*_LAZY]
+__getattr__ = lazy_getattr(__name__, _LAZY)
