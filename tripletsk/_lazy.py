@@ -11,6 +11,11 @@ import importlib
 from collections.abc import Callable
 
 
+def public_names(modules: dict[str, list[str]]) -> dict[str, str]:
+    """``{module: [name, ...]}`` -> ``{name: module}``, for :func:`lazy_getattr` and ``__all__``."""
+    return {name: module for module, names in modules.items() for name in names}
+
+
 def lazy_getattr(package: str, names: dict[str, str]) -> Callable[[str], object]:
     """A module ``__getattr__`` that imports ``names[name]`` (a module path) on first use."""
 

@@ -10,18 +10,17 @@ Writing: ``format`` (the file's layout, its header and writing a complete cache)
 at every read.
 """
 
-from tripletsk._lazy import lazy_getattr
+from tripletsk._lazy import lazy_getattr, public_names
 
-_LAZY = {
-    "DEFAULT_CACHE": "tripletsk.cache.store",
-    "FeatureStore": "tripletsk.cache.store",
-    "UnknownKeyError": "tripletsk.cache.store",
-    "MergeSummary": "tripletsk.cache.shards",
-    "merge_shards": "tripletsk.cache.shards",
-    "read_failed_list": "tripletsk.cache.failures",
-    "corrupt_rows": "tripletsk.cache.repair",
-    "check_features_provenance": "tripletsk.cache.provenance",
-}
+_LAZY = public_names(
+    {
+        "tripletsk.cache.store": ["DEFAULT_CACHE", "FeatureStore", "UnknownKeyError"],
+        "tripletsk.cache.shards": ["MergeSummary", "merge_shards"],
+        "tripletsk.cache.failures": ["read_failed_list"],
+        "tripletsk.cache.repair": ["corrupt_rows"],
+        "tripletsk.cache.provenance": ["check_features_provenance"],
+    }
+)
 
 __all__ = [*_LAZY]
 __getattr__ = lazy_getattr(__name__, _LAZY)

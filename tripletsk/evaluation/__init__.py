@@ -6,38 +6,43 @@ neighbours of queries in memory), ``matching`` (a distance threshold at a chosen
 ``plotting`` (loss curves, distance histograms, neighbour sheets; matplotlib).
 """
 
-from tripletsk._lazy import lazy_getattr
+from tripletsk._lazy import lazy_getattr, public_names
 
-_LAZY = {
-    "triplet_accuracy": "tripletsk.evaluation.metrics",
-    "label_triplet_accuracy": "tripletsk.evaluation.metrics",
-    "precision_at_1": "tripletsk.evaluation.metrics",
-    "recall_at_k": "tripletsk.evaluation.metrics",
-    "r_precision": "tripletsk.evaluation.metrics",
-    "map_at_r": "tripletsk.evaluation.metrics",
-    "retrieval_report": "tripletsk.evaluation.metrics",
-    "make_recall_at_k_scorer": "tripletsk.evaluation.metrics",
-    "SCORERS": "tripletsk.evaluation.metrics",
-    "make_pairs": "tripletsk.evaluation.pairs",
-    "choose_threshold": "tripletsk.evaluation.pairs",
-    "pair_distances": "tripletsk.evaluation.pairs",
-    "pair_verification_report": "tripletsk.evaluation.pairs",
-    "TripletGroupKFold": "tripletsk.evaluation.model_selection",
-    "TripletImageKFold": "tripletsk.evaluation.model_selection",
-    "triplet_groups": "tripletsk.evaluation.model_selection",
-    "triplet_train_test_split": "tripletsk.evaluation.model_selection",
-    "Neighbors": "tripletsk.evaluation.search",
-    "NeighborIndex": "tripletsk.evaluation.search",
-    "build_index": "tripletsk.evaluation.search",
-    "search": "tripletsk.evaluation.search",
-    "Calibration": "tripletsk.evaluation.matching",
-    "calibrate": "tripletsk.evaluation.matching",
-    "calibrate_index": "tripletsk.evaluation.matching",
-    "plot_loss_curves": "tripletsk.evaluation.plotting",
-    "plot_distance_histograms": "tripletsk.evaluation.plotting",
-    "plot_neighbour_sheet": "tripletsk.evaluation.plotting",
-    "plot_precision_recall": "tripletsk.evaluation.plotting",
-}
+_LAZY = public_names(
+    {
+        "tripletsk.evaluation.metrics": [
+            "triplet_accuracy",
+            "label_triplet_accuracy",
+            "precision_at_1",
+            "recall_at_k",
+            "r_precision",
+            "map_at_r",
+            "retrieval_report",
+            "make_recall_at_k_scorer",
+            "SCORERS",
+        ],
+        "tripletsk.evaluation.pairs": [
+            "make_pairs",
+            "choose_threshold",
+            "pair_distances",
+            "pair_verification_report",
+        ],
+        "tripletsk.evaluation.model_selection": [
+            "TripletGroupKFold",
+            "TripletImageKFold",
+            "triplet_groups",
+            "triplet_train_test_split",
+        ],
+        "tripletsk.evaluation.search": ["Neighbors", "NeighborIndex", "build_index", "search"],
+        "tripletsk.evaluation.matching": ["Calibration", "calibrate", "calibrate_index"],
+        "tripletsk.evaluation.plotting": [
+            "plot_loss_curves",
+            "plot_distance_histograms",
+            "plot_neighbour_sheet",
+            "plot_precision_recall",
+        ],
+    }
+)
 
 __all__ = [*_LAZY]
 __getattr__ = lazy_getattr(__name__, _LAZY)

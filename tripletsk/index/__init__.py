@@ -6,16 +6,19 @@ one atomic commit), ``embedding_index`` (:class:`EmbeddingIndex`: search, duplic
 faiss), ``build`` (the index of a cache under a fitted model, kept up to date).
 """
 
-from tripletsk._lazy import lazy_getattr
+from tripletsk._lazy import lazy_getattr, public_names
 
-_LAZY = {
-    "EmbeddingIndex": "tripletsk.index.embedding_index",
-    "Matches": "tripletsk.index.embedding_index",
-    "BuildReport": "tripletsk.index.build",
-    "build_index_from_features": "tripletsk.index.build",
-    "build_index_from_model": "tripletsk.index.build",
-    "check_index_current": "tripletsk.index.build",
-}
+_LAZY = public_names(
+    {
+        "tripletsk.index.embedding_index": ["EmbeddingIndex", "Matches"],
+        "tripletsk.index.build": [
+            "BuildReport",
+            "build_index_from_features",
+            "build_index_from_model",
+            "check_index_current",
+        ],
+    }
+)
 
 __all__ = [*_LAZY]
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -8,16 +8,19 @@ rows read a chunk at a time), ``shared`` (:class:`SharedFeatures`), ``shared_ima
 model scored on images it was fitted on?).
 """
 
-from tripletsk._lazy import lazy_getattr
+from tripletsk._lazy import lazy_getattr, public_names
 
-_LAZY = {
-    "SharedFeatures": "tripletsk.training.shared",
-    "FeatureSource": "tripletsk.training.sources",
-    "as_source": "tripletsk.training.sources",
-    "triplet_loss": "tripletsk.training.losses",
-    "batch_all_triplet_loss": "tripletsk.training.losses",
-    "batch_hard_triplet_loss": "tripletsk.training.losses",
-}
+_LAZY = public_names(
+    {
+        "tripletsk.training.shared": ["SharedFeatures"],
+        "tripletsk.training.sources": ["FeatureSource", "as_source"],
+        "tripletsk.training.losses": [
+            "triplet_loss",
+            "batch_all_triplet_loss",
+            "batch_hard_triplet_loss",
+        ],
+    }
+)
 
 __all__ = [*_LAZY]
 __getattr__ = lazy_getattr(__name__, _LAZY)

@@ -5,23 +5,27 @@
 NumPy), ``folders`` (triplets from ``images/<class>/<image>``).
 """
 
-from tripletsk._lazy import lazy_getattr
+from tripletsk._lazy import lazy_getattr, public_names
 
-_LAZY = {
-    "TripletDataError": "tripletsk.triplets.files",
-    "TripletFile": "tripletsk.triplets.files",
-    "TripletFileError": "tripletsk.triplets.files",
-    "TripletIndices": "tripletsk.triplets.files",
-    "read_triplet_indices": "tripletsk.triplets.files",
-    "read_triplets": "tripletsk.triplets.files",
-    "write_triplets": "tripletsk.triplets.files",
-    "pk_batches": "tripletsk.triplets.mining",
-    "sample_label_triplets": "tripletsk.triplets.mining",
-    "hard_label_triplets": "tripletsk.triplets.mining",
-    "make_triplets_from_folders": "tripletsk.triplets.folders",
-    "labels_from_folders": "tripletsk.triplets.folders",
-    "list_image_keys": "tripletsk.triplets.folders",
-}
+_LAZY = public_names(
+    {
+        "tripletsk.triplets.files": [
+            "TripletDataError",
+            "TripletFile",
+            "TripletFileError",
+            "TripletIndices",
+            "read_triplet_indices",
+            "read_triplets",
+            "write_triplets",
+        ],
+        "tripletsk.triplets.mining": ["pk_batches", "sample_label_triplets", "hard_label_triplets"],
+        "tripletsk.triplets.folders": [
+            "make_triplets_from_folders",
+            "labels_from_folders",
+            "list_image_keys",
+        ],
+    }
+)
 
 __all__ = [*_LAZY]
 __getattr__ = lazy_getattr(__name__, _LAZY)
