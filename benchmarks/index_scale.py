@@ -16,8 +16,9 @@ exact search on 1,000 sampled rows), ``exact`` (1,000 queries, exact, and the ex
 all queries for the recall figure), ``approx`` (2,000 queries, batched), ``add`` (1,000 new
 rows: a new segment and the structure updated, not rebuilt), ``remove`` (those 1,000 rows and
 1,000 of the first segment dropped: that segment is rewritten, the structure updated). The
-choice of library and parameters: ``benchmarks/ann_options.py``. ``OMP_NUM_THREADS=1`` makes
-faiss search with one thread (on a shared machine two threads wait for each other).
+choice of library and parameters: ``benchmarks/studies/index/ann_options.py``.
+``OMP_NUM_THREADS=1`` makes faiss search with one thread (on a shared machine two threads wait
+for each other).
 Results are appended as JSON lines to ``WORK/results.jsonl``.
 """
 

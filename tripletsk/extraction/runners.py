@@ -19,8 +19,8 @@ are built once and then called per batch; the first call of a new batch shape co
     OpenVINO only: post-training quantization with NNCF (:mod:`tripletsk.extraction.quantization`),
     calibrated on a sample of the user's own images and cached on disk, so a backbone is
     quantized once. Needs ``nncf`` (``pip install "tripletsk[openvino]"``).
-    ``benchmarks/extraction_int8.py`` measures the speed, ``benchmarks/int8_quality.py`` the
-    retrieval quality against float32 features.
+    ``benchmarks/extraction_int8.py`` measures the speed,
+    ``benchmarks/studies/precision/int8_quality.py`` the retrieval quality against float32 features.
 
 OpenVINO settings, measured with ``benchmarks/extraction_int8.py --tune`` (ResNet50 at 224 px,
 batch 32, 2 vCPUs; int8 images/s, medians of 3 interleaved rounds): an Intel Xeon with AMX

@@ -5,8 +5,8 @@ Optional: ``pip install "tripletsk[ann]"``. The rows are split into ``lists`` ce
 nearest to it. ``nprobe`` is chosen when the structure is built: the smallest that reaches
 :data:`TARGET_RECALL` recall@10 against exact search on sampled rows, a figure kept in the
 manifest and reported with every answer. Measured against usearch's HNSW graph on the same rows
-(``benchmarks/ann_options.py``, ``benchmarks/README.md``): at equal recall, k-means and the
-assignment of 1,000,000 rows cost a small part of what building the graph did.
+(``benchmarks/studies/index/ann_options.py``, ``benchmarks/README.md``): at equal recall,
+k-means and the assignment of 1,000,000 rows cost a small part of what building the graph did.
 
 What is stored is small and plain: ``ann-<id>.npz`` holds the k-means centroids and the cell of
 each row id (NumPy arrays, read without pickle, checked against the manifest's BLAKE2b digest,

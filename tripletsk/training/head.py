@@ -28,7 +28,7 @@ _NORM_EPS = 1e-12
 # 2**20 weights (512 for 2048-d CNN features), at least 128. On a Fashion-MNIST validation
 # split (split 0, batches of 128) 1024 units beat 512 on 784 pixels (MAP@R 0.692 vs 0.680
 # after 50 epochs) and 512 matched 1024 on 2048-d ResNet50 features (0.670 vs 0.666 after 60)
-# at less cost per epoch (docs/defaults_study.md, "A fit that stops by itself").
+# at less cost per epoch (docs/findings/defaults_study.md, "A fit that stops by itself").
 AUTO_UNITS, AUTO_FIRST_LAYER_WEIGHTS, AUTO_MIN_UNITS = 1024, 2**20, 128
 
 

@@ -1,7 +1,7 @@
 """Learning-rate schedule and weight decay on Fashion-MNIST pixels, on validation splits.
 
-A follow-up of ``benchmarks/defaults_study.py`` (issue 13's quality target): each run fits one
-``TripletEncoder`` setting (``--set PARAM=VALUE``, the rest defaults) with labels on the
+A follow-up of ``defaults_study.py`` (beside this script; issue 13's quality target): each run
+fits one ``TripletEncoder`` setting (``--set PARAM=VALUE``, the rest defaults) with labels on the
 4,000 / 1,000 stratified validation splits (``--splits`` seeds) of the 5,000 class-balanced
 Fashion-MNIST training images of ``examples/fashion_mnist.py`` (seed 0), and on the same kind
 of splits of the digits' training images; the 2,000 test images are never read. Results are
@@ -9,8 +9,9 @@ appended to ``--out`` (JSON lines; a setting, data set and split already there i
 ``--digits-triplets`` adds ``examples/digits_triplets.py``'s protocol inside its training
 images (inner splits 0-2). Run::
 
-    python benchmarks/lr_schedule_levers.py --data DIR --out schedule.jsonl --set n_components=64
-    python benchmarks/lr_schedule_levers.py --data DIR --out schedule.jsonl --report
+    S=benchmarks/studies/defaults
+    python $S/lr_schedule_levers.py --data DIR --out schedule.jsonl --set n_components=64
+    python $S/lr_schedule_levers.py --data DIR --out schedule.jsonl --report
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def report(out: Path) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="Fashion-MNIST folder of *-ubyte.gz")
-    parser.add_argument("--out", default="docs/defaults_study/schedule.jsonl")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "schedule.jsonl")
+    )
     parser.add_argument("--set", action="append", metavar="PARAM=VALUE")
     parser.add_argument("--splits", type=int, nargs="*", default=[0, 1])
     parser.add_argument("--datasets", nargs="*", default=["fashion"])

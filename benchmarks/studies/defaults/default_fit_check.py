@@ -14,7 +14,7 @@
 
 One JSON line per fit goes to ``--out``; a table of medians is printed. Run::
 
-    python benchmarks/default_fit_check.py --data /work/data/fashion-mnist \\
+    python benchmarks/studies/defaults/default_fit_check.py --data /work/data/fashion-mnist \\
         --cache-dir /work/data/features --rounds 3
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 import digits_triplets
 import fashion_mnist
@@ -39,13 +39,13 @@ import fashion_mnist
 from tripletsk import TripletEncoder
 from tripletsk.evaluation.metrics import retrieval_report
 
-# Before issue 21 (2026-12-03): the head of docs/defaults_study.md, 100 epochs that stopped
+# Before issue 21 (2026-12-03): the head of docs/findings/defaults_study.md, 100 epochs that stopped
 # only on a plateau of the training loss (within 1e-4 for 10 epochs).
 DEFAULTS_2026_12_03 = {"hidden_units": 2048, "n_components": 64, "dropout": 0.0,
                        "input_dropout": 0.1, "margin": None, "weight_averaging": 0.97,
                        "batch_size": 256, "max_epochs": 100, "tol": 1e-4,
                        "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
-# The defaults before 2026-12-03 (benchmarks/defaults_study.py's STUDY_DEFAULTS).
+# The defaults before 2026-12-03 (benchmarks/studies/defaults/defaults_study.py's STUDY_DEFAULTS).
 FORMER = {**DEFAULTS_2026_12_03, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
           "input_dropout": 0.0, "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip
 
@@ -94,7 +94,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="Fashion-MNIST folder of *-ubyte.gz")
     parser.add_argument("--cache-dir", help="backbone features of examples/fashion_mnist.py")
-    parser.add_argument("--out", default="docs/defaults_study/default_fit_check.jsonl")
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).resolve().parent / "results" / "default_fit_check.jsonl"),
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", nargs="*", default=["pixels", "resnet", "mobilenet", "digits"])
     args = parser.parse_args(argv)

@@ -15,8 +15,9 @@ harder rows first (clusters that overlap: noise 1.5 instead of 0.6), so that rec
 measured where neighbours are not one tight cluster.
 
     python benchmarks/index_scale.py --work /tmp/ann1m --stages make
-    python benchmarks/ann_options.py --work /tmp/ann1m
-    python benchmarks/ann_options.py --work /tmp/ann1m --configs ivf:4096 usearch:16:64
+    python benchmarks/studies/index/ann_options.py --work /tmp/ann1m
+    python benchmarks/studies/index/ann_options.py --work /tmp/ann1m \\
+        --configs ivf:4096 usearch:16:64
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(BENCHMARKS))
+sys.path.insert(0, BENCHMARKS)  # benchmarks/_common.py
 
 from _common import peak_rss  # noqa: E402
 

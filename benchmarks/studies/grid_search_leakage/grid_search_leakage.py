@@ -23,9 +23,10 @@ One JSON line per search (``--out`` appends it to a file too), then a table of t
 
 Usage::
 
-    python benchmarks/grid_search_leakage.py                  # the quickstart's split (seed 0)
-    python benchmarks/grid_search_leakage.py --data-seeds 0 1 2 3 4 --repeats 1 3
-    python benchmarks/grid_search_leakage.py --data-seeds 0 1 2 3 4 --fixed defaults
+    S=benchmarks/studies/grid_search_leakage
+    python $S/grid_search_leakage.py                  # the quickstart's split (seed 0)
+    python $S/grid_search_leakage.py --data-seeds 0 1 2 3 4 --repeats 1 3
+    python $S/grid_search_leakage.py --data-seeds 0 1 2 3 4 --fixed defaults
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 GRID = {"hidden_units": [128, 512], "n_components": [16, 64]}  # 4 settings

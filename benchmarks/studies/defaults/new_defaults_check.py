@@ -6,7 +6,8 @@ writes), on the 4,000 / 1,000 validation splits 0-2 of the training images (the 
 are never read): ``TripletEncoder`` with the former head and with today's defaults, fit on the
 labels, leave-one-out P@1 / MAP@R on the validation images. One JSON line per fit::
 
-    python benchmarks/new_defaults_check.py --data DIR --cache-dir FEATS > new.jsonl
+    python benchmarks/studies/defaults/new_defaults_check.py --data DIR --cache-dir FEATS \\
+        > new.jsonl
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 from defaults_study import datasets, validate
 
-# Both relative to benchmarks/defaults_study.py's STUDY_DEFAULTS (the former defaults, with
+# Both relative to defaults_study.py's STUDY_DEFAULTS (the former defaults, with
 # the batch and stopping rule of before issue 21): "TODAY" is the head of 2026-12-03.
 FORMER = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
           "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip

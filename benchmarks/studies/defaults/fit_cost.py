@@ -18,8 +18,8 @@ steps in one call (``tf.while_loop``), to show what fusing them saves. Data: the
 images of Fashion-MNIST validation split 0 (784 pixels), or with ``--features FILE.npy``
 (e.g. ``examples/fashion_mnist.py``'s ResNet50 cache, 2048-d) its first 4,000 rows::
 
-    python benchmarks/fit_cost.py --data /work/data/fashion-mnist
-    python benchmarks/fit_cost.py --data DIR \\
+    python benchmarks/studies/defaults/fit_cost.py --data /work/data/fashion-mnist
+    python benchmarks/studies/defaults/fit_cost.py --data DIR \\
         --features FEATS/resnet50-random-64px-train-5000-2000-seed0.npy
 """
 
@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/head_training.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 import numpy as np
 from defaults_study import datasets, parse_settings

@@ -11,8 +11,8 @@ Digits are narrow (64 features), so this measures accuracy, not the bf16 speed-u
 
 Usage::
 
-    python benchmarks/precision_quality.py             # 3 splits
-    python benchmarks/precision_quality.py --splits 5
+    python benchmarks/studies/precision/precision_quality.py             # 3 splits
+    python benchmarks/studies/precision/precision_quality.py --splits 5
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 
 def main(argv=None) -> None:

@@ -24,9 +24,9 @@ features differ. The raw features' own retrieval (no encoder) is printed as cont
 
 Usage::
 
-    python benchmarks/int8_quality.py                  # digits, 64 px, 3 splits
-    python benchmarks/int8_quality.py --size 224 --splits 1
-    python benchmarks/int8_quality.py --dataset fashion --data DIR --size 224 \\
+    python benchmarks/studies/precision/int8_quality.py                  # digits, 64 px, 3 splits
+    python benchmarks/studies/precision/int8_quality.py --size 224 --splits 1
+    python benchmarks/studies/precision/int8_quality.py --dataset fashion --data DIR --size 224 \\
         --backbone "MobileNet(alpha=0.25)" --weights mobilenet_2_5_224_tf.h5 --splits 2
 """
 
@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 
 def _rgb(grey: np.ndarray, size: int, resample) -> np.ndarray:

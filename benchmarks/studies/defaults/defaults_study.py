@@ -17,9 +17,10 @@ The backbone features are read from the ``.npy`` cache that ``examples/fashion_m
 --cache-dir DIR`` writes; a data set whose file is missing is skipped. Each result is appended
 to ``--out`` (JSON lines) as soon as it is measured. Run::
 
-    python benchmarks/defaults_study.py --data /work/data/fashion-mnist \\
+    python benchmarks/studies/defaults/defaults_study.py --data /work/data/fashion-mnist \\
         --cache-dir /work/data/features --out study.jsonl
-    python benchmarks/defaults_study.py --test-once --set mining=semi_hard ...  # then, once
+    python benchmarks/studies/defaults/defaults_study.py --test-once \\
+        --set mining=semi_hard ...  # then, once
 
 ``--test-once`` fits the given setting on all 5,000 Fashion-MNIST training images and reports
 P@1 and MAP@R on the 2,000 disjoint test images, and the held-out triplet accuracy of
@@ -39,7 +40,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 import digits_triplets
 import fashion_mnist
@@ -119,9 +120,9 @@ def validate(params: dict, data, seed: int = 0) -> dict:
     }
 
 
-# The defaults before 2026-12-03, to which every recorded setting of docs/defaults_study/*.jsonl
-# is relative (so that the records keep their meaning after the defaults changed; the stopping
-# rule and batch of before issue 21 included).
+# The defaults before 2026-12-03, to which every recorded setting of results/*.jsonl (beside
+# this script) is relative (so that the records keep their meaning after the defaults changed;
+# the stopping rule and batch of before issue 21 included).
 STUDY_DEFAULTS = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
                   "margin": 1.0, "weight_averaging": 0.0, "batch_size": 256, "max_epochs": 100,
                   "tol": 1e-4, "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip

@@ -1,12 +1,12 @@
 """Digits triplets on validation only: does the default fit stop too early (issue 21)?
 
 ``examples/digits_triplets.py``'s protocol inside its training images (inner splits 0-2 of
-``benchmarks/defaults_study.py``'s ``digits_triplet_validation``; the test images are never
+``defaults_study.py``'s ``digits_triplet_validation``; the test images are never
 read): ``TripletEncoder()`` against the same head fitted for all 100 epochs (no stop, or the
 2026-12-03 rule on the training loss) and against the 2026-12-03 defaults. One JSON line per
 fit is appended to ``--out``::
 
-    PYTHONPATH=. python benchmarks/digits_stopping.py
+    PYTHONPATH=. python benchmarks/studies/defaults/digits_stopping.py
 """
 
 from __future__ import annotations
@@ -44,7 +44,12 @@ def settings() -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="docs/defaults_study/digits_stopping_validation.jsonl")
+    parser.add_argument(
+        "--out",
+        default=str(
+            Path(__file__).resolve().parent / "results" / "digits_stopping_validation.jsonl"
+        ),
+    )
     parser.add_argument("--splits", type=int, nargs="*", default=[0, 1, 2])
     args = parser.parse_args(argv)
     for inner in args.splits:

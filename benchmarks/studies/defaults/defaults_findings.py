@@ -8,7 +8,7 @@
 
 Run::
 
-    python benchmarks/defaults_findings.py
+    python benchmarks/studies/defaults/defaults_findings.py
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ from collections import Counter
 
 import numpy as np
 
-from tripletsk import TripletEncoder
 from tripletsk.evaluation.metrics import retrieval_report
 from tripletsk.triplets.files import pk_batches
 
 
 def batch_sizes(n_classes: int = 10, per_class: int = 375, seed: int = 0) -> Counter:
-    """Sizes of one epoch of the batches that fit(X, y) draws with the default parameters."""
-    defaults = TripletEncoder().get_params()
-    k = defaults["samples_per_class"]
-    p = max(2, defaults["batch_size"] // k)  # as TripletEncoder._batch_plan computes it
+    """Sizes of one epoch of the batches that fit(X, y) drew with the defaults of the study
+    (``batch_size=256, samples_per_class=4``; today's ``batch_size`` default is ``"auto"``)."""
+    k = 4
+    p = max(2, 256 // k)  # as TripletEncoder._batch_plan computed it
     y = np.repeat(np.arange(n_classes), per_class)
     return Counter(len(b) for b in pk_batches(y, p, k, random_state=seed))
 

@@ -12,7 +12,7 @@ read. One JSON line per fit is appended to ``--out``; a (data set, split, settin
 there is skipped. ``--set`` is relative to today's defaults; the record holds the setting in
 full (``RECORDED``)::
 
-    python benchmarks/fit_curves.py --data DIR --out curves.jsonl --splits 0 1 2 \\
+    python benchmarks/studies/defaults/fit_curves.py --data DIR --out curves.jsonl --splits 0 1 2 \\
         --set hidden_units=1024
 
 With a constant learning rate the trajectory does not depend on when a fit stops, so one
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 from defaults_study import datasets, parse_settings
 
@@ -162,7 +162,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="Fashion-MNIST folder of *-ubyte.gz")
     parser.add_argument("--cache-dir", help="backbone features of examples/fashion_mnist.py")
-    parser.add_argument("--out", default="docs/defaults_study/fit_curves.jsonl")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent / "results" / "fit_curves.jsonl")
+    )
     parser.add_argument("--set", action="append", metavar="PARAM=VALUE")
     parser.add_argument("--splits", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="*", default=["fashion"])

