@@ -88,7 +88,9 @@ def run(argv, **kw):
 def prepare(work: str, weights: str) -> dict:
     from PIL import Image
 
-    from tripletsk.cache.store import FINGERPRINT_DTYPE, FeatureStore, write_cache
+    from tripletsk.cache.format import FINGERPRINT_DTYPE
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.cache.writer import write_cache
     from tripletsk.estimator import TripletEncoder
     from tripletsk.extraction import extract_features
     from tripletsk.modelfile import cache_record, save_model

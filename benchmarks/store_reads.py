@@ -38,7 +38,8 @@ ROWS, DIM = 20_000, 2048
 
 
 def make_cache(path: str) -> None:
-    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    from tripletsk.cache.writer import write_cache
 
     rng = np.random.default_rng(0)
     keys = [f"class{i % 10}/img{i:06d}.jpg" for i in range(ROWS)]

@@ -47,7 +47,8 @@ IMAGES_PER_CLASS = 100
 
 def write_class_sorted_cache(path: Path, rows: int) -> None:
     """A cache of ``rows`` images in classes of 100, rows sorted by class, written in blocks."""
-    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    from tripletsk.cache.writer import write_cache
 
     n_classes = rows // IMAGES_PER_CLASS
     keys = [f"c{i // IMAGES_PER_CLASS:05d}/{i:07d}.jpg" for i in range(rows)]

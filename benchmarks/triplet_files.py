@@ -41,13 +41,9 @@ CLASSES, PER_CLASS, DIM = 10, 1000, 2048
 def setup(work: Path, n_lines: int) -> None:
     """The cache, the model and the triplet file, unless already there."""
     sys.path.insert(0, str(REPO))
-    from tripletsk.cache.store import (
-        FINGERPRINT_DTYPE,
-        FORMAT_NAME,
-        FORMAT_VERSION,
-        FeatureStore,
-        write_cache,
-    )
+    from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.cache.writer import write_cache
     from tripletsk.errors import ConvergenceWarning
     from tripletsk.estimator import TripletEncoder
     from tripletsk.modelfile import cache_record, save_model

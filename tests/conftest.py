@@ -15,7 +15,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 import numpy as np
 import pytest
 
-from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+from tripletsk.cache.writer import write_cache
 
 #: Provenance of caches that hold arbitrary vectors rather than a backbone's features.
 PLAIN_PROVENANCE = {"model": "test", "layer": "test", "weights": "none", "image_size": 8,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from tests.cache.test_store import KEYS, make_cache
 
-from tripletsk.errors import CacheFormatError
+from tests.cache.test_store import KEYS, make_cache
+from tripletsk.cache.format import FINGERPRINT_DTYPE, read_header
 from tripletsk.cache.journal import PartsJournal, load_part_features
-from tripletsk.cache.store import FINGERPRINT_DTYPE, FeatureStore, read_feature_rows, read_header
+from tripletsk.cache.reads import read_feature_rows
+from tripletsk.cache.store import FeatureStore
+from tripletsk.errors import CacheFormatError
 
 
 def patch_bytes(path, old: bytes, new: bytes) -> None:

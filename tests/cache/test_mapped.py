@@ -8,11 +8,11 @@ import warnings
 import h5py
 import numpy as np
 import pytest
-from tests.cache.test_store import make_cache
 
-from tripletsk.errors import CacheFormatError
+from tests.cache.test_store import make_cache
 from tripletsk.cache.mapped import MappedFeatures
 from tripletsk.cache.store import FeatureStore
+from tripletsk.errors import CacheFormatError
 
 N, DIM = 1000, 64  # 256 rows (64 KiB) per stored chunk: 4 chunks, the last one partial
 KEYS = [f"class{i // 100}/img{i:04d}.jpg" for i in range(N)]

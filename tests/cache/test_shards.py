@@ -13,18 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tripletsk.cache.merge import merge_shards, split_cache
+from tripletsk.cache.shards import SHARD_ATTRS, parse_shard, shard_of, shard_path
+from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, ShardError
 from tripletsk.extraction import extract_features
-from tripletsk.cache.shards import (
-    SHARD_ATTRS,
-    merge_shards,
-    parse_shard,
-    shard_of,
-    shard_path,
-    split_cache,
-)
-from tripletsk.cache.store import FeatureStore
 
 RUN = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False}
 N = 3

@@ -15,25 +15,20 @@ import h5py
 import numpy as np
 import pytest
 
+from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, check_provenance
+from tripletsk.cache.journal import PartsJournal
+from tripletsk.cache.lock import CacheLock
+from tripletsk.cache.mapped import MappedFeatures
+from tripletsk.cache.reads import read_feature_rows
+from tripletsk.cache.store import FeatureStore
+from tripletsk.cache.writer import write_cache
 from tripletsk.errors import (
     CacheFormatError,
     CacheLockedError,
-    CacheNotFoundError,
-    UserError,
-)
-from tripletsk.cache.mapped import MappedFeatures
-from tripletsk.cache.store import (
-    FINGERPRINT_DTYPE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    CacheLock,
     CacheMismatchError,
-    FeatureStore,
-    PartsJournal,
+    CacheNotFoundError,
     UnknownKeyError,
-    check_provenance,
-    read_feature_rows,
-    write_cache,
+    UserError,
 )
 
 PROV = {
@@ -330,7 +325,7 @@ def test_lock_released_when_holder_is_killed(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys, time
-        from tripletsk.cache.store import CacheLock
+        from tripletsk.cache.lock import CacheLock
         CacheLock({os.fspath(out)!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)

@@ -19,14 +19,10 @@ import numpy as np
 import pytest
 
 from tripletsk import TripletEncoder
+from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+from tripletsk.cache.store import FeatureStore
+from tripletsk.cache.writer import write_cache
 from tripletsk.errors import CacheChangedError
-from tripletsk.cache.store import (
-    FINGERPRINT_DTYPE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    FeatureStore,
-    write_cache,
-)
 
 # The fits below train 2 epochs: not converging is expected.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -41,7 +37,8 @@ REWRITE = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
-    from tripletsk.cache.store import FeatureStore, write_cache
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.cache.writer import write_cache
 
     path, changed, times, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     for t in range(times):
@@ -201,7 +198,7 @@ def _open_deleted_files(path) -> list[str]:
 def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache):
     import gc
 
-    from tripletsk.training.sources import open_cache
+    from tripletsk.cache.opened import open_cache
 
     path, feats = cache
     old = open_cache(path)

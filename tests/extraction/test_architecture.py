@@ -368,7 +368,7 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
 
 @pytest.mark.slow
 def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
-    from tripletsk.cache.shards import merge_shards
+    from tripletsk.cache.merge import merge_shards
 
     run = {"backbone": "MobileNet(alpha=0.25)", "weights": "none", "image_size": 32,
            "quiet": True}  # fmt: skip

@@ -17,7 +17,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from tripletsk import ImageFeatures, TripletEncoder
-from tripletsk.cache.store import CacheLock, FeatureStore
+from tripletsk.cache.lock import CacheLock
+from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
 from tripletsk.extraction.discovery import listed_images

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.cache.test_shards import assert_same_cache, make_images
-from tripletsk.cache.shards import merge_shards
+from tripletsk.cache.merge import merge_shards
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError

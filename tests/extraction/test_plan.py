@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tripletsk.cache.store import FINGERPRINT_DTYPE, PartInfo
+from tripletsk.cache.format import FINGERPRINT_DTYPE
+from tripletsk.cache.journal import PartInfo
 from tripletsk.extraction.discovery import ImageFile
 from tripletsk.extraction.plan import (
     RACY_NS,

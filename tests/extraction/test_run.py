@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletsk.cache.store import CacheLock, FeatureStore
+from tripletsk.cache.lock import CacheLock
+from tripletsk.cache.store import FeatureStore
 from tripletsk.cli.extract import add_extract_arguments, run_extract
 from tripletsk.errors import (
     CacheLockedError,
@@ -785,7 +786,7 @@ def test_interrupt_saves_finished_batches(tmp_path, monkeypatch):
 
 def test_parts_left_after_the_cache_was_written_are_not_double_counted(tmp_path):
     """Killed between writing the cache and deleting the parts: the next run changes nothing."""
-    from tripletsk.cache.store import PartsJournal
+    from tripletsk.cache.journal import PartsJournal
 
     root = tmp_path / "imgs"
     for i in range(3):
@@ -809,7 +810,7 @@ def test_parts_left_after_the_cache_was_written_are_not_double_counted(tmp_path)
 
 def test_empty_parts_of_a_failed_run_with_other_settings_do_not_block(tmp_path):
     """A run that failed before its first batch (e.g. ImageNet offline) is not in the way."""
-    from tripletsk.cache.store import PartsJournal
+    from tripletsk.cache.journal import PartsJournal
 
     root = tmp_path / "imgs"
     save(photo(1), root / "a.png")
@@ -867,7 +868,8 @@ def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
 @pytest.mark.slow
 def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
     """SIGKILL during the final cache write: the cache is still the old complete file."""
-    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    from tripletsk.cache.writer import write_cache
     from tripletsk.extraction import provenance_for
 
     root = tmp_path / "imgs"

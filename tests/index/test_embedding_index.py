@@ -435,7 +435,8 @@ def test_unknown_keys_are_named(small):
 def _cache(path, keys, features, content=None):
     """A real feature cache; ``content`` gives each image's content hash (default: its key)."""
     from tests.conftest import PLAIN_PROVENANCE
-    from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    from tripletsk.cache.writer import write_cache
 
     fps = np.zeros(len(keys), dtype=FINGERPRINT_DTYPE)
     fps["blake2b"] = [(content or {}).get(k, k)[:32].encode() for k in keys]

@@ -15,7 +15,6 @@ from tripletsk.training.sources import (
     as_source,
     feature_rows,
     labelled_rows,
-    open_cache,
     triplet_rows,
 )
 
@@ -102,16 +101,6 @@ def test_keys_without_features_need_the_default_cache(tmp_path, monkeypatch, wri
     write_feature_cache(tmp_path / "cache" / "features.h5", KEYS, X)
     rows, inverse = feature_rows(None, np.array(["d.jpg"]))
     np.testing.assert_array_equal(rows.take()[inverse], X[[3]])
-
-
-def test_open_cache_reopens_a_replaced_file(cache, tmp_path, write_feature_cache):
-    first = open_cache(cache)
-    assert open_cache(os.fspath(cache)) is first  # opened once per version of the file
-    replaced = write_feature_cache(tmp_path / "new.h5", KEYS, X + 100)
-    os.replace(replaced, cache)
-    again = open_cache(cache)
-    assert again is not first
-    np.testing.assert_array_equal(again.lookup(["a.jpg"]), X[:1] + 100)
 
 
 def test_triplet_rows_of_vectors_and_of_ids():

@@ -1,4 +1,4 @@
-"""The feature cache file: format constants, its header, and writing a complete cache.
+"""The feature cache file: its layout, format constants, and reading its header.
 
 File layout (format version 1, see ``docs/extraction.md``; checksums: ``docs/formats.md``)::
 
@@ -12,20 +12,17 @@ File layout (format version 1, see ``docs/extraction.md``; checksums: ``docs/for
                   created, updated, image_root, generation, index_checksums (JSON: BLAKE2b of
                   keys, fingerprints and failed, checked on every open)
 
-A cache file is never modified in place: :func:`write_cache` writes a complete new file next to
-the old one and renames it over it (``os.replace``, atomic), so ``<cache>`` is always the old or
-the new complete file.
+Writing a cache: :mod:`tripletsk.cache.writer`; reading its features:
+:mod:`tripletsk.cache.store` (through :mod:`tripletsk.cache.mapped` or
+:mod:`tripletsk.cache.reads`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import hashlib
 import json
 import os
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +36,8 @@ __all__ = [
     "PROVENANCE_KEYS",
     "CacheHeader",
     "check_provenance",
-    "library_versions",
-    "now_iso",
     "provenance_differences",
-    "read_feature_rows",
     "read_header",
-    "write_cache",
 ]
 
 FORMAT_NAME = "tripletsk-features"
@@ -61,34 +54,12 @@ _DESCRIPTIVE_KEYS = ("backend", "weights_source", "architecture", "backbone_sour
 FINGERPRINT_DTYPE = np.dtype(
     [("size", "<i8"), ("mtime_ns", "<i8"), ("blake2b", "S32"), ("hashed_ns", "<i8")]
 )
-READ_BLOCK = 4096  # rows per block when streaming features
-#: Target bytes per stored chunk of features: the unit of checksum verification. Small, as the
-#: first read of a row reads and verifies its whole chunk (64 KiB: 8 rows of 2048 float32).
-CHUNK_BYTES = 64 << 10
 
 
 def h5py_module():
     import h5py
 
     return h5py
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # e.g. directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def provenance_differences(found: dict, expected: dict) -> list[tuple[str, object, object]]:
@@ -162,7 +133,7 @@ def read_header(path: str | os.PathLike, file=None) -> CacheHeader:
 
 
 def _header_of(f, path: str) -> CacheHeader:
-    attrs = _read_part(path, "its attributes", lambda: _read_attrs(f))
+    attrs = read_part(path, "its attributes", lambda: _read_attrs(f))
     if attrs.get("format") != FORMAT_NAME:
         raise CacheFormatError(f"{path} is not a tripletsk feature cache")
     version = int(attrs.get("format_version", -1))
@@ -171,13 +142,13 @@ def _header_of(f, path: str) -> CacheHeader:
             f"{path} has cache format version {version}; this tripletsk reads up to "
             f"{FORMAT_VERSION}: upgrade tripletsk"
         )
-    keys = _read_part(path, "dataset 'keys'", lambda: [decode_str(k) for k in _all(f["keys"])])
-    fps = _read_part(
+    keys = read_part(path, "dataset 'keys'", lambda: [decode_str(k) for k in _all(f["keys"])])
+    fps = read_part(
         path,
         "dataset 'fingerprints'",
         lambda: np.asarray(_all(f["fingerprints"]), FINGERPRINT_DTYPE),
     )
-    failed = _read_part(
+    failed = read_part(
         path,
         "failed",
         lambda: [(decode_str(k), decode_str(r)) for k, r in _all(f["failed"])],
@@ -212,7 +183,7 @@ def _read_attrs(f) -> dict:
     return attrs
 
 
-def _read_part(path: str, name: str, read, *args):
+def read_part(path: str, name: str, read, *args):
     """``read(*args)``, with damage to ``name`` (a part of the file) reported as corrupt."""
     try:
         return read(*args)
@@ -256,7 +227,7 @@ def _check_index(path: str, attrs: dict, keys, fps, failed) -> None:
     """Compare the small datasets with their checksums (caches written before them have none)."""
     if INDEX_CHECKSUMS not in attrs:
         return
-    stored = _read_part(
+    stored = read_part(
         path, f"attribute {INDEX_CHECKSUMS!r}", lambda: json.loads(attrs[INDEX_CHECKSUMS])
     )
     found = index_checksums(keys, fps, failed)
@@ -276,138 +247,3 @@ def _attr_value(v):
     if isinstance(v, np.generic):
         return v.item()
     return v
-
-
-def write_cache(
-    path: str | os.PathLike,
-    *,
-    keys: Sequence[str],
-    fingerprints: np.ndarray,
-    feature_blocks: Iterable[np.ndarray],
-    dim: int,
-    dtype: str,
-    failed: Sequence[tuple[str, str]],
-    attrs: dict,
-) -> None:
-    """Write a complete cache to a temporary file, fsync it, and atomically rename it to ``path``.
-
-    ``feature_blocks`` yields row blocks whose concatenation is aligned with ``keys``; memory stays
-    bounded by one block.
-    """
-    h5py = h5py_module()
-    path = os.fspath(path)
-    n = len(keys)
-    if len(fingerprints) != n:
-        raise ValueError("fingerprints and keys differ in length")
-    row_bytes = max(1, dim * np.dtype(dtype).itemsize)
-    # Chunks of whole rows, each with its Fletcher-32 checksum (see ``tripletsk.cache.mapped``).
-    chunk_rows = max(1, min(n, CHUNK_BYTES // row_bytes))
-    layout = {"chunks": (chunk_rows, dim), "fletcher32": True} if n and dim else {}
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in attrs.items():
-                f.attrs[k] = v
-            f.attrs[INDEX_CHECKSUMS] = json.dumps(index_checksums(keys, fingerprints, failed))
-            sdt = h5py.string_dtype("utf-8")
-            f.create_dataset("keys", data=np.array(list(keys), dtype=object), dtype=sdt, shape=(n,))
-            f.create_dataset(
-                "fingerprints", data=np.asarray(fingerprints, dtype=FINGERPRINT_DTYPE), shape=(n,)
-            )
-            fl = np.array([[k, r] for k, r in failed], dtype=object).reshape(-1, 2)
-            f.create_dataset("failed", data=fl, dtype=sdt, shape=(len(fl), 2))
-            ds = f.create_dataset("features", shape=(n, dim), dtype=np.dtype(dtype), **layout)
-            row = 0
-            for block in feature_blocks:
-                block = np.asarray(block)
-                if block.shape[0] == 0:
-                    continue
-                if block.ndim != 2 or block.shape[1] != dim:
-                    raise ValueError(f"feature block of shape {block.shape}, expected (m, {dim})")
-                if row + block.shape[0] > n:
-                    raise ValueError("more feature rows than keys")
-                ds[row : row + block.shape[0]] = block.astype(ds.dtype, copy=False)
-                row += block.shape[0]
-            if row != n:
-                raise ValueError(f"{row} feature rows written for {n} keys")
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(os.path.dirname(path) or ".", directory=True)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def read_feature_rows(path: str, rows: np.ndarray, block: int = READ_BLOCK) -> Iterator[np.ndarray]:
-    """Yield the features of sorted ``rows`` of an existing cache, block by block.
-
-    HDF5 verifies the chunk checksums as it reads: damage raises ``CacheFormatError``.
-    """
-    h5py = h5py_module()
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size == 0:
-        return
-    if np.any(np.diff(rows) <= 0):
-        raise ValueError("rows must be strictly increasing")
-    with h5py.File(path, "r") as f:
-        ds = f["features"]
-        lo = int(rows[0])
-        end = int(rows[-1]) + 1
-        for start in range(lo, end, block):
-            stop = min(start + block, end)
-            a, b = np.searchsorted(rows, [start, stop])
-            if a == b:
-                continue
-            where = f"rows {start}-{stop - 1} of dataset 'features'"
-            data = _read_part(path, where, ds.__getitem__, slice(start, stop))
-            yield data[rows[a:b] - start]
-
-
-def read_h5_rows(read, idx: np.ndarray, dim: int) -> np.ndarray:
-    """Rows ``idx`` (any order, repeats allowed) as float32, read with ``read(selection)`` from
-    an h5py dataset, whose fancy reads need sorted unique indices: read those, then reorder."""
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    if uniq.size == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    span = int(uniq[-1] - uniq[0] + 1)
-    if span <= 4 * uniq.size:  # dense: read whole blocks and pick
-        rows = np.empty((uniq.size, dim), dtype=np.float32)
-        lo0 = int(uniq[0])
-        for start in range(lo0, lo0 + span, READ_BLOCK):
-            stop = min(start + READ_BLOCK, lo0 + span)
-            sel = (uniq >= start) & (uniq < stop)
-            if sel.any():
-                rows[sel] = read(slice(start, stop))[uniq[sel] - start]
-    else:
-        rows = np.asarray(read(uniq), dtype=np.float32)
-    return rows[inverse.reshape(-1)]
-
-
-def unreadable_h5_rows(read, n: int, step: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """The rows of the blocks of ``step`` rows (of ``n``; with ``rows``, those holding any of
-    ``rows``) that ``read(slice)`` refuses with a ``CacheFormatError`` (a failed checksum)."""
-    starts = range(0, n, step) if rows is None else np.unique(rows // step * step).tolist()
-    bad = []
-    for start in starts:
-        with contextlib.suppress(CacheFormatError):
-            read(slice(start, start + step))
-            continue
-        bad.append(np.arange(start, min(start + step, n)))
-    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
-
-
-def library_versions() -> dict:
-    """Versions of the libraries that shape the features (recorded in the cache)."""
-    import sys
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for name in ("tripletsk", "tensorflow", "keras", "h5py", "numpy", "pillow"):
-        with contextlib.suppress(Exception):
-            out[name] = metadata.version(name)
-    if "tripletsk" not in out:
-        from tripletsk import __version__
-
-        out["tripletsk"] = __version__
-    return out

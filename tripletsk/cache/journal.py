@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletsk.cache.format import FINGERPRINT_DTYPE, check_provenance, fsync_path
+from tripletsk.cache.format import FINGERPRINT_DTYPE, check_provenance
+from tripletsk.cache.writer import fsync_path
 from tripletsk.errors import CacheFormatError, CacheMismatchError
 
 __all__ = ["PartInfo", "PartsJournal", "load_part_features", "remove_stale_temp_files"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from tripletsk.cache.format import now_iso
+from tripletsk.cache.writer import now_iso
 from tripletsk.errors import CacheLockedError
 
 __all__ = ["CacheLock"]

@@ -1,12 +1,12 @@
 """Reading a cache's features through a memory map, verifying chunk checksums on first read.
 
 HDF5 reads and decodes a whole chunk for every look-up, which makes random row look-ups slow.
-Instead, the file is memory-mapped and rows are copied straight from it, at the byte offsets
-HDF5 records for each chunk. Caches written with checksums store the features in chunks of
-whole rows with the ``fletcher32`` filter; the first time any row of a chunk is read in this
-process, the whole chunk's checksum is verified (:mod:`tripletsk.cache.checksums`), and later reads of
-that chunk copy rows only. Caches written before checksums (contiguous features) are mapped the
-same way, without verification.
+Instead, the file is memory-mapped and rows are copied straight from it, at the byte offsets HDF5
+records for each chunk. Caches written with checksums store the features in chunks of whole rows
+with the ``fletcher32`` filter; the first time any row of a chunk is read in this process, the
+whole chunk's checksum is verified (:mod:`tripletsk.cache.checksums`), and later reads of that
+chunk copy rows only. Caches written before checksums (contiguous features) are mapped the same
+way, without verification.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The error messages of :class:`~tripletsk.cache.store.FeatureStore`: unknown keys, damaged rows."""
+"""The error messages of :class:`~tripletsk.cache.store.FeatureStore`: unknown keys, damaged rows,
+a rewritten file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import difflib
 
 import numpy as np
 
-__all__ = ["corrupt_rows_message", "unknown_keys_message"]
+__all__ = ["changed_message", "corrupt_rows_message", "unknown_keys_message"]
 
 
 def unknown_keys_message(path: str, unknown: list, header) -> str:
@@ -61,3 +62,12 @@ def _ranges(rows: np.ndarray, shown: int = 4) -> str:
     runs = [(int(r[0]), int(r[-1])) for r in np.split(rows, breaks)]
     text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:shown])
     return f"rows {text}" + (", ..." if len(runs) > shown else "")
+
+
+def changed_message(path: str) -> str:
+    """A closed store's cache ``path`` was replaced by another version since it read the keys."""
+    return (
+        f"{path} was rewritten (e.g. by another extraction) since this FeatureStore read its "
+        "keys and was closed: its rows now belong to another version of the cache. Open a new "
+        f"FeatureStore({path!r}) (or run again) to read the new version."
+    )

@@ -1,7 +1,8 @@
-"""One version of a cache file, held open: what a :class:`~tripletsk.cache.store.FeatureStore` reads.
+"""One version of a cache file, held open: what a :class:`~tripletsk.cache.store.FeatureStore`
+reads.
 
 A cache is never modified in place: every writer writes a complete new file and renames it over
-the old one (:func:`tripletsk.cache.format.write_cache`). A reader that holds the file open keeps
+the old one (:func:`tripletsk.cache.writer.write_cache`). A reader that holds the file open keeps
 the version it opened, whatever is renamed over the path meanwhile: the old file stays readable
 (its disk space is freed when its last reader closes it). :class:`PinnedFile` holds that open
 file; its keys, attributes and features are all read through it, never through the path, so

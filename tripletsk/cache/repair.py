@@ -1,10 +1,10 @@
 """Repairing a damaged cache (``verify``): find the rows whose checksums fail, read around them.
 
 The cache's features are stored in chunks, each with a Fletcher-32 checksum (see
-:mod:`tripletsk.cache.checksums`); :meth:`~tripletsk.cache.store.FeatureStore.corrupt_rows` lists the rows of
-the chunks that fail theirs. A verifying run extracts those images again (the plan treats them as
-not cached) and copies the other rows, reading only runs of rows that hold no damaged one (HDF5
-refuses to read a damaged chunk at all).
+:mod:`tripletsk.cache.checksums`); :meth:`~tripletsk.cache.store.FeatureStore.corrupt_rows` lists
+the rows of the chunks that fail theirs. A verifying run extracts those images again (the plan
+treats them as not cached) and copies the other rows, reading only runs of rows that hold no
+damaged one (HDF5 refuses to read a damaged chunk at all).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tripletsk.cache.store import FeatureStore, read_feature_rows
+from tripletsk.cache.reads import read_feature_rows
+from tripletsk.cache.store import FeatureStore
 
 __all__ = ["corrupt_rows", "read_intact_rows"]
 

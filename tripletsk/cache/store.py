@@ -1,9 +1,9 @@
 """Reading the HDF5 feature cache: :class:`FeatureStore`.
 
-The file format and writing it live in :mod:`tripletsk.cache.format`, the crash-safe parts journal
-of an extraction in :mod:`tripletsk.cache.journal`, the writers' lock in :mod:`tripletsk.cache.lock`, and
-checksum verification of the features in :mod:`tripletsk.cache.checksums`; their public names are
-re-exported here, where they have always been imported from.
+The file format and reading its header live in :mod:`tripletsk.cache.format`, writing it in
+:mod:`tripletsk.cache.writer`; the features are read through a memory map
+(:mod:`tripletsk.cache.mapped`, verifying :mod:`tripletsk.cache.checksums`) or through HDF5
+(:mod:`tripletsk.cache.reads`).
 
 Importing this module does not import TensorFlow.
 """
@@ -12,71 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import os
 from collections.abc import Iterator
 
 import numpy as np
 
-from tripletsk.cache.format import (
-    FINGERPRINT_DTYPE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    PROVENANCE_KEYS,
-    READ_BLOCK,
-    CacheHeader,
-    check_provenance,
-    decode_str,
-    library_versions,
-    now_iso,
-    provenance_differences,
-    read_feature_rows,
-    read_h5_rows,
-    read_header,
-    unreadable_h5_rows,
-    write_cache,
-)
-from tripletsk.errors import (
-    CacheChangedError,
-    CacheFormatError,
-    CacheMismatchError,
-    UnknownKeyError,
-)
-from tripletsk.cache.journal import (
-    PartInfo,
-    PartsJournal,
-    load_part_features,
-    remove_stale_temp_files,
-)
-from tripletsk.cache.lock import CacheLock
-from tripletsk.cache.mapped import MappedFeatures, warn_unchecksummed
-from tripletsk.cache.messages import corrupt_rows_message, unknown_keys_message
+from tripletsk.cache.format import CacheHeader, decode_str, read_header
+from tripletsk.cache.mapped import MappedFeatures
+from tripletsk.cache.messages import changed_message, unknown_keys_message
 from tripletsk.cache.pinned import PinnedFile
+from tripletsk.cache.reads import READ_BLOCK, check_rows, open_features
+from tripletsk.errors import CacheChangedError, CacheFormatError, UnknownKeyError
 
-__all__ = [
-    "DEFAULT_CACHE",
-    "FINGERPRINT_DTYPE",
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "PROVENANCE_KEYS",
-    "CacheHeader",
-    "CacheLock",
-    "CacheMismatchError",
-    "FeatureStore",
-    "PartInfo",
-    "PartsJournal",
-    "UnknownKeyError",
-    "check_provenance",
-    "library_versions",
-    "load_part_features",
-    "now_iso",
-    "provenance_differences",
-    "read_feature_rows",
-    "read_header",
-    "remove_stale_temp_files",
-    "write_cache",
-]
+__all__ = ["DEFAULT_CACHE", "FeatureStore"]
 
 DEFAULT_CACHE = os.path.join("cache", "features.h5")
 
@@ -105,7 +54,8 @@ class FeatureStore:
 
     >>> import os, tempfile
     >>> import numpy as np
-    >>> from tripletsk.cache.store import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, write_cache
+    >>> from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
+    >>> from tripletsk.cache.writer import write_cache
     >>> path = os.path.join(tempfile.mkdtemp(), "features.h5")
     >>> write_cache(path, keys=["a/x.jpg", "b/y.jpg"], dim=4, dtype="float32",
     ...             fingerprints=np.zeros(2, FINGERPRINT_DTYPE), failed=[],
@@ -138,7 +88,7 @@ class FeatureStore:
         self._pin: PinnedFile | None = None
         self._identity: tuple | None = None
         # The features once opened: an in-memory array, a MappedFeatures (memory map of the
-        # file), or an h5py dataset (layouts only HDF5 reads) kept open in self._h5.
+        # file), or an H5Features (layouts only HDF5 reads) whose file is kept open in self._h5.
         self._feats = None
         self._h5 = None
         self._chunk_rows: int | None = None
@@ -166,23 +116,12 @@ class FeatureStore:
             pin = PinnedFile(self.path)
             if pin.identity != self._identity:
                 pin.close()
-                raise CacheChangedError(_changed_message(self.path))
+                raise CacheChangedError(changed_message(self.path))
             self._pin = pin
         return self._pin
 
-    def _check_generation(self, f) -> None:
-        """Refuse a file whose version attributes differ from those the keys were read with
-        (the file descriptor was reused after close() by another version of the cache)."""
-        for name in ("generation", "index_checksums"):
-            found = f.attrs.get(name)
-            found = found.decode() if isinstance(found, bytes) else found
-            if found != self._hdr.attrs.get(name):
-                self._pin.close()
-                self._pin = None
-                raise CacheChangedError(_changed_message(self.path))
-
     def _features(self):
-        """The (N, D) features: an in-memory array, a MappedFeatures or an h5py dataset."""
+        """The (N, D) features: an in-memory array, a MappedFeatures or an H5Features."""
         if self._feats is None:
             self._feats = self._load(self.in_memory)
         return self._feats
@@ -190,41 +129,19 @@ class FeatureStore:
     def _load(self, in_memory: bool):
         """Open the features of the pinned version (see :meth:`_features`)."""
         pin = self._pinned()
-        f = pin.open_h5()
         try:
-            self._check_generation(f)
-            ds = f["features"]
-            self._chunk_rows = int(ds.chunks[0]) if ds.chunks else None
-            self._checksummed = ds.fletcher32
-            mapped = MappedFeatures.open(self.path, ds, pin.fd)
-            if ds.shape[0] == 0:
-                feats = np.zeros(ds.shape, dtype=ds.dtype)
-            elif mapped is not None:
-                feats = mapped
-            elif in_memory:
-                feats = self._read_h5(ds, slice(None))
-            else:  # (e.g. compressed by another tool): read through h5py, file kept open
-                self._h5, feats = f, ds
-        except CacheFormatError:
+            opened = open_features(pin, self._hdr, in_memory)
+        except CacheChangedError:  # another version of the cache reused the file descriptor
+            self._pin.close()
+            self._pin = None
             raise
-        except (OSError, ValueError, KeyError) as e:
-            raise CacheFormatError(
-                f"corrupt cache: {self.path}: dataset 'features' cannot be read ({e}). "
-                f"Re-extract it (`tripletsk extract-features IMAGES_DIR -o {self.path}`)."
-            ) from None
-        finally:
-            if self._h5 is not f:
-                f.close()
-        if len(feats) and not self._checksummed:
-            warn_unchecksummed(self.path)
-        if in_memory and isinstance(feats, MappedFeatures):
-            rows = np.arange(len(feats))
-            self._check(feats, rows)
-            feats = feats.take(rows)
+        self._chunk_rows, self._checksummed = opened.chunk_rows, opened.checksummed
+        if opened.h5 is not None:  # the file an H5Features reads, kept open until close()
+            self._h5 = opened.h5
         if self._h5 is None:  # the map (or memory) holds this version now: one file fewer open
             self._pin.close()
             self._pin = None
-        return feats
+        return opened.features
 
     @property
     def chunk_rows(self) -> int | None:
@@ -408,7 +325,7 @@ class FeatureStore:
         idx = np.where(idx < 0, idx + n, idx)
         if isinstance(feats, MappedFeatures):
             uniq = np.unique(idx)
-            self._check(feats, uniq)
+            check_rows(feats, uniq, self.path, self._hdr.keys)
             feats.will_need(uniq)
             if out is not None and feats.dtype == out.dtype:
                 return feats.take_into(idx, out)
@@ -417,8 +334,7 @@ class FeatureStore:
             if out is not None and feats.dtype == out.dtype:
                 return np.take(feats, idx, axis=0, out=out, mode="clip")
             return _into(np.asarray(feats[idx], dtype=np.float32), out)
-        read = functools.partial(self._read_h5, feats)  # an h5py dataset
-        return _into(read_h5_rows(read, idx, self.dim), out)
+        return _into(feats.take(idx), out)  # an H5Features
 
     def iter_chunks(self, chunk_size: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
         """Yield ``(keys, features)`` in row order, ``chunk_size`` rows at a time."""
@@ -440,7 +356,7 @@ class FeatureStore:
         if not isinstance(feats, MappedFeatures):
             return self.take(np.arange(start, stop))
         rows = np.arange(start, stop)
-        self._check(feats, rows)
+        check_rows(feats, rows, self.path, self._hdr.keys)
         feats.will_need(rows)
         return np.asarray(feats.block(start, stop), dtype=np.float32)
 
@@ -465,31 +381,7 @@ class FeatureStore:
             return feats.all_bad_rows(rows)
         if isinstance(feats, np.ndarray) or not self._checksummed:
             return np.zeros(0, dtype=np.int64)
-        step = self._chunk_rows or READ_BLOCK
-        return unreadable_h5_rows(functools.partial(self._read_h5, feats), len(self), step, rows)
-
-    def _check(self, feats: MappedFeatures, rows: np.ndarray) -> None:
-        bad = feats.bad_rows(rows)
-        if bad.size:
-            why = "its stored checksum does not match"
-            raise CacheFormatError(corrupt_rows_message(self.path, bad, self._hdr.keys, why))
-
-    def _read_h5(self, ds, sel) -> np.ndarray:
-        try:
-            return ds[sel]
-        except OSError as e:  # HDF5 verifies checksums (and decompresses) as it reads
-            why = f"HDF5 cannot read them: {e}"
-            rows = np.arange(len(self))[sel]
-            message = corrupt_rows_message(self.path, rows, self._hdr.keys, why)
-            raise CacheFormatError(message) from None
-
-
-def _changed_message(path: str) -> str:
-    return (
-        f"{path} was rewritten (e.g. by another extraction) since this FeatureStore read its "
-        "keys and was closed: its rows now belong to another version of the cache. Open a new "
-        f"FeatureStore({path!r}) (or run again) to read the new version."
-    )
+        return feats.bad_rows(self._chunk_rows or READ_BLOCK, rows)
 
 
 def _into(rows: np.ndarray, out: np.ndarray | None) -> np.ndarray:

@@ -296,7 +296,7 @@ def run_extract_dask(args: argparse.Namespace) -> int:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from tripletsk.cache.shards import merge_shards
+    from tripletsk.cache.merge import merge_shards
 
     summary = merge_shards(args.shards, args.output, remove=args.remove_shards)
     if not args.quiet:

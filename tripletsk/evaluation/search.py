@@ -155,7 +155,7 @@ def _indexed_keys(encoder) -> np.ndarray:
     """All keys of the encoder's ``features``: a cache path, or an object with ``keys``."""
     features = getattr(encoder, "features", None)
     if isinstance(features, str | os.PathLike):
-        from tripletsk.training.sources import open_cache
+        from tripletsk.cache.opened import open_cache
 
         features = open_cache(features)
     keys = None if isinstance(features, np.ndarray) else getattr(features, "keys", None)

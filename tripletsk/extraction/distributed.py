@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from tripletsk.cache.store import DEFAULT_CACHE, CacheLock, check_provenance, read_header
+from tripletsk.cache.format import check_provenance, read_header
+from tripletsk.cache.lock import CacheLock
+from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.errors import UserError
 from tripletsk.extraction.summary import ExtractionSummary
 
@@ -225,7 +227,7 @@ class DaskExtractionSummary(ExtractionSummary):
 def _extract_shard(images_dir: str, output: str, path: str, i: int, n: int, kwargs: dict):
     """Run on a worker: extract shard ``i`` of ``n`` to ``path``. User errors are returned, not
     raised, so that Dask does not retry them."""
-    from tripletsk.cache.shards import split_cache
+    from tripletsk.cache.merge import split_cache
     from tripletsk.extraction import extract_features
 
     t = time.perf_counter()
@@ -390,7 +392,8 @@ def extract_with_dask(
     DaskExtractionSummary
     """
     distributed = _distributed()
-    from tripletsk.cache.shards import merge_shards_locked, remove_shard_files, shard_path
+    from tripletsk.cache.merge import merge_shards_locked, remove_shard_files
+    from tripletsk.cache.shards import shard_path
 
     t0 = time.perf_counter()
     root, output = os.path.abspath(images_dir), os.path.abspath(output)

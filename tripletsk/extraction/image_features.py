@@ -19,8 +19,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted
 
+from tripletsk.cache.format import PROVENANCE_KEYS, check_provenance
 from tripletsk.cache.roots import ImageFolderMismatchError, same_folder
-from tripletsk.cache.store import DEFAULT_CACHE, PROVENANCE_KEYS, FeatureStore, check_provenance
+from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore
 from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
 from tripletsk.extraction.backbone import DEFAULT_BACKEND
 from tripletsk.extraction.discovery import is_listed_name

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from tripletsk.cache.store import FINGERPRINT_DTYPE, PartsJournal
+from tripletsk.cache.format import FINGERPRINT_DTYPE
+from tripletsk.cache.journal import PartsJournal
 from tripletsk.cache.write_errors import writing_cache
 from tripletsk.extraction.backbone import cached_backbone
 from tripletsk.extraction.budget import ByteBudget

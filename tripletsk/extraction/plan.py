@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tripletsk.cache.store import FINGERPRINT_DTYPE
+from tripletsk.cache.format import FINGERPRINT_DTYPE
 from tripletsk.extraction.discovery import ImageFile
 
 __all__ = ["RACY_NS", "Assembly", "Plan", "apply_checks", "assemble", "plan_run"]

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore, check_provenance
+from tripletsk.cache.format import check_provenance
+from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore
 from tripletsk.errors import CacheMismatchError, ImageDecodeError, UserError
 from tripletsk.extraction.architecture import architecture_of, with_model_file
 from tripletsk.extraction.backbone import (

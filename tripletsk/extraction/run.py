@@ -18,25 +18,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.cache.failures import write_failed_list
-from tripletsk.cache.repair import corrupt_rows, read_intact_rows
-from tripletsk.cache.roots import ImageFolderMismatchError, journal_meta, same_folder
-from tripletsk.cache.store import (
-    DEFAULT_CACHE,
+from tripletsk.cache.format import (
     FINGERPRINT_DTYPE,
     FORMAT_NAME,
     FORMAT_VERSION,
     CacheHeader,
-    CacheLock,
-    PartsJournal,
     check_provenance,
-    library_versions,
-    load_part_features,
-    now_iso,
     read_header,
-    remove_stale_temp_files,
-    write_cache,
 )
+from tripletsk.cache.journal import PartsJournal, load_part_features, remove_stale_temp_files
+from tripletsk.cache.lock import CacheLock
+from tripletsk.cache.repair import corrupt_rows, read_intact_rows
+from tripletsk.cache.roots import ImageFolderMismatchError, journal_meta, same_folder
+from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.cache.write_errors import check_room, writing_cache
+from tripletsk.cache.writer import library_versions, now_iso, write_cache
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction.backbone import AUTO, DEFAULT_BACKEND
 from tripletsk.extraction.decode import safe_fingerprint
@@ -155,7 +151,7 @@ def extract_features(
         Decompression-bomb limit (default ``PIL.Image.MAX_IMAGE_PIXELS``).
     shard : "I/N", (I, N) or None
         Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
-        key; merge the N shard caches with :func:`tripletsk.cache.shards.merge_shards`.
+        key; merge the N shard caches with :func:`tripletsk.cache.merge.merge_shards`.
     backend : "auto", "tensorflow" or "openvino", default "auto"
         What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``; its
         converted model is kept in ``.tripletsk-models/`` next to the cache, so later runs need

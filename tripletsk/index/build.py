@@ -273,7 +273,7 @@ def _describe(record: dict) -> str:
 
 
 def _check_same_kind(index, record: dict, store) -> None:
-    from tripletsk.cache.store import provenance_differences
+    from tripletsk.cache.format import provenance_differences
 
     if index.model.get("digest") != record["digest"]:
         if index.features_only or record.get("kind") == "features":

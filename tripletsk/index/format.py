@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk.cache.checksums import file_digest, fletcher32
-from tripletsk.cache.format import fsync_path, now_iso
+from tripletsk.cache.writer import fsync_path, now_iso
 from tripletsk.errors import IndexFormatError, UserError
 
 __all__ = [

@@ -12,7 +12,6 @@ array, shared features or cache is read later, a chunk at a time; only a mapping
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +19,7 @@ from typing import Protocol
 import numpy as np
 from sklearn.utils.validation import check_array
 
+from tripletsk.cache.opened import open_cache
 from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore
 from tripletsk.errors import NonFiniteFeaturesError
 from tripletsk.training.rows import FeatureRows, array_take
@@ -299,39 +299,6 @@ def _lookup_mapping(mapping: Mapping, keys: np.ndarray) -> np.ndarray:
             f"{len(missing)} keys are not in features (of {len(mapping)} keys), e.g. {missing[:5]}."
         )
     return np.stack([np.asarray(mapping[k], dtype=np.float32) for k in keys.tolist()])
-
-
-def open_cache(path) -> FeatureStore:
-    """The FeatureStore of a cache path, opened once per version of the file.
-
-    Opening reads every key to build the key index; ``transform`` and ``search`` call lookups
-    chunk by chunk, so reopening each time would repeat that work. A store reads the version of
-    the file it opened (:mod:`tripletsk.cache.pinned`); once the path names another version
-    (extraction replaces the file atomically), it is opened afresh and the store of the old
-    version let go (closed when no one uses it), so that its disk space can be freed. The
-    stores of at most 4 paths are kept.
-    """
-    path = os.path.abspath(os.fspath(path))
-    try:
-        st = os.stat(path)
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    except OSError:
-        identity = None  # let FeatureStore raise its own, clear error
-    with _OPEN_LOCK:
-        kept = _OPEN.get(path)
-        if kept is not None and kept._identity == identity:
-            return kept
-    store = FeatureStore(path)
-    with _OPEN_LOCK:
-        _OPEN.pop(path, None)
-        while len(_OPEN) >= 4:
-            _OPEN.pop(next(iter(_OPEN)))
-        _OPEN[path] = store
-    return store
-
-
-_OPEN: dict[str, FeatureStore] = {}  # path -> the store of its latest version opened
-_OPEN_LOCK = threading.Lock()
 
 
 def non_finite_ids_error(exc, ids: np.ndarray, inverse: np.ndarray) -> NonFiniteFeaturesError:
