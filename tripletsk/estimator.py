@@ -23,15 +23,14 @@ from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
 from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
 from tripletsk.evaluation.metrics import label_triplet_accuracy
 from tripletsk.evaluation.pairs import PairVerifierMixin
-from tripletsk.training import fitting as _fitting
 from tripletsk.training import sources
-from tripletsk.training.head import normalize_hidden_units
+from tripletsk.training.config import TrainingConfig, check_params
+from tripletsk.training.fitting import fit_head
 from tripletsk.training.rows import FeatureRows, embed
 from tripletsk.training.shared_images import fitted_images, warn_if_shared
+from tripletsk.training.strategies import MINING_WORDS
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
-
-_LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
 
 
 class TripletEncoder(
@@ -81,10 +80,11 @@ class TripletEncoder(
         [0, 2]. docs/decisions.md says how the head's defaults were chosen.
     mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
-        How ``fit(X, y)`` turns labels into triplets (the words are those of
-        :mod:`tripletsk.triplets.mining`). ``"random"`` draws one random valid triplet per anchor
-        each epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
-        of P = ``batch_size // K`` classes), see :mod:`tripletsk.training.losses`;
+        How ``fit(X, y)`` turns labels into triplets (the table of
+        :mod:`tripletsk.training.strategies` says what each word does). ``"random"`` draws one
+        random valid triplet per anchor each epoch; the others mine online inside P x K batches
+        (K = ``samples_per_class`` samples of P = ``batch_size // K`` classes), see
+        :mod:`tripletsk.training.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
         then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why).
         With ``fit(T)``, ``"auto"`` uses the given triplets, and ``"hard"`` adds each epoch
@@ -93,7 +93,7 @@ class TripletEncoder(
         K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
         fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
         (10 classes, ``batch_size=256``: 10 classes x 25); a number that leaves the batch
-        short of classes warns (:func:`tripletsk.triplets.mining.pk_shape`).
+        short of classes warns (:func:`tripletsk.training.plan.pk_shape`).
     hard_per_anchor : int, default=2
         For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
     refresh_every : int, default=0
@@ -221,7 +221,7 @@ class TripletEncoder(
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
-        "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
+        "mining": [StrOptions(set(MINING_WORDS))],
         "samples_per_class": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "refresh_every": [Interval(Integral, 0, None, closed="left")],
@@ -341,48 +341,22 @@ class TripletEncoder(
         so training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
         """
         rng = check_random_state(self.random_state)
-        if any(h < 1 for h in normalize_hidden_units(self.hidden_units, n_features=1)):
-            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        params, labelled = self.get_params(deep=False), y is not None
+        check_params(params, labelled)  # before any row is read
         origin = ProvenanceCheck()  # records the provenance of a cache the rows come from
-        if y is None:
-            if self.mining not in ("auto", "hard"):
-                raise ValueError(
-                    f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
-                    "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
-                )
-            items, triplets = sources.triplet_rows(self.features, X, origin)
-            labels = None
-        else:
-            if self.mining == "hard":
-                raise ValueError(
-                    "mining='hard' mines within given triplets, for fit(T); with labels use "
-                    "'batch_hard' or 'hybrid'."
-                )
-            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
-            triplets = None
-        self._fitted_images = fitted_images(self.features, X, items) if y is None else None
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
+        if labelled:
+            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
+            triplets = None
+        else:
+            items, triplets = sources.triplet_rows(self.features, X, origin)
+            labels = None
+        self._fitted_images = None if labelled else fitted_images(self.features, X, items)
         self.n_features_in_, self.feature_provenance_ = items.n_features, origin.found
-        hidden = normalize_hidden_units(self.hidden_units, items.n_features)
-        _fitting.check_head_size(items.n_features, hidden, self.n_components, self.batch_size)
-        self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
-        items = items.standardized(self.feature_mean_, self.feature_scale_)
-        fraction = self.validation_fraction if self.early_stopping else None
-        train, validation_score = _fitting.holdout(
-            items, triplets, labels, fraction, self.distance, rng
-        )
-        result = _fitting.train(self, items, triplets, labels, train, validation_score, rng)
-        self.weights_ = result.weights
-        self.loss_curve_ = result.loss_curve
-        self.active_fraction_ = result.active_fraction
-        self.error_curve_ = result.error_curve
-        self.validation_scores_ = result.validation_scores if self.early_stopping else None
-        self.best_validation_score_ = result.best_validation_score
-        self.n_iter_ = result.n_iter
-        _fitting.warn_if_failed(
-            items, self.weights_, self.loss_curve_, self.active_fraction_, self.margin, rng
-        )
+        config = TrainingConfig.from_params(params, n_features=items.n_features, labelled=labelled)
+        for name, value in fit_head(config, items, triplets, labels, rng).items():
+            setattr(self, name, value)
         return self
 
     # ------------------------------------------------------------------ inputs
