@@ -418,6 +418,28 @@ def test_collapse_is_detected_and_warned():
         TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(X, y)
 
 
+def test_warnings_of_fit_point_at_the_line_that_called_fit(blobs):
+    """Each step of a fit warns with a stacklevel that counts the frames down to it: the
+    warnings must name this file, whichever step (epoch plan, loop, collapse check) issued it."""
+    X, y = blobs
+    few_classes = {**SMALL, "mining": "batch_hard", "samples_per_class": 4, "batch_size": 64}
+    collapsing = np.ones((40, 8)) * 1e3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TripletEncoder(**few_classes).fit(X, y)  # P x K short of classes; max_epochs reached
+        TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(
+            collapsing, np.repeat([0, 1], 20)
+        )
+    ours = {
+        "classes per batch": UserWarning,
+        "reached max_epochs": ConvergenceWarning,
+        "collapsed": EmbeddingCollapseWarning,
+    }
+    for words, category in ours.items():
+        found = [w for w in caught if issubclass(w.category, category) and words in str(w.message)]
+        assert found and all(w.filename == __file__ for w in found), (words, found)
+
+
 _FORMER_HEAD = {"margin": 1.0, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
                 "input_dropout": 0.0, "weight_averaging": 0.0, "stopping": "loss", "tol": 1e-4,
                 "n_iter_no_change": 10}  # fmt: skip
