@@ -8,7 +8,7 @@ up TensorFlow on a tiny fit, then fits 1 epoch and reports
 * the fit's extra peak memory (peak - before) as a multiple of the features' size.
 
 Up to 1 GiB of rows (128k images) a fit reads them once into one resident tensor (one copy,
-for speed); beyond that it reads windows of 64 MiB per epoch (``tripletsk/training/loop.py``). The
+for speed); beyond that it reads windows of 64 MiB per epoch (``training/windows.py``). The
 sizes straddle that budget, and the cost per million images is the slope between the two
 largest sizes.
 

@@ -418,6 +418,28 @@ def test_collapse_is_detected_and_warned():
         TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(X, y)
 
 
+def test_warnings_of_fit_point_at_the_line_that_called_fit(blobs):
+    """Each step of a fit warns with a stacklevel that counts the frames down to it: the
+    warnings must name this file, whichever step (epoch plan, loop, collapse check) issued it."""
+    X, y = blobs
+    few_classes = {**SMALL, "mining": "batch_hard", "samples_per_class": 4, "batch_size": 64}
+    collapsing = np.ones((40, 8)) * 1e3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TripletEncoder(**few_classes).fit(X, y)  # P x K short of classes; max_epochs reached
+        TripletEncoder(hidden_units=8, standardize=False, max_epochs=3, random_state=0).fit(
+            collapsing, np.repeat([0, 1], 20)
+        )
+    ours = {
+        "classes per batch": UserWarning,
+        "reached max_epochs": ConvergenceWarning,
+        "collapsed": EmbeddingCollapseWarning,
+    }
+    for words, category in ours.items():
+        found = [w for w in caught if issubclass(w.category, category) and words in str(w.message)]
+        assert found and all(w.filename == __file__ for w in found), (words, found)
+
+
 _FORMER_HEAD = {"margin": 1.0, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
                 "input_dropout": 0.0, "weight_averaging": 0.0, "stopping": "loss", "tol": 1e-4,
                 "n_iter_no_change": 10}  # fmt: skip
@@ -526,12 +548,12 @@ def test_fit_and_transform_do_not_copy_the_features(monkeypatch):
     allocation stays a fraction of the features (TensorFlow's own buffers are not traced)."""
     import tracemalloc
 
-    import tripletsk.training.loop as training
     import tripletsk.training.rows as rows_module
+    import tripletsk.training.windows as windows
 
     monkeypatch.setattr(rows_module, "CHUNK_BYTES", 2**20)
-    monkeypatch.setattr(training, "WINDOW_BYTES", 2**20)
-    monkeypatch.setattr(training, "RESIDENT_BYTES", 2**20)  # else read once: one copy
+    monkeypatch.setattr(windows, "WINDOW_BYTES", 2**20)
+    monkeypatch.setattr(windows, "RESIDENT_BYTES", 2**20)  # else read once: one copy
     rng = np.random.RandomState(0)
     X = rng.normal(size=(20_000, 256)).astype(np.float32)  # 20 MB
     T = rng.permutation(len(X)).reshape(-1, 4)[:, :3]
@@ -567,15 +589,15 @@ def class_sorted_digits_cache(tmp_path_factory, write_feature_cache):
 def test_stream_reads_a_cache_block_by_block_and_still_learns(
     class_sorted_digits_cache, monkeypatch, stream
 ):
-    import tripletsk.training.loop as training
     import tripletsk.training.rows as rows_module
+    import tripletsk.training.windows as windows
     from tripletsk.cache.store import FeatureStore
 
     path, keys, y = class_sorted_digits_cache
     block_rows, window_rows = 32, 256  # 64-d rows: 8 KiB blocks, 64 KiB windows
     monkeypatch.setattr(rows_module, "BLOCK_BYTES", block_rows * 64 * 4)
-    monkeypatch.setattr(training, "WINDOW_BYTES", window_rows * 64 * 4)
-    monkeypatch.setattr(training, "RESIDENT_BYTES", 0)  # windows for stream=False too
+    monkeypatch.setattr(windows, "WINDOW_BYTES", window_rows * 64 * 4)
+    monkeypatch.setattr(windows, "RESIDENT_BYTES", 0)  # windows for stream=False too
     reads = []
     original_take = FeatureStore.take
 
@@ -606,7 +628,7 @@ def test_stream_reads_a_cache_block_by_block_and_still_learns(
 @pytest.mark.parametrize("labelled", [False, True])
 def test_windows_train_exactly_as_one_resident_tensor(blobs, monkeypatch, labelled):
     """Reading rows per window (large sets) only changes how batches are fed, not training."""
-    import tripletsk.training.loop as training
+    import tripletsk.training.windows as windows
 
     X, y = blobs
     T = sample_label_triplets(y, 300, random_state=0)
@@ -617,8 +639,8 @@ def test_windows_train_exactly_as_one_resident_tensor(blobs, monkeypatch, labell
         return enc.fit(np.arange(len(X)), y) if labelled else enc.fit(T)
 
     resident = fit()
-    monkeypatch.setattr(training, "RESIDENT_BYTES", 0)
-    monkeypatch.setattr(training, "WINDOW_BYTES", 40 * 12 * 4)  # 40 rows: many windows
+    monkeypatch.setattr(windows, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(windows, "WINDOW_BYTES", 40 * 12 * 4)  # 40 rows: many windows
     windowed = fit()
     for (k1, b1), (k2, b2) in zip(resident.weights_, windowed.weights_, strict=True):
         np.testing.assert_allclose(k1, k2, atol=1e-5)

@@ -19,23 +19,25 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tripletsk import persist
 from tripletsk.cache.provenance import ProvenanceCheck
-from tripletsk.distances import DISTANCES, sklearn_metric, triplet_distances
-from tripletsk.errors import EmbeddingCollapseWarning, NonFiniteFeaturesError
-from tripletsk.evaluation.metrics import label_triplet_accuracy
+from tripletsk.distances import DISTANCES
+from tripletsk.errors import EmbeddingCollapseWarning
 from tripletsk.evaluation.pairs import PairVerifierMixin
-from tripletsk.training import fitting as _fitting
 from tripletsk.training import sources
-from tripletsk.training.head import normalize_hidden_units
-from tripletsk.training.rows import FeatureRows, embed
-from tripletsk.training.shared_images import fitted_images, warn_if_shared
+from tripletsk.training.config import TrainingConfig, check_params
+from tripletsk.training.fitting import fit_head
+from tripletsk.training.inference import EmbeddingMixin
+from tripletsk.training.shared_images import fitted_images
+from tripletsk.training.strategies import MINING_WORDS
 
 __all__ = ["EmbeddingCollapseWarning", "TripletEncoder"]
 
-_LABEL_MINING = ("random", "batch_all", "batch_hard", "semi_hard", "hybrid")
-
 
 class TripletEncoder(
-    PairVerifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+    EmbeddingMixin,
+    PairVerifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    BaseEstimator,
 ):
     """Learn an L2-normalised embedding with triplet loss, on precomputed features.
 
@@ -81,10 +83,11 @@ class TripletEncoder(
         [0, 2]. docs/decisions.md says how the head's defaults were chosen.
     mining : {"auto", "random", "batch_all", "batch_hard", "semi_hard", "hybrid", "hard"}, \
             default="auto"
-        How ``fit(X, y)`` turns labels into triplets (the words are those of
-        :mod:`tripletsk.triplets.mining`). ``"random"`` draws one random valid triplet per anchor
-        each epoch; the others mine online inside P x K batches (K = ``samples_per_class`` samples
-        of P = ``batch_size // K`` classes), see :mod:`tripletsk.training.losses`;
+        How ``fit(X, y)`` turns labels into triplets (the table of
+        :mod:`tripletsk.training.strategies` says what each word does). ``"random"`` draws one
+        random valid triplet per anchor each epoch; the others mine online inside P x K batches
+        (K = ``samples_per_class`` samples of P = ``batch_size // K`` classes), see
+        :mod:`tripletsk.training.losses`;
         ``"hybrid"`` adds the offline hard positives and negatives of each batch's anchors,
         then mines batch-hard. ``"auto"`` is ``"semi_hard"`` (docs/decisions.md says why).
         With ``fit(T)``, ``"auto"`` uses the given triplets, and ``"hard"`` adds each epoch
@@ -93,7 +96,7 @@ class TripletEncoder(
         K of the P x K batches of online mining. ``"auto"`` is 4, or more when there are
         fewer than ``batch_size // 4`` classes, so that a batch holds ``batch_size`` samples
         (10 classes, ``batch_size=256``: 10 classes x 25); a number that leaves the batch
-        short of classes warns (:func:`tripletsk.triplets.mining.pk_shape`).
+        short of classes warns (:func:`tripletsk.training.plan.pk_shape`).
     hard_per_anchor : int, default=2
         For ``mining="hybrid"``: hard positives and hard negatives kept per anchor.
     refresh_every : int, default=0
@@ -221,7 +224,7 @@ class TripletEncoder(
         "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "distance": [StrOptions(set(DISTANCES))],
         "margin": [Interval(Real, 0, None, closed="left"), None],
-        "mining": [StrOptions({"auto", "hard", *_LABEL_MINING})],
+        "mining": [StrOptions(set(MINING_WORDS))],
         "samples_per_class": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "hard_per_anchor": [Interval(Integral, 1, None, closed="left")],
         "refresh_every": [Interval(Integral, 0, None, closed="left")],
@@ -341,123 +344,26 @@ class TripletEncoder(
         so training sees the test images (:meth:`score` then warns: ``SharedImagesWarning``).
         """
         rng = check_random_state(self.random_state)
-        if any(h < 1 for h in normalize_hidden_units(self.hidden_units, n_features=1)):
-            raise ValueError(f"hidden_units must be positive integers; got {self.hidden_units}.")
+        params, labelled = self.get_params(deep=False), y is not None
+        check_params(params, labelled)  # before any row is read
         origin = ProvenanceCheck()  # records the provenance of a cache the rows come from
-        if y is None:
-            if self.mining not in ("auto", "hard"):
-                raise ValueError(
-                    f"mining={self.mining!r} mines triplets from labels: call fit(X, y). "
-                    "fit(T) with triplets takes mining='auto' (as given) or 'hard'."
-                )
-            items, triplets = sources.triplet_rows(self.features, X, origin)
-            labels = None
-        else:
-            if self.mining == "hard":
-                raise ValueError(
-                    "mining='hard' mines within given triplets, for fit(T); with labels use "
-                    "'batch_hard' or 'hybrid'."
-                )
-            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
-            triplets = None
-        self._fitted_images = fitted_images(self.features, X, items) if y is None else None
         # ``items`` describes the rows used without copying them: memory stays the features
         # plus O(batch). Rows are read (and standardised) a chunk or a window at a time.
+        if labelled:
+            items, labels = sources.labelled_rows(self.features, X, y, self._validate_xy, origin)
+            triplets = None
+        else:
+            items, triplets = sources.triplet_rows(self.features, X, origin)
+            labels = None
+        self._fitted_images = None if labelled else fitted_images(self.features, X, items)
         self.n_features_in_, self.feature_provenance_ = items.n_features, origin.found
-        hidden = normalize_hidden_units(self.hidden_units, items.n_features)
-        _fitting.check_head_size(items.n_features, hidden, self.n_components, self.batch_size)
-        self.feature_mean_, self.feature_scale_ = _fitting.standardization(items, self.standardize)
-        items = items.standardized(self.feature_mean_, self.feature_scale_)
-        fraction = self.validation_fraction if self.early_stopping else None
-        train, validation_score = _fitting.holdout(
-            items, triplets, labels, fraction, self.distance, rng
-        )
-        result = _fitting.train(self, items, triplets, labels, train, validation_score, rng)
-        self.weights_ = result.weights
-        self.loss_curve_ = result.loss_curve
-        self.active_fraction_ = result.active_fraction
-        self.error_curve_ = result.error_curve
-        self.validation_scores_ = result.validation_scores if self.early_stopping else None
-        self.best_validation_score_ = result.best_validation_score
-        self.n_iter_ = result.n_iter
-        _fitting.warn_if_failed(
-            items, self.weights_, self.loss_curve_, self.active_fraction_, self.margin, rng
-        )
+        config = TrainingConfig.from_params(params, n_features=items.n_features, labelled=labelled)
+        for name, value in fit_head(config, items, triplets, labels, rng).items():
+            setattr(self, name, value)
         return self
-
-    # ------------------------------------------------------------------ inputs
 
     def _validate_xy(self, X, y):
         return validate_data(self, X, y, dtype=np.float32, y_numeric=False)
-
-    def _check_width(self, n_features: int) -> None:
-        if n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {n_features} features, but TripletEncoder is expecting "
-                f"{self.n_features_in_} features as input."
-            )
-
-    def _embed(self, items: FeatureRows) -> np.ndarray:
-        """Embeddings of ``items``, standardised and embedded a chunk at a time."""
-        return embed(items.standardized(self.feature_mean_, self.feature_scale_), self.weights_)
-
-    # ------------------------------------------------------------------ inference
-
-    def transform(self, X) -> np.ndarray:
-        """Embed samples: rows of features, or indices / keys into ``features``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n, d), or (n,) indices or keys
-
-        Returns
-        -------
-        embeddings : ndarray of shape (n, n_components)
-            L2-normalised embeddings.
-        """
-        check_is_fitted(self)
-        if self.features is not None and np.ndim(X) == 1:  # indices or keys into features
-            ids = np.asarray(X)
-            items, inverse = sources.feature_rows(self.features, ids, ProvenanceCheck.of(self))
-            self._check_width(items.n_features)
-            try:
-                return self._embed(items)[inverse]
-            except NonFiniteFeaturesError as exc:
-                raise sources.non_finite_ids_error(exc, ids, inverse) from None
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        return self._embed(FeatureRows.from_array(X))
-
-    def decision_function(self, T) -> np.ndarray:
-        """``d(anchor, negative) - d(anchor, positive)`` for each triplet: positive when right.
-
-        ``T``: (n, 3, d) feature triplets, or (n, 3) indices or keys into ``features``;
-        returns a float array of shape (n,).
-        """
-        check_is_fitted(self)
-        items, triplets = sources.triplet_rows(self.features, T, ProvenanceCheck.of(self))
-        self._check_width(items.n_features)
-        d_ap, d_an = triplet_distances(self._embed(items), triplets, self.distance)
-        return d_an - d_ap
-
-    def predict_triplets(self, T) -> np.ndarray:
-        """1 where the anchor is closer to the positive than to the negative, else 0 (ties: 0).
-
-        ``T`` as for :meth:`decision_function`; returns an int array of shape (n,).
-        """
-        return (self.decision_function(T) > 0).astype(int)
-
-    def score(self, X, y=None) -> float:
-        """Triplet accuracy (a float): ``score(T)`` on triplets, ``score(X, y)`` on labels.
-
-        ``score(T)``: the mean of :meth:`predict_triplets`; warns (``SharedImagesWarning``) if
-        ``T`` holds images the model was fitted on. ``score(X, y)``: exact, over every valid
-        (anchor, positive, negative) triplet of the labels ``y``, by ranking distances.
-        """
-        if y is None:
-            warn_if_shared(self, X)  # SharedImagesWarning: scored images were fitted on
-            return float(np.mean(self.predict_triplets(X)))
-        metric = sklearn_metric(self.distance)
-        return label_triplet_accuracy(self.transform(X), np.asarray(y), metric)
 
     # ------------------------------------------------------------------ saving
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
+from tripletsk import TripletEncoder
 from tripletsk.errors import TrainingDivergedWarning
+from tripletsk.training.config import TrainingConfig
 from tripletsk.training.head import init_head_weights
 from tripletsk.training.rows import FeatureRows, array_take
 from tripletsk.triplets.files import sample_label_triplets
@@ -36,22 +38,26 @@ def _train(X, y, *, epochs, record=None, poison_from=None, learning_rate=1e-2, *
         else:
             yield from np.array_split(triplets, 4)
 
-    params = dict(
-        labels=None,
-        distance="l2",
-        margin=1.0,
-        mining="triplet",
-        dropout=0.0,
-        learning_rate=learning_rate,
-        max_epochs=epochs,
-        tol=0.0,
-        n_iter_no_change=10**6,
-        validation_score=None,
-        seed=0,
-    )
+    params = {
+        **TripletEncoder().get_params(),
+        "margin": 1.0,
+        "dropout": 0.0,
+        "input_dropout": 0.0,
+        "weight_averaging": 0.0,
+        "learning_rate": learning_rate,
+        "max_epochs": epochs,
+        "tol": 0.0,
+        "n_iter_no_change": 10**6,
+        "stopping": "loss",
+        "verbose": 0,
+        **kwargs,
+    }
+    config = TrainingConfig.from_params(params, n_features=X.shape[1], labelled=False)
     init = init_head_weights(X.shape[1], (8,), 3, np.random.RandomState(0))
     items = FeatureRows(array_take(X), np.arange(len(X)), X.shape[1])
-    return train_head(items, init, epoch_batches, **{**params, **kwargs})
+    return train_head(
+        items, init, epoch_batches, config, labels=None, validation_score=None, seed=0
+    )
 
 
 def _assert_same_weights(a, b):
@@ -64,12 +70,12 @@ def test_fused_adam_matches_keras_adam_step_by_step():
     import keras
     import tensorflow as tf
 
-    from tripletsk.training.loop import _FusedAdam
+    from tripletsk.training.optimizer import FusedAdam
 
     rng = np.random.RandomState(0)
     start = rng.normal(size=(6, 5)).astype(np.float32)
     ours, theirs = keras.Variable(start), keras.Variable(start)
-    fused = _FusedAdam([ours], learning_rate=0.05)
+    fused = FusedAdam([ours], learning_rate=0.05)
     reference = keras.optimizers.Adam(learning_rate=0.05)
     for _ in range(5):
         grad = tf.constant(rng.normal(size=start.shape).astype(np.float32))

@@ -15,13 +15,13 @@ from tripletsk import TripletEncoder
      ("cosine", 50, 0.005), ("cosine", 75, 0.01 * 0.5 * (1 + math.cos(0.75 * math.pi)))],
 )  # fmt: skip
 def test_epoch_learning_rate(schedule, epoch, expected):
-    from tripletsk.training.loop import epoch_learning_rate
+    from tripletsk.training.optimizer import epoch_learning_rate
 
     assert epoch_learning_rate(schedule, 0.01, epoch, 100) == pytest.approx(expected)
 
 
 def test_unknown_schedule_is_refused():
-    from tripletsk.training.loop import epoch_learning_rate
+    from tripletsk.training.optimizer import epoch_learning_rate
 
     with pytest.raises(ValueError, match="learning_rate_schedule must be"):
         epoch_learning_rate("step", 0.01, 0, 100)
@@ -38,11 +38,11 @@ def test_cosine_starts_at_the_learning_rate_then_departs_from_constant(blobs):  
 def test_weight_decay_shrinks_kernels_not_biases():
     import tensorflow as tf
 
-    from tripletsk.training.loop import _FusedAdam
+    from tripletsk.training.optimizer import FusedAdam
 
     kernel = tf.Variable(np.ones((3, 2), np.float32))
     bias = tf.Variable(np.ones(2, np.float32))
-    optimizer = _FusedAdam([kernel, bias], learning_rate=0.1, weight_decay=0.5)
+    optimizer = FusedAdam([kernel, bias], learning_rate=0.1, weight_decay=0.5)
     optimizer.apply_gradients([tf.zeros((3, 2)), tf.zeros(2)])  # Adam's own step is 0 here
     np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5)
     np.testing.assert_array_equal(bias.numpy(), 1.0)
@@ -82,7 +82,7 @@ def test_input_dropout_drops_inputs_in_training_only():
 
 
 def test_average_weights_is_one_ema_step():
-    from tripletsk.training.loop import average_weights
+    from tripletsk.training.averaging import average_weights
 
     average = [(np.zeros((2, 2), np.float32), np.zeros(2, np.float32))]
     weights = [(np.ones((2, 2), np.float32), np.full(2, 2.0, np.float32))]

@@ -1,6 +1,7 @@
 """The steps of a fit around the training loop (private): the check of the head's size,
-standardisation, the early-stopping hold-out and its scorer, the call of the loop with the
-estimator's parameters, and the check that training learned something."""
+standardisation, the early-stopping hold-out and its scorer, the initial weights and the epoch
+plan, the call of the loop, and the check that training learned something. All read the
+fit's :class:`~tripletsk.training.config.TrainingConfig`."""
 
 from __future__ import annotations
 
@@ -15,16 +16,46 @@ from sklearn.model_selection import train_test_split
 from tripletsk.distances import paired_distance, sklearn_metric
 from tripletsk.errors import EmbeddingCollapseWarning
 from tripletsk.evaluation.metrics import label_triplet_accuracy, triplet_accuracy
-from tripletsk.training.head import HeadWeights, init_head_weights, normalize_hidden_units
+from tripletsk.training.config import TrainingConfig
+from tripletsk.training.head import HeadWeights, init_head_weights
+from tripletsk.training.plan import epoch_batches
 from tripletsk.training.rows import FeatureRows, embed
-from tripletsk.triplets import mining as _mining
+
+
+def fit_head(config: TrainingConfig, items: FeatureRows, triplets, labels, rng) -> dict:
+    """Fit a head on ``items`` (raw rows) and ``triplets`` or ``labels``, as ``config`` says.
+
+    Returns the fitted attributes of ``TripletEncoder`` (``weights_``, ``feature_mean_``,
+    ``loss_curve_``, ...) by name. ``rng`` draws, in order, the early-stopping hold-out,
+    the initial weights, the seed of dropout, the batches, and the rows checked for collapse.
+    """
+    check_head_size(config)
+    mean, scale = standardization(items, config.standardize)
+    items = items.standardized(mean, scale)
+    train_rows, validation_score = holdout(items, triplets, labels, config, rng)
+    result = train(config, items, triplets, labels, train_rows, validation_score, rng)
+    warn_if_failed(
+        items, result.weights, result.loss_curve, result.active_fraction, config.margin, rng
+    )
+    return {
+        "feature_mean_": mean,
+        "feature_scale_": scale,
+        "weights_": result.weights,
+        "loss_curve_": result.loss_curve,
+        "active_fraction_": result.active_fraction,
+        "error_curve_": result.error_curve,
+        "validation_scores_": result.validation_scores if config.early_stopping else None,
+        "best_validation_score_": result.best_validation_score,
+        "n_iter_": result.n_iter,
+    }
+
 
 #: Estimated training memory of the head above which ``fit`` warns, or refuses a head whose
 #: embedding is wider than the layer before it (see :func:`check_head_size`).
 HEAD_MEMORY_LIMIT = 1 << 30
 
 
-def check_head_size(n_features: int, hidden: tuple, n_components: int, batch_size: int) -> None:
+def check_head_size(config: TrainingConfig) -> None:
     """Refuse a costly head whose extra size buys nothing; warn about any other costly head.
 
     Training holds about 5 float32 copies of the head's parameters (weights, gradients,
@@ -41,9 +72,10 @@ def check_head_size(n_features: int, hidden: tuple, n_components: int, batch_siz
     Small heads are never refused, whatever their shape (tests use ``hidden_units=8`` with
     the default ``n_components=64``).
     """
-    widths = [n_features, *hidden, n_components]
+    hidden, n_components = config.hidden_units, config.n_components
+    widths = [config.n_features, *hidden, n_components]
     params = sum(a * b + b for a, b in itertools.pairwise(widths))
-    memory = 4 * (5 * params + 3 * batch_size * sum(widths))
+    memory = 4 * (5 * params + 3 * config.batch_size * sum(widths))
     if memory <= HEAD_MEMORY_LIMIT:
         return
     shape = " -> ".join(f"{w:,}" for w in widths)
@@ -56,7 +88,8 @@ def check_head_size(n_features: int, hidden: tuple, n_components: int, batch_siz
             f"spans at most {before:,} dimensions whatever n_components is, so the extra ones "
             f"only cost memory and time ({cost}). Use n_components <= {before:,}."
         )
-    warnings.warn(f"TripletEncoder: {cost}.", UserWarning, stacklevel=4)
+    # check_head_size <- fit_head <- fit <- sklearn's wrapper <- the caller of fit
+    warnings.warn(f"TripletEncoder: {cost}.", UserWarning, stacklevel=5)
 
 
 def standardization(items: FeatureRows, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -77,14 +110,15 @@ def standardization(items: FeatureRows, standardize: bool) -> tuple[np.ndarray, 
 
 
 def holdout(
-    items: FeatureRows, triplets, labels, fraction: float | None, distance: str, rng
+    items: FeatureRows, triplets, labels, config: TrainingConfig, rng
 ) -> tuple[np.ndarray, Callable[[HeadWeights], float] | None]:
     """Training rows (of ``triplets``, or items with ``labels``) and the held-out scorer.
 
     The scorer maps head weights to the held-out triplet accuracy. Labelled samples are
-    held out stratified by label when every class has two samples. ``fraction=None`` (no
-    early stopping) trains on everything, without a scorer.
+    held out stratified by label when every class has two samples. Without early stopping
+    (``config.holdout_fraction`` is ``None``) everything is trained on, without a scorer.
     """
+    fraction, distance = config.holdout_fraction, config.distance
     n = len(triplets) if triplets is not None else len(labels)
     everything = np.arange(n)
     if fraction is None:
@@ -128,64 +162,27 @@ def holdout(
     return train, score
 
 
-def train(encoder, items: FeatureRows, triplets, labels, train_rows, validation_score, rng):
-    """Train ``encoder``'s head on the standardised ``items`` (its ``train_rows``): initial
-    weights and batches from ``rng``, then the training loop with the encoder's parameters.
-    Returns the loop's :class:`~tripletsk.training.loop.TrainingResult`."""
-    if labels is None:
-        mining = "hard" if encoder.mining == "hard" else "given"
-    else:
-        mining = "semi_hard" if encoder.mining == "auto" else encoder.mining
-    hidden = normalize_hidden_units(encoder.hidden_units, items.n_features)
-    init = init_head_weights(items.n_features, hidden, encoder.n_components, rng)
+def train(
+    config: TrainingConfig, items: FeatureRows, triplets, labels, train_rows, validation_score, rng
+):
+    """Train a head on the standardised ``items`` (their ``train_rows``) as ``config`` says:
+    initial weights and batches from ``rng``, then the training loop. Returns the loop's
+    :class:`~tripletsk.training.loop.TrainingResult`."""
+    init = init_head_weights(items.n_features, config.hidden_units, config.n_components, rng)
     seed = int(rng.randint(np.iinfo(np.int32).max))
     batch_rng = np.random.RandomState(rng.randint(np.iinfo(np.int32).max))
     # TensorFlow is needed only from here.
-    from tripletsk.training.loop import WINDOW_BYTES, train_head
+    from tripletsk.training.loop import train_head
 
-    epoch_batches = _mining.epoch_batches(
-        items,
-        triplets,
-        labels,
-        train_rows,
-        mining,
-        batch_rng,
-        batch_size=encoder.batch_size,
-        window_rows=max(1, WINDOW_BYTES // (4 * items.n_features)),
-        distance=encoder.distance,
-        samples_per_class=encoder.samples_per_class,
-        hard_per_anchor=encoder.hard_per_anchor,
-        refresh_every=encoder.refresh_every,
-        stream=encoder.stream,
-    )
-    if encoder.precision == "bfloat16":
+    plan = epoch_batches(items, triplets, labels, train_rows, config, batch_rng)
+    if config.precision == "bfloat16":
         from tripletsk.extraction.runners import warn_if_bfloat16_is_emulated
 
-        warn_if_bfloat16_is_emulated("Training", stacklevel=5)  # the caller of fit
+        # <- train <- fit_head <- fit <- sklearn's wrapper <- the caller of fit
+        warn_if_bfloat16_is_emulated("Training", stacklevel=6)
+    codes = None if labels is None else np.unique(labels, return_inverse=True)[1]
     return train_head(
-        items,
-        init,
-        epoch_batches,
-        labels=None if labels is None else np.unique(labels, return_inverse=True)[1],
-        distance=encoder.distance,
-        margin=encoder.margin,
-        # hybrid batches carry offline hard examples, then mine batch-hard online.
-        mining="batch_hard" if mining == "hybrid" else mining,
-        dropout=encoder.dropout,
-        input_dropout=encoder.input_dropout,
-        learning_rate=encoder.learning_rate,
-        learning_rate_schedule=encoder.learning_rate_schedule,
-        weight_decay=encoder.weight_decay,
-        weight_averaging=encoder.weight_averaging,
-        max_epochs=encoder.max_epochs,
-        tol=encoder.tol,
-        n_iter_no_change=encoder.n_iter_no_change,
-        criterion=encoder.stopping,
-        validation_score=validation_score,
-        seed=seed,
-        verbose=encoder.verbose,
-        precision=encoder.precision,
-        stream=encoder.stream,
+        items, init, plan, config, labels=codes, validation_score=validation_score, seed=seed
     )
 
 
@@ -200,7 +197,7 @@ def warn_if_failed(
             "or a lower learning_rate; keep standardize=True; check that the features differ "
             "between images and that the triplets or labels agree with them.",
             EmbeddingCollapseWarning,
-            stacklevel=4,  # the caller of fit (through sklearn's _fit_context)
+            stacklevel=5,  # <- fit_head <- fit <- sklearn's wrapper <- the caller of fit
         )
 
 

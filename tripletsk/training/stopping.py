@@ -1,4 +1,4 @@
-"""When a fit stops, and the learning rate of each epoch (private: used by the training loop).
+"""When a fit stops (private: used by the training loop).
 
 A fit watches one figure per epoch: with early stopping the held-out triplet accuracy (higher
 is better); otherwise, by ``stopping``, the share of wrongly ordered triplets in the epoch's
@@ -12,17 +12,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "cosine")
 CRITERIA = ("error", "loss")
-
-
-def epoch_learning_rate(schedule: str, learning_rate: float, epoch: int, max_epochs: int) -> float:
-    """The learning rate of ``epoch`` (from 0): constant, or cosine decay to 0 at ``max_epochs``."""
-    if schedule == "constant":
-        return learning_rate
-    if schedule == "cosine":
-        return float(learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)))
-    raise ValueError(f"learning_rate_schedule must be 'constant' or 'cosine'; got {schedule!r}.")
 
 
 class Stopping:

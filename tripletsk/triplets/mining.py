@@ -21,30 +21,26 @@ online
 
 Besides hard examples, triplets come from labels at random (:func:`sample_label_triplets`),
 and labelled samples are grouped into P x K batches (:func:`pk_batches`).
-:func:`epoch_batches` puts these together into the per-epoch plan that the training loop
-consumes.
+:mod:`tripletsk.training.plan` puts these together into the per-epoch plan that the training
+loop consumes.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from sklearn.metrics import pairwise_distances
 from sklearn.utils import check_random_state
 
 from tripletsk.distances import paired_distance
-from tripletsk.training.rows import FeatureRows, block_windows, embed
 
 __all__ = [
-    "epoch_batches",
     "hard_examples",
     "hard_label_triplets",
     "hardest_known",
     "pk_batches",
     "sample_label_triplets",
-    "with_hard_examples",
 ]
 
 
@@ -228,8 +224,10 @@ def hard_examples(features, labels, k: int, anchors=None, chunk_size: int = 1024
 
     Parameters
     ----------
-    features : ndarray of shape (n, d) or FeatureRows
-        Samples (read a chunk at a time, never whole, for :class:`FeatureRows`).
+    features : ndarray of shape (n, d), or rows read a chunk at a time
+        Samples. An object with a ``chunk_size`` and a ``take(indices)`` (the fit's
+        :class:`~tripletsk.training.rows.FeatureRows`) is read ``chunk_size`` candidates at
+        a time, never whole.
     labels : ndarray of shape (n,)
     k : int
         Hard positives and hard negatives kept per anchor.
@@ -253,7 +251,8 @@ def hard_examples(features, labels, k: int, anchors=None, chunk_size: int = 1024
     >>> pos.ravel().tolist(), neg.ravel().tolist()
     ([2, 2, 0, 4, 3], [3, 3, 3, 1, 2])
     """
-    if isinstance(features, FeatureRows):
+    # Not ``take`` alone: an ndarray has ``take`` too (without the same meaning of chunks).
+    if hasattr(features, "chunk_size") and hasattr(features, "take"):
         take, candidates_per_chunk = features.take, features.chunk_size
     else:
         take, candidates_per_chunk = features.__getitem__, 8 * chunk_size
@@ -322,150 +321,3 @@ def hard_label_triplets(features, y, n_triplets: int, n_candidates: int, random_
         pick = rng.randint(0, (hard >= 0).sum(axis=1))
         triplets[:, column] = hard[np.arange(n_triplets), pick]
     return triplets
-
-
-def with_hard_examples(batch, hard, n_anchors: int, rng) -> np.ndarray:
-    """Add the offline hard positives and negatives of up to ``n_anchors`` batch anchors."""
-    hard_pos, hard_neg = hard
-    anchors = rng.choice(batch, size=min(n_anchors, len(batch)), replace=False)
-    extra = np.concatenate([hard_pos[anchors].ravel(), hard_neg[anchors].ravel()])
-    extra = extra[extra >= 0]
-    return np.concatenate([batch, np.setdiff1d(extra, batch)])
-
-
-# --------------------------------------------------------------------------------------------
-# The plan of an epoch
-# --------------------------------------------------------------------------------------------
-
-
-def epoch_batches(
-    items: FeatureRows,
-    triplets,
-    labels,
-    train: np.ndarray,
-    mining: str,
-    rng,
-    *,
-    batch_size: int,
-    window_rows: int,
-    distance: str = "l2",
-    samples_per_class: int | str = "auto",
-    hard_per_anchor: int = 2,
-    refresh_every: int = 0,
-    stream: bool = False,
-) -> Callable:
-    """A function ``(epoch, weights) -> batches`` of indices into ``items``, for training.
-
-    Parameters
-    ----------
-    items : FeatureRows
-        The (standardised) rows of the fit.
-    triplets : ndarray of shape (n, 3) or None
-        Given triplets (indices into ``items``), or ``None`` when learning from ``labels``.
-    labels : ndarray of shape (len(items),) or None
-    train : ndarray of int
-        Rows of ``triplets`` (or items, with labels) to train on.
-    mining : {"given", "hard", "random", "batch_all", "batch_hard", "semi_hard", "hybrid"}
-        ``"given"`` and ``"hard"`` (given plus hardest known) batch triplets; ``"random"``
-        batches random label triplets; the others yield P x K batches of items for online
-        mining, ``"hybrid"`` with offline hard examples added.
-    rng : RandomState
-    batch_size, window_rows : int
-        Triplets or items per batch; items per training window (with ``stream``, an epoch
-        visits the rows window by window, each made of whole storage blocks).
-    distance, samples_per_class, hard_per_anchor, refresh_every, stream
-        As for :class:`~tripletsk.TripletEncoder`.
-    """
-    if labels is None:
-        return _triplet_plan(items, triplets[train], mining, rng, batch_size, window_rows,
-                             distance, stream)  # fmt: skip
-
-    def windows():
-        """Positions into ``train``: all at once, or block windows when streaming."""
-        if not stream:
-            return [np.arange(len(train))]
-        return block_windows(items.rows[train], items.block_rows, window_rows, rng)
-
-    train_labels = labels[train]
-    if mining == "random":
-
-        def random_triplets(epoch, weights):
-            for window in windows():
-                try:
-                    sampled = sample_label_triplets(train_labels[window], random_state=rng)
-                except ValueError:
-                    if not stream:
-                        raise
-                    continue  # a streamed window with a single class or no pair: skip it
-                sampled = train[window[sampled]]
-                for start in range(0, len(sampled), batch_size):
-                    yield sampled[start : start + batch_size]
-
-        return random_triplets
-    p, k = pk_shape(batch_size, samples_per_class, len(np.unique(train_labels)))
-    hard = None
-    if mining == "hybrid":
-        hard = hard_examples(items.select(train), train_labels, hard_per_anchor)
-
-    def pk(epoch, weights):
-        nonlocal hard
-        if hard is not None and refresh_every and epoch and epoch % refresh_every == 0:
-            # Re-mine with the head as trained so far: what is hard changes as it learns.
-            hard = hard_examples(embed(items, weights, train), train_labels, hard_per_anchor)
-        for window in windows():
-            for batch in pk_batches(train_labels[window], p, k, random_state=rng):
-                batch = window[batch]
-                if hard is not None:
-                    batch = with_hard_examples(batch, hard, p, rng)
-                yield train[batch]
-
-    return pk
-
-
-def pk_shape(batch_size: int, samples_per_class, n_classes: int) -> tuple[int, int]:
-    """``(P, K)``: classes and samples per class of P x K batches of ``batch_size`` items.
-
-    ``samples_per_class="auto"`` takes K = 4, or more when there are fewer than
-    ``batch_size // 4`` classes, so that a batch holds about ``batch_size`` items whatever the
-    number of classes. A K given as a number is kept; when the classes cannot fill the batch
-    with it, a warning says so (P x K asks for more classes than there are, and batches would
-    silently shrink to ``n_classes * K`` items).
-
-    Examples
-    --------
-    >>> from tripletsk.triplets.mining import pk_shape
-    >>> pk_shape(256, "auto", n_classes=10), pk_shape(256, "auto", n_classes=1000)
-    ((10, 25), (64, 4))
-    """
-    if samples_per_class == "auto":
-        k = max(4, batch_size // max(n_classes, 1))
-    else:
-        k = int(samples_per_class)
-        if n_classes * k < batch_size and batch_size // k > n_classes:
-            warnings.warn(
-                f"batch_size={batch_size} with samples_per_class={k} asks for "
-                f"{batch_size // k} classes per batch, but there are {n_classes}: batches "
-                f"hold at most {n_classes * k} samples. Use samples_per_class='auto' (or "
-                f"{batch_size // max(n_classes, 1)}), or a smaller batch_size.",
-                UserWarning,
-                stacklevel=5,  # the caller of fit
-            )
-    return max(2, batch_size // k), k
-
-
-def _triplet_plan(items, train_triplets, mining, rng, batch_size, window_rows, distance, stream):
-    def given(epoch, weights):
-        epoch_triplets = train_triplets
-        if mining == "hard":
-            mined = hardest_known(train_triplets, embed(items, weights), distance)
-            epoch_triplets = np.concatenate([train_triplets, mined])
-        if stream:  # by the storage block of each triplet's anchor
-            anchor_rows = items.rows[epoch_triplets[:, 0]]
-            windows = block_windows(anchor_rows, items.block_rows, window_rows // 3, rng)
-            order = np.concatenate(windows)
-        else:
-            order = rng.permutation(len(epoch_triplets))
-        for start in range(0, len(order), batch_size):
-            yield epoch_triplets[order[start : start + batch_size]]
-
-    return given

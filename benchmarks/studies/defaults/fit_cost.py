@@ -41,6 +41,7 @@ import numpy as np
 from defaults_study import datasets, parse_settings
 from head_training import matmul_peak
 
+import tripletsk.training.epochs as epoch_runner
 import tripletsk.training.loop as training
 from tripletsk import TripletEncoder
 
@@ -63,7 +64,7 @@ def fit_seconds(X, y, epochs: int, fused: bool = True, **params) -> tuple[float,
     encoder = TripletEncoder(
         max_epochs=epochs, tol=0.0, n_iter_no_change=10**6, random_state=0, verbose=-1, **params
     )
-    windows, train_head = training._windows, training.train_head
+    windows, train_head = epoch_runner.stack_windows, training.train_head
     stamps = []
 
     def timed(*args, **kwargs):
@@ -72,13 +73,13 @@ def fit_seconds(X, y, epochs: int, fused: bool = True, **params) -> tuple[float,
 
     training.train_head = timed
     if not fused:  # every batch a window of its own: one call of the compiled loop per step
-        training._windows = lambda batches, max_rows: windows(batches, 1)
+        epoch_runner.stack_windows = lambda batches, max_rows: windows(batches, 1)
     try:
         start = time.perf_counter()
         encoder.fit(X, y)
         total = time.perf_counter() - start
     finally:
-        training._windows, training.train_head = windows, train_head
+        epoch_runner.stack_windows, training.train_head = windows, train_head
     epochs_s = np.diff(stamps)
     return float(np.median(epochs_s[1:])), total - float(epochs_s.sum())
 

@@ -37,6 +37,7 @@ from defaults_study import datasets, parse_settings
 import tripletsk.training.loop as training
 from tripletsk import TripletEncoder
 from tripletsk.evaluation.metrics import label_triplet_accuracy, retrieval_report
+from tripletsk.training.averaging import average_weights
 from tripletsk.training.head import forward
 
 RECORDED = ("hidden_units", "n_components", "dropout", "input_dropout", "margin",
@@ -70,7 +71,7 @@ def curves(params: dict, data, seed: int) -> dict:
         # The raw weights of the epoch, and their bias-corrected average at decay 0.9.
         n = len(result.loss_curve)
         step = 0.1 / (1.0 - 0.9**n)
-        ema["weights"] = raw if n == 1 else training.average_weights(ema["weights"], raw, 1 - step)
+        ema["weights"] = raw if n == 1 else average_weights(ema["weights"], raw, 1 - step)
         for name, weights in (("val", averaged), ("raw", raw), ("ema90", ema["weights"])):
             report = retrieval_report(emb(X_val, weights), y_val, ks=(1,))
             record[f"{name}_p1"].append(round(report["precision_at_1"], 4))
