@@ -1,4 +1,5 @@
-"""The modules of tripletsk import each other without cycles (read from the source with ast)."""
+"""The modules of tripletsk import each other without cycles, and only downward through the
+layers of the package (read from the source with ast)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,52 @@ def test_module_import_graph_is_acyclic():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+#: The package's layers, lowest first: a module imports only from its own layer or lower ones.
+#: A name is a module or a package (the longest matching name decides a module's layer).
+LAYERS = [
+    ["tripletsk", "tripletsk._lazy", "tripletsk.errors", "tripletsk.distances",
+     "tripletsk.outputs", "tripletsk._tensorflow"],
+    ["tripletsk.cache"],
+    ["tripletsk.triplets"],
+    ["tripletsk.evaluation"],
+    ["tripletsk.extraction"],
+    ["tripletsk.training"],
+    ["tripletsk.estimator", "tripletsk.persist"],
+    ["tripletsk.modelfile", "tripletsk.index", "tripletsk.export", "tripletsk.export_metadata"],
+    ["tripletsk.cli", "tripletsk.__main__"],
+]  # fmt: skip
+
+
+def layer_of(module: str) -> int:
+    matches = [
+        (len(name), i)
+        for i, names in enumerate(LAYERS)
+        for name in names
+        if module == name or module.startswith(name + ".")
+    ]
+    assert matches, f"{module} is in no layer of LAYERS: add it there"
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+        for module in sorted(graph)
+        for target in sorted(graph[module])
+        if layer_of(target) > layer_of(module)
+    ]
+
+
+def test_modules_import_only_downward_through_the_layers():
+    names = module_names()
+    graph = {m: imported(m, p, set(names)) - {m} for m, p in names.items()}
+    assert upward_imports(graph) == []
+
+
+def test_an_upward_import_is_reported():
+    graph = {"tripletsk.cache.store": {"tripletsk.training.rows"}, "tripletsk.training.rows": set()}
+    assert upward_imports(graph) == [
+        "tripletsk.cache.store (layer 1) imports tripletsk.training.rows (layer 5)"
+    ]
