@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.training.head import init_head_weights
 from tripletsk.training.rows import FeatureRows, array_take
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 
-from tripletsk.cli._common import UsageError, add_command, add_trust_pickle_argument
-from tripletsk.errors import UnknownKeyError, UserError
+from tripletsk.cli._common import add_command, add_trust_pickle_argument
+from tripletsk.errors import UnknownKeyError, UsageError, UserError
 
 __all__ = ["register", "run_search_index"]
 

@@ -9,10 +9,9 @@ from tripletsk._lazy import lazy_getattr, public_names
 
 _LAZY = public_names(
     {
+        "tripletsk.errors": ["TripletDataError", "TripletFileError"],
         "tripletsk.triplets.files": [
-            "TripletDataError",
             "TripletFile",
-            "TripletFileError",
             "TripletIndices",
             "read_triplet_indices",
             "read_triplets",

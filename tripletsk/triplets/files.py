@@ -1,8 +1,7 @@
 """Triplet files: read and write triplets of image names, with line-exact errors.
 
 Triplets from class folders live in :mod:`tripletsk.triplets.folders`, triplets from labels and
-P x K batches in :mod:`tripletsk.triplets.mining` (``sample_label_triplets`` and ``pk_batches`` are
-re-exported here).
+P x K batches in :mod:`tripletsk.triplets.mining`.
 """
 
 from __future__ import annotations
@@ -15,21 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tripletsk.errors import TripletDataError, TripletFileError, UserError  # noqa: F401 (re-exported)
+from tripletsk.errors import TripletFileError
 from tripletsk.outputs import writing
-from tripletsk.triplets.lines import Block, KeyTable, blocks, parse_block
-from tripletsk.triplets.mining import pk_batches, sample_label_triplets
+from tripletsk.triplets.key_table import KeyTable
+from tripletsk.triplets.lines import Block, blocks, parse_block
 
 __all__ = [
-    "TripletDataError",
     "TripletFile",
-    "TripletFileError",
     "TripletIndices",
-    "pk_batches",
     "read_triplet_indices",
     "read_triplets",
     "read_triplets_with_lines",
-    "sample_label_triplets",
     "write_triplets",
 ]
 

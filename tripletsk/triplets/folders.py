@@ -1,6 +1,6 @@
 """Triplets from class folders (``images/<class>/<image>``), for users without a triplet file.
 
-The class of an image is its first folder. Also importable from :mod:`tripletsk.triplets.files`.
+The class of an image is its first folder.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 from sklearn.utils import check_array, check_random_state
 
-from tripletsk.triplets.files import TripletDataError, write_triplets
+from tripletsk.errors import TripletDataError
+from tripletsk.triplets.files import write_triplets
 from tripletsk.triplets.mining import hard_examples, hard_label_triplets, sample_label_triplets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
