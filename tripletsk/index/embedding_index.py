@@ -22,7 +22,8 @@ from tripletsk.errors import IndexFormatError, UnknownKeyError, UserError
 from tripletsk.evaluation.search import Neighbors, clamped_k
 from tripletsk.index import ann as _ann
 from tripletsk.index.blocked import exact_neighbors, pairs_within
-from tripletsk.index.format import SegmentReader, read_manifest
+from tripletsk.index.format import read_manifest
+from tripletsk.index.segment import SegmentReader
 
 __all__ = ["EmbeddingIndex", "Matches"]
 
