@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     from tripletsk.extraction import extract_features
     from tripletsk.training.head import init_head_weights
     from tripletsk.training.losses import TripletLoss
-    from tripletsk.triplets.files import sample_label_triplets
+    from tripletsk.triplets.mining import sample_label_triplets
 
     print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}")
     with tempfile.TemporaryDirectory() as tmp:

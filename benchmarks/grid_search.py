@@ -69,7 +69,7 @@ def time_part(args) -> None:
 
     from tripletsk import TripletEncoder
     from tripletsk.training.shared import SharedFeatures
-    from tripletsk.triplets.files import sample_label_triplets
+    from tripletsk.triplets.mining import sample_label_triplets
 
     X, labels = clustered(args.items, 2048, 100)
     T = sample_label_triplets(labels, n_triplets=args.triplets, random_state=0)
@@ -113,7 +113,7 @@ def memory_child(variant: str, rows: int) -> None:
 
     from tripletsk import TripletEncoder
     from tripletsk.training.shared import SharedFeatures
-    from tripletsk.triplets.files import sample_label_triplets
+    from tripletsk.triplets.mining import sample_label_triplets
 
     X, labels = clustered(rows, 2048, 100)
     T = sample_label_triplets(labels[:20_000], n_triplets=3000, random_state=0)

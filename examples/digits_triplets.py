@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from tripletsk import TripletEncoder
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 
 def run(seed: int = 0, n_triplets: int = 5000, **params) -> dict:

@@ -190,13 +190,12 @@ def cached(cache_dir, name: str, compute):
 
 def evaluate(train_emb, y_train, test_emb, y_test, n_pairs: int = 20000, seed: int = 0) -> dict:
     """Test figures of an embedding; the pair threshold is chosen on training pairs."""
-    from tripletsk.evaluation.metrics import (
+    from tripletsk.evaluation.metrics import label_triplet_accuracy, retrieval_report
+    from tripletsk.evaluation.pairs import (
         choose_threshold,
-        label_triplet_accuracy,
         make_pairs,
         pair_distances,
         pair_verification_report,
-        retrieval_report,
     )
 
     report = retrieval_report(test_emb, y_test, ks=(1,))

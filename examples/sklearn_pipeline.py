@@ -29,7 +29,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 
 from tripletsk import TripletEncoder
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 
 def labelled_mode(X_train, X_test, y_train, y_test, epochs: int) -> None:

@@ -21,7 +21,7 @@ from tripletsk import TripletEncoder
 from tripletsk.errors import NonFiniteFeaturesError, SharedImagesWarning
 from tripletsk.estimator import EmbeddingCollapseWarning
 from tripletsk.evaluation.metrics import label_triplet_accuracy
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 SMALL = dict(hidden_units=16, n_components=4, max_epochs=3, batch_size=32, random_state=0)
 

@@ -32,7 +32,6 @@ from tripletsk.training.head import HeadWeights, build_keras_head
 
 __all__ = [
     "FORMATS",
-    "PREPROCESSING_MODES",
     "build_export_model",
     "export_format",
     "export_model",

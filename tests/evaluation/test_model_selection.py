@@ -12,9 +12,9 @@ from tripletsk.estimator import TripletEncoder
 from tripletsk.evaluation.model_selection import (
     TripletGroupKFold,
     TripletImageKFold,
-    triplet_groups,
     triplet_train_test_split,
 )
+from tripletsk.evaluation.triplet_graph import triplet_groups
 from tripletsk.triplets.folders import labels_from_folders, make_triplets_from_folders
 
 

@@ -13,12 +13,6 @@ from tripletsk.evaluation.pairs import (
 )
 
 
-def test_pairs_stay_importable_from_metrics():
-    from tripletsk.evaluation import metrics
-
-    assert metrics.choose_threshold is choose_threshold and metrics.make_pairs is make_pairs
-
-
 def test_make_pairs_all():
     y = np.array([0, 0, 1, 1, 2])
     pairs, same = make_pairs(y)

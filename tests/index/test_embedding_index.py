@@ -349,7 +349,8 @@ def _flip_row_bytes(path):
 def _nan_row(path):
     """A row of NaN with its chunk checksum recomputed: damage no checksum catches."""
     from tripletsk.cache.checksums import file_digest
-    from tripletsk.index.format import _chunk_checksums, chunk_rows_for
+    from tripletsk.index.format import chunk_rows_for
+    from tripletsk.index.segment import chunk_checksums
 
     name = _segment(path, ".npy")
     x = np.load(name)
@@ -358,7 +359,7 @@ def _nan_row(path):
     rows = _segment(path, ".rows.npz")
     with np.load(rows) as z:
         arrays = dict(z)
-    arrays["checksums"] = _chunk_checksums(x, chunk_rows_for(x.shape[1]))
+    arrays["checksums"] = chunk_checksums(x, chunk_rows_for(x.shape[1]))
     np.savez(rows, **arrays)
     _edit_manifest(path, lambda m: m["segments"][0].update(rows_digest=file_digest(rows)))
 
@@ -557,14 +558,14 @@ def test_one_writer_at_a_time(small):
 def test_a_full_disk_during_an_update_loses_nothing(small, monkeypatch):
     import errno
 
-    from tripletsk.index import format as indexfile
+    from tripletsk.index import segment
 
     index, x = small
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(indexfile.np, "savez", full)
+    monkeypatch.setattr(segment.np, "savez", full)
     with pytest.raises(OSError, match="No space left"):
         index.add(["new/a.png"], x[:1])
     monkeypatch.undo()
@@ -574,7 +575,7 @@ def test_a_full_disk_during_an_update_loses_nothing(small, monkeypatch):
 
 
 def test_a_first_build_killed_before_its_commit_is_built_again(tmp_path):
-    from tripletsk.index.format import write_segment
+    from tripletsk.index.segment import write_segment
 
     folder = tmp_path / "index"
     folder.mkdir()

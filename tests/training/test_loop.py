@@ -11,7 +11,7 @@ from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.training.config import TrainingConfig
 from tripletsk.training.head import init_head_weights
 from tripletsk.training.rows import FeatureRows, array_take
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sklearn.model_selection import GridSearchCV
 from tripletsk.estimator import TripletEncoder
 from tripletsk.evaluation.model_selection import TripletImageKFold
 from tripletsk.training.shared import SharedFeatures
-from tripletsk.triplets.files import sample_label_triplets
+from tripletsk.triplets.mining import sample_label_triplets
 
 
 def _features(n=12, d=4, seed=0):

@@ -5,10 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tripletsk.errors import UserError
+from tripletsk.errors import TripletDataError, TripletFileError, UserError
 from tripletsk.triplets.files import (
-    TripletDataError,
-    TripletFileError,
     read_triplets,
     read_triplets_with_lines,
     write_triplets,

@@ -15,12 +15,8 @@ import pytest
 
 import tripletsk.triplets.key_table as key_table
 import tripletsk.triplets.lines as lines_module
-from tripletsk.errors import ConvergenceWarning
-from tripletsk.triplets.files import (
-    TripletFileError,
-    read_triplet_indices,
-    read_triplets_with_lines,
-)
+from tripletsk.errors import ConvergenceWarning, TripletFileError
+from tripletsk.triplets.files import read_triplet_indices, read_triplets_with_lines
 
 REPO = Path(__file__).resolve().parents[2]
 

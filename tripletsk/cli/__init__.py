@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 from tripletsk import __version__
 from tripletsk.cli import evaluate, export, extract, index, info, train
-from tripletsk.cli._common import PROG, UsageError
-from tripletsk.errors import UserError
+from tripletsk.cli._common import PROG
+from tripletsk.errors import UsageError, UserError
 
 __all__ = ["build_parser", "cli"]
 

@@ -11,7 +11,6 @@ from tripletsk.outputs import Output, plan_output
 
 __all__ = [
     "PROG",
-    "UsageError",
     "add_command",
     "add_model_arguments",
     "add_trust_pickle_argument",

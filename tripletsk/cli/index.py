@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-import numpy as np
-
-from tripletsk.cli._common import UsageError, add_command, add_trust_pickle_argument
-from tripletsk.errors import UnknownKeyError, UserError
+from tripletsk.cli._common import add_command, add_trust_pickle_argument
+from tripletsk.cli.index_queries import checked_store, open_index, query_embeddings
+from tripletsk.errors import UsageError, UserError
 
 __all__ = ["register", "run_search_index"]
 
@@ -47,26 +45,24 @@ def register(sub) -> None:
     add_trust_pickle_argument(p)
     p.set_defaults(run=_run_index)
 
-    p = add_command(
+    p = _index_command(
         sub,
         "duplicates",
         "Groups of near-duplicate images: every pair within --threshold (exact, all pairs), "
         "joined into connected groups.",
         "tripletsk duplicates --index cache/index --threshold 0.05",
     )
-    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
     p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
     p.add_argument("--json", action="store_true", help="print the groups as JSON")
     p.set_defaults(run=_run_duplicates)
 
-    p = add_command(
+    p = _index_command(
         sub,
         "calibrate",
         "Choose the matching threshold for a target precision on labelled validation images "
         "(labels: first folder) and store it in the model file.",
         "tripletsk calibrate --index cache/index --queries val.txt --precision 0.95",
     )
-    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
     p.add_argument(
         "--queries",
         required=True,
@@ -80,14 +76,13 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the calibration as JSON")
     p.set_defaults(run=_run_calibrate)
 
-    p = add_command(
+    p = _index_command(
         sub,
         "match",
         "The matched image of each query (nearest in the index, within the calibrated "
         "threshold), or 'no match'.",
         "tripletsk match --index cache/index photo.jpg other.jpg",
     )
-    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
     p.add_argument("queries", metavar="QUERY", nargs="+", help="cached key or image file")
     p.add_argument("--threshold", type=float, help="distance threshold (default: calibrated)")
     p.add_argument("--model", help="model file (default: the one the index records)")
@@ -97,10 +92,11 @@ def register(sub) -> None:
     p.set_defaults(run=_run_match)
 
 
-def _open_index(path: str):
-    from tripletsk.index.embedding_index import EmbeddingIndex
-
-    return EmbeddingIndex(path)
+def _index_command(sub, name: str, summary: str, example: str) -> argparse.ArgumentParser:
+    """A command on a stored index: ``--index`` is its first option."""
+    p = add_command(sub, name, summary, example)
+    p.add_argument("--index", required=True, help="index folder (`tripletsk index`)")
+    return p
 
 
 def _run_index(args: argparse.Namespace) -> int:
@@ -140,153 +136,17 @@ def _method_note(index, method: str) -> str:
     )
 
 
-def _model_and_store(
-    index, model_path=None, features=None, trust_pickle=False, need_store=True, store=None
-):
-    """The index's model (checked against it) and, if needed, its cache (checked fresh;
-    ``store``: the cache, already opened and checked against the index)."""
-    from tripletsk.index.build import check_index_current
-    from tripletsk.modelfile import check_model_cache, load_model, open_model_cache
-
-    path = model_path or index.model.get("path") or index.model.get("abspath")
-    if not path or not os.path.exists(path):
-        path = index.model.get("abspath") or path
-    if not path:
-        raise UserError(f"{index.path} records no model file; pass --model")
-    fitted = load_model(path, trust_pickle=trust_pickle)
-    check_index_current(index, encoder=fitted.model)
-    if store is not None:
-        check_model_cache(fitted, store)
-        return fitted, store
-    if need_store:
-        cache = features or index.cache.get("path")
-        if cache and not os.path.exists(cache):
-            cache = index.cache.get("abspath") or cache
-        store = open_model_cache(fitted, cache)
-        check_index_current(index, store=store)
-    return fitted, store
-
-
-def _query_rows(index, queries: list[str]) -> tuple[list, list]:
-    """For each query: its row in the index (a key, or a file under the image folder) or -1,
-    and the files that need the backbone."""
-    root = index.cache.get("image_root")
-    rows, files = [], []
-    for q in queries:
-        row = index.row_of.get(q)
-        if row is None and os.path.isfile(q) and root:
-            for rel in (
-                os.path.relpath(os.path.abspath(q), root),
-                os.path.relpath(os.path.realpath(q), os.path.realpath(root)),
-            ):
-                row = index.row_of.get(rel.replace(os.sep, "/"))
-                if row is not None:
-                    break
-        if row is None and not os.path.isfile(q):
-            raise UnknownKeyError(
-                f"{q!r} is neither a key of the index {index.path} nor an image file"
-            )
-        rows.append(-1 if row is None else row)
-        if row is None:
-            files.append(q)
-    return rows, files
-
-
-def _query_embeddings(index, queries, args, *, need_model=False, store=None):
-    """Embeddings of the queries: stored rows for indexed images, the backbone for the rest."""
-    rows, files = _query_rows(index, queries)
-    fitted = None
-    if index.features_only:
-        if getattr(args, "model", None):
-            raise UserError(
-                f"{index.path} is a features-only index: its rows are backbone features, not "
-                f"the embeddings of {args.model}; drop --model, or use the model's own index"
-            )
-        if need_model:
-            raise UserError(
-                f"{index.path} is a features-only index (no model, so no calibrated threshold): "
-                "pass --threshold"
-            )
-        if files and store is None:
-            raise UserError(
-                f"{index.path}: its cache is not found; pass --features CACHE to embed images "
-                "that are not in it"
-            )
-    elif files or need_model:
-        fitted, store = _model_and_store(
-            index,
-            getattr(args, "model", None),
-            getattr(args, "features", None),
-            getattr(args, "trust_pickle", False),
-            need_store=bool(files),
-            store=store,
-        )
-    out = np.empty((len(queries), index.dim), dtype=np.float32)
-    known = [i for i, r in enumerate(rows) if r >= 0]
-    if known:
-        out[known] = index.embeddings([rows[i] for i in known])
-    if files:
-        from tripletsk.extraction import features_for_files
-
-        names = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
-        print(
-            f"{len(files)} image(s) not in the cache ({names}): loading the backbone to embed them",
-            file=sys.stderr,
-        )
-        new = [i for i, r in enumerate(rows) if r < 0]
-        out[new] = _embedding(index, fitted, store).transform(features_for_files(files, like=store))
-    return out, np.array(rows, dtype=np.int64), fitted
-
-
-def _embedding(index, fitted, store):
-    """What turns backbone features into the index's rows: the model, or (features-only) the
-    L2 normalisation, checked against the index's width."""
-    if not index.features_only:
-        return fitted.model
-    from tripletsk.index.build import FeatureEmbedding
-
-    if store.dim != index.dim:
-        raise UserError(
-            f"{index.path} holds {index.dim}-wide rows but the cache {store.path} has "
-            f"{store.dim} features; the index is not of this cache"
-        )
-    return FeatureEmbedding(store.dim)
-
-
 def run_search_index(args: argparse.Namespace) -> int:
     """``tripletsk search --index INDEX QUERY...``."""
     if args.k < 1:
         raise UsageError("-k must be at least 1")
-    index = _open_index(args.index)
-    store = _checked_store(index, args)
-    embeddings, rows, _ = _query_embeddings(index, args.queries, args, store=store)
+    index = open_index(args.index)
+    store = checked_store(index, args)
+    embeddings, rows, _ = query_embeddings(index, args.queries, args, store=store)
     found = index.search(embeddings, args.k, method=args.method, exclude_rows=rows)
     print(_method_note(index, args.method), file=sys.stderr)
     _print_neighbours(args, found)
     return 0
-
-
-def _checked_store(index, args):
-    """The index's cache (``--features`` first), checked: a stale index is refused. None (with
-    a note) when the cache is not found."""
-    paths = [p for p in _cache_paths(index, args) if p and os.path.exists(p)]
-    if paths:
-        from tripletsk.cache.store import FeatureStore
-        from tripletsk.index.build import check_index_current
-
-        store = FeatureStore(paths[0])
-        check_index_current(index, store=store)
-        return store
-    if index.cache:
-        print(
-            f"{index.path}: its cache is not found; cannot check that the index is up to date",
-            file=sys.stderr,
-        )
-    return None
-
-
-def _cache_paths(index, args) -> list:
-    return [getattr(args, "features", None), index.cache.get("path"), index.cache.get("abspath")]
 
 
 def _print_neighbours(args, found) -> None:
@@ -304,7 +164,7 @@ def _print_neighbours(args, found) -> None:
 
 
 def _run_duplicates(args: argparse.Namespace) -> int:
-    index = _open_index(args.index)
+    index = open_index(args.index)
     try:
         groups = index.duplicates(args.threshold)
     except ValueError as exc:
@@ -346,14 +206,14 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         from tripletsk.cli._common import check_output_path
 
         check_output_path(args.plot, "--plot")
-    index = _open_index(args.index)
+    index = open_index(args.index)
     if index.features_only:
         raise UserError(
             f"{index.path} is a features-only index (no model): a threshold is calibrated for "
             "a model and stored in its file. Calibrate an index built with --model, or pass "
             "--threshold to `tripletsk match`"
         )
-    _checked_store(index, args)
+    checked_store(index, args)
     keys = _read_keys(args.queries)
     rows = index.rows_of(keys)
     model_path = args.model or index.model.get("path") or index.model.get("abspath")
@@ -393,9 +253,9 @@ def _report_calibration(args, c, model_path: str) -> None:
 
 
 def _run_match(args: argparse.Namespace) -> int:
-    index = _open_index(args.index)
-    store = _checked_store(index, args)
-    embeddings, rows, fitted = _query_embeddings(
+    index = open_index(args.index)
+    store = checked_store(index, args)
+    embeddings, rows, fitted = query_embeddings(
         index, args.queries, args, need_model=args.threshold is None, store=store
     )
     threshold = args.threshold

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from tripletsk.cache.store import DEFAULT_CACHE
-from tripletsk.cli._common import UsageError, add_command, check_output_path
-from tripletsk.errors import UserError
+from tripletsk.cli._common import add_command, check_output_path
+from tripletsk.errors import UsageError, UserError
 
 __all__ = ["parse_params", "register"]
 

@@ -1,9 +1,10 @@
 """Judging a model: metrics, leakage-safe splits, search, calibrated matching and plots.
 
 ``metrics`` (triplet accuracy, P@1, recall@k, MAP@R), ``pairs`` (pair verification at a
-threshold), ``model_selection`` (splits that keep an image on one side), ``search`` (nearest
-neighbours of queries in memory), ``matching`` (a distance threshold at a chosen precision),
-``plotting`` (loss curves, distance histograms, neighbour sheets; matplotlib).
+threshold), ``triplet_graph`` (groups of triplets linked by shared images), ``model_selection``
+(splits that keep an image on one side), ``search`` (nearest neighbours of queries in memory),
+``matching`` (a distance threshold at a chosen precision), ``plotting`` (loss curves, distance
+histograms, neighbour sheets; matplotlib).
 """
 
 from tripletsk._lazy import lazy_getattr, public_names
@@ -30,9 +31,9 @@ _LAZY = public_names(
         "tripletsk.evaluation.model_selection": [
             "TripletGroupKFold",
             "TripletImageKFold",
-            "triplet_groups",
             "triplet_train_test_split",
         ],
+        "tripletsk.evaluation.triplet_graph": ["triplet_groups"],
         "tripletsk.evaluation.search": ["Neighbors", "NeighborIndex", "build_index", "search"],
         "tripletsk.evaluation.matching": ["Calibration", "calibrate", "calibrate_index"],
         "tripletsk.evaluation.plotting": [

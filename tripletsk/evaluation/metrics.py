@@ -9,23 +9,13 @@ from sklearn.metrics import pairwise_distances
 from sklearn.utils import check_array, check_consistent_length, column_or_1d
 
 from tripletsk.distances import metric_of
-from tripletsk.evaluation.pairs import (  # re-exported: pair verification used to live here
-    choose_threshold,
-    make_pairs,
-    pair_distances,
-    pair_verification_report,
-)
 
 __all__ = [
     "SCORERS",
-    "choose_threshold",
     "label_triplet_accuracy",
-    "make_pairs",
     "make_recall_at_k_scorer",
     "map_at_r",
     "map_at_r_scorer",
-    "pair_distances",
-    "pair_verification_report",
     "precision_at_1",
     "precision_at_1_scorer",
     "r_precision",

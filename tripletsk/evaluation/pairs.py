@@ -1,7 +1,4 @@
-"""Pair verification: "same class or not?" answered by thresholding a distance.
-
-Also importable from :mod:`tripletsk.evaluation.metrics`.
-"""
+"""Pair verification: "same class or not?" answered by thresholding a distance."""
 
 from __future__ import annotations
 

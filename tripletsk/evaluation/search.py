@@ -13,7 +13,7 @@ from sklearn.utils import check_array
 
 from tripletsk.distances import metric_of
 
-__all__ = ["NeighborIndex", "Neighbors", "build_index", "search"]
+__all__ = ["NeighborIndex", "Neighbors", "build_index", "clamped_k", "search"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,21 @@ class Neighbors:
             list(zip(keys, distances, strict=True))
             for keys, distances in zip(self.keys.tolist(), self.distances.tolist(), strict=True)
         ]
+
+
+def clamped_k(k: int, available: int) -> int:
+    """``k``, or the ``available`` neighbours with a warning when ``k`` asks for more.
+
+    For the ``search`` methods of an index: the warning points at their caller.
+    """
+    if k <= available:
+        return k
+    warnings.warn(
+        f"Asked for {k} neighbours but only {available} can be returned; returning {available}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return int(available)
 
 
 def _as_keys(keys) -> np.ndarray:
@@ -123,14 +138,7 @@ class NeighborIndex:
         available = len(self) - (excluded >= 0).any()
         if available < 1:
             raise ValueError("The index holds only the query itself: no neighbour to return.")
-        if k > available:
-            warnings.warn(
-                f"Asked for {k} neighbours but only {available} can be returned; "
-                f"returning {available}.",
-                UserWarning,
-                stacklevel=2,
-            )
-            k = int(available)
+        k = clamped_k(k, available)
         n_ask = min(len(self), k + 1) if (excluded >= 0).any() else k
         distances, indices = self._nn.kneighbors(queries, n_neighbors=n_ask)
         # Move the excluded row (if found) to the end, keeping the others' order; cut to k.

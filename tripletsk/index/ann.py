@@ -204,11 +204,11 @@ def _choose_nprobe(structure: Structure, ids, vectors, distance: str, seed: int 
 def _save(folder: str, centroids, ids, lists, entry: dict) -> dict:
     import faiss
 
-    from tripletsk.index.format import _write_file, new_name
+    from tripletsk.index.format import new_name, write_file
 
     name = f"{new_name('ann')}.npz"
     path = os.path.join(folder, name)
-    _write_file(path, lambda fh: np.savez(fh, centroids=np.asarray(centroids, "<f4"),
+    write_file(path, lambda fh: np.savez(fh, centroids=np.asarray(centroids, "<f4"),
                                           ids=np.asarray(ids, "<i8"),
                                           lists=np.asarray(lists, "<i4")))  # fmt: skip
     return {**entry, "library": LIBRARY, "version": faiss.__version__, "file": name,
@@ -297,7 +297,7 @@ def update(folder: str, old: dict, old_ids: np.ndarray, manifest: dict, removed_
     the row count has changed by more than a tenth since it was; the centroids are trained
     again when the rows have grown past :data:`RETRAIN_GROWTH` times those they were trained
     on."""
-    from tripletsk.index.format import SegmentReader
+    from tripletsk.index.segment import SegmentReader
 
     require()
     dim, distance, n = manifest["dim"], manifest["distance"], manifest["n_rows"]

@@ -1,6 +1,6 @@
 """Exact nearest neighbours and close pairs by blocked matrix products, in bounded memory.
 
-The rows to search are read a block at a time (from disk: :class:`~tripletsk.index.format.
+The rows to search are read a block at a time (from disk: :class:`~tripletsk.index.segment.
 SegmentReader`), so memory is one block of rows plus one ``queries x block`` matrix of scores,
 whatever the number of rows. Scores come from one matrix product per block (``|x|^2 - 2 q.x``
 ranks like the Euclidean distance; ``-q.x / |x|`` like the cosine distance); the rows that can

@@ -19,10 +19,11 @@ import numpy as np
 
 from tripletsk.distances import check_distance
 from tripletsk.errors import IndexFormatError, UnknownKeyError, UserError
-from tripletsk.evaluation.search import Neighbors
+from tripletsk.evaluation.search import Neighbors, clamped_k
 from tripletsk.index import ann as _ann
 from tripletsk.index.blocked import exact_neighbors, pairs_within
-from tripletsk.index.format import SegmentReader, read_manifest
+from tripletsk.index.format import read_manifest
+from tripletsk.index.segment import SegmentReader
 
 __all__ = ["EmbeddingIndex", "Matches"]
 
@@ -247,14 +248,7 @@ class EmbeddingIndex:
         available = len(self) - int(exclude is not None and (exclude >= 0).any())
         if available < 1:
             raise ValueError(f"{self.path} holds no row to return")
-        if k > available:
-            warnings.warn(
-                f"Asked for {k} neighbours but only {available} can be returned; "
-                f"returning {available}.",
-                UserWarning,
-                stacklevel=2,
-            )
-            k = available
+        k = clamped_k(k, available)
         if self.method(method) == "approximate":
             rows, dists = self._approximate(queries, k, exclude)
         else:

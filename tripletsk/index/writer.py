@@ -19,11 +19,10 @@ from tripletsk.index.format import (
     FORMAT_VERSION,
     MANIFEST,
     IndexLock,
-    SegmentReader,
     commit_manifest,
     read_manifest,
-    write_segment,
 )
+from tripletsk.index.segment import SegmentReader, write_segment
 
 __all__ = ["create_index", "update_index"]
 

@@ -1,18 +1,18 @@
 """Triplets: files of image names, and triplets chosen from labels or class folders.
 
-``files`` (read and write triplet files, with line-exact errors), ``lines`` and ``key_table``
-(reading millions of lines a block at a time), ``mining`` (choosing triplets from labels, in
-NumPy), ``folders`` (triplets from ``images/<class>/<image>``).
+``files`` (read and write triplet files, with line-exact errors), ``checks`` (unknown names,
+repeated images), ``lines`` and ``key_table`` (reading millions of lines a block at a time),
+``mining`` (choosing triplets from labels, in NumPy), ``folders`` (triplets from
+``images/<class>/<image>``).
 """
 
 from tripletsk._lazy import lazy_getattr, public_names
 
 _LAZY = public_names(
     {
+        "tripletsk.errors": ["TripletDataError", "TripletFileError"],
         "tripletsk.triplets.files": [
-            "TripletDataError",
             "TripletFile",
-            "TripletFileError",
             "TripletIndices",
             "read_triplet_indices",
             "read_triplets",

@@ -1,35 +1,36 @@
 """Triplet files: read and write triplets of image names, with line-exact errors.
 
 Triplets from class folders live in :mod:`tripletsk.triplets.folders`, triplets from labels and
-P x K batches in :mod:`tripletsk.triplets.mining` (``sample_label_triplets`` and ``pk_batches`` are
-re-exported here).
+P x K batches in :mod:`tripletsk.triplets.mining`.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import warnings
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from tripletsk.errors import TripletDataError, TripletFileError, UserError  # noqa: F401 (re-exported)
+from tripletsk.errors import TripletFileError
 from tripletsk.outputs import writing
-from tripletsk.triplets.lines import Block, KeyTable, blocks, parse_block
-from tripletsk.triplets.mining import pk_batches, sample_label_triplets
+from tripletsk.triplets.checks import (
+    N_SHOWN,
+    check_known,
+    check_on_self,
+    check_repeats,
+    repeating_rows,
+    unknown_error,
+)
+from tripletsk.triplets.key_table import KeyTable
+from tripletsk.triplets.lines import Block, blocks, parse_block
 
 __all__ = [
-    "TripletDataError",
     "TripletFile",
-    "TripletFileError",
     "TripletIndices",
-    "pk_batches",
     "read_triplet_indices",
     "read_triplets",
     "read_triplets_with_lines",
-    "sample_label_triplets",
     "write_triplets",
 ]
 
@@ -37,13 +38,26 @@ __all__ = [
 # Triplet files
 # --------------------------------------------------------------------------------------------
 
-_N_SHOWN = 5  # offending lines quoted in one error or warning message
 #: Distinct unknown names counted before reading stops (their count is then "more than").
 _MAX_UNKNOWN = 100_000
 
 
+class _FromLines:
+    """What triplets read from a file share: their count and the line each came from."""
+
+    line_numbers: np.ndarray
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def where(self, row: int) -> str:
+        """``"<path>, line <n>"`` for triplet ``row``, to point users at a line."""
+        return f"{self.path}, line {self.line_numbers[row]}"
+
+
 @dataclass(frozen=True)
-class TripletFile:
+class TripletFile(_FromLines):
     """Triplets read from a file, with the line each came from.
 
     Attributes
@@ -60,101 +74,28 @@ class TripletFile:
     line_numbers: np.ndarray
     path: str
 
-    def __len__(self) -> int:
-        return len(self.triplets)
-
-    def where(self, row: int) -> str:
-        """``"<path>, line <n>"`` for triplet ``row``, to point users at a line."""
-        return f"{self.path}, line {self.line_numbers[row]}"
-
 
 @dataclass(frozen=True)
-class TripletIndices:
+class TripletIndices(_FromLines):
     """Triplets read from a file as row numbers into a list of keys (:func:`read_triplet_indices`).
 
     Attributes
     ----------
     indices : ndarray of shape (n_triplets, 3), dtype int32 (int64 for 2**31 keys or more)
         Row of the anchor, positive and negative in the keys.
-    line_numbers : ndarray of shape (n_triplets,), dtype int64
-        1-based line number of each triplet in the file.
-    path : str
-        The file, as it was given; used in messages.
+    line_numbers, path
+        As in :class:`TripletFile`.
     """
 
     indices: np.ndarray
     line_numbers: np.ndarray
     path: str
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
 
 def _parsed(path: str) -> Iterator[Block]:
     """The triplets of ``path``, a block of lines at a time."""
     for first_line, block in blocks(path):
         yield parse_block(path, first_line, block)
-
-
-def _close_matches(name: str, known: Collection[str]) -> list[str]:
-    """Up to 3 known names that look like ``name``, looking in its own folder first."""
-    folder = name.rpartition("/")[0]
-    nearby = [k for k in known if k.rpartition("/")[0] == folder]
-    # A folder's contents are few and the likeliest match; the whole set is the fallback.
-    return difflib.get_close_matches(name, nearby, n=3) or difflib.get_close_matches(
-        name, known, n=3
-    )
-
-
-def _check_known(result: TripletFile, known_keys: Collection[str]) -> None:
-    known = known_keys if isinstance(known_keys, (set, frozenset)) else set(known_keys)
-    # One membership test per distinct name, not per occurrence.
-    names, inverse = np.unique(result.triplets.astype(str), return_inverse=True)
-    is_unknown = np.array([name not in known for name in names.tolist()], dtype=bool)
-    if not is_unknown.any():
-        return
-    bad_cells = np.flatnonzero(is_unknown[inverse.ravel()])
-    first_line_of = {}
-    for cell in bad_cells.tolist():
-        first_line_of.setdefault(str(result.triplets.flat[cell]), result.line_numbers[cell // 3])
-    raise _unknown_error(result.path, first_line_of, len(bad_cells), known)
-
-
-def _unknown_error(path: str, first_line_of: dict, uses: int, known: Collection[str],
-                   stopped_at: int | None = None) -> TripletFileError:  # fmt: skip
-    """The error for unknown names: how many, how often, the first few with a suggestion."""
-    details = []
-    for name, line in list(first_line_of.items())[:_N_SHOWN]:
-        matches = _close_matches(name, known)
-        hint = f" (did you mean {', '.join(map(repr, matches))}?)" if matches else ""
-        details.append(f"line {line}: {name!r}{hint}")
-    count = f"{len(first_line_of)}"
-    if stopped_at is not None:
-        count = f"more than {len(first_line_of) - 1} (reading stopped at line {stopped_at})"
-    return TripletFileError(
-        f"{path}: {count} image name(s) not among the {len(known)} known "
-        f"images, used {uses} time(s); first: " + "; ".join(details) + "."
-    )
-
-
-def _repeats(t: np.ndarray) -> np.ndarray:
-    """Rows of triplets ``t`` that repeat an image."""
-    return np.flatnonzero((t[:, 0] == t[:, 1]) | (t[:, 0] == t[:, 2]) | (t[:, 1] == t[:, 2]))
-
-
-def _check_repeats(path: str, count: int, lines: Sequence[int], on_self: str) -> None:
-    """Warn about (or refuse) ``count`` triplets that repeat an image, first at ``lines``."""
-    if count == 0 or on_self == "ignore":
-        return
-    shown = ", ".join(str(n) for n in lines[:_N_SHOWN])
-    message = (
-        f"{path}: {count} triplet(s) repeat an image (anchor equal to positive or "
-        f"negative, or positive equal to negative), at line(s) {shown}"
-        f"{', ...' if count > _N_SHOWN else ''}; such triplets teach nothing."
-    )
-    if on_self == "error":
-        raise TripletFileError(message)
-    warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def read_triplets_with_lines(
@@ -193,7 +134,7 @@ def read_triplets_with_lines(
     >>> tf.triplets.tolist(), tf.line_numbers.tolist()
     ([['a.jpg', 'b.jpg', 'c.jpg']], [2])
     """
-    _check_on_self(on_self)
+    check_on_self(on_self)
     path = os.fspath(path)
     names: list[str] = []
     numbers: list[np.ndarray] = []
@@ -206,15 +147,10 @@ def read_triplets_with_lines(
     triplets[:] = np.array(names, dtype=object).reshape(-1, 3)
     result = TripletFile(triplets, np.concatenate(numbers), path)
     if known_keys is not None:
-        _check_known(result, known_keys)
-    rows = _repeats(triplets)
-    _check_repeats(path, len(rows), result.line_numbers[rows[:_N_SHOWN]].tolist(), on_self)
+        check_known(path, triplets, result.line_numbers, known_keys)
+    rows = repeating_rows(triplets)
+    check_repeats(path, len(rows), result.line_numbers[rows[:N_SHOWN]].tolist(), on_self)
     return result
-
-
-def _check_on_self(on_self: str) -> None:
-    if on_self not in ("warn", "error", "ignore"):
-        raise ValueError(f"on_self must be 'warn', 'error' or 'ignore'; got {on_self!r}.")
 
 
 def read_triplet_indices(
@@ -235,7 +171,8 @@ def read_triplet_indices(
     keys : sequence of str
         The known image keys, e.g. ``FeatureStore.keys``; the rows returned index them.
     on_self : {"warn", "error", "ignore"}, default="warn"
-        What to do with triplets that repeat an image.
+        As in :func:`read_triplets`: triplets that repeat an image are warned about, refused
+        or kept.
 
     Returns
     -------
@@ -256,7 +193,7 @@ def read_triplet_indices(
     >>> read_triplet_indices(path, ["a.jpg", "b.jpg", "c.jpg"]).indices.tolist()
     [[1, 0, 2]]
     """
-    _check_on_self(on_self)
+    check_on_self(on_self)
     path = os.fspath(path)
     table = KeyTable(keys)
     parts, numbers = [], []
@@ -278,16 +215,16 @@ def read_triplet_indices(
                 break
         if unknown or not len(rows):
             continue  # (a file with unknown names will be refused: its rows are not kept)
-        found = _repeats(rows)
+        found = repeating_rows(rows)
         repeats += len(found)
-        repeat_lines.extend(lines[found[:_N_SHOWN]].tolist())
+        repeat_lines.extend(lines[found[:N_SHOWN]].tolist())
         parts.append(rows)
         numbers.append(lines)
     if unknown:
-        raise _unknown_error(path, unknown, uses, keys, stopped_at)
+        raise unknown_error(path, unknown, uses, keys, stopped_at)
     if not parts:
         raise TripletFileError(f"{path}: no triplets found (the file is empty or all comments).")
-    _check_repeats(path, repeats, repeat_lines, on_self)
+    check_repeats(path, repeats, repeat_lines, on_self)
     return TripletIndices(np.concatenate(parts), np.concatenate(numbers), path)
 
 

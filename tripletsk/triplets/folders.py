@@ -1,6 +1,6 @@
 """Triplets from class folders (``images/<class>/<image>``), for users without a triplet file.
 
-The class of an image is its first folder. Also importable from :mod:`tripletsk.triplets.files`.
+The class of an image is its first folder.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import warnings
 import numpy as np
 from sklearn.utils import check_array, check_random_state
 
-from tripletsk.triplets.files import TripletDataError, write_triplets
+from tripletsk.errors import TripletDataError
+from tripletsk.triplets.files import write_triplets
 from tripletsk.triplets.mining import hard_examples, hard_label_triplets, sample_label_triplets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
@@ -147,43 +148,63 @@ def make_triplets_from_folders(
     ...                            n_candidates=1, random_state=0).tolist()
     [['cat/1.jpg', 'cat/2.jpg', 'dog/1.jpg']]
     """
+    _check_request(strategy, n_triplets)
+    keys = _image_keys(keys_or_root)
+    y = labels_from_folders(keys)
+    rng = check_random_state(random_state)
+    if strategy == "hard":
+        features = _hard_features(features, len(keys), n_candidates)
+    triplets = _distinct_triplets(y, n_triplets, strategy, features, n_candidates, rng)
+    if len(triplets) < n_triplets:
+        _warn_fewer(len(triplets), n_triplets, strategy, len(keys))
+    result = keys[triplets]
+    if path is not None:
+        write_triplets(path, result)
+    return result
+
+
+def _check_request(strategy: str, n_triplets: int) -> None:
     if strategy not in ("random", "hard"):
         raise ValueError(f"strategy must be 'random' or 'hard'; got {strategy!r}.")
     if isinstance(n_triplets, bool) or not isinstance(n_triplets, (int, np.integer)):
         raise TypeError(f"n_triplets must be an int; got {n_triplets!r}.")
     if n_triplets < 1:
         raise ValueError(f"n_triplets must be at least 1; got {n_triplets}.")
-    if isinstance(keys_or_root, (str, os.PathLike)):
-        keys = list_image_keys(keys_or_root)
-        if keys.size == 0:
-            raise TripletDataError(f"{os.fspath(keys_or_root)}: no image files found.")
-    else:
-        keys = np.asarray(keys_or_root, dtype=object).ravel()
-    y = labels_from_folders(keys)
-    rng = check_random_state(random_state)
-    if strategy == "hard":
-        if features is None:
-            raise ValueError("strategy='hard' needs features: one row per key.")
-        features = check_array(features, dtype=[np.float64, np.float32])
-        if len(features) != len(keys):
-            raise ValueError(
-                f"features has {len(features)} rows but there are {len(keys)} keys; "
-                "they must be aligned row for row."
-            )
-        if n_candidates < 1:
-            raise ValueError(f"n_candidates must be at least 1; got {n_candidates}.")
-    triplets = _distinct_triplets(y, n_triplets, strategy, features, n_candidates, rng)
-    if len(triplets) < n_triplets:
-        warnings.warn(
-            f"Only {len(triplets)} distinct {strategy} triplets exist over these "
-            f"{len(keys)} images (n_triplets={n_triplets}); returning all {len(triplets)}.",
-            UserWarning,
-            stacklevel=2,
+
+
+def _warn_fewer(n_made: int, n_triplets: int, strategy: str, n_keys: int) -> None:
+    """Warn the caller of :func:`make_triplets_from_folders` that it made fewer triplets."""
+    warnings.warn(
+        f"Only {n_made} distinct {strategy} triplets exist over these "
+        f"{n_keys} images (n_triplets={n_triplets}); returning all {n_made}.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _image_keys(keys_or_root) -> np.ndarray:
+    """The keys given, or the images found under the folder given."""
+    if not isinstance(keys_or_root, (str, os.PathLike)):
+        return np.asarray(keys_or_root, dtype=object).ravel()
+    keys = list_image_keys(keys_or_root)
+    if keys.size == 0:
+        raise TripletDataError(f"{os.fspath(keys_or_root)}: no image files found.")
+    return keys
+
+
+def _hard_features(features, n_keys: int, n_candidates: int) -> np.ndarray:
+    """``features`` checked for hard triplets: one row per key; ``n_candidates`` at least 1."""
+    if features is None:
+        raise ValueError("strategy='hard' needs features: one row per key.")
+    features = check_array(features, dtype=[np.float64, np.float32])
+    if len(features) != n_keys:
+        raise ValueError(
+            f"features has {len(features)} rows but there are {n_keys} keys; "
+            "they must be aligned row for row."
         )
-    result = keys[triplets]
-    if path is not None:
-        write_triplets(path, result)
-    return result
+    if n_candidates < 1:
+        raise ValueError(f"n_candidates must be at least 1; got {n_candidates}.")
+    return features
 
 
 def count_folder_triplets(labels, strategy: str = "random", n_candidates: int = 10) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from tripletsk.errors import TripletFileError
 from tripletsk.triplets.key_table import KeyTable
 
-__all__ = ["BLOCK_BYTES", "Block", "KeyTable", "blocks", "parse_block", "parse_line"]
+__all__ = ["BLOCK_BYTES", "Block", "blocks", "parse_block", "parse_line"]
 
 #: Bytes read at a time (rounded to whole lines).
 BLOCK_BYTES = 4 << 20

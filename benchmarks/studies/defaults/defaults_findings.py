@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 
 from tripletsk.evaluation.metrics import retrieval_report
-from tripletsk.triplets.files import pk_batches
+from tripletsk.triplets.mining import pk_batches
 
 
 def batch_sizes(n_classes: int = 10, per_class: int = 375, seed: int = 0) -> Counter:

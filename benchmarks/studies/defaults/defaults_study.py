@@ -183,7 +183,7 @@ def digits_triplet_validation(
     5,000 among the second score. The test images are never touched.
     """
     inner = seed if inner_seed is None else inner_seed
-    from tripletsk.triplets.files import sample_label_triplets
+    from tripletsk.triplets.mining import sample_label_triplets
 
     X, y = load_digits(return_X_y=True)
     train, _ = train_test_split(np.arange(len(y)), test_size=0.3, random_state=seed, stratify=y)

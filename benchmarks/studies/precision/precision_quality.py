@@ -2,7 +2,7 @@
 
 scikit-learn's digits (8x8 images, 64 features) are split into disjoint train and test images
 (stratified, 30% test) for several seeds; 5000 random triplets are drawn among the training
-images and 5000 among the test images (``tripletsk.triplets.files.sample_label_triplets``). Each
+images and 5000 among the test images (``tripletsk.triplets.mining.sample_label_triplets``). Each
 precision fits ``TripletEncoder(features=X, random_state=0)`` (defaults otherwise) on the train
 triplets and is scored on the test triplets. Same run, same splits; fit times are interleaved.
 
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     from sklearn.model_selection import train_test_split
 
     from tripletsk import TripletEncoder
-    from tripletsk.triplets.files import sample_label_triplets
+    from tripletsk.triplets.mining import sample_label_triplets
 
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float32)
