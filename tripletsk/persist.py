@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from tripletsk._npy import read_npy_header
 from tripletsk.cache.provenance import validate_recorded_provenance
 from tripletsk.errors import ModelFileError
 from tripletsk.outputs import writing
@@ -120,13 +121,7 @@ def _array_header(path: str, zf: zipfile.ZipFile, name: str) -> tuple[tuple, np.
     """Shape and dtype of one ``.npy`` member, read from its header alone."""
     with zf.open(name) as member:
         try:
-            version = np.lib.format.read_magic(member)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, _, dtype = read_header(member)
+            shape, _, dtype = read_npy_header(member)
         except ValueError as exc:
             raise ModelFileError(f"{path}: member {name} is not a NumPy array ({exc})") from None
     if dtype.hasobject:

@@ -9,7 +9,6 @@ chunk of rows against its checksum as it is read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
@@ -177,11 +176,14 @@ class SegmentReader:
         out.view(np.uint8).reshape(-1)[:] = np.frombuffer(data, np.uint8)
         return out
 
-    def __del__(self):
+    def __del__(self, _close=os.close):
+        # Bound at definition: at interpreter exit module globals may already be None.
         fd = getattr(self, "_fd", None)
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            try:
+                _close(fd)
+            except OSError:
+                pass
 
     def _verify(self, block: np.ndarray, c0: int, c1: int) -> None:
         """Check chunks ``c0:c1`` (``block`` holds exactly their rows) once per process."""
