@@ -22,13 +22,13 @@ from tripletsk.extraction.backbone import (
     Backbone,
     WeightsSpec,
     build_backbone,
-    check_backend,
     provenance_for,
     resolve_network,
     resolve_weights,
 )
 from tripletsk.extraction.decode import PREPROCESSING, load_image
 from tripletsk.extraction.discovery import IMAGE_EXTENSIONS, Discovery, ImageFile, discover_images
+from tripletsk.extraction.parameters import check_backend
 from tripletsk.extraction.query import features_for_files
 from tripletsk.extraction.run import extract_features
 from tripletsk.extraction.summary import ExtractionSummary
