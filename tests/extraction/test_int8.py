@@ -23,7 +23,8 @@ from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
 from tripletsk.extraction.backbone import resolve_network
-from tripletsk.extraction.int8 import MODELS_DIR, _decode_sample
+from tripletsk.extraction.int8 import _decode_sample
+from tripletsk.extraction.model_folders import MODELS_DIR
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -175,7 +176,7 @@ def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch)
     """A new int8 model records how its features agree with TensorFlow float32's on its
     calibration images; auto reads that instead of building TensorFlow to check."""
     from tripletsk.extraction import auto
-    from tripletsk.extraction.int8 import models_dir
+    from tripletsk.extraction.model_folders import models_dir
 
     agreement = manifest(first["cache"])["agreement"]
     assert agreement["reference"] == "tensorflow/float32" and agreement["images"] == 10

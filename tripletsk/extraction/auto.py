@@ -217,7 +217,7 @@ def choose(
     """The runner for a run of ``opts`` (:class:`~tripletsk.extraction.options.ExtractOptions`)
     that extracts ``pending`` (sorted :class:`ImageFile`), of a collection ``listing``."""
     from tripletsk.extraction import int8
-    from tripletsk.extraction.int8 import models_dir
+    from tripletsk.extraction.model_folders import models_dir
 
     names = candidates(precision)
     if not names:
@@ -316,7 +316,7 @@ class _Trial:
 
     def _build(self, name: str):
         from tripletsk.extraction.backbone import build_backbone
-        from tripletsk.extraction.int8 import models_dir
+        from tripletsk.extraction.model_folders import models_dir
 
         o = self.opts
         backend, precision = name.split("/")
@@ -352,7 +352,7 @@ class _Trial:
     def keep(self, name: str) -> None:
         """Make the trial's runner ``name`` the one the run uses (no second build)."""
         from tripletsk.extraction.backbone import keep_backbone
-        from tripletsk.extraction.int8 import models_dir
+        from tripletsk.extraction.model_folders import models_dir
 
         bb = self.built.get(name)
         if bb is not None:

@@ -254,7 +254,7 @@ def build_backbone(
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
     (:func:`tripletsk.extraction.quantization.quantize_openvino_int8`). ``models_dir``: with
     OpenVINO at float32/bfloat16, where the converted model is kept (found there, or converted once
-    and put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
+    and put there: :mod:`tripletsk.extraction.openvino_float`); None converts it in this process.
 
     Raises
     ------
@@ -267,7 +267,7 @@ def build_backbone(
         raise ValueError("precision int8 needs int8_folder, the quantized model")
     ov_folder = None
     if backend == "openvino" and precision != "int8" and models_dir is not None:
-        from tripletsk.extraction.openvino_ir import float_model_folder
+        from tripletsk.extraction.openvino_float import float_model_folder
 
         build = lambda: build_keras_model(spec, image_size)  # noqa: E731
         ov_folder = float_model_folder(spec, image_size, models_dir, build)

@@ -170,6 +170,16 @@ def _shard_settings(client, root: str, output: str, settings: dict, quiet: bool)
     return settings
 
 
+def _check_arguments(extract_kwargs: dict, output: str, client, cluster) -> None:
+    bad = set(extract_kwargs) - set(SHARD_PARAMETERS)
+    if bad:
+        raise TypeError(f"extract_with_dask() got unexpected arguments {sorted(bad)}")
+    if os.path.isdir(output):
+        raise UserError(f"the output must be a file path, not a folder: {output}")
+    if client is not None and cluster:
+        raise UserError("pass either client= or scheduler=/n_workers=/gpus=, not both")
+
+
 def _connect(stack: contextlib.ExitStack, client, scheduler, n_workers, gpus):
     """``client``, else a client of ``scheduler``, else of a new local cluster (closed with
     ``stack``)."""
@@ -237,20 +247,13 @@ def extract_with_dask(
     -------
     DaskExtractionSummary
     """
-    from tripletsk.cache.shards import merge_shards_locked, remove_shard_files, shard_path
+    from tripletsk.cache.shards import merge_shards_locked, remove_shard_files
 
     import_distributed()  # (says how to install it)
     t0 = time.perf_counter()
     root, output = os.path.abspath(images_dir), os.path.abspath(output)
-    bad = set(extract_kwargs) - set(SHARD_PARAMETERS)
-    if bad:
-        raise TypeError(f"extract_with_dask() got unexpected arguments {sorted(bad)}")
-    if os.path.isdir(output):
-        raise UserError(f"the output must be a file path, not a folder: {output}")
-    if client is not None and (scheduler or n_workers or gpus):
-        raise UserError("pass either client= or scheduler=/n_workers=/gpus=, not both")
+    _check_arguments(extract_kwargs, output, client, scheduler or n_workers or gpus)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
     settings = {k: extract_kwargs.get(k, DEFAULTS[k]) for k in SHARD_PARAMETERS}
     with contextlib.ExitStack() as stack:
         stack.enter_context(CacheLock(output))  # no other extraction writes output meanwhile
@@ -258,32 +261,45 @@ def extract_with_dask(
         client = _connect(stack, client, scheduler, n_workers, gpus)
         workers = wait_for_workers(client, n_workers or 1)
         configure_workers(client, tf_threads)
-        n = int(n_shards or SHARDS_PER_WORKER * len(workers))
-        if n < 1:
-            raise UserError(f"n_shards must be at least 1, got {n}")
-        paths = [shard_path(output, i, n) for i in range(1, n + 1)]
+        n = _shard_count(n_shards, len(workers))
         settings = _shard_settings(client, root, output, settings, quiet)
-        run_id = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(_extract_shard, root, output, p, i, n, settings, pure=False,
-                          key=f"tripletsk-shard-{i}-of-{n}-{run_id}", retries=retries)
-            for i, p in enumerate(paths, start=1)
-        ]  # fmt: skip
         summary = DaskExtractionSummary(output=output, n_shards=n, n_workers=len(workers))
-        _collect(client, futures, summary, show)
+        paths, futures = _submit(client, root, output, n, settings, retries)
+        _collect(client, futures, summary, progress, quiet)
         merged = merge_shards_locked(paths, output)
     if not keep_shards:
         remove_shard_files(paths)
-    summary.n_images, summary.failed = merged.n_images, merged.failed
-    summary.failed_list = merged.failed_list
+    summary.n_images, summary.failed, summary.failed_list = (
+        merged.n_images, merged.failed, merged.failed_list)  # fmt: skip
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _collect(client, futures: list, summary: DaskExtractionSummary, show: bool) -> None:
-    """Add up the shards' results as they finish; cancel the rest on the first error."""
+def _shard_count(n_shards: int | None, n_workers: int) -> int:
+    n = int(n_shards or SHARDS_PER_WORKER * n_workers)
+    if n < 1:
+        raise UserError(f"n_shards must be at least 1, got {n}")
+    return n
+
+
+def _submit(client, root: str, output: str, n: int, settings: dict, retries: int):
+    """Submit the extraction of each of the ``n`` shards: ``(paths, futures)``."""
+    from tripletsk.cache.shards import shard_path
+
+    paths, run_id = [shard_path(output, i, n) for i in range(1, n + 1)], uuid.uuid4().hex[:8]
+    return paths, [
+        client.submit(_extract_shard, root, output, p, i, n, settings, pure=False,
+                      key=f"tripletsk-shard-{i}-of-{n}-{run_id}", retries=retries)
+        for i, p in enumerate(paths, start=1)
+    ]  # fmt: skip
+
+
+def _collect(client, futures: list, summary: DaskExtractionSummary, progress, quiet) -> None:
+    """Add up the shards' results as they finish (a progress bar as ``progress`` and ``quiet``
+    say); cancel the rest on the first error."""
     from tqdm import tqdm
 
+    show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
     distributed = import_distributed()
     bar = tqdm(total=len(futures), desc="shards", unit="shard", file=sys.stderr, disable=not show)
     try:

@@ -210,7 +210,9 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
         if same == (opts.backend, opts.precision):
             opts = dataclasses.replace(opts, choice=old.provenance.get("backend_choice"))
     if opts.precision == "int8":
-        opts = _with_int8_model(opts, old, listing, int8_model)
+        from tripletsk.extraction.int8 import with_int8_model
+
+        opts = with_int8_model(opts, old, listing, int8_model)
     output, prov = opts.output, opts.provenance
     image_root = os.path.abspath(opts.root)
     if old is not None and old.attrs.get("image_root"):
@@ -246,30 +248,6 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     return _Run(
         opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
     )
-
-
-def _with_int8_model(opts: ExtractOptions, old, listing: list, model) -> ExtractOptions:
-    """``opts`` with the quantized model of the cache: the one an existing int8 cache (or the
-    unfinished work of an interrupted run) recorded, else ``model``, else one quantized on a
-    sample of ``listing`` (the whole collection)."""
-    from dataclasses import replace
-
-    from tripletsk.extraction import int8
-
-    if old is not None and old.provenance.get("compute_dtype") != "int8":
-        return opts  # refused by the provenance check: a float cache
-    recorded = old.attrs if old is not None else None
-    if recorded is None and not opts.replace:  # resume with the model its batches were made with
-        journal = (journal_meta(opts.output + ".parts") or {}).get("provenance") or {}
-        if journal.get("compute_dtype") == "int8" and journal.get("int8_model"):
-            recorded = journal
-    kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
-    if recorded is not None:
-        args = (recorded, opts.spec, opts.image_size, listing, opts.output)
-        model = int8.int8_model_of_cache(*args, **kwargs)
-    elif model is None:
-        model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output, **kwargs)
-    return replace(opts, int8=model.attrs, int8_folder=model.folder)
 
 
 def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:

@@ -1,5 +1,5 @@
 """OpenVINO float extraction from the converted model kept beside the cache
-(:mod:`tripletsk.extraction.openvino_ir`): converted once, checked before use, no TensorFlow
+(:mod:`tripletsk.extraction.openvino_float`): converted once, checked before use, no TensorFlow
 in later runs, the same features as a model converted in the process."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tests.cache.test_shards import make_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.extraction import extract_features, load_image
 from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
-from tripletsk.extraction.int8 import MODELS_DIR
-from tripletsk.extraction.openvino_ir import float_model_folder, float_model_key
+from tripletsk.extraction.model_folders import MODELS_DIR
+from tripletsk.extraction.openvino_float import float_model_folder, float_model_key
 
 # Each test converts a backbone to OpenVINO IR (~20 s of CPU): end-to-end cases, in the full run.
 pytestmark = pytest.mark.slow
