@@ -78,9 +78,11 @@ def test_cli_options_are_the_declared_ones_with_their_help_and_defaults():
         action = actions[name]
         assert action.help == p.help, name
         assert action.default == DEFAULTS.get(name), name
-        assert action.option_strings == [s for s in p.option_strings if s.startswith("-")]
+        flags = [s for s in p.option_strings if s.startswith("-")]
+        assert action.option_strings[: len(flags)] == flags, name
     assert actions["image_size"].option_strings == ["--image-size"]
     assert actions["quiet"].option_strings == ["-q", "--quiet"]
+    assert actions["recursive"].option_strings == ["--recursive", "--no-recursive"]
     args = parser.parse_args(["imgs", "--shard", "2/3"])
     assert args.shard == (2, 3)  # parsed by the CLI's own type
     assert vars(args)["images_dir"] == "imgs"

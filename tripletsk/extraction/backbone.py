@@ -26,7 +26,7 @@ from tripletsk.extraction.keras_build import (
     random_init_of,
 )
 from tripletsk.extraction.parameters import (
-    DEFAULT_BACKBONE,
+    DEFAULTS,
     check_backend,
     check_image_size,
     openvino_runs_other_precision,
@@ -109,11 +109,11 @@ def resolve_weights(weights, seed: int = 0, arch: Architecture = RESNET50) -> We
 
 
 def resolve_network(
-    weights="imagenet",
-    seed: int = 0,
-    backbone=DEFAULT_BACKBONE,
-    layer: str | None = None,
-    preprocessing: str | None = None,
+    weights=DEFAULTS["weights"],
+    seed: int = DEFAULTS["seed"],
+    backbone=DEFAULTS["backbone"],
+    layer: str | None = DEFAULTS["layer"],
+    preprocessing: str | None = DEFAULTS["preprocessing"],
 ) -> WeightsSpec:
     """The network of extraction arguments: :func:`resolve_architecture` with
     :func:`resolve_weights`."""
@@ -238,10 +238,10 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
 
 
 def build_backbone(
-    weights="imagenet",
-    image_size: int = 224,
-    seed: int = 0,
-    batch_size: int = 32,
+    weights=DEFAULTS["weights"],
+    image_size: int = DEFAULTS["image_size"],
+    seed: int = DEFAULTS["seed"],
+    batch_size: int = DEFAULTS["batch_size"],
     backend: str = "tensorflow",
     precision: str = "float32",
     int8_folder: str | None = None,

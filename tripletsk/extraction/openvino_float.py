@@ -60,8 +60,9 @@ def float_model_folder(
     folder = os.path.join(models_dir, f"openvino-float-{key}")
     if read_manifest(folder, key) is not None:
         return folder
-    from tripletsk.extraction.runners import _to_openvino
+    from tripletsk.extraction.runners import _import_openvino, _to_openvino
 
+    _import_openvino()  # (before building the model: says how to install it)
     model = build_model()
     ov_model = _to_openvino(model, [-1, *list(model.input_shape)[1:]])
     try:
