@@ -7,15 +7,10 @@ tensors); :func:`probe_mode` finds which mode an application's ``preprocess_inpu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from tripletsk._tensorflow import import_keras
 from tripletsk.errors import UserError
-
-if TYPE_CHECKING:
-    from tripletsk.extraction.architecture import Architecture
 
 __all__ = ["PREPROCESSING_MODES", "preprocess_array", "preprocess_pixels", "probe_mode"]
 
@@ -73,8 +68,9 @@ def preprocess_array(pixels: np.ndarray, mode: str) -> np.ndarray:
     return x
 
 
-def preprocess_pixels(images, arch: Architecture):
-    """Pixels (uint8 or float, 0-255; NumPy or a tensor) -> what ``arch``'s network takes."""
+def preprocess_pixels(images, arch):
+    """Pixels (uint8 or float, 0-255; NumPy or a tensor) -> what ``arch``'s network takes
+    (``arch``: an :class:`~tripletsk.extraction.architecture.Architecture`)."""
     x = images
     if arch.module:
         keras = import_keras()
