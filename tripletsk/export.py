@@ -18,7 +18,7 @@ import numpy as np
 
 from tripletsk._tensorflow import import_keras
 from tripletsk.errors import CacheMismatchError, UsageError, UserError
-from tripletsk.extraction.architecture import PREPROCESSING_MODES
+from tripletsk.extraction.preprocessing import PREPROCESSING_MODES
 from tripletsk.outputs import (
     Output,
     OutputChangedError,

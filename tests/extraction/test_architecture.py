@@ -13,13 +13,9 @@ from PIL import Image
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import extract_features, features_for_files, load_image
-from tripletsk.extraction.architecture import (
-    RESNET50,
-    architecture_of,
-    preprocess_array,
-    resolve_architecture,
-)
+from tripletsk.extraction.architecture import RESNET50, architecture_of, resolve_architecture
 from tripletsk.extraction.decode import PREPROCESSING
+from tripletsk.extraction.preprocessing import preprocess_array
 
 
 def _keras():

@@ -18,7 +18,7 @@ from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.extraction import auto, extract_features
 from tripletsk.extraction.backbone import resolve_network
-from tripletsk.extraction.int8 import models_dir
+from tripletsk.extraction.model_folders import models_dir
 
 pytest.importorskip("openvino")
 

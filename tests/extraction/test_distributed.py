@@ -23,12 +23,12 @@ from tripletsk.cache.store import FeatureStore  # noqa: E402
 from tripletsk.cli import cli  # noqa: E402
 from tripletsk.errors import UserError  # noqa: E402
 from tripletsk.extraction import extract_features  # noqa: E402
-from tripletsk.extraction.distributed import (  # noqa: E402
-    extract_with_dask,
+from tripletsk.extraction.dask_cluster import (  # noqa: E402
     gpu_worker_env,
     local_cluster,
     visible_gpus,
 )
+from tripletsk.extraction.distributed import extract_with_dask  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Dask cluster per module
 

@@ -7,9 +7,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,8 @@ from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import discover_images, extract_features, features_for_files
 from tripletsk.extraction.backbone import resolve_network
-from tripletsk.extraction.int8 import MODELS_DIR, _decode_sample
+from tripletsk.extraction.int8 import _decode_sample
+from tripletsk.extraction.model_folders import MODELS_DIR
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -108,23 +106,11 @@ def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeyp
 def test_a_run_with_the_model_found_never_loads_tensorflow(first):
     """The quantized model is all an int8 run needs: a new process extracting into a new cache
     (model found by its record) imports neither TensorFlow nor Keras, and gets the same rows."""
+    from tests.extraction.test_openvino_float import extract_in_new_process
+
     other = first["cache"].parent / "no-tensorflow.h5"
-    code = textwrap.dedent(
-        f"""
-        import sys
-        from tripletsk.extraction import extract_features
-        s = extract_features({os.fspath(first["images"])!r}, {os.fspath(other)!r}, quiet=True,
-                             **{INT8!r})
-        print(s.extracted, "tensorflow" in sys.modules, "keras" in sys.modules)
-        """
-    )
-    repo = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split()[-3:] == ["10", "False", "False"]
+    settings = {**INT8, "quiet": True}
+    assert extract_in_new_process(first["images"], other, settings) == ["10", "False", "False"]
     np.testing.assert_array_equal(
         FeatureStore(other).to_array(), FeatureStore(first["cache"]).to_array()
     )
@@ -175,7 +161,7 @@ def test_auto_takes_the_int8_model_by_its_recorded_agreement(first, monkeypatch)
     """A new int8 model records how its features agree with TensorFlow float32's on its
     calibration images; auto reads that instead of building TensorFlow to check."""
     from tripletsk.extraction import auto
-    from tripletsk.extraction.int8 import models_dir
+    from tripletsk.extraction.model_folders import models_dir
 
     agreement = manifest(first["cache"])["agreement"]
     assert agreement["reference"] == "tensorflow/float32" and agreement["images"] == 10

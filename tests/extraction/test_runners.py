@@ -9,9 +9,8 @@ import pytest
 import tripletsk.extraction.quantization as quantization
 import tripletsk.extraction.runners as backends
 from tripletsk.errors import UserError
+from tripletsk.extraction.int8 import calibration_identity, calibration_keys
 from tripletsk.extraction.quantization import (
-    calibration_identity,
-    calibration_keys,
     find_quantized_model,
     load_openvino_int8_runner,
     make_openvino_int8_runner,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.cli._common import UsageError, add_command
 from tripletsk.errors import CacheMismatchError, UserError, WeightsUnavailableError
 
@@ -49,94 +48,12 @@ def register(sub) -> None:
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``extract-features`` arguments to ``parser``."""
-    from tripletsk.extraction.backbone import AUTO, BACKENDS, DEFAULT_BACKEND
+    """Add the ``extract-features`` arguments to ``parser``: the extraction parameters that have
+    an option (:data:`tripletsk.extraction.parameters.PARAMETERS`), but ``--shard``."""
+    from tripletsk.extraction.parameters import cli_parameters
 
-    parser.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images")
-    parser.add_argument(
-        "-o", "--output", default=DEFAULT_CACHE, help="feature cache (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--backbone",
-        default="ResNet50",
-        metavar="NAME|FILE",
-        help="a keras.applications model (e.g. MobileNetV2, EfficientNetV2B0, ConvNeXtTiny, "
-        "'MobileNet(alpha=0.25)'), built without its top and average-pooled, with its own "
-        "preprocess_input; or a Keras model file (.keras, full-model .h5), loaded safely "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--layer",
-        default=None,
-        help="the layer that gives the features (a feature map is average-pooled); default: the "
-        "application's pooling, or a model file's last global-pooling layer",
-    )
-    parser.add_argument(
-        "--preprocessing",
-        choices=("caffe", "tf", "torch", "none"),
-        default=None,
-        help="how pixels are scaled (Keras' preprocess_input modes); required with a model "
-        "file, else the application's own",
-    )
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        help="imagenet (Keras download), none (random, for tests) or PATH to a weights file of "
-        "the backbone (default: %(default)s; a model file carries its own)",
-    )
-    parser.add_argument("--image-size", type=int, default=224, help="default: %(default)s")
-    parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
-    parser.add_argument(
-        "--dtype",
-        choices=("float32", "float16"),
-        default=None,
-        help="storage precision (default: float32, or the existing cache's)",
-    )
-    parser.add_argument(
-        "--recursive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="search sub-folders (default: yes)",
-    )
-    parser.add_argument(
-        "--prune", action="store_true", help="drop cached images whose file is gone"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random weights for --weights none"
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="hash every cached file to detect changes (default: only files whose size or "
-        "modification time changed), and re-extract the images whose cached features fail "
-        "their checksum",
-    )
-    parser.add_argument("--workers", type=int, default=None, help="decoding threads")
-    parser.add_argument(
-        "--replace",
-        action="store_true",
-        help="discard the existing cache (of another images folder, or other settings) and start "
-        "anew",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=(*BACKENDS, AUTO),
-        default=DEFAULT_BACKEND,
-        help="what runs the model; openvino needs `pip install tripletsk[openvino]`; auto: the "
-        "fastest runner on this CPU whose features agree with tensorflow float32 (cosine >= "
-        "0.99), timed on your first batch once per cache folder, recorded in the cache; a "
-        "cache keeps the runner it was made with (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("float32", "bfloat16", "int8"),
-        default=None,
-        help="model arithmetic (default: float32, or with --backend auto whichever agrees and "
-        "is fastest); bfloat16 pays off on CPUs with AVX512-BF16/AMX and on GPUs; int8 "
-        "(OpenVINO, needs nncf) quantizes the backbone once on 128 of your images and keeps "
-        "it in .tripletsk-models/ next to the cache",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    for p in cli_parameters(exclude=("shard",)):
+        p.add_to(parser)
     return parser
 
 
@@ -151,14 +68,11 @@ def _shard_arg(value: str) -> tuple[int, int]:
 
 def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     """``extract-features`` options to spread the work over processes and machines."""
+    from tripletsk.extraction.parameters import PARAMETERS
+
     g = parser.add_argument_group("scaling out (docs/scaling.md)")
     where = g.add_mutually_exclusive_group()
-    where.add_argument(
-        "--shard",
-        type=_shard_arg,
-        metavar="I/N",
-        help="extract only shard I of N (1-based); merge the N files with merge-features",
-    )
+    PARAMETERS["shard"].add_to(where, type=_shard_arg)
     where.add_argument(
         "--scheduler",
         metavar="ADDRESS",
@@ -185,26 +99,12 @@ def _add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def extraction_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of :func:`extract_features` that the parsed options set."""
-    from tripletsk.extraction.backbone import DEFAULT_BACKEND
+    """The keyword arguments of :func:`extract_features` that the parsed options set (those it
+    passes to every shard on a Dask cluster; the options ``args`` lacks at their defaults)."""
+    from tripletsk.extraction.parameters import DEFAULTS, SHARD_PARAMETERS, cli_parameters
 
-    return {
-        "weights": args.weights,
-        "backbone": getattr(args, "backbone", "ResNet50"),
-        "layer": getattr(args, "layer", None),
-        "preprocessing": getattr(args, "preprocessing", None),
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
-        "recursive": args.recursive,
-        "prune": args.prune,
-        "seed": args.seed,
-        "quiet": args.quiet,
-        "verify": getattr(args, "verify", False),
-        "workers": getattr(args, "workers", None),
-        "backend": getattr(args, "backend", DEFAULT_BACKEND),
-        "precision": getattr(args, "precision", None),
-    }
+    shared = [p.name for p in cli_parameters() if p.name in SHARD_PARAMETERS]
+    return {k: getattr(args, k, DEFAULTS[k]) for k in [*shared, "quiet"]}
 
 
 def _check_sizes(args: argparse.Namespace) -> None:

@@ -23,22 +23,18 @@ import re
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 from tripletsk._tensorflow import import_keras
 from tripletsk.cache.checksums import file_digest
 from tripletsk.errors import UserError
+from tripletsk.extraction.parameters import DEFAULT_BACKBONE
+from tripletsk.extraction.preprocessing import PREPROCESSING_MODES, probe_mode
 
 __all__ = [
     "DECODING",
-    "DEFAULT_BACKBONE",
-    "PREPROCESSING_MODES",
     "RESNET50",
     "Architecture",
     "architecture_of",
     "load_model_file",
-    "preprocess_array",
-    "preprocess_pixels",
     "resolve_architecture",
 ]
 
@@ -47,9 +43,6 @@ DECODING = (
     "tripletsk-v1: pillow decode, jpeg draft>=size, exif transpose, rgb (alpha on white, "
     "16-bit/257), resize bilinear to size x size"
 )
-#: Keras' ``preprocess_input`` modes (``keras.applications.imagenet_utils``), and "none".
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
-DEFAULT_BACKBONE = "ResNet50"
 MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 # Set by tripletsk: a backbone is built without its top, at the cache's image size.
 _RESERVED = ("include_top", "weights", "input_tensor", "input_shape", "pooling", "classes",
@@ -144,7 +137,7 @@ class Architecture:
 
 #: The default backbone (its provenance strings are those of every cache made before there
 #: was a choice).
-RESNET50 = Architecture("ResNet50", mode="caffe", module="resnet50")
+RESNET50 = Architecture(DEFAULT_BACKBONE, mode="caffe", module="resnet50")
 
 
 def resolve_architecture(backbone=DEFAULT_BACKBONE, layer: str | None = None,
@@ -184,7 +177,7 @@ def resolve_architecture(backbone=DEFAULT_BACKBONE, layer: str | None = None,
         arch = RESNET50
     else:
         module = _application_module(name)
-        arch = Architecture(name, kwargs, mode=_probe_mode(module), module=module)
+        arch = Architecture(name, kwargs, mode=probe_mode(module), module=module)
     if preprocessing is not None and preprocessing != arch.mode:
         arch = Architecture(arch.name, arch.kwargs, mode=preprocessing)
     if layer is not None:
@@ -241,70 +234,6 @@ def _unknown(text: str, close=()) -> UserError:
         "MobileNetV2, EfficientNetV2B0, ConvNeXtTiny, ..., optionally with keywords as in "
         "MobileNet(alpha=0.25)) or the path of a .keras / .h5 model file"
     )
-
-
-def _probe_mode(module: str) -> str:
-    """Which of Keras' modes the application's ``preprocess_input`` is (compared on pixels)."""
-    keras = import_keras()
-    from keras.applications import imagenet_utils
-
-    x = np.random.default_rng(0).integers(0, 256, (2, 3, 3, 3)).astype(np.float32)
-    got = np.asarray(getattr(keras.applications, module).preprocess_input(x.copy()))
-    for mode in PREPROCESSING_MODES:
-        want = x if mode == "none" else imagenet_utils.preprocess_input(x.copy(), mode=mode)
-        if got.shape == x.shape and np.allclose(got, np.asarray(want), atol=1e-5):
-            return mode
-    raise UserError(
-        f"keras.applications.{module}.preprocess_input is none of Keras' modes "
-        f"({', '.join(PREPROCESSING_MODES)}); pass preprocessing explicitly"
-    )
-
-
-# Keras' preprocess_input constants (keras.applications.imagenet_utils), per mode.
-_MODE_MEANS = {"caffe": (103.939, 116.779, 123.68), "torch": (0.485, 0.456, 0.406)}
-_MODE_STDS = {"torch": (0.229, 0.224, 0.225)}
-
-
-def preprocess_array(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """NumPy pixels (0-255, RGB, channels last) -> float32 scaled as Keras' ``mode`` does.
-
-    The same arithmetic, in the same order, as ``imagenet_utils.preprocess_input`` on a NumPy
-    array (so the same float32 values), without importing Keras: an int8 run, which needs no
-    Keras model, then never loads TensorFlow. ``pixels`` is not modified.
-    """
-    if mode not in PREPROCESSING_MODES:
-        raise ValueError(f"preprocessing mode must be one of {PREPROCESSING_MODES}, got {mode!r}")
-    if mode == "caffe":  # RGB -> BGR in the same pass as the copy: the result is contiguous
-        x = np.array(np.asarray(pixels)[..., ::-1], dtype=np.float32)
-    else:
-        x = np.array(pixels, dtype=np.float32)
-    if mode == "none":
-        return x
-    if mode == "tf":
-        x /= 127.5
-        x -= 1.0
-        return x
-    if mode == "torch":
-        x /= 255.0
-    for channel, mean in enumerate(_MODE_MEANS[mode]):
-        x[..., channel] -= mean
-    for channel, std in enumerate(_MODE_STDS.get(mode, ())):
-        x[..., channel] /= std
-    return x
-
-
-def preprocess_pixels(images, arch: Architecture):
-    """Pixels (uint8 or float, 0-255; NumPy or a tensor) -> what ``arch``'s network takes."""
-    x = images
-    if arch.module:
-        keras = import_keras()
-        return getattr(keras.applications, arch.module).preprocess_input(x)
-    if arch.mode == "none":
-        return x
-    import_keras()
-    from keras.applications import imagenet_utils
-
-    return imagenet_utils.preprocess_input(x, mode=arch.mode)
 
 
 # ---------------------------------------------------------------------------------------------

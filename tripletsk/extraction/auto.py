@@ -127,21 +127,15 @@ def choose_for_folder(root: str, output: str, kwargs: dict) -> tuple[str, str, s
     """``(backend, precision, reason)`` of :func:`choose` for extracting the whole folder
     ``root`` into a new cache ``output`` with the ``extract_features`` arguments ``kwargs``
     (how a Dask worker chooses once for all shards)."""
-    import inspect
-
-    from tripletsk.extraction import discover_images, extract_features
+    from tripletsk.extraction import discover_images
     from tripletsk.extraction.options import ExtractOptions
 
-    params = inspect.signature(extract_features).parameters.items()
-    args = {k: p.default for k, p in params if p.default is not inspect.Parameter.empty}
-    args.update(kwargs)
     names = ("weights", "seed", "image_size", "batch_size", "dtype", "backend", "precision",
              "workers", "backbone", "layer", "preprocessing", "recursive",
              "max_pixels")  # fmt: skip
     opts = ExtractOptions.from_arguments(
-        root, output, progress=False, quiet=True, decode_memory=None,
-        **{k: args[k] for k in names},
-    )  # fmt: skip
+        root, output, progress=False, quiet=True, **{k: v for k, v in kwargs.items() if k in names}
+    )
     files = discover_images(root, recursive=opts.recursive).files
     choice = choose(opts, files, files, precision=opts.precision)
     return choice.backend, choice.precision, choice.reason
@@ -223,7 +217,7 @@ def choose(
     """The runner for a run of ``opts`` (:class:`~tripletsk.extraction.options.ExtractOptions`)
     that extracts ``pending`` (sorted :class:`ImageFile`), of a collection ``listing``."""
     from tripletsk.extraction import int8
-    from tripletsk.extraction.int8 import models_dir
+    from tripletsk.extraction.model_folders import models_dir
 
     names = candidates(precision)
     if not names:
@@ -322,7 +316,7 @@ class _Trial:
 
     def _build(self, name: str):
         from tripletsk.extraction.backbone import build_backbone
-        from tripletsk.extraction.int8 import models_dir
+        from tripletsk.extraction.model_folders import models_dir
 
         o = self.opts
         backend, precision = name.split("/")
@@ -358,7 +352,7 @@ class _Trial:
     def keep(self, name: str) -> None:
         """Make the trial's runner ``name`` the one the run uses (no second build)."""
         from tripletsk.extraction.backbone import keep_backbone
-        from tripletsk.extraction.int8 import models_dir
+        from tripletsk.extraction.model_folders import models_dir
 
         bb = self.built.get(name)
         if bb is not None:

@@ -20,31 +20,27 @@ import numpy as np
 
 from tripletsk._tensorflow import import_tensorflow
 from tripletsk.errors import UserError
-from tripletsk.extraction.architecture import (
-    DEFAULT_BACKBONE,
-    RESNET50,
-    Architecture,
-    preprocess_array,
-    preprocess_pixels,
-    resolve_architecture,
-)
+from tripletsk.extraction.architecture import RESNET50, Architecture, resolve_architecture
 from tripletsk.extraction.keras_build import (
     build_model,
     random_init_of,
 )
+from tripletsk.extraction.parameters import (
+    DEFAULTS,
+    check_backend,
+    check_image_size,
+    openvino_runs_other_precision,
+)
+from tripletsk.extraction.preprocessing import preprocess_array, preprocess_pixels
 
 __all__ = [
-    "AUTO",
     "BACKBONE",
-    "BACKENDS",
-    "DEFAULT_BACKEND",
     "FEATURE_DIM",
     "Backbone",
     "WeightsSpec",
     "build_backbone",
     "build_keras_model",
     "cached_backbone",
-    "check_backend",
     "feature_dim",
     "preprocess",
     "provenance_for",
@@ -113,70 +109,15 @@ def resolve_weights(weights, seed: int = 0, arch: Architecture = RESNET50) -> We
 
 
 def resolve_network(
-    weights="imagenet",
-    seed: int = 0,
-    backbone=DEFAULT_BACKBONE,
-    layer: str | None = None,
-    preprocessing: str | None = None,
+    weights=DEFAULTS["weights"],
+    seed: int = DEFAULTS["seed"],
+    backbone=DEFAULTS["backbone"],
+    layer: str | None = DEFAULTS["layer"],
+    preprocessing: str | None = DEFAULTS["preprocessing"],
 ) -> WeightsSpec:
     """The network of extraction arguments: :func:`resolve_architecture` with
     :func:`resolve_weights`."""
     return resolve_weights(weights, seed, resolve_architecture(backbone, layer, preprocessing))
-
-
-BACKENDS = ("tensorflow", "openvino")
-#: ``backend="auto"``: the fastest runner here whose features agree with TensorFlow float32
-#: (:mod:`tripletsk.extraction.auto`).
-AUTO = "auto"
-#: What ``backend`` is unless given (extract_features, extract-features, ImageFeatures, Dask).
-DEFAULT_BACKEND = "auto"
-
-
-def check_backend(backend: str, precision: str | None) -> tuple[str, str | None]:
-    """Validated ``(backend, precision)``; precision spelled ``float32``, ``bfloat16`` or
-    ``int8`` (OpenVINO only). ``precision=None``: float32, except with ``backend="auto"``,
-    which then chooses the precision too (``(AUTO, None)``).
-
-    OpenVINO bfloat16 is refused up front on a CPU without bfloat16 instructions, where
-    OpenVINO would compute in float32 while the cache recorded bfloat16.
-    """
-    from tripletsk.extraction.runners import (
-        check_precision,
-        cpu_lacks_bfloat16,
-        normalize_precision,
-    )
-
-    if backend not in (*BACKENDS, AUTO):
-        raise UserError(f"backend must be one of {', '.join((*BACKENDS, AUTO))}, got {backend!r}")
-    if precision is None and backend == AUTO:
-        return AUTO, None
-    try:
-        precision = normalize_precision("float32" if precision is None else precision)
-    except ValueError as e:  # said here without check_precision's CLI flag name
-        raise UserError(str(e)) from None
-    if backend == AUTO:
-        from tripletsk.extraction.runners import available_runners
-
-        if not available_runners(precision):
-            raise UserError(
-                f"precision {precision!r}: no runner computes in it here; int8 runs on "
-                'OpenVINO with NNCF: pip install "tripletsk[openvino]"'
-            )
-        return AUTO, precision
-    precision = check_precision(backend, precision)  # int8: OpenVINO only
-    # Known up front only where the CPU's flags are readable (Linux); elsewhere the runner's
-    # own report of the precision OpenVINO chose is checked when it is built.
-    if (backend, precision) == ("openvino", "bfloat16") and cpu_lacks_bfloat16():
-        raise _openvino_runs_other_precision(precision, "float32")
-    return backend, precision
-
-
-def _openvino_runs_other_precision(asked: str, chosen: str) -> UserError:
-    return UserError(
-        f"precision {asked!r}: OpenVINO computes in {chosen} on this CPU (it has no "
-        "AVX512-BF16 or AMX). Use precision 'float32': OpenVINO float32 ran at 1.75x "
-        "TensorFlow float32 on such a CPU (benchmarks/README.md)."
-    )
 
 
 def provenance_for(spec: WeightsSpec, image_size: int, backend: str = "tensorflow",
@@ -283,7 +224,7 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
         except ImportError as e:
             raise UserError(str(e)) from None
         if run.precision != precision:  # the cache would record a precision never used
-            raise _openvino_runs_other_precision(precision, run.precision)
+            raise openvino_runs_other_precision(precision, run.precision)
     else:
         if precision == "bfloat16":
             backends.warn_if_bfloat16_is_emulated("Feature extraction")
@@ -297,10 +238,10 @@ def _backend_runner(model, arch: Architecture, backend: str, precision: str, bat
 
 
 def build_backbone(
-    weights="imagenet",
-    image_size: int = 224,
-    seed: int = 0,
-    batch_size: int = 32,
+    weights=DEFAULTS["weights"],
+    image_size: int = DEFAULTS["image_size"],
+    seed: int = DEFAULTS["seed"],
+    batch_size: int = DEFAULTS["batch_size"],
     backend: str = "tensorflow",
     precision: str = "float32",
     int8_folder: str | None = None,
@@ -313,7 +254,7 @@ def build_backbone(
     ``int8_folder``: with ``precision="int8"``, the quantized model to run
     (:func:`tripletsk.extraction.quantization.quantize_openvino_int8`). ``models_dir``: with
     OpenVINO at float32/bfloat16, where the converted model is kept (found there, or converted once
-    and put there: :mod:`tripletsk.extraction.openvino_ir`); None converts it in this process.
+    and put there: :mod:`tripletsk.extraction.openvino_float`); None converts it in this process.
 
     Raises
     ------
@@ -326,7 +267,7 @@ def build_backbone(
         raise ValueError("precision int8 needs int8_folder, the quantized model")
     ov_folder = None
     if backend == "openvino" and precision != "int8" and models_dir is not None:
-        from tripletsk.extraction.openvino_ir import float_model_folder
+        from tripletsk.extraction.openvino_float import float_model_folder
 
         build = lambda: build_keras_model(spec, image_size)  # noqa: E731
         ov_folder = float_model_folder(spec, image_size, models_dir, build)
@@ -358,13 +299,6 @@ def feature_dim(spec: WeightsSpec, image_size: int) -> int:
     if spec.arch == RESNET50:
         return FEATURE_DIM
     return int(build_keras_model(spec, image_size).output_shape[-1])
-
-
-def check_image_size(image_size: int) -> None:
-    """Refuse an image size the applications cannot take (five stride-2 stages need 32
-    pixels)."""
-    if image_size < 32:
-        raise UserError(f"image_size must be at least 32, got {image_size}")
 
 
 _BACKBONES: dict = {}

@@ -9,7 +9,6 @@ cache's by :func:`~tripletsk.extraction.features_for_files`, and nothing is writ
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
@@ -20,23 +19,33 @@ from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted
 
 from tripletsk.cache.format import PROVENANCE_KEYS, check_provenance
-from tripletsk.cache.roots import ImageFolderMismatchError, same_folder
-from tripletsk.cache.store import DEFAULT_CACHE, FeatureStore
-from tripletsk.errors import CacheLockedError, CacheMismatchError, UserError
-from tripletsk.extraction.backbone import DEFAULT_BACKEND
-from tripletsk.extraction.discovery import is_listed_name
+from tripletsk.cache.roots import ImageFolderMismatchError
+from tripletsk.cache.store import FeatureStore
+from tripletsk.errors import CacheLockedError, UserError
+from tripletsk.extraction.cache_lookup import (
+    INT8_KEYS,
+    cached_rows,
+    check_fitted,
+    check_folder,
+    checked_store,
+    folder_mismatch,
+    key_of,
+)
+from tripletsk.extraction.parameters import (
+    AUTO,
+    DEFAULTS,
+    IMAGE_FEATURES_PARAMETERS,
+    NETWORK_PARAMETERS,
+)
 
 __all__ = ["ImageFeatures"]
 
-_INT8 = ("int8_calibration", "int8_model")
-
-AUTO = "auto"
 #: The parameters that choose the network, with what "auto" stands for when there is no cache
 #: (the defaults of ``extract-features``, but float32: a model fitted in a pipeline is never
 #: handed int8 features it did not ask for; ``backend="auto"`` then times the float32 runners).
-_NETWORK_DEFAULTS = {"backbone": "ResNet50", "layer": None, "preprocessing": None,
-                     "weights": "imagenet", "seed": 0, "image_size": 224,
-                     "backend": DEFAULT_BACKEND, "precision": "float32"}  # fmt: skip
+_NETWORK_DEFAULTS = {**{k: DEFAULTS[k] for k in NETWORK_PARAMETERS}, "precision": "float32"}
+#: The other parameters shared with extract_features, passed on as they are.
+_RUN_PARAMETERS = tuple(k for k in IMAGE_FEATURES_PARAMETERS if k not in NETWORK_PARAMETERS)
 
 
 class ImageFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -104,10 +113,11 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
     """
 
     def __init__(
-        self, root=None, cache=DEFAULT_CACHE, backbone=AUTO, weights=AUTO, image_size=AUTO,
-        backend=AUTO, precision=AUTO, batch_size=32, *, layer=AUTO, preprocessing=AUTO,
-        seed=AUTO, dtype=None, append=True, workers=None, max_pixels=None, lock_timeout=600.0,
-        verify=False,
+        self, root=None, cache=DEFAULTS["output"], backbone=AUTO, weights=AUTO, image_size=AUTO,
+        backend=AUTO, precision=AUTO, batch_size=DEFAULTS["batch_size"], *, layer=AUTO,
+        preprocessing=AUTO, seed=AUTO, dtype=DEFAULTS["dtype"], append=True,
+        workers=DEFAULTS["workers"], max_pixels=DEFAULTS["max_pixels"], lock_timeout=600.0,
+        verify=DEFAULTS["verify"],
     ):  # fmt: skip
         self.root = root
         self.cache = cache
@@ -150,11 +160,13 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         if os.path.exists(cache):
             with FeatureStore(cache) as store:
                 if self.root is not None:
-                    _check_folder(store, cache, self._image_root(cache))
+                    check_folder(store, cache, self._image_root(cache))
                 prov = store.provenance
-                check_provenance(prov, {**expected, **{k: prov.get(k) for k in _INT8}}, cache)
+                check_provenance(prov, {**expected, **{k: prov.get(k) for k in INT8_KEYS}}, cache)
         self.network_ = network
-        self.provenance_ = {k: prov.get(k) for k in PROVENANCE_KEYS if k in prov or k not in _INT8}
+        self.provenance_ = {
+            k: prov.get(k) for k in PROVENANCE_KEYS if k in prov or k not in INT8_KEYS
+        }
         return self
 
     @property
@@ -164,7 +176,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         cache = os.fspath(self.cache)
         if os.path.exists(cache):
             with FeatureStore(cache) as store:
-                _check_fitted(store.provenance, self.provenance_, cache)
+                check_fitted(store.provenance, self.provenance_, cache)
                 return store.dim
         from tripletsk.extraction.backbone import feature_dim
 
@@ -197,7 +209,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
             if not os.path.isfile(f):
                 where = "" if os.path.isabs(p) else f" (relative to root {root})"
                 raise UserError(f"image file not found: {p}{where}")
-        feats = self._features(root, cache, files, [_key(f, root) for f in files])
+        feats = self._features(root, cache, files, [key_of(f, root) for f in files])
         index = {p: i for i, p in enumerate(uniq)}
         out = feats[np.array([index[p] for p in flat])]
         return out.reshape((*X.shape, feats.shape[1]))
@@ -226,8 +238,8 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
         deadline, delay = time.monotonic() + float(self.lock_timeout), 0.05
         while True:
             if os.path.exists(cache):
-                with _checked_store(cache, root, expected, fitted) as store:
-                    got, todo = _cached_rows(store, files, keys, bool(self.verify))
+                with checked_store(cache, root, expected, fitted) as store:
+                    got, todo = cached_rows(store, files, keys, bool(self.verify))
             new = [keys[i] for i in todo if keys[i] is not None]
             if extracted or not new or not self._writable(cache, len(new)):
                 break
@@ -288,7 +300,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
                 **self._run_options(),
             )  # fmt: skip
         except ImageFolderMismatchError as e:
-            raise _folder_mismatch(e.holder, e.old_root, root) from None
+            raise folder_mismatch(e.holder, e.old_root, root) from None
         wanted = set(keys)  # (the cache's failures of other images are kept, not reported)
         failed = [(k, why) for k, why in summary.failed if k in wanted]
         if failed:
@@ -296,8 +308,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
             raise UserError(f"cannot read {len(failed)} image(s) ({shown})")
 
     def _run_options(self) -> dict:
-        return {"batch_size": self.batch_size, "dtype": self.dtype, "workers": self.workers,
-                "max_pixels": self.max_pixels, "verify": bool(self.verify)}  # fmt: skip
+        return {**{k: getattr(self, k) for k in _RUN_PARAMETERS}, "verify": bool(self.verify)}
 
     def _computed(self, root, cache: str, files: list, expected, fitted) -> np.ndarray:
         """Features of ``files`` computed like the cache's, without writing anything."""
@@ -314,7 +325,7 @@ or as for :func:`~tripletsk.extraction.extract_features`, default "auto"
             isinstance(weights, str) and weights.lower() in ("imagenet", "none", AUTO)
         )
         backbone = os.fspath(self.backbone) if self.backbone is not None else ""
-        with _checked_store(cache, root, expected, fitted) as store:
+        with checked_store(cache, root, expected, fitted) as store:
             return features_for_files(
                 files,
                 store,
@@ -337,18 +348,17 @@ def _provenance_of(network: dict, root: str | None = None, cache: str = "") -> d
     arguments are checked as an extraction checks them. ``backend="auto"``: the runner is
     recorded, not compared (runners of one precision agree to rounding), so the provenance of
     any runner of that precision stands for it; a precision left unset is float32 here."""
-    from tripletsk.extraction.backbone import AUTO as AUTO_RUNNER
-    from tripletsk.extraction.backbone import check_backend, check_image_size, provenance_for
+    from tripletsk.extraction.backbone import provenance_for
+    from tripletsk.extraction.parameters import check_backend, check_image_size
 
     network = {**network, "precision": network["precision"] or "float32"}
     if root is not None:
         from tripletsk.extraction.options import ExtractOptions
 
         options = ExtractOptions.from_arguments(
-            root, cache, progress=False, quiet=True, decode_memory=None, batch_size=1,
-            dtype=None, workers=None, **network,
-        )  # fmt: skip
-        if options.backend != AUTO_RUNNER:
+            root, cache, progress=False, quiet=True, batch_size=1, **network
+        )
+        if options.backend != AUTO:
             return options.provenance
         spec, size, precision = options.spec, options.image_size, options.precision
     else:
@@ -356,7 +366,7 @@ def _provenance_of(network: dict, root: str | None = None, cache: str = "") -> d
         spec, size = _spec_of(network), int(network["image_size"])
         precision = check_backend(network["backend"], network["precision"])[1]
     backend = network["backend"]
-    if backend == AUTO_RUNNER:
+    if backend == AUTO:
         backend = "openvino" if precision == "int8" else "tensorflow"
     return provenance_for(spec, size, backend, precision)
 
@@ -369,93 +379,7 @@ def _backbone_name(arch) -> str:
     return f"{arch.name}({args})" if args else arch.name
 
 
-def _check_folder(store: FeatureStore, cache: str, root: str) -> None:
-    recorded = store.attrs.get("image_root")
-    if recorded and not same_folder(recorded, root):
-        raise _folder_mismatch(cache, str(recorded), root)
-
-
-def _check_fitted(found: dict, fitted: dict, cache: str) -> None:
-    """Refuse a cache whose features were made otherwise than those :meth:`fit` saw."""
-    diffs = [
-        f"{k}: fitted on {fitted.get(k)!r}, the cache now has {found.get(k)!r}"
-        for k in PROVENANCE_KEYS
-        if (k in fitted or k not in _INT8) and str(found.get(k)) != str(fitted.get(k))
-    ]
-    if diffs:
-        raise CacheMismatchError(
-            f"{cache} changed since this ImageFeatures was fitted: it was made again with other "
-            f"settings ({'; '.join(diffs)}). Fit it again (e.g. refit the pipeline) to use the "
-            "new cache, or extract the old settings' features again."
-        )
-
-
-@contextlib.contextmanager
-def _checked_store(cache: str, root: str, expected: dict, fitted: dict | None):
-    """The cache, open, once checked: of the images folder ``root``, made as when fitted
-    (``fitted``) and with the ``expected`` network (int8 keys aside)."""
-    with FeatureStore(cache) as store:
-        _check_folder(store, cache, root)
-        found = store.provenance
-        if fitted is not None:
-            _check_fitted(found, fitted, cache)
-        check_provenance(found, {**expected, **{k: found.get(k) for k in _INT8}}, cache)
-        yield store
-
-
 def _path_str(p) -> str:
     if isinstance(p, (str, os.PathLike)):
         return os.fspath(p)
     raise UserError(f"ImageFeatures takes image file paths (str), got {type(p).__name__} {p!r}")
-
-
-def _key(file: str, root: str) -> str | None:
-    """The cache key of ``file`` (absolute) under ``root``, or None if it cannot have one."""
-    for f, r in ((file, root), (os.path.realpath(file), os.path.realpath(root))):
-        try:
-            rel = os.path.relpath(f, r)
-        except ValueError:  # (another drive, on Windows)
-            continue
-        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
-            key = rel.replace(os.sep, "/")
-            return key if is_listed_name(key) else None
-    return None
-
-
-def _folder_mismatch(holder: str, old_root: str, root: str) -> ImageFolderMismatchError:
-    err = ImageFolderMismatchError(holder, old_root, root)
-    err.args = (err.message("pass another cache=", "delete the cache file"),)
-    return err
-
-
-def _cached_rows(store: FeatureStore, files: list, keys: list, verify: bool):
-    """``({i: features}, [i not served])``: the rows of ``keys`` the cache holds for the files
-    as they are now (same size and modification time as when extracted; same content, with
-    ``verify``). The store reads one version of the cache, whatever is written meanwhile."""
-    hit = [i for i, k in enumerate(keys) if k is not None and k in store]
-    rows = store.indices([keys[i] for i in hit])
-    fps = store.fingerprints[rows]
-    fresh = [_unchanged(fp, files[i], verify) for fp, i in zip(fps, hit, strict=True)]
-    fresh = np.array(fresh, dtype=bool)
-    hit, rows = [i for i, ok in zip(hit, fresh, strict=True) if ok], rows[fresh]
-    feats = store.take(rows) if hit else []
-    served = set(hit)
-    return dict(zip(hit, feats, strict=True)), [i for i in range(len(files)) if i not in served]
-
-
-def _unchanged(fp, file: str, verify: bool) -> bool:
-    """Whether ``file`` is as its cached fingerprint ``fp`` says: same size and modification
-    time, and same content if ``verify`` or if it was hashed within the time stamps'
-    granularity of a change (as the extraction's own plan decides)."""
-    from tripletsk.cache.checksums import file_digest
-    from tripletsk.extraction.plan import trust_stat
-
-    try:
-        st = os.stat(file)
-        if int(fp["size"]) != st.st_size or int(fp["mtime_ns"]) != st.st_mtime_ns:
-            return False
-        if verify or not trust_stat(fp, st.st_size, st.st_mtime_ns):
-            return file_digest(file) == bytes(fp["blake2b"]).decode()
-    except OSError:  # (gone since it was checked: its extraction or reading will say why)
-        return False
-    return True

@@ -8,21 +8,21 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from tripletsk.errors import UserError
-from tripletsk.extraction.architecture import DEFAULT_BACKBONE
-from tripletsk.extraction.backbone import (
+from tripletsk.extraction.backbone import WeightsSpec, feature_dim, provenance_for, resolve_network
+from tripletsk.extraction.parameters import (
     AUTO,
-    WeightsSpec,
+    DEFAULTS,
+    DTYPES,
     check_backend,
     check_image_size,
-    feature_dim,
-    provenance_for,
-    resolve_network,
 )
 
 __all__ = ["DEFAULT_DECODE_MEMORY", "ExtractOptions"]
 
 #: Bytes of decoded pixels the decoding threads may hold at once, by default.
 DEFAULT_DECODE_MEMORY = 1 << 30
+#: The arguments :meth:`ExtractOptions.from_arguments` takes, and their defaults.
+_DEFAULTS = {k: v for k, v in DEFAULTS.items() if k not in ("output", "int8_model")}
 
 
 @dataclass(frozen=True)
@@ -37,15 +37,15 @@ class ExtractOptions:
     backend: str = "tensorflow"  # "auto" until the run resolves it (auto.py)
     precision: str | None = "float32"  # None: auto chooses it too
     dtype: str | None = None  # requested storage precision; None keeps the cache's
-    recursive: bool = True
-    prune: bool = False
-    verify: bool = False
+    recursive: bool = DEFAULTS["recursive"]
+    prune: bool = DEFAULTS["prune"]
+    verify: bool = DEFAULTS["verify"]
     workers: int = 1  # decoding threads
-    max_pixels: int | None = None
+    max_pixels: int | None = DEFAULTS["max_pixels"]
     show: bool = False  # progress bars
-    quiet: bool = False  # no messages
-    shard: object = None  # "I/N", (I, N) or None
-    replace: bool = False  # discard an existing cache
+    quiet: bool = DEFAULTS["quiet"]  # no messages
+    shard: object = DEFAULTS["shard"]  # "I/N", (I, N) or None
+    replace: bool = DEFAULTS["replace"]  # discard an existing cache
     only: tuple | None = None  # keys of the only images to consider (not searched); None: all
     decode_memory: int = DEFAULT_DECODE_MEMORY
     int8: dict | None = None  # int8 only: what the cache records of the quantized model
@@ -53,14 +53,16 @@ class ExtractOptions:
     choice: str | None = None  # how the runner was chosen (backend_choice)
 
     @classmethod
-    def from_arguments(
-        cls, images_dir, output, *, weights, seed, image_size, batch_size, dtype, backend,
-        precision, progress, quiet, workers, decode_memory, backbone=DEFAULT_BACKBONE,
-        layer=None, preprocessing=None, **rest,
-    ) -> ExtractOptions:  # fmt: skip
-        """Check the arguments (a :class:`UserError` saying which and why) and resolve them."""
+    def from_arguments(cls, images_dir, output, **arguments) -> ExtractOptions:
+        """Check the arguments of :func:`~tripletsk.extraction.extract_features` (by its
+        parameter names; those not given at their :data:`~tripletsk.extraction.parameters.
+        DEFAULTS`) and resolve them; a :class:`UserError` says which is wrong and why."""
+        unknown = sorted(set(arguments) - set(_DEFAULTS))
+        if unknown:
+            raise TypeError(f"unexpected extraction arguments {unknown}")
+        a = {**_DEFAULTS, **arguments}
         root, output = os.fspath(images_dir), os.fspath(output)
-        image_size, batch_size = int(image_size), int(batch_size)
+        image_size, batch_size = int(a["image_size"]), int(a["batch_size"])
         if not os.path.exists(root):
             raise UserError(f"images folder does not exist: {root}")
         if not os.path.isdir(root):
@@ -68,21 +70,27 @@ class ExtractOptions:
         check_image_size(image_size)
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
-        if dtype is not None and dtype not in ("float32", "float16"):
-            raise UserError(f"dtype must be float32 or float16, got {dtype!r}")
+        dtype = a["dtype"]
+        if dtype is not None and dtype not in DTYPES:
+            raise UserError(f"dtype must be {' or '.join(DTYPES)}, got {dtype!r}")
         if os.path.isdir(output):
             raise UserError(f"the output must be a file path, not a folder: {output}")
-        spec = resolve_network(weights, seed, backbone, layer, preprocessing)
-        backend, precision = check_backend(backend, precision)
+        spec = resolve_network(*(a[k] for k in ("weights", "seed", "backbone", "layer",
+                                                "preprocessing")))  # fmt: skip
+        backend, precision = check_backend(a["backend"], a["precision"])
+        quiet, progress = a["quiet"], a["progress"]
         show = (not quiet and sys.stderr.isatty()) if progress is None else bool(progress)
-        workers = int(workers) if workers else min(8, os.cpu_count() or 1)
+        workers = int(a["workers"]) if a["workers"] else min(8, os.cpu_count() or 1)
+        decode_memory = a["decode_memory"]
         if decode_memory is None:
             decode_memory = DEFAULT_DECODE_MEMORY
         if int(decode_memory) < 1:
             raise UserError(f"decode_memory must be a positive number of bytes: {decode_memory}")
+        only = None if a["only"] is None else tuple(a["only"])
         return cls(
             root, output, spec, image_size, batch_size, backend, precision, dtype,
-            show=show, quiet=bool(quiet), workers=workers, decode_memory=int(decode_memory), **rest,
+            a["recursive"], a["prune"], a["verify"], workers, a["max_pixels"], show, bool(quiet),
+            a["shard"], a["replace"], only, int(decode_memory), choice=a["backend_choice"],
         )  # fmt: skip
 
     @cached_property

@@ -25,7 +25,7 @@ from tripletsk.extraction.backbone import cached_backbone
 from tripletsk.extraction.budget import ByteBudget
 from tripletsk.extraction.decode import process_file
 from tripletsk.extraction.discovery import ImageFile
-from tripletsk.extraction.int8 import models_dir
+from tripletsk.extraction.model_folders import models_dir
 from tripletsk.extraction.options import ExtractOptions
 
 __all__ = ["DECODE_NICE", "extract_pending", "progress_bar"]

@@ -1,10 +1,11 @@
-"""int8 backbones: NNCF post-training quantization for OpenVINO, cached on disk.
+"""int8 backbones: NNCF post-training quantization of a Keras model, and its OpenVINO runners.
 
 A backbone is quantized once per (architecture, weights, input size, calibration images, NNCF
-and OpenVINO versions) and kept as OpenVINO IR in a folder keyed by a digest of all of that;
-a cached folder is used only when every file matches its recorded digest. The runners are
-those of :mod:`tripletsk.extraction.runners`. Why these settings, measured: that module's docstring.
-Needs ``nncf`` (``pip install "tripletsk[openvino]"``).
+and OpenVINO versions) and kept as an OpenVINO model folder keyed by a digest of all of that
+(:mod:`tripletsk.extraction.model_folders`: used only when every file matches its recorded
+digest). Which images calibrate a cache's model: :mod:`tripletsk.extraction.int8`. The runners
+are those of :mod:`tripletsk.extraction.runners`. Why these settings, measured: that module's
+docstring. Needs ``nncf`` (``pip install "tripletsk[openvino]"``).
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import contextlib
 import hashlib
 import json
 import os
-import re
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-from tripletsk.cache.checksums import file_digest
 from tripletsk.errors import UserError
+from tripletsk.extraction.model_folders import MANIFEST, read_manifest, save_model_folder
 from tripletsk.extraction.runners import (
     _compile_runner,
     _import_nncf,
@@ -32,45 +30,9 @@ from tripletsk.extraction.runners import (
 
 #: Bump when the quantization recipe or the cache layout changes: old cached models are unused.
 INT8_FORMAT = 1
-#: How many of the user's images calibrate the quantization (see :func:`calibration_keys`).
-#: ResNet50 at 224 px, 64 photos: 32, 128 and 300 calibration images gave the same agreement
-#: with TF fp32 (centred cosine mean 0.9919 / 0.9920 / 0.9918) and took 16 / 24 / 37 s to
-#: quantize on 2 vCPUs; 128 keeps some margin for real weights and collections (NNCF: 300).
-CALIBRATION_SIZE = 128
 #: On how many of the calibration images a new quantized model's features are compared with
 #: TensorFlow float32's (recorded in its manifest as ``agreement``; ``backend="auto"`` reads it).
 AGREEMENT_IMAGES = 32
-_MANIFEST = "manifest.json"
-_IR_FILES = ("model.xml", "model.bin")
-
-
-def calibration_keys(keys: Sequence[str], n: int = CALIBRATION_SIZE) -> list[str]:
-    """The calibration sample of an image collection: its ``n`` keys of smallest
-    ``blake2b("tripletsk-int8-calibration:" + key)``, in that order.
-
-    Deterministic given the same keys, whatever order they are listed in; independent of
-    NumPy's random generators; spread over the whole collection (not its first folder). Pick
-    from the complete listing of the folder, before any sharding, so that every shard of one
-    collection is quantized from the same sample.
-    """
-
-    def rank(key: str) -> str:
-        salted = f"tripletsk-int8-calibration:{key}".encode()
-        return hashlib.blake2b(salted, digest_size=16).hexdigest()
-
-    return sorted(set(keys), key=rank)[: int(n)]
-
-
-def calibration_identity(samples: Sequence[tuple[str, str]]) -> str:
-    """The identity of a calibration sample: a digest of its ``(key, content digest)`` pairs.
-
-    ``samples`` are the chosen keys with a digest of each file's bytes (e.g. the blake2b the
-    feature cache records for each image). Same keys and same file contents -> same identity.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    for key, content in sorted(samples):
-        h.update(json.dumps([key, content]).encode() + b"\n")
-    return f"calibration:n={len(samples)}:blake2b={h.hexdigest()}"
 
 
 def _keras_identity(model) -> str:
@@ -86,42 +48,6 @@ def _keras_identity(model) -> str:
         h.update(repr((value.shape, value.dtype.str)).encode())
         h.update(value.tobytes())
     return h.hexdigest()
-
-
-def _ir_digest(folder: str, bin_digest: str | None = None) -> str:
-    """A digest of the quantized model itself: its constants (``model.bin``: weights, scales)
-    and its graph (``model.xml``) without node and tensor names, which OpenVINO and Keras number
-    per process (the input is ``keras_tensor_<n>`` for the n-th model built), and runtime info,
-    which names temporary files: quantizing the same model on the same images again gives the
-    same digest."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(os.path.join(folder, "model.xml"), encoding="utf-8") as f:
-        xml = re.sub(r"<rt_info>.*?</rt_info>", "", f.read(), flags=re.DOTALL)
-        h.update(re.sub(r' names?="[^"]*"', "", xml).encode())
-    h.update((bin_digest or file_digest(os.path.join(folder, "model.bin"))).encode())
-    return h.hexdigest()
-
-
-def _read_manifest(folder: str, key: str) -> dict | None:
-    """The manifest of a complete cached model whose files are intact, else None."""
-    try:
-        with open(os.path.join(folder, _MANIFEST)) as f:
-            manifest = json.load(f)
-        if manifest.get("key") != key:
-            return None
-        files = manifest["files"]
-        if sorted(files) != sorted(_IR_FILES):
-            return None
-        for name, digest in files.items():
-            if file_digest(os.path.join(folder, name)) != digest:
-                return None
-        # The digest caches record and compare is recomputed from the files, never taken
-        # from the manifest, which anyone who can edit the folder can rewrite.
-        if _ir_digest(folder, files["model.bin"]) != manifest.get("model_digest"):
-            return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return manifest
 
 
 def _quantize(keras_model, calibration: np.ndarray, settings: dict, quiet: bool = False):
@@ -215,7 +141,8 @@ def quantize_openvino_int8(
         a digest of the model's architecture and weight values, its input size, the calibration
         identity, the quantization settings and the NNCF and OpenVINO versions.
     calibration_id : str or None
-        The identity of the calibration sample (:func:`calibration_identity`); None computes a
+        The identity of the calibration sample
+        (:func:`~tripletsk.extraction.int8.calibration_identity`); None computes a
         digest of ``calibration``'s values (then ``calibration`` must be an array).
     quiet : bool, default False
         Hide NNCF's progress bars (``extract-features -q``).
@@ -248,7 +175,7 @@ def quantize_openvino_int8(
     key = hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=12).hexdigest()
     cache_dir = os.fspath(cache_dir)
     folder = os.path.join(cache_dir, f"openvino-int8-{key}")
-    manifest = _read_manifest(folder, key)
+    manifest = read_manifest(folder, key)
     if manifest is not None:
         return folder, manifest
 
@@ -260,23 +187,8 @@ def quantize_openvino_int8(
     quantized = _quantize(keras_model, data, identity, quiet)
     agreement = _agreement(keras_model, quantized, data[:AGREEMENT_IMAGES])
 
-    ov = _import_openvino()
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".openvino-int8-{key}.", dir=cache_dir)
-    try:
-        ov.save_model(quantized, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
-        files = {name: file_digest(os.path.join(tmp, name)) for name in _IR_FILES}
-        manifest = {"key": key, "identity": identity, "files": files,
-                    "model_digest": _ir_digest(tmp), "agreement": agreement}  # fmt: skip
-        with open(os.path.join(tmp, _MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-        _install(tmp, folder, key)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    found = _read_manifest(folder, key)  # ours, or an equivalent one a concurrent run put first
-    if found is None:
-        raise OSError(f"could not store the quantized model in {folder}")
-    return folder, found
+    manifest = save_model_folder(quantized, folder, key, identity, agreement=agreement)
+    return folder, manifest
 
 
 def _agreement(keras_model, quantized, images: np.ndarray) -> dict:
@@ -296,30 +208,10 @@ def model_agreement(folder: str | os.PathLike) -> float | None:
     """The least cosine between a quantized model's features and TensorFlow float32's on its
     calibration images, as measured when it was quantized (None: not recorded)."""
     try:
-        with open(os.path.join(os.fspath(folder), _MANIFEST)) as f:
+        with open(os.path.join(os.fspath(folder), MANIFEST)) as f:
             return float(json.load(f)["agreement"]["least_cosine"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _install(tmp: str, folder: str, key: str) -> None:
-    """Rename the complete ``tmp`` folder to ``folder``, replacing a damaged one; if another
-    process has put a valid model there meanwhile, keep that one."""
-    for _ in range(3):
-        try:
-            os.rename(tmp, folder)
-            return
-        except OSError:
-            if _read_manifest(folder, key) is not None:
-                return
-            # Damaged or partial (e.g. copied by hand): move it aside, then remove it.
-            trash = tempfile.mkdtemp(prefix=f".damaged-{key}.", dir=os.path.dirname(folder))
-            try:
-                os.rename(folder, os.path.join(trash, "model"))
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(trash, ignore_errors=True)
-    os.rename(tmp, folder)
 
 
 def find_quantized_model(cache_dir: str | os.PathLike, model_digest: str) -> str | None:
@@ -333,7 +225,7 @@ def find_quantized_model(cache_dir: str | os.PathLike, model_digest: str) -> str
     for entry in entries:
         if not entry.name.startswith("openvino-int8-") or not entry.is_dir():
             continue
-        manifest = _read_manifest(entry.path, entry.name[len("openvino-int8-") :])
+        manifest = read_manifest(entry.path, entry.name[len("openvino-int8-") :])
         if manifest is not None and manifest.get("model_digest") == model_digest:
             return entry.path
     return None
@@ -360,11 +252,11 @@ def load_openvino_int8_runner(
     ov = _import_openvino()
     folder = os.fspath(folder)
     try:
-        with open(os.path.join(folder, _MANIFEST)) as f:
+        with open(os.path.join(folder, MANIFEST)) as f:
             key = json.load(f).get("key")
     except (OSError, ValueError, AttributeError):
         key = None
-    manifest = _read_manifest(folder, key) if key else None
+    manifest = read_manifest(folder, key) if key else None
     if manifest is None:
         raise UserError(
             f"{folder} does not hold a complete quantized model (missing or damaged files); "
@@ -395,9 +287,10 @@ def make_openvino_int8_runner(
     that of :func:`make_openvino_runner`, has ``precision == "int8"``, ``backend ==
     "openvino"``, ``model_digest`` (record it with the features) and ``model_folder``.
 
-    Calibration sample (what the extraction uses): the :data:`CALIBRATION_SIZE` images of
-    :func:`calibration_keys` of the whole collection, decoded and preprocessed as for
-    extraction, identified by :func:`calibration_identity` of their keys and content digests.
+    Calibration sample (what the extraction uses, :mod:`tripletsk.extraction.int8`): the
+    ``CALIBRATION_SIZE`` images of ``calibration_keys`` of the whole collection, decoded and
+    preprocessed as for extraction, identified by ``calibration_identity`` of their keys and
+    content digests.
 
     Raises
     ------

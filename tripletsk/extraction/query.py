@@ -23,7 +23,7 @@ from tripletsk.extraction.backbone import (
     resolve_weights,
 )
 from tripletsk.extraction.decode import load_image
-from tripletsk.extraction.int8 import models_dir
+from tripletsk.extraction.model_folders import models_dir
 
 __all__ = ["extraction_settings_of_cache", "features_for_files", "weights_of_cache"]
 

@@ -30,11 +30,9 @@ from tripletsk.cache.journal import PartsJournal, load_part_features, remove_sta
 from tripletsk.cache.lock import CacheLock
 from tripletsk.cache.repair import corrupt_rows, read_intact_rows
 from tripletsk.cache.roots import ImageFolderMismatchError, journal_meta, same_folder
-from tripletsk.cache.store import DEFAULT_CACHE
 from tripletsk.cache.write_errors import check_room, writing_cache
 from tripletsk.cache.writer import library_versions, now_iso, write_cache
 from tripletsk.errors import CacheMismatchError, UserError
-from tripletsk.extraction.backbone import AUTO, DEFAULT_BACKEND
 from tripletsk.extraction.decode import safe_fingerprint
 from tripletsk.extraction.discovery import (
     IMAGE_EXTENSIONS,
@@ -43,6 +41,7 @@ from tripletsk.extraction.discovery import (
     listed_images,
 )
 from tripletsk.extraction.options import ExtractOptions
+from tripletsk.extraction.parameters import AUTO, DEFAULTS, document_parameters
 from tripletsk.extraction.pipeline import extract_pending, progress_bar
 from tripletsk.extraction.plan import (
     Assembly,
@@ -85,114 +84,41 @@ class _Run:
         return self.old.fingerprints if self.old is not None else np.zeros(0, FINGERPRINT_DTYPE)
 
 
+@document_parameters
 def extract_features(
     images_dir: str | os.PathLike,
-    output: str | os.PathLike = DEFAULT_CACHE,
-    weights="imagenet",
-    image_size: int = 224,
-    batch_size: int = 32,
-    dtype: str | None = None,
-    recursive: bool = True,
-    prune: bool = False,
-    seed: int = 0,
-    progress: bool | None = None,
-    quiet: bool = False,
+    output: str | os.PathLike = DEFAULTS["output"],
+    weights=DEFAULTS["weights"],
+    image_size: int = DEFAULTS["image_size"],
+    batch_size: int = DEFAULTS["batch_size"],
+    dtype: str | None = DEFAULTS["dtype"],
+    recursive: bool = DEFAULTS["recursive"],
+    prune: bool = DEFAULTS["prune"],
+    seed: int = DEFAULTS["seed"],
+    progress: bool | None = DEFAULTS["progress"],
+    quiet: bool = DEFAULTS["quiet"],
     *,
-    verify: bool = False,
-    workers: int | None = None,
-    max_pixels: int | None = None,
-    shard: str | tuple[int, int] | None = None,
-    backend: str = DEFAULT_BACKEND,
-    precision: str | None = None,
-    replace: bool = False,
-    decode_memory: int | None = None,
-    int8_model=None,
-    backbone="ResNet50",
-    layer: str | None = None,
-    preprocessing: str | None = None,
-    only=None,
-    backend_choice: str | None = None,
+    verify: bool = DEFAULTS["verify"],
+    workers: int | None = DEFAULTS["workers"],
+    max_pixels: int | None = DEFAULTS["max_pixels"],
+    shard: str | tuple[int, int] | None = DEFAULTS["shard"],
+    backend: str = DEFAULTS["backend"],
+    precision: str | None = DEFAULTS["precision"],
+    replace: bool = DEFAULTS["replace"],
+    decode_memory: int | None = DEFAULTS["decode_memory"],
+    int8_model=DEFAULTS["int8_model"],
+    backbone=DEFAULTS["backbone"],
+    layer: str | None = DEFAULTS["layer"],
+    preprocessing: str | None = DEFAULTS["preprocessing"],
+    only=DEFAULTS["only"],
+    backend_choice: str | None = DEFAULTS["backend_choice"],
 ) -> ExtractionSummary:
     """Extract backbone features (ResNet50 ``avg_pool`` by default) of every image under
     ``images_dir`` into a cache.
 
     Parameters
     ----------
-    images_dir : path
-        Folder of images (``.jpg .jpeg .png .gif .bmp .webp .tif .tiff``, any case).
-    output : path, default "cache/features.h5"
-        The HDF5 cache; created, or updated incrementally if it exists.
-    weights : "imagenet", "none" or path, default "imagenet"
-        ImageNet weights (Keras download), random weights from ``seed``, or a local weights file
-        (of the backbone's network; a legacy ``.h5`` of the whole network with its top also
-        works). A model-file backbone carries its own weights.
-    image_size : int, default 224
-        Images are resized to ``image_size`` x ``image_size`` (at least 32).
-    batch_size : int, default 32
-    dtype : "float32", "float16" or None
-        Storage precision; None keeps an existing cache's, else float32.
-    recursive : bool, default True
-        Search sub-folders.
-    prune : bool, default False
-        Drop cached entries whose file is gone (otherwise they are kept).
-    seed : int, default 0
-        Seed of the random initialisation when ``weights="none"``.
-    progress : bool or None
-        Progress bar on stderr; None shows it when stderr is a terminal and not ``quiet``.
-    quiet : bool, default False
-        No progress bar.
-    verify : bool, default False
-        Hash every cached file's content to detect changes, instead of trusting unchanged size
-        and modification time, and check the cached features' checksums: images whose features
-        are damaged are extracted again (damaged rows whose file is gone are dropped).
-    workers : int or None
-        Decoding threads (default: number of CPUs, at most 8).
-    max_pixels : int or None
-        Decompression-bomb limit (default ``PIL.Image.MAX_IMAGE_PIXELS``).
-    shard : "I/N", (I, N) or None
-        Extract only shard I of N (1-based), a fixed share of the images chosen by a hash of each
-        key; merge the N shard caches with :func:`tripletsk.cache.merge.merge_shards`.
-    backend : "auto", "tensorflow" or "openvino", default "auto"
-        What runs the model. OpenVINO needs ``pip install "tripletsk[openvino]"``; its
-        converted model is kept in ``.tripletsk-models/`` next to the cache, so later runs need
-        no TensorFlow (:mod:`tripletsk.extraction.openvino_ir`). ``"auto"``: the fastest runner
-        on this CPU whose features agree with TensorFlow float32's (cosine >= 0.99 on each of
-        the first batch's images), timed on the first batch of a run of at least 256 images
-        (once per cache folder; smaller first runs use TensorFlow float32 untimed); a cache made
-        before, or an interrupted run, keeps its runner; recorded in the cache's
-        ``backend_choice`` (:mod:`tripletsk.extraction.auto`).
-    precision : "float32", "bfloat16", "int8" or None, default None
-        Arithmetic of the model; None: float32, or with ``backend="auto"`` whichever runner is
-        fastest. bfloat16 is faster only on hardware with native bfloat16
-        (AVX512-BF16 or AMX CPUs, recent GPUs); its features differ slightly from float32 ones
-        (``benchmarks/extraction_bf16.py``), so a cache holds one precision only. int8
-        (``backend="openvino"``, needs ``nncf``): the backbone quantized once, calibrated on
-        128 of the images, kept in ``.tripletsk-models/`` next to the cache
-        (:mod:`tripletsk.extraction.int8`).
-    backbone : str or path, default "ResNet50"
-        A ``keras.applications`` name (``"MobileNetV2"``, ``"EfficientNetV2B0"``, keywords as in
-        ``"MobileNet(alpha=0.25)"``), built without its top, average-pooled, with its own
-        ``preprocess_input``; or a Keras model file (``.keras``, legacy full-model ``.h5``),
-        loaded in safe mode (:mod:`tripletsk.extraction.architecture`).
-    layer : str or None
-        The layer whose output is the feature vector (a feature map is average-pooled). None:
-        the application's own pooling; a model file's last global-pooling layer.
-    preprocessing : "caffe", "tf", "torch", "none" or None
-        How pixels are scaled (Keras' ``preprocess_input`` modes). Required for a model file;
-        for an application, its own ``preprocess_input`` unless given.
-    int8_model : Int8Model or None
-        int8 only: an already quantized model to use for a new cache (how
-        :func:`~tripletsk.extraction.distributed.extract_with_dask` quantizes once for all its
-        shards).
-    only : collection of str or None
-        Keys (paths relative to ``images_dir``, ``/`` separators) of the only images to consider:
-        they are looked up instead of searching the folder, and the cache's other rows and
-        failures are kept as they are (not with ``prune`` or ``shard``). How
-        :class:`tripletsk.ImageFeatures` adds a few images to the cache of a large folder.
-    backend_choice : str or None
-        With an explicit backend: how it was chosen, recorded as the cache's
-        ``backend_choice`` (how :func:`~tripletsk.extraction.distributed.extract_with_dask` records
-        the choice ``"auto"`` made once for all its shards).
+    {parameters}
 
     Returns
     -------
@@ -216,7 +142,7 @@ def extract_features(
         progress=progress, quiet=quiet, workers=workers, recursive=recursive, prune=prune,
         verify=verify, max_pixels=max_pixels, shard=shard, replace=replace,
         decode_memory=decode_memory, backbone=backbone, layer=layer, preprocessing=preprocessing,
-        only=None if only is None else tuple(only), choice=backend_choice,
+        only=only, backend_choice=backend_choice,
     )  # fmt: skip
     found, shard_attrs, listing = _discover(opts)
     _make_output_folder(opts.output)
@@ -280,7 +206,9 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
         if same == (opts.backend, opts.precision):
             opts = dataclasses.replace(opts, choice=old.provenance.get("backend_choice"))
     if opts.precision == "int8":
-        opts = _with_int8_model(opts, old, listing, int8_model)
+        from tripletsk.extraction.int8 import with_int8_model
+
+        opts = with_int8_model(opts, old, listing, int8_model)
     output, prov = opts.output, opts.provenance
     image_root = os.path.abspath(opts.root)
     if old is not None and old.attrs.get("image_root"):
@@ -316,30 +244,6 @@ def _open_run(opts, found, shard_attrs, summary, t0, listing, int8_model) -> _Ru
     return _Run(
         opts, found, shard_attrs, old, store_dtype, journal, summary, t0, image_root, corrupt
     )
-
-
-def _with_int8_model(opts: ExtractOptions, old, listing: list, model) -> ExtractOptions:
-    """``opts`` with the quantized model of the cache: the one an existing int8 cache (or the
-    unfinished work of an interrupted run) recorded, else ``model``, else one quantized on a
-    sample of ``listing`` (the whole collection)."""
-    from dataclasses import replace
-
-    from tripletsk.extraction import int8
-
-    if old is not None and old.provenance.get("compute_dtype") != "int8":
-        return opts  # refused by the provenance check: a float cache
-    recorded = old.attrs if old is not None else None
-    if recorded is None and not opts.replace:  # resume with the model its batches were made with
-        journal = (journal_meta(opts.output + ".parts") or {}).get("provenance") or {}
-        if journal.get("compute_dtype") == "int8" and journal.get("int8_model"):
-            recorded = journal
-    kwargs = {"max_pixels": opts.max_pixels, "workers": opts.workers, "quiet": opts.quiet}
-    if recorded is not None:
-        args = (recorded, opts.spec, opts.image_size, listing, opts.output)
-        model = int8.int8_model_of_cache(*args, **kwargs)
-    elif model is None:
-        model = int8.quantize_for(opts.spec, opts.image_size, listing, opts.output, **kwargs)
-    return replace(opts, int8=model.attrs, int8_folder=model.folder)
 
 
 def _check_journal(journal: PartsJournal, opts: ExtractOptions) -> None:

@@ -375,7 +375,7 @@ def load_openvino_runner(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """:func:`make_openvino_runner` of a model already converted to OpenVINO IR (``folder``
     holds ``model.xml`` and ``model.bin``, e.g. from
-    :func:`tripletsk.extraction.openvino_ir.float_model_folder`): no TensorFlow needed."""
+    :func:`tripletsk.extraction.openvino_float.float_model_folder`): no TensorFlow needed."""
     ov = _import_openvino()
     precision = normalize_precision(precision)
     if precision == "int8":

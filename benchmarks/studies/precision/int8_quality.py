@@ -8,7 +8,7 @@ no download) turns them into features three ways, each through tripletsk's own
 * ``tf fp32``: TensorFlow float32, the reference;
 * ``ov f32``: OpenVINO f32 (to separate the backend from the quantization);
 * ``ov int8``: OpenVINO int8 quantized by NNCF, calibrated on the calibration sample of the
-  training images only (:func:`tripletsk.extraction.quantization.calibration_keys`, 128 images by
+  training images only (:func:`tripletsk.extraction.int8.calibration_keys`, 128 images by
   default, ``--calibration``), as ``extract-features --precision int8`` would.
 
 ``--dataset digits``: scikit-learn's 1797 digits (8x8, nearest-neighbour upscaling); for each
@@ -100,12 +100,8 @@ def main(argv=None) -> None:
     from tripletsk.evaluation.metrics import retrieval_report
     from tripletsk.extraction import build_backbone
     from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
-    from tripletsk.extraction.quantization import (
-        CALIBRATION_SIZE,
-        calibration_identity,
-        calibration_keys,
-        quantize_openvino_int8,
-    )
+    from tripletsk.extraction.int8 import CALIBRATION_SIZE, calibration_identity, calibration_keys
+    from tripletsk.extraction.quantization import quantize_openvino_int8
 
     if args.dataset == "digits":
         images, y = digit_images(args.size)

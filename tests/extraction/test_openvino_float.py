@@ -1,5 +1,5 @@
 """OpenVINO float extraction from the converted model kept beside the cache
-(:mod:`tripletsk.extraction.openvino_ir`): converted once, checked before use, no TensorFlow
+(:mod:`tripletsk.extraction.openvino_float`): converted once, checked before use, no TensorFlow
 in later runs, the same features as a model converted in the process."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tests.cache.test_shards import make_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.extraction import extract_features, load_image
 from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
-from tripletsk.extraction.int8 import MODELS_DIR
-from tripletsk.extraction.openvino_ir import float_model_folder, float_model_key
+from tripletsk.extraction.model_folders import MODELS_DIR
+from tripletsk.extraction.openvino_float import float_model_folder, float_model_key
 
 # Each test converts a backbone to OpenVINO IR (~20 s of CPU): end-to-end cases, in the full run.
 pytestmark = pytest.mark.slow
@@ -66,13 +66,14 @@ def test_features_equal_those_of_the_model_converted_in_process(first):
     np.testing.assert_array_equal(runner(preprocess(pixels, spec.arch)), store.lookup(keys))
 
 
-def test_a_run_with_the_converted_model_never_loads_tensorflow(first):
-    other = first["out"] / "no-tensorflow.h5"
+def extract_in_new_process(images, output, settings: dict) -> list[str]:
+    """Extract ``images`` into ``output`` in a new Python process: ``[images extracted,
+    whether TensorFlow was imported, whether Keras was]``."""
     code = textwrap.dedent(
         f"""
         import sys
         from tripletsk.extraction import extract_features
-        s = extract_features({os.fspath(first["images"])!r}, {os.fspath(other)!r}, **{OV!r})
+        s = extract_features({os.fspath(images)!r}, {os.fspath(output)!r}, **{settings!r})
         print(s.extracted, "tensorflow" in sys.modules, "keras" in sys.modules)
         """
     )
@@ -82,7 +83,12 @@ def test_a_run_with_the_converted_model_never_loads_tensorflow(first):
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split()[-3:] == ["6", "False", "False"]
+    return res.stdout.split()[-3:]
+
+
+def test_a_run_with_the_converted_model_never_loads_tensorflow(first):
+    other = first["out"] / "no-tensorflow.h5"
+    assert extract_in_new_process(first["images"], other, OV) == ["6", "False", "False"]
     np.testing.assert_array_equal(FeatureStore(other).to_array(),
                                   FeatureStore(first["out"] / "first.h5").to_array())  # fmt: skip
     os.remove(other)

@@ -9,7 +9,7 @@ and other caches of that folder load it without TensorFlow. ``<key>`` is a diges
 network's identity (architecture, layer, weights identity), the image size and the TensorFlow,
 Keras and OpenVINO versions: what the conversion depends on. A folder is used only when its
 manifest names that key and every file matches its recorded digest (as for int8 models,
-:mod:`tripletsk.extraction.quantization`). The same IR serves float32 and bfloat16 (the precision
+:mod:`tripletsk.extraction.model_folders`). The same IR serves float32 and bfloat16 (the precision
 is chosen when it is compiled); its features equal those of a model converted in the same process.
 """
 
@@ -19,9 +19,9 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
+
+from tripletsk.extraction.model_folders import read_manifest, save_model_folder
 
 __all__ = ["OPENVINO_FLOAT_FORMAT", "float_model_folder", "float_model_key"]
 
@@ -56,32 +56,17 @@ def float_model_folder(
     """The folder in ``models_dir`` of ``spec`` converted to OpenVINO IR (float32 weights),
     converting ``build_model()`` (the Keras model) first if it is missing or damaged; None if
     it cannot be stored there (e.g. a read-only folder: the caller converts in memory)."""
-    from tripletsk.extraction.quantization import _install, _ir_digest, _read_manifest, file_digest
-
     key, identity = float_model_key(spec, image_size)
     folder = os.path.join(models_dir, f"openvino-float-{key}")
-    if _read_manifest(folder, key) is not None:
+    if read_manifest(folder, key) is not None:
         return folder
     from tripletsk.extraction.runners import _import_openvino, _to_openvino
 
-    ov = _import_openvino()
+    _import_openvino()  # (before building the model: says how to install it)
     model = build_model()
     ov_model = _to_openvino(model, [-1, *list(model.input_shape)[1:]])
     try:
-        os.makedirs(models_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".openvino-float-{key}.", dir=models_dir)
-    except OSError:
+        save_model_folder(ov_model, folder, key, identity)
+    except OSError:  # (read-only, disk full...): convert in memory this time
         return None
-    try:
-        ov.save_model(ov_model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)
-        files = {name: file_digest(os.path.join(tmp, name)) for name in ("model.xml", "model.bin")}
-        manifest = {"key": key, "identity": identity, "files": files,
-                    "model_digest": _ir_digest(tmp)}  # fmt: skip
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-        _install(tmp, folder, key)
-    except OSError:  # (disk full...): convert in memory this time
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder if _read_manifest(folder, key) is not None else None
+    return folder
