@@ -4,7 +4,7 @@ Cached features can be most of a machine's memory, so a fit must hold no more th
 features themselves plus O(batch). The estimator therefore never gathers "the items of a fit"
 into a new array: it describes them as a source and row numbers (:class:`FeatureRows`) and
 reads them in chunks: once for the standardisation statistics and the input checks, then per
-window of batches during training (``_training.py``) and per chunk for inference.
+window of batches during training (``training/windows.py``) and per chunk for inference.
 """
 
 from __future__ import annotations
