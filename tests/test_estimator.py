@@ -9,7 +9,6 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -17,6 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from tests.helpers import TWO_COLOURS, colour_classes
 from tripletsk import TripletEncoder
 from tripletsk.errors import NonFiniteFeaturesError, SharedImagesWarning
 from tripletsk.estimator import EmbeddingCollapseWarning
@@ -143,13 +143,7 @@ def test_labelled_fit_on_keys_and_indices(blobs):
 def image_cache(tmp_path_factory):
     from tripletsk.extraction import extract_features
 
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.RandomState(0)
-    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
-        (root / f"c{c}").mkdir()
-        for i in range(6):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 25, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    root = colour_classes(tmp_path_factory.mktemp("images"), TWO_COLOURS, 6)
     out = tmp_path_factory.mktemp("cache") / "features.h5"
     extract_features(root, output=out, weights="none", image_size=32, batch_size=4, quiet=True)
     return out

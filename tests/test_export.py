@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from tests.helpers import TWO_COLOURS, colour_classes
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import (
@@ -43,17 +43,6 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _write_images(images: Path) -> Path:
-    """Two classes of 4 PNG images at the models' size, in ``images/c<class>/``."""
-    rng = np.random.RandomState(0)
-    for c, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
-        (images / f"c{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(images / f"c{c}" / f"{i}.png")
-    return images
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Images at the model's size, their cache (random weights), a fitted encoder, its .npz
@@ -61,7 +50,7 @@ def fitted(tmp_path_factory):
     from tripletsk.extraction import extract_features, load_image
 
     root = tmp_path_factory.mktemp("export")
-    images = _write_images(root / "images")
+    images = colour_classes(root / "images", TWO_COLOURS, 4, size=SIZE, noise=40)
     cache = root / "features.h5"
     extract_features(images, output=cache, weights="none", image_size=SIZE, quiet=True, seed=3)
     store = FeatureStore(cache)
@@ -322,7 +311,7 @@ def tiny(tmp_path_factory):
     from tripletsk.extraction import extract_features, load_image
 
     root = tmp_path_factory.mktemp("tiny")
-    images = _write_images(root / "images")
+    images = colour_classes(root / "images", TWO_COLOURS, 4, size=SIZE, noise=40)
     _small_backbone_file(root / "mine.keras")
     cache = root / "features.h5"
     extract_features(images, cache, weights="imagenet", image_size=SIZE,

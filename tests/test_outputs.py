@@ -12,9 +12,8 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import PLAIN_PROVENANCE
+from tests.helpers import PLAIN_PROVENANCE, noise_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import ConvergenceWarning
@@ -97,10 +96,8 @@ def work(tmp_path_factory, write_feature_cache):
     """Images, a cache of their (made-up) features recording the image folder, triplet files
     and a model fitted on them."""
     root = tmp_path_factory.mktemp("outputs")
+    noise_images(root / "images", KEYS, shape=(8, 8))
     rng = np.random.RandomState(0)
-    for key in KEYS:
-        (root / "images" / key).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.randint(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "images" / key)
     features = np.repeat(rng.normal(0, 3, (3, 8)), 6, axis=0) + rng.normal(0, 1, (18, 8))
     provenance = {**PLAIN_PROVENANCE, "image_root": str(root / "images")}
     cache = write_feature_cache(root / "cache.h5", KEYS, features, provenance=provenance)

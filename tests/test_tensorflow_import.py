@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import noise_images
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,11 +50,7 @@ def test_failed_import_replays_what_it_wrote(tmp_path):
 
 @pytest.mark.slow  # a whole extract-features process (TensorFlow, the backbone)
 def test_extract_features_command_writes_nothing_to_stderr(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "img" / "a").mkdir(parents=True)
-    for i in range(2):
-        Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(tmp_path / "img" / "a" / f"{i}.png")
+    noise_images(tmp_path / "img" / "a", 2)
     argv = ["extract-features", tmp_path / "img", "-o", tmp_path / "c.h5", "-q"]
     argv += ["--weights", "none", "--image-size", "32"]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

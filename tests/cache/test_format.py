@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.cache.test_store import KEYS, make_cache
+from tests.helpers import CACHE_KEYS as KEYS
+from tests.helpers import random_cache
 from tripletsk.cache.format import FINGERPRINT_DTYPE, read_header
 from tripletsk.cache.journal import PartsJournal, load_part_features
 from tripletsk.cache.reads import read_feature_rows
@@ -29,7 +30,7 @@ def contiguous_offset(path, name):
 @pytest.fixture
 def cache(tmp_path):
     path = tmp_path / "features.h5"
-    make_cache(path, KEYS, failed=[("bad.jpg", "not an image")])
+    random_cache(path, KEYS, failed=[("bad.jpg", "not an image")])
     return path
 
 
@@ -90,7 +91,7 @@ def test_corrupt_part_file_is_named(tmp_path):
 def test_read_feature_rows_reports_a_damaged_chunk(tmp_path):
     path = tmp_path / "f.h5"
     keys = [f"k{i:04d}.jpg" for i in range(1000)]
-    feats = make_cache(path, keys, dim=64, block=500)  # 256 rows per chunk
+    feats = random_cache(path, keys, dim=64, block=500)  # 256 rows per chunk
     with h5py.File(path, "r") as f:
         offset = f["features"].id.get_chunk_info_by_coord((256, 0)).byte_offset
     raw = bytearray(path.read_bytes())

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.cache.test_store import make_cache
+from tests.helpers import random_cache
 from tripletsk.cache.mapped import MappedFeatures
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheFormatError
@@ -34,7 +34,7 @@ def flip(path, offset, mask=0x10):
 @pytest.fixture
 def cache(tmp_path):
     path = tmp_path / "features.h5"
-    return path, make_cache(path, KEYS, dim=DIM, block=300)
+    return path, random_cache(path, KEYS, dim=DIM, block=300)
 
 
 def test_written_chunked_with_checksums_and_read_through_the_map(cache):

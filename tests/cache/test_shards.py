@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections import Counter
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import assert_same_cache, make_images
 from tripletsk.cache.merge import merge_shards, split_cache
 from tripletsk.cache.shards import SHARD_ATTRS, parse_shard, shard_of, shard_path
 from tripletsk.cache.store import FeatureStore
@@ -22,22 +20,6 @@ from tripletsk.extraction import extract_features
 
 RUN = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False}
 N = 3
-
-
-def make_images(root: Path, n: int = 24) -> Path:
-    """``n`` small PNGs in two class folders, plus one file that is not an image."""
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        path = root / "ab"[i % 2] / f"{i:02d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
-    (root / "a" / "broken.jpg").write_bytes(b"not an image")
-    # Files written less than 3 s before they are hashed are hashed again on the next run (the
-    # "racy" rule of extraction): date them back so that a rerun is a pure cache hit.
-    an_hour_ago = time.time() - 3600
-    for path in root.rglob("*.*"):
-        os.utime(path, (an_hour_ago, an_hour_ago))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +33,6 @@ def runs(tmp_path_factory):
     for i, p in enumerate(shards, start=1):
         extract_features(images, p, shard=f"{i}/{N}", **RUN)
     return {"dir": d, "images": images, "single": str(single), "shards": shards}
-
-
-def assert_same_cache(a: str, b: str) -> None:
-    """Same keys (order included), features, file fingerprints, failures and provenance (but
-    ``backend_choice``, which says how the runner was chosen: shards take the precision's
-    first runner, a single run times or not)."""
-    x, y = FeatureStore(a), FeatureStore(b)
-    assert x.keys == y.keys
-    np.testing.assert_allclose(x.to_array(), y.to_array(), rtol=1e-5, atol=1e-6)
-    for name in ("size", "mtime_ns", "blake2b"):  # hashed_ns is when the file was hashed
-        assert np.array_equal(x.fingerprints[name], y.fingerprints[name])
-    assert x.failed == y.failed
-    how = "backend_choice"
-    assert {k: v for k, v in x.provenance.items() if k != how} == {
-        k: v for k, v in y.provenance.items() if k != how
-    }
-    assert x.dtype == y.dtype
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.helpers import CACHE_KEYS, RESNET_PROVENANCE, random_cache
 from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION, check_provenance
 from tripletsk.cache.journal import PartsJournal
 from tripletsk.cache.lock import CacheLock
@@ -31,43 +32,13 @@ from tripletsk.errors import (
     UserError,
 )
 
-PROV = {
-    "backbone": "resnet50",
-    "weights": "none:seed=0",
-    "image_size": 32,
-    "preprocessing": "p1",
-    "compute_dtype": "float32",
-    "backend": "tensorflow",
-    "weights_source": "none",
-}
-
-
-def make_cache(path, keys, dim=8, dtype="float32", failed=(), block=3, seed=0):
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(len(keys), dim)).astype(np.float32)
-    fps = np.zeros(len(keys), dtype=FINGERPRINT_DTYPE)
-    fps["size"] = np.arange(len(keys))
-    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **PROV, "versions": "{}"}
-    write_cache(
-        path,
-        keys=keys,
-        fingerprints=fps,
-        feature_blocks=(feats[i : i + block] for i in range(0, len(keys), block)),
-        dim=dim,
-        dtype=dtype,
-        failed=list(failed),
-        attrs=attrs,
-    )
-    return feats
-
-
-KEYS = ["a/x.jpg", "a/y.jpg", "b/x.jpg", "b/z é.png", "c/w.PNG"]
+KEYS, PROV = CACHE_KEYS, RESNET_PROVENANCE
 
 
 @pytest.fixture
 def cache(tmp_path):
     path = tmp_path / "features.h5"
-    feats = make_cache(path, KEYS, failed=[("bad.jpg", "not an image")])
+    feats = random_cache(path, KEYS, failed=[("bad.jpg", "not an image")])
     return path, feats
 
 
@@ -200,7 +171,7 @@ def test_context_manager_and_close(cache):
 
 def test_float16_storage_returns_float32(tmp_path):
     p = tmp_path / "f16.h5"
-    feats = make_cache(p, KEYS, dtype="float16")
+    feats = random_cache(p, KEYS, dtype="float16")
     store = FeatureStore(p)
     assert store.dtype == np.float16 and store.info()["dtype"] == "float16"
     got = store.lookup(KEYS[::-1])
@@ -214,7 +185,7 @@ def test_chunked_dataset_fallback(tmp_path, in_memory):
     """A cache whose features are chunked (as another tool might write) reads through h5py."""
     p = tmp_path / "chunked.h5"
     keys = [f"k{i:03d}.jpg" for i in range(300)]
-    feats = make_cache(p, keys)
+    feats = random_cache(p, keys)
     with h5py.File(p, "r+") as f:
         del f["features"]
         f.create_dataset("features", data=feats, chunks=(16, 8), maxshape=(None, 8))
@@ -238,7 +209,7 @@ def test_in_memory_and_memmap_agree(cache):
 
 def test_empty_cache(tmp_path):
     p = tmp_path / "empty.h5"
-    make_cache(p, [], failed=[("x.jpg", "empty file (0 bytes)")])
+    random_cache(p, [], failed=[("x.jpg", "empty file (0 bytes)")])
     store = FeatureStore(p)
     assert len(store) == 0 and store.keys == [] and store.dim == 8
     assert store.lookup([]).shape == (0, 8)
@@ -252,7 +223,7 @@ def test_store_survives_replacement_of_file(cache):
     path, _ = cache
     store = FeatureStore(path)
     before = store.lookup(KEYS)
-    make_cache(path, KEYS[:2], seed=5)
+    random_cache(path, KEYS[:2], seed=5)
     np.testing.assert_array_equal(store.lookup(KEYS), before)
     assert len(FeatureStore(path)) == 2
 
@@ -295,7 +266,7 @@ def test_write_cache_is_atomic_on_failure(cache):
 def test_read_feature_rows_selects_sorted_rows(tmp_path):
     p = tmp_path / "c.h5"
     keys = [f"{i}.jpg" for i in range(50)]
-    feats = make_cache(p, keys)
+    feats = random_cache(p, keys)
     rows = np.array([0, 3, 4, 17, 18, 49])
     got = np.concatenate(list(read_feature_rows(os.fspath(p), rows, block=5)))
     np.testing.assert_array_equal(got, feats[rows])
@@ -383,7 +354,7 @@ def test_parts_journal_roundtrip_and_settings_check(tmp_path):
 def test_unknown_key_hints_on_a_large_cache(tmp_path):
     p = tmp_path / "big.h5"
     keys = [f"dir{i % 50:02d}/img_{i:06d}.jpg" for i in range(25000)]
-    make_cache(p, keys, dim=1, block=5000)
+    random_cache(p, keys, dim=1, block=5000)
     store = FeatureStore(p)
     with pytest.raises(UnknownKeyError, match=r"did you mean 'dir07/img_000007.jpg'"):
         store.lookup(["dir07/img_000007.jpeg"])

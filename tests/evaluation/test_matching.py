@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from tests.helpers import noise_images
 from tripletsk.errors import ModelFileError, UserError
 from tripletsk.estimator import TripletEncoder
 from tripletsk.evaluation.matching import calibrate, calibrate_index, precision_recall_curve
@@ -111,11 +112,7 @@ def test_exports_carry_the_calibration(tmp_path, suffix):
 
     if suffix.endswith(".xml"):
         pytest.importorskip("openvino")
-    from PIL import Image
-
-    (tmp_path / "images" / "a").mkdir(parents=True)
-    for i in range(2):
-        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / "images" / "a" / f"{i}.png")
+    noise_images(tmp_path / "images" / "a", 2, shape=(32, 32))
     cache = tmp_path / "f.h5"
     extract_features(tmp_path / "images", output=cache, weights="none", image_size=32, quiet=True)
     store = FeatureStore(cache)

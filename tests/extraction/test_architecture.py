@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import colour_classes, noise_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import extract_features, features_for_files, load_image
@@ -27,11 +28,7 @@ def _keras():
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Eight real 40 px PNG images (resized to 32 by the extractor)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / f"{i}.png")
-    return root
+    return noise_images(tmp_path_factory.mktemp("images"), 8)
 
 
 def _cached(path, keys):
@@ -255,14 +252,8 @@ def _fit_and_search(cache, query, tmp_path):
 
 @pytest.mark.slow
 def test_cli_extract_fit_search_with_an_application_backbone(tmp_path):
-    root = tmp_path / "images"
-    rng = np.random.default_rng(2)
-    for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
-        (root / label).mkdir(parents=True)
-        for i in range(4):
-            noise = rng.integers(-40, 40, (36, 36, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    root = colour_classes(tmp_path / "images", {"red": (200, 30, 30), "blue": (30, 30, 200)}, 4,
+                          size=36)  # fmt: skip
     Image.fromarray(np.full((36, 36, 3), (210, 20, 20), np.uint8)).save(tmp_path / "query.png")
     out = tmp_path / "f.h5"
     done = _cli("extract-features", root, "-o", out, "--weights", "none", "--image-size", "32",
@@ -319,10 +310,7 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
     photo = Image.open(cat).convert("RGB").resize((224, 224), Image.BILINEAR)
     photo.save(root / "cat" / "cat.png")
     photo.transpose(Image.FLIP_LEFT_RIGHT).save(root / "cat" / "flipped.png")
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        noise = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
-        Image.fromarray(noise).save(root / "noise" / f"{i}.png")
+    noise_images(root / "noise", 3, shape=(224, 224), seed=1)
     keys = ["cat/cat.png", "noise/0.png", "noise/1.png", "noise/2.png"]
     pixels = np.stack([load_image(root / k, 224) for k in keys])
 

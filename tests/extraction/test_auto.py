@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.cache.test_shards import make_images
+from tests.helpers import make_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.extraction import auto, extract_features

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 distributed = pytest.importorskip("distributed", reason="needs dask.distributed (tripletsk[dask])")
 
+from tests.helpers import make_images  # noqa: E402
 from tripletsk.cache.shards import shard_path  # noqa: E402
 from tripletsk.cache.store import FeatureStore  # noqa: E402
 from tripletsk.cli import cli  # noqa: E402
@@ -39,13 +39,7 @@ RUN = {"weights": "none", "image_size": 32, "batch_size": 4}
 def data(tmp_path_factory):
     """40 images in two folders plus an unreadable file, and their single-process cache."""
     d = tmp_path_factory.mktemp("dask")
-    images = d / "images"
-    for i in range(40):
-        rng = np.random.default_rng(i)
-        p = images / "ab"[i % 2] / f"{i:02d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(p)
-    (images / "b" / "broken.png").write_bytes(b"\x89PNG truncated")
+    images = make_images(d / "images", 40, broken="b/broken.png")
     single = d / "single.h5"
     extract_features(images, single, progress=False, **RUN)
     return {"images": images, "single": str(single)}

@@ -11,11 +11,11 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
+from tests.helpers import colour_classes, colour_image
 from tripletsk import ImageFeatures, TripletEncoder
 from tripletsk.cache.lock import CacheLock
 from tripletsk.cache.store import FeatureStore
@@ -31,25 +31,12 @@ N_PER_CLASS = 6
 SMALL_HEAD = dict(hidden_units=8, n_components=4, max_epochs=2, batch_size=32, random_state=0)
 
 
-def _image(color, i: int) -> Image.Image:
-    """A 32 px image of ``color`` with a class-coloured stripe at a position set by ``i``."""
-    rng = np.random.RandomState(i)
-    px = np.clip(np.array(color) + rng.randint(-25, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-    px[(3 * i) % 28 : (3 * i) % 28 + 4] = 255 - np.array(color)
-    return Image.fromarray(px)
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """An images folder of 3 classes x 6 PNGs, and an image outside it."""
     base = tmp_path_factory.mktemp("image_features")
-    root = base / "images"
-    for name, color in CLASSES.items():
-        (root / name).mkdir(parents=True)
-        for i in range(N_PER_CLASS):
-            _image(color, i).save(root / name / f"{i}.png")
-    _image((128, 128, 0), 99).save(base / "outside.png")
-    return root
+    colour_image((128, 128, 0), 99).save(base / "outside.png")
+    return colour_classes(base / "images", CLASSES, N_PER_CLASS)
 
 
 def _keys(n: int = N_PER_CLASS) -> list[str]:

@@ -17,6 +17,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
 import tripletsk.extraction.run as extraction_run
+from tests.helpers import colour_classes, colour_image
 from tripletsk import ImageFeatures, TripletEncoder
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheMismatchError, UserError
@@ -27,21 +28,10 @@ SETTINGS = dict(weights="none", image_size=32)
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
 
 
-def _image(color, i: int) -> Image.Image:
-    rng = np.random.RandomState(i)
-    px = np.clip(np.array(color) + rng.randint(-25, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-    px[(3 * i) % 28 : (3 * i) % 28 + 4] = 255 - np.array(color)
-    return Image.fromarray(px)
-
-
 @pytest.fixture
 def root(tmp_path):
     """2 classes x 6 PNGs."""
-    for name, color in COLORS.items():
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(6):
-            _image(color, i).save(tmp_path / "images" / name / f"{i}.png")
-    return tmp_path / "images"
+    return colour_classes(tmp_path / "images", COLORS, 6)
 
 
 def _keys(n: int = 6) -> list[str]:
@@ -134,7 +124,7 @@ def test_an_append_keeps_the_finished_batches_of_an_interrupted_run(root, tmp_pa
     parts = sorted(os.listdir(cache + ".parts"))
     assert len([p for p in parts if p.endswith(".npz")]) == 4  # 8 images not cached, 2 a batch
 
-    _image((0, 200, 0), 7).save(root / "red" / "new.png")
+    colour_image((0, 200, 0), 7).save(root / "red" / "new.png")
     X = ImageFeatures(root=root, cache=cache).transform(["red/new.png", "red/3.png"])
     assert X.shape == (2, 2048)
     assert "red/new.png" in FeatureStore(cache)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cache.test_shards import assert_same_cache, make_images
+from tests.helpers import assert_same_cache, extract_in_new_process, make_images, noise_images
 from tripletsk.cache.merge import merge_shards
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
@@ -40,12 +40,6 @@ def model_folders(cache: Path) -> list[str]:
 def manifest(cache: Path) -> dict:
     (folder,) = model_folders(cache)
     return json.loads((cache.parent / MODELS_DIR / folder / "manifest.json").read_text())
-
-
-def add_image(root: Path, name: str, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "a" / name)
-    os.utime(root / "a" / name, (1e9, 1e9))  # old: a rerun trusts size and mtime
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +100,6 @@ def test_a_new_cache_finds_the_model_without_decoding_or_building(first, monkeyp
 def test_a_run_with_the_model_found_never_loads_tensorflow(first):
     """The quantized model is all an int8 run needs: a new process extracting into a new cache
     (model found by its record) imports neither TensorFlow nor Keras, and gets the same rows."""
-    from tests.extraction.test_openvino_float import extract_in_new_process
-
     other = first["cache"].parent / "no-tensorflow.h5"
     settings = {**INT8, "quiet": True}
     assert extract_in_new_process(first["images"], other, settings) == ["10", "False", "False"]
@@ -199,8 +191,8 @@ def test_second_run_reuses_the_model_and_appends(first):
     cache, images = first["cache"], first["images"]
     before = manifest(cache)
     stamp = os.stat(cache.parent / MODELS_DIR / model_folders(cache)[0] / "model.bin").st_mtime_ns
-    add_image(images, "new-1.png", 101)
-    add_image(images, "new-2.png", 102)
+    noise_images(images / "a", ["new-1.png"], seed=101)
+    noise_images(images / "a", ["new-2.png"], seed=102)
     summary = extract_features(images, cache, **INT8)
     assert (summary.extracted, summary.cached) == (2, 10)
     assert manifest(cache) == before and len(model_folders(cache)) == 1
@@ -222,12 +214,12 @@ def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
         shutil.rmtree(models)
         with pytest.raises(UserError, match="quantized model is not in"):
             features_for_files([images / "a/00.png"], like=cache)
-        add_image(images, "new-3.png", 103)
+        noise_images(images / "a", ["new-3.png"], seed=103)
         summary = extract_features(images, cache, **INT8)  # same calibration images: same model
         assert summary.extracted == 1
         assert manifest(cache)["model_digest"] == digest
         shutil.rmtree(models)
-        add_image(images, "00.png", 104)  # a calibration image changed
+        noise_images(images / "a", ["00.png"], seed=104)  # a calibration image changed
         with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
             extract_features(images, cache, **INT8)
     finally:
@@ -260,7 +252,8 @@ def test_shards_of_other_calibrations_are_not_merged(tmp_path):
     images = make_images(tmp_path / "images", 6)
     one = tmp_path / "one" / "shard-1.h5"
     extract_features(images, one, shard="1/2", **INT8)
-    add_image(images, "extra.png", 7)  # the second shard sees another listing and sample
+    # The second shard sees another listing and sample.
+    noise_images(images / "a", ["extra.png"], seed=7)
     two = tmp_path / "two" / "shard-2.h5"
     extract_features(images, two, shard="2/2", **INT8)
     with pytest.raises(Exception, match="int8_calibration"):

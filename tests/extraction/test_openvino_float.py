@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.cache.test_shards import make_images
+from tests.helpers import extract_in_new_process, make_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.extraction import extract_features, load_image
 from tripletsk.extraction.backbone import build_keras_model, preprocess, resolve_network
@@ -64,26 +61,6 @@ def test_features_equal_those_of_the_model_converted_in_process(first):
     spec = resolve_network("none")
     runner = make_openvino_runner(build_keras_model(spec, 32), "float32", batch_size=4)
     np.testing.assert_array_equal(runner(preprocess(pixels, spec.arch)), store.lookup(keys))
-
-
-def extract_in_new_process(images, output, settings: dict) -> list[str]:
-    """Extract ``images`` into ``output`` in a new Python process: ``[images extracted,
-    whether TensorFlow was imported, whether Keras was]``."""
-    code = textwrap.dedent(
-        f"""
-        import sys
-        from tripletsk.extraction import extract_features
-        s = extract_features({os.fspath(images)!r}, {os.fspath(output)!r}, **{settings!r})
-        print(s.extracted, "tensorflow" in sys.modules, "keras" in sys.modules)
-        """
-    )
-    repo = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout.split()[-3:]
 
 
 def test_a_run_with_the_converted_model_never_loads_tensorflow(first):

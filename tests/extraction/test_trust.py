@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import noise_images
 from tripletsk.cache.failures import read_failed_list, write_failed_list
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheMismatchError
@@ -57,18 +57,6 @@ def _own_lines(stderr: str) -> list:
     return [line for line in stderr.strip().splitlines() if not tf_log.match(line)]
 
 
-def _folder(path: Path, n: int, seed: int) -> Path:
-    """``n`` distinct small PNGs named 0.png ... in ``path`` (same names for every seed), last
-    modified an hour ago (so their hashes are trusted, not re-taken, by the next run)."""
-    rng = np.random.default_rng(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    an_hour_ago = time.time() - 3600
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path / f"{i}.png")
-        os.utime(path / f"{i}.png", (an_hour_ago, an_hour_ago))
-    return path
-
-
 def _snapshot(cache: Path) -> dict:
     """Every byte of a cache that says what it holds: datasets, attributes, the file itself."""
     with h5py.File(cache, "r") as f:
@@ -85,7 +73,10 @@ def _snapshot(cache: Path) -> dict:
 
 
 def test_second_folder_into_a_cache_is_refused_and_the_cache_kept(tmp_path):
-    a, b = _folder(tmp_path / "a", 5, seed=1), _folder(tmp_path / "b", 5, seed=2)
+    a, b = (
+        noise_images(tmp_path / "a", 5, shape=(40, 48), seed=1),
+        noise_images(tmp_path / "b", 5, shape=(40, 48), seed=2),
+    )
     cache = tmp_path / "features.h5"
     extract_features(a, cache, **RUN)
     before = _snapshot(cache)
@@ -99,7 +90,10 @@ def test_second_folder_into_a_cache_is_refused_and_the_cache_kept(tmp_path):
 
 
 def test_replace_starts_a_new_cache_of_the_other_folder(tmp_path):
-    a, b = _folder(tmp_path / "a", 5, seed=1), _folder(tmp_path / "b", 3, seed=2)
+    a, b = (
+        noise_images(tmp_path / "a", 5, shape=(40, 48), seed=1),
+        noise_images(tmp_path / "b", 3, shape=(40, 48), seed=2),
+    )
     cache = tmp_path / "features.h5"
     extract_features(a, cache, **RUN)
     s = extract_features(b, cache, replace=True, **RUN)
@@ -114,7 +108,7 @@ def test_replace_starts_a_new_cache_of_the_other_folder(tmp_path):
 
 
 def test_the_same_folder_by_another_path_is_the_same_cache(tmp_path, monkeypatch):
-    a = _folder(tmp_path / "a", 4, seed=1)
+    a = noise_images(tmp_path / "a", 4, shape=(40, 48), seed=1)
     cache = tmp_path / "features.h5"
     extract_features(a, cache, **RUN)
     before = _snapshot(cache)
@@ -128,7 +122,10 @@ def test_the_same_folder_by_another_path_is_the_same_cache(tmp_path, monkeypatch
 
 @pytest.mark.slow
 def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
-    a, b = _folder(tmp_path / "a", 12, seed=1), _folder(tmp_path / "b", 3, seed=2)
+    a, b = (
+        noise_images(tmp_path / "a", 12, shape=(40, 48), seed=1),
+        noise_images(tmp_path / "b", 3, shape=(40, 48), seed=2),
+    )
     cache = tmp_path / "features.h5"
     common = ["-o", cache, "--weights", "none", "--image-size", "32", "--batch-size", "4"]
     # A run on a/ that stops after its batches, before its cache (file-size limit): parts left.
@@ -147,7 +144,10 @@ def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
 
 @pytest.mark.slow
 def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
-    a, b = _folder(tmp_path / "a", 4, seed=1), _folder(tmp_path / "b", 4, seed=2)
+    a, b = (
+        noise_images(tmp_path / "a", 4, shape=(40, 48), seed=1),
+        noise_images(tmp_path / "b", 4, shape=(40, 48), seed=2),
+    )
     common = ["--weights", "none", "--image-size", "32", "-q"]
     assert _cli("extract-features", "a", *common, cwd=tmp_path).returncode == 0
     cache = tmp_path / "cache" / "features.h5"
@@ -171,7 +171,7 @@ def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
 
 
 def test_control_characters_in_file_names_are_skipped_with_a_reason(tmp_path):
-    imgs = _folder(tmp_path / "imgs", 2, seed=3)
+    imgs = noise_images(tmp_path / "imgs", 2, shape=(40, 48), seed=3)
     bad = ["new\nline.png", "tab\there.png", "esc\x1b[31m.png", "sep\u2028.png"]
     for name in bad:
         (imgs / name).write_bytes((imgs / "0.png").read_bytes())
@@ -287,7 +287,7 @@ RSS_BOUND_MIB = 1200
 
 @pytest.mark.slow
 def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
-    big, small = tmp_path / "big", _folder(tmp_path / "small", 4, seed=0)
+    big, small = tmp_path / "big", noise_images(tmp_path / "small", 4, shape=(40, 48), seed=0)
     big.mkdir()
     for i in range(6):  # flat colour: 108 MB of pixels each, ~120 KB files
         Image.new("RGB", (6000, 6000), (40 * i, 100, 200 - 30 * i)).save(big / f"{i}.png")
@@ -328,12 +328,12 @@ def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
 )
 @pytest.mark.slow
 def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, limit_kb, parts):
-    imgs = _folder(tmp_path / "imgs", 4, seed=5)
+    imgs = noise_images(tmp_path / "imgs", 4, shape=(40, 48), seed=5)
     cache = tmp_path / "out" / "features.h5"
     common = ["-o", cache, "--weights", "none", "--image-size", "32", "--batch-size", "4"]
     assert _cli("extract-features", imgs, *common, "-q").returncode == 0
     before = _snapshot(cache)
-    _folder(tmp_path / "more", 8, seed=6)
+    noise_images(tmp_path / "more", 8, shape=(40, 48), seed=6)
     for f in sorted((tmp_path / "more").iterdir()):
         f.rename(imgs / f"new-{f.name}")
     out = _cli("extract-features", imgs, *common, limit=limit_kb * 1024)
@@ -377,7 +377,9 @@ def _damage_chunk(cache: Path, chunk: int) -> tuple[int, int]:
 
 
 def test_verify_re_extracts_exactly_the_damaged_rows(tmp_path):
-    imgs = _folder(tmp_path / "imgs", 24, seed=7)  # 8 rows per 64 KB chunk: 3 chunks
+    imgs = noise_images(
+        tmp_path / "imgs", 24, shape=(40, 48), seed=7
+    )  # 8 rows per 64 KB chunk: 3 chunks
     cache = tmp_path / "features.h5"
     extract_features(imgs, cache, **RUN)
     with FeatureStore(cache) as store:

@@ -435,7 +435,7 @@ def test_unknown_keys_are_named(small):
 
 def _cache(path, keys, features, content=None):
     """A real feature cache; ``content`` gives each image's content hash (default: its key)."""
-    from tests.conftest import PLAIN_PROVENANCE
+    from tests.helpers import PLAIN_PROVENANCE
     from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
     from tripletsk.cache.writer import write_cache
 

@@ -6,64 +6,8 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from tripletsk import TripletEncoder
+from tests.helpers import assert_same_weights, train_loop
 from tripletsk.errors import TrainingDivergedWarning
-from tripletsk.training.config import TrainingConfig
-from tripletsk.training.head import init_head_weights
-from tripletsk.training.rows import FeatureRows, array_take
-from tripletsk.triplets.mining import sample_label_triplets
-
-
-@pytest.fixture
-def blobs():
-    rng = np.random.RandomState(0)
-    y = np.repeat(np.arange(4), 30)
-    X = rng.normal(size=(4, 16))[y] + 0.5 * rng.normal(size=(len(y), 16))
-    return X.astype(np.float32), y
-
-
-def _train(X, y, *, epochs, record=None, poison_from=None, learning_rate=1e-2, **kwargs):
-    """train_head on label triplets of X; from epoch ``poison_from`` on, every triplet's
-    anchor is an extra row of infinite features, which makes the update NaN."""
-    from tripletsk.training.loop import train_head
-
-    triplets = sample_label_triplets(y, 200, random_state=0)
-    X = np.vstack([X, np.full(X.shape[1], np.inf, np.float32)])
-
-    def epoch_batches(epoch, current_weights):
-        if record is not None:
-            record[epoch] = current_weights
-        if poison_from is not None and epoch >= poison_from:
-            yield np.column_stack([np.full(len(triplets), len(X) - 1), triplets[:, 1:]])
-        else:
-            yield from np.array_split(triplets, 4)
-
-    params = {
-        **TripletEncoder().get_params(),
-        "margin": 1.0,
-        "dropout": 0.0,
-        "input_dropout": 0.0,
-        "weight_averaging": 0.0,
-        "learning_rate": learning_rate,
-        "max_epochs": epochs,
-        "tol": 0.0,
-        "n_iter_no_change": 10**6,
-        "stopping": "loss",
-        "verbose": 0,
-        **kwargs,
-    }
-    config = TrainingConfig.from_params(params, n_features=X.shape[1], labelled=False)
-    init = init_head_weights(X.shape[1], (8,), 3, np.random.RandomState(0))
-    items = FeatureRows(array_take(X), np.arange(len(X)), X.shape[1])
-    return train_head(
-        items, init, epoch_batches, config, labels=None, validation_score=None, seed=0
-    )
-
-
-def _assert_same_weights(a, b):
-    for (k1, b1), (k2, b2) in zip(a, b, strict=True):
-        np.testing.assert_array_equal(k1, k2)
-        np.testing.assert_array_equal(b1, b2)
 
 
 def test_fused_adam_matches_keras_adam_step_by_step():
@@ -88,19 +32,19 @@ def test_fused_adam_matches_keras_adam_step_by_step():
 def test_each_epoch_sees_the_weights_trained_so_far(blobs):
     X, y = blobs
     seen = {}
-    _train(X, y, epochs=3, record=seen)
-    after_two_epochs = _train(X, y, epochs=2).weights
-    _assert_same_weights(seen[2], after_two_epochs)
+    train_loop(X, y, epochs=3, record=seen)
+    after_two_epochs = train_loop(X, y, epochs=2).weights
+    assert_same_weights(seen[2], after_two_epochs)
     assert not np.array_equal(seen[1][0][0], seen[2][0][0])
 
 
 def test_divergence_keeps_the_weights_of_the_last_finite_epoch(blobs):
     X, y = blobs
     with pytest.warns(TrainingDivergedWarning, match="diverged at epoch 3 .*last finite weights"):
-        diverged = _train(X, y, epochs=5, poison_from=2)
+        diverged = train_loop(X, y, epochs=5, poison_from=2)
     assert diverged.stopped_on_nan
     assert diverged.n_iter == len(diverged.loss_curve) == 2
-    _assert_same_weights(diverged.weights, _train(X, y, epochs=2).weights)
+    assert_same_weights(diverged.weights, train_loop(X, y, epochs=2).weights)
 
 
 def test_divergence_hidden_from_the_loss_is_caught_in_the_weights(blobs):
@@ -108,7 +52,7 @@ def test_divergence_hidden_from_the_loss_is_caught_in_the_weights(blobs):
     # so the hinge loss still reads as a finite margin. The weights must be checked too.
     X, y = blobs
     with pytest.warns(TrainingDivergedWarning, match="non-finite weights"):
-        result = _train(X, y, epochs=5, learning_rate=1e30)
+        result = train_loop(X, y, epochs=5, learning_rate=1e30)
     assert result.stopped_on_nan
     assert np.isfinite(result.loss_curve).all()
     assert all(np.isfinite(k).all() and np.isfinite(b).all() for k, b in result.weights)
@@ -122,7 +66,7 @@ def test_divergence_warning_is_a_convergence_warning_and_a_runtime_warning():
 def test_max_epochs_before_convergence_warns(blobs):
     X, y = blobs
     with pytest.warns(ConvergenceWarning, match="reached max_epochs=2 before the training loss"):
-        result = _train(X, y, epochs=2)
+        result = train_loop(X, y, epochs=2)
     assert result.n_iter == 2 and not result.stopped_on_nan
 
 
@@ -130,5 +74,5 @@ def test_stopping_for_no_improvement_does_not_warn(blobs):
     X, y = blobs
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        result = _train(X, y, epochs=50, tol=10.0, n_iter_no_change=2)
+        result = train_loop(X, y, epochs=50, tol=10.0, n_iter_no_change=2)
     assert result.n_iter == 3  # the first epoch improves on -inf, the next two do not

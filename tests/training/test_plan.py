@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.triplets.test_mining import blobs  # noqa: F401 (fixture)
 from tripletsk import TripletEncoder
 from tripletsk.training import plan
 from tripletsk.training.config import TrainingConfig
@@ -21,7 +20,7 @@ def _config(n_features, labelled, **params):
     return TrainingConfig.from_params(params, n_features=n_features, labelled=labelled)
 
 
-def test_hybrid_refreshes_hard_examples_with_the_head(blobs, monkeypatch):  # noqa: F811
+def test_hybrid_refreshes_hard_examples_with_the_head(blobs, monkeypatch):
     calls = []
     original = plan.hard_examples
 
@@ -33,8 +32,8 @@ def test_hybrid_refreshes_hard_examples_with_the_head(blobs, monkeypatch):  # no
     X, y = blobs
     params = {**SMALL, "mining": "hybrid", "max_epochs": 6, "refresh_every": 2}
     enc = TripletEncoder(**params).fit(X, y)
-    # Once on the 12 frozen features, then on the 4-d embeddings at epochs 2 and 4.
-    assert calls == [12, 4, 4] and enc.n_iter_ == 6
+    # Once on the 16 frozen features, then on the 4-d embeddings at epochs 2 and 4.
+    assert calls == [16, 4, 4] and enc.n_iter_ == 6
 
 
 def _plan(mining_name, X, y=None, T=None, **params):
@@ -44,7 +43,7 @@ def _plan(mining_name, X, y=None, T=None, **params):
     return epoch_batches(FeatureRows.from_array(X), T, y, np.arange(n), config, rng)
 
 
-def test_epoch_of_given_triplets_visits_each_once(blobs):  # noqa: F811
+def test_epoch_of_given_triplets_visits_each_once(blobs):
     X, y = blobs
     T = sample_label_triplets(y, 30, random_state=0)
     batches = list(_plan("given", X, T=T)(0, None))
@@ -52,7 +51,7 @@ def test_epoch_of_given_triplets_visits_each_once(blobs):  # noqa: F811
     assert sorted(map(tuple, np.concatenate(batches).tolist())) == sorted(map(tuple, T.tolist()))
 
 
-def test_epoch_of_hard_mining_adds_the_hardest_known(blobs):  # noqa: F811
+def test_epoch_of_hard_mining_adds_the_hardest_known(blobs):
     from tripletsk.training.head import init_head_weights
 
     X, y = blobs
@@ -63,7 +62,7 @@ def test_epoch_of_hard_mining_adds_the_hardest_known(blobs):  # noqa: F811
 
 
 @pytest.mark.parametrize("name", ["batch_hard", "hybrid"])
-def test_epoch_of_pk_batches_covers_the_samples(blobs, name):  # noqa: F811
+def test_epoch_of_pk_batches_covers_the_samples(blobs, name):
     X, y = blobs
     batches = list(_plan(name, X, y=y, samples_per_class=4)(0, None))
     assert set(np.concatenate(batches).tolist()) == set(range(len(y)))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.training.test_loop import _assert_same_weights, _train, blobs  # noqa: F401 (fixture)
+from tests.helpers import assert_same_weights, train_loop
 from tripletsk import TripletEncoder
 
 
@@ -27,12 +27,12 @@ def test_unknown_schedule_is_refused():
         epoch_learning_rate("step", 0.01, 0, 100)
 
 
-def test_cosine_starts_at_the_learning_rate_then_departs_from_constant(blobs):  # noqa: F811
+def test_cosine_starts_at_the_learning_rate_then_departs_from_constant(blobs):
     X, y = blobs
-    one = _train(X, y, epochs=1, learning_rate_schedule="cosine").weights
-    _assert_same_weights(one, _train(X, y, epochs=1).weights)
-    cosine = _train(X, y, epochs=3, learning_rate_schedule="cosine").weights
-    assert not np.allclose(cosine[0][0], _train(X, y, epochs=3).weights[0][0])
+    one = train_loop(X, y, epochs=1, learning_rate_schedule="cosine").weights
+    assert_same_weights(one, train_loop(X, y, epochs=1).weights)
+    cosine = train_loop(X, y, epochs=3, learning_rate_schedule="cosine").weights
+    assert not np.allclose(cosine[0][0], train_loop(X, y, epochs=3).weights[0][0])
 
 
 def test_weight_decay_shrinks_kernels_not_biases():
@@ -55,7 +55,7 @@ def test_encoder_refuses_an_unknown_schedule():
         TripletEncoder(learning_rate_schedule="step", max_epochs=1).fit(X, y)
 
 
-def test_cosine_reaching_max_epochs_is_not_a_convergence_warning(blobs):  # noqa: F811
+def test_cosine_reaching_max_epochs_is_not_a_convergence_warning(blobs):
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -63,10 +63,10 @@ def test_cosine_reaching_max_epochs_is_not_a_convergence_warning(blobs):  # noqa
     X, y = blobs
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        result = _train(X, y, epochs=2, learning_rate_schedule="cosine")
+        result = train_loop(X, y, epochs=2, learning_rate_schedule="cosine")
     assert result.n_iter == 2
     with pytest.warns(ConvergenceWarning, match="max_epochs=2"):
-        _train(X, y, epochs=2)
+        train_loop(X, y, epochs=2)
 
 
 def test_input_dropout_drops_inputs_in_training_only():
@@ -91,12 +91,12 @@ def test_average_weights_is_one_ema_step():
     np.testing.assert_allclose(bias, 0.5)
 
 
-def test_weight_averaging_returns_the_bias_corrected_ema_of_the_epochs(blobs):  # noqa: F811
+def test_weight_averaging_returns_the_bias_corrected_ema_of_the_epochs(blobs):
     X, y = blobs
     seen = {}
-    _train(X, y, epochs=3, record=seen)  # seen[e]: the weights after epoch e (e >= 1)
-    after_three = _train(X, y, epochs=3).weights
-    averaged = _train(X, y, epochs=3, weight_averaging=0.5).weights
+    train_loop(X, y, epochs=3, record=seen)  # seen[e]: the weights after epoch e (e >= 1)
+    after_three = train_loop(X, y, epochs=3).weights
+    averaged = train_loop(X, y, epochs=3, weight_averaging=0.5).weights
     # After 3 epochs, epoch i weighs (1 - d) d**(3 - i) / (1 - d**3): 1/7, 2/7, 4/7 for d = 0.5
     # (not mostly the first epoch, as an average started at it would be).
     epochs = [seen[1], seen[2], after_three]
@@ -105,8 +105,8 @@ def test_weight_averaging_returns_the_bias_corrected_ema_of_the_epochs(blobs):  
             want = sum(w * e[layer][part] for w, e in zip((1, 2, 4), epochs, strict=True)) / 7
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(averaged[0][0], after_three[0][0])
-    one = _train(X, y, epochs=1, weight_averaging=0.97).weights  # one epoch: its own weights
-    _assert_same_weights(one, _train(X, y, epochs=1).weights)
+    one = train_loop(X, y, epochs=1, weight_averaging=0.97).weights  # one epoch: its own weights
+    assert_same_weights(one, train_loop(X, y, epochs=1).weights)
 
 
 def test_encoder_refuses_weight_averaging_of_one():

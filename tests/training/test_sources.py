@@ -1,6 +1,7 @@
 """Feature sources: every kind of ``features=`` gives the rows of given ids, or a clear error."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from tripletsk.training.sources import (
     LookupSource,
     StoreSource,
     as_source,
+    check_labels,
     feature_rows,
     labelled_rows,
     triplet_rows,
@@ -148,3 +150,14 @@ def test_labelled_vectors_go_through_validate():
 
     rows, _ = labelled_rows(None, X, np.array([0, 0, 1, 1]), validate)
     assert seen == [(4, 3)] and len(rows) == 4
+
+
+def test_many_small_identities_are_labels_not_regression_targets():
+    """Two photos of each of a few people and one of many others: over 50% unique labels, which
+    scikit-learn's target check would call a regression problem."""
+    y = np.concatenate([np.repeat([0, 1, 2], 2), np.arange(3, 40)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_labels(y) is y
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        check_labels(np.arange(40))

@@ -18,15 +18,6 @@ from tripletsk.triplets.mining import (
 )
 
 
-@pytest.fixture(scope="module")
-def blobs():
-    rng = np.random.RandomState(0)
-    centres = rng.normal(0, 1.0, size=(4, 12))
-    y = np.repeat(np.arange(4), 15)
-    X = (centres[y] + rng.normal(size=(60, 12))).astype(np.float32)
-    return X, y
-
-
 def test_importing_mining_imports_neither_training_nor_tensorflow():
     """Mining is below training in the import layers (the epoch plan lives in training), and
     neither it nor the feature sources load TensorFlow."""
