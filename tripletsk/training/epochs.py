@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tripletsk._tensorflow import import_tensorflow
+from tripletsk.training.compiled import CompiledHead
 from tripletsk.training.config import TrainingConfig
 from tripletsk.training.rows import FeatureRows
-from tripletsk.training.steps import make_steps
 from tripletsk.training.windows import (
     WindowBuffer,
     aligned_empty,
@@ -45,13 +45,11 @@ class EpochFigures:
 
 class EpochRunner:
     """Runs the batches of an epoch, ``(b, 3)`` triplets or ``(b,)`` labelled samples as indices
-    into ``items`` (standardised rows), training ``model`` with ``optimizer``."""
+    into ``items`` (standardised rows), through the compiled loops of ``head``."""
 
-    def __init__(self, items: FeatureRows, labels, model, optimizer, config: TrainingConfig):
+    def __init__(self, items: FeatureRows, labels, head: CompiledHead, config: TrainingConfig):
         self.items, self.labels = items, labels
-        self.triplet_loop, self.batch_loop = make_steps(
-            model, optimizer, config.distance, config.margin, config.strategy.loss
-        )
+        self.triplet_loop, self.batch_loop = head.triplet_loop, head.batch_loop
         self._resident = None
         if resident(len(items), items.n_features, config.stream):
             rows = items.take(out=aligned_empty((len(items), items.n_features)))

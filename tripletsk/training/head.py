@@ -108,7 +108,7 @@ def build_keras_head(
     inputs = keras.Input(shape=(n_features,), name="features")
     x = inputs
     if input_dropout > 0:  # drops input features (pixels): a cheap augmentation
-        input_seed = None if seed is None else seed + len(weights)
+        input_seed = _dropout_seed(seed, len(weights))
         x = keras.layers.Dropout(input_dropout, seed=input_seed, name="input_dropout", dtype=dtype)(
             x
         )
@@ -123,12 +123,31 @@ def build_keras_head(
             dtype=dtype,
         )(x)
         if not last and dropout > 0:
-            layer_seed = None if seed is None else seed + i
+            layer_seed = _dropout_seed(seed, i)
             x = keras.layers.Dropout(dropout, seed=layer_seed, name=f"dropout_{i}", dtype=dtype)(x)
     outputs = keras.layers.UnitNormalization(axis=-1, name="l2_normalize", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="tripletsk_head")
     set_head_weights(model, weights)
     return model
+
+
+def _dropout_seed(seed: int | None, position: int) -> int | None:
+    """The seed of the Dropout layer after hidden layer ``position`` (of the input dropout:
+    ``position`` = the number of Dense layers)."""
+    return None if seed is None else seed + position
+
+
+def reset_dropout_seeds(model, seed: int) -> None:
+    """Put the Dropout layers of a head built by :func:`build_keras_head` back to the random
+    state they would start from if built with ``seed``: the same masks, step after step."""
+    keras = import_keras()
+
+    n_dense = len(_dense_layers(model))
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            position = n_dense if layer.name == "input_dropout" else int(layer.name.split("_")[1])
+            # Keras' SeedGenerator starts from the state [seed, 0].
+            layer.seed_generator.state.assign([_dropout_seed(seed, position), 0])
 
 
 def _dense_layers(model) -> list:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +19,11 @@ from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk.errors import TrainingDivergedWarning
 from tripletsk.training.averaging import WeightAverage
+from tripletsk.training.compiled import compiled_head
 from tripletsk.training.config import TrainingConfig
 from tripletsk.training.epochs import EpochFigures, EpochRunner
-from tripletsk.training.head import HeadWeights, build_keras_head, get_head_weights
-from tripletsk.training.optimizer import FusedAdam, epoch_learning_rate
+from tripletsk.training.head import HeadWeights, get_head_weights
+from tripletsk.training.optimizer import epoch_learning_rate
 from tripletsk.training.progress import FitProgress
 from tripletsk.training.rows import FeatureRows
 from tripletsk.training.stopping import Stopping
@@ -46,9 +48,6 @@ class TrainingResult:
         self.error_curve.append(figures.error)
         if score is not None:
             self.validation_scores.append(score)
-
-
-PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
 
 def train_head(
@@ -80,15 +79,16 @@ def train_head(
     (float32 weights and optimizer state, bfloat16 matrix products); distances and the loss stay
     in float32.
     """
-    model, optimizer, runner = _build(items, labels, initial_weights, config, seed)
     criterion = "validation" if validation_score is not None else config.stopping
     stopping = Stopping(criterion, config.tol, config.n_iter_no_change)
     progress = FitProgress(config.max_epochs, config.verbose, hinge=config.margin is not None)
     average = WeightAverage(config.weight_averaging, initial_weights)
     result = TrainingResult(weights=initial_weights)
     best_weights = last_finite = initial_weights
-    warning = None  # issued once the bar is gone
-    try:
+    warning = None
+    # The bar closes before the warning is issued, and before the head goes back to the pool.
+    with compiled_head(initial_weights, config, seed) as head, closing(progress):
+        runner, optimizer = EpochRunner(items, labels, head, config), head.optimizer
         for epoch in range(config.max_epochs):
             schedule, rate = config.learning_rate_schedule, config.learning_rate
             optimizer.set_learning_rate(
@@ -98,7 +98,7 @@ def train_head(
             if not (math.isfinite(figures.loss) and figures.weights_finite):
                 warning, result.stopped_on_nan = _diverged(epoch, figures), True
                 break
-            last_finite = get_head_weights(model)
+            last_finite = get_head_weights(head.model)
             averaged = average.update(last_finite, epoch)
             score = None if validation_score is None else validation_score(averaged)
             result.record(figures, score)
@@ -113,8 +113,6 @@ def train_head(
         else:  # every epoch ran and the figure still improved within n_iter_no_change
             if config.learning_rate_schedule != "cosine":  # cosine: the rate reached 0, complete
                 warning = ConvergenceWarning(stopping.not_converged(config.max_epochs))
-    finally:
-        progress.close()
     if warning is not None:
         # train_head <- fitting.train <- fitting.fit_head <- fit <- sklearn's wrapper <- caller
         warnings.warn(warning, stacklevel=6)
@@ -123,23 +121,6 @@ def train_head(
     else:
         result.weights = average.weights
     return result
-
-
-def _build(items, labels, initial_weights, config: TrainingConfig, seed: int):
-    """The Keras head, its optimizer and the epoch runner of a fit."""
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}; got {config.precision!r}.")
-    model = build_keras_head(
-        initial_weights,
-        dropout=config.dropout,
-        seed=seed,
-        dtype=PRECISIONS[config.precision],
-        input_dropout=config.input_dropout,
-    )
-    optimizer = FusedAdam(
-        model.trainable_variables, config.learning_rate, weight_decay=config.weight_decay
-    )
-    return model, optimizer, EpochRunner(items, labels, model, optimizer, config)
 
 
 def _diverged(epoch: int, figures: EpochFigures) -> TrainingDivergedWarning:

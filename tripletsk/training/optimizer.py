@@ -49,6 +49,14 @@ class FusedAdam:
     def set_learning_rate(self, value: float) -> None:
         self.hyper["lr"].assign(value)
 
+    def reset(self, learning_rate: float) -> None:
+        """Back to the state of a new optimizer: zero moments, step 0, ``learning_rate``."""
+        for m, v in self.moments:
+            m.assign(tf.zeros_like(m))
+            v.assign(tf.zeros_like(v))
+        self.iterations.assign(0.0)
+        self.set_learning_rate(learning_rate)
+
     def apply_gradients(self, grads) -> None:
         step = self.iterations.assign_add(1.0)
         hyper = self.hyper

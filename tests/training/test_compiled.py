@@ -1,0 +1,71 @@
+"""Compiled heads kept between fits: a fit with a pooled head computes what a new one would."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tripletsk import TripletEncoder
+from tripletsk.training import compiled
+
+SMALL = dict(hidden_units=16, n_components=4, max_epochs=3, batch_size=32)
+
+
+def _embed(X, y, **params):
+    return TripletEncoder(**{**SMALL, **params}).fit(X, y).transform(X)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(dropout=0.3, input_dropout=0.2),  # the dropout masks start again from the seed
+        dict(mining="batch_hard", weight_decay=1e-3),
+        dict(learning_rate_schedule="cosine", learning_rate=3e-3),
+    ],
+)
+def test_a_pooled_head_trains_bit_for_bit_as_a_new_one(blobs, params):
+    X, y = blobs
+    compiled._idle.clear()
+    new = _embed(X, y, random_state=1, **params)
+    (head,) = compiled._idle.values()
+    _embed(X, y, random_state=2, **{**params, "learning_rate": 0.05})  # moves every state
+    pooled = _embed(X, y, random_state=1, **params)
+    assert list(compiled._idle.values()) == [head]  # the same head served all three fits
+    np.testing.assert_array_equal(pooled, new)
+
+
+def test_fits_running_together_each_get_their_own_head(blobs):
+    X, y = blobs
+    seeds = [0, 1, 2, 3]
+    alone = [_embed(X, y, random_state=s, dropout=0.2) for s in seeds]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: _embed(X, y, random_state=s, dropout=0.2), seeds))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_fit_does_not_give_its_head_back(blobs, monkeypatch):
+    X, y = blobs
+    compiled._idle.clear()
+    want = _embed(X, y, random_state=0)
+    compiled._idle.clear()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr("tripletsk.training.loop.epoch_learning_rate", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _embed(X, y, random_state=0)
+    assert not compiled._idle
+    monkeypatch.undo()
+    np.testing.assert_array_equal(_embed(X, y, random_state=0), want)
+
+
+def test_idle_heads_are_kept_for_the_most_recent_graphs_only(blobs):
+    X, y = blobs
+    compiled._idle.clear()
+    widths = range(4, 4 + compiled.MAX_IDLE_GRAPHS + 2)
+    for width in widths:
+        _embed(X, y, hidden_units=width, random_state=0, max_epochs=1)
+    kept = [key[0][0][1] for key in compiled._idle]  # the first layer's width
+    assert kept == list(widths)[-compiled.MAX_IDLE_GRAPHS :]
