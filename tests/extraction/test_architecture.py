@@ -373,7 +373,7 @@ def test_shards_of_another_backbone_merge_into_the_single_run(images, tmp_path):
 def test_openvino_runs_another_backbone(images, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    run = {"backbone": "MobileNetV2", "weights": "none", "image_size": 32, "quiet": True}
+    run = {"backbone": "MobileNet(alpha=0.25)", "weights": "none", "image_size": 32, "quiet": True}
     extract_features(images, tmp_path / "tf.h5", **run)
     extract_features(images, tmp_path / "ov.h5", backend="openvino", **run)
     tf_store, ov_store = FeatureStore(tmp_path / "tf.h5"), FeatureStore(tmp_path / "ov.h5")
