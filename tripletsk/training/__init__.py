@@ -5,11 +5,11 @@ one table), ``fitting`` (the steps of a fit around the loop), ``plan`` (the batc
 epoch), ``loop`` (the training loop), ``epochs`` (an epoch's batches through the compiled
 ``steps``, fed from ``windows`` of rows; ``compiled`` keeps the traced steps between fits),
 ``optimizer`` (fused Adam, the learning rate schedule), ``averaging`` (weight averaging),
-``stopping`` (when a fit stops), ``progress`` (the bar and per-epoch lines), ``head`` (the head's weights, its Keras model and its NumPy forward
-pass), ``losses`` (triplet losses in TensorFlow), ``inference`` (what a fitted encoder answers),
-``sources`` (where ids get their features), ``rows`` (feature rows read a chunk at a time),
-``shared`` (:class:`SharedFeatures`), ``shared_images`` (is a model scored on images it was
-fitted on?).
+``stopping`` (when a fit stops), ``progress`` (the bar and per-epoch lines), ``head`` (the
+head's weights, its Keras model and its NumPy forward pass), ``losses`` (triplet losses in
+TensorFlow), ``inference`` (what a fitted encoder answers), ``sources`` (where ids get their
+features), ``rows`` (feature rows read a chunk at a time), ``shared``
+(:class:`SharedFeatures`), ``shared_images`` (is a model scored on images it was fitted on?).
 """
 
 from tripletsk._lazy import lazy_getattr, public_names
