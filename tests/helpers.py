@@ -1,5 +1,6 @@
-"""Builders and checks shared by the test modules: real image files written with Pillow, and the
-comparison of two feature caches. Fixtures built from them live in conftest.py."""
+"""Builders and checks shared by the test modules: real image folders (Pillow), real feature
+caches, the comparison of two caches, a short training loop and an extraction in a new
+process. Fixtures built from them live in conftest.py."""
 
 from __future__ import annotations
 
