@@ -146,6 +146,28 @@ def random_cache(path, keys, dim=8, dtype="float32", failed=(), block=3, seed=0)
     return features
 
 
+def image_folder_cache(folder: Path, path, *, dim: int = 4, seed: int = 0) -> list[str]:
+    """A real cache at ``path`` of the images under ``folder`` as extraction records them (keys
+    relative to the folder, each file's blake2b, the folder as ``image_root``) but with random
+    features: for what reads the images themselves, without a network. Return the keys."""
+    import hashlib
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    keys = [p.relative_to(folder).as_posix() for p in files]
+    fingerprints = np.zeros(len(keys), dtype=FINGERPRINT_DTYPE)
+    fingerprints["size"] = [p.stat().st_size for p in files]
+    fingerprints["blake2b"] = [
+        hashlib.blake2b(p.read_bytes(), digest_size=16).hexdigest().encode() for p in files
+    ]
+    features = np.random.default_rng(seed).normal(size=(len(keys), dim)).astype(np.float32)
+    attrs = {**PLAIN_PROVENANCE, "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+             "image_root": str(folder.resolve())}  # fmt: skip
+    write_cache(path, keys=keys, fingerprints=fingerprints, feature_blocks=[features], dim=dim,
+                dtype="float32", failed=[], attrs=attrs)  # fmt: skip
+    return keys
+
+
 def assert_same_cache(a: str, b: str) -> None:
     """Same keys (order included), features, file fingerprints, failures and provenance (but
     ``backend_choice``, which says how the runner was chosen: shards take the precision's

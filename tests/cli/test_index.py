@@ -202,9 +202,12 @@ def test_calibrate_stores_the_threshold_and_match_uses_it(capsys, work, tmp_path
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "pass --model MODEL (a fitted model's embeddings) or --features-only"),
-        (["--model", "m.npz", "--features-only", "--features", "c.h5"], "not both"),
+        ([], "pass one of --model MODEL (a fitted model's embeddings), --features-only"),
+        (["--model", "m.npz", "--features-only", "--features", "c.h5"], "not more"),
+        (["--thumbnails", "--features-only", "--features", "c.h5"], "not more"),
         (["--features-only"], "--features-only needs --features CACHE"),
+        (["--thumbnails"], "--thumbnails needs --features CACHE"),
+        (["--model", "m.npz", "--thumbnail-size", "4"], "--thumbnail-size goes with --thumbnails"),
     ],
 )
 def test_index_needs_a_model_or_features_only(capsys, tmp_path, argv, message):
@@ -264,3 +267,25 @@ def test_a_features_only_index_embeds_a_new_image_with_the_backbone_alone(capsys
     assert status == 0 and "loading the backbone" in err
     _rank, distance, key = out.splitlines()[1].split()
     assert key == "3/4.png" and float(distance) < 1e-3
+
+
+def test_a_thumbnail_index_answers_a_new_image_without_the_backbone(capsys, work, tmp_path):
+    from PIL import Image
+
+    argv = ["--thumbnails", "--features", work / "cache.h5", "-o", tmp_path / "thumbs"]
+    status, out, _ = run(capsys, "index", *argv)
+    assert status == 0 and "32 images (32 embedded" in out and "8 px thumbnails" in out
+    query = tmp_path / "query.png"
+    Image.open(work / "images" / "3" / "4.png").resize((64, 64), Image.BILINEAR).save(query)
+    status, out, err = run(capsys, "search", "--index", tmp_path / "thumbs", query, "-k", "2")
+    assert status == 0 and "backbone" not in err
+    _rank, distance, key = out.splitlines()[1].split()
+    assert key == "3/4.png" and float(distance) < 0.1
+    status, out, _ = run(capsys, "match", "--index", tmp_path / "thumbs", query, "--threshold", 0.1)
+    assert status == 0 and out.split("\t")[1] == "3/4.png"
+    status, _, err = run(capsys, "match", "--index", tmp_path / "thumbs", query)
+    assert status == 1
+    _assert_one_line_error(err, "is a thumbnail index (no model, so no calibrated threshold)")
+    status, _, err = run(capsys, "index", "--model", work / "model.npz", "-o", tmp_path / "thumbs")
+    assert status == 1
+    _assert_one_line_error(err, "holds 8 px image thumbnails (`tripletsk index --thumbnails`)")

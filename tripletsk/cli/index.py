@@ -8,7 +8,12 @@ import json
 import sys
 
 from tripletsk.cli._common import add_command, add_trust_pickle_argument
-from tripletsk.cli.index_queries import checked_store, open_index, query_embeddings
+from tripletsk.cli.index_queries import (
+    KIND_NAMES,
+    checked_store,
+    open_index,
+    query_embeddings,
+)
 from tripletsk.errors import UsageError, UserError
 
 __all__ = ["register", "run_search_index"]
@@ -23,14 +28,29 @@ def register(sub) -> None:
         "existing index is brought up to date: only new images are embedded).",
         "tripletsk index --model model.npz -o cache/index\n"
         "tripletsk search --index cache/index photo.jpg -k 5\n"
-        "tripletsk index --features-only --features cache/features.h5 -o cache/features-index",
+        "tripletsk index --features-only --features cache/features.h5 -o cache/features-index\n"
+        "tripletsk index --thumbnails --features cache/features.h5 -o cache/thumbnails\n"
+        "tripletsk duplicates --index cache/thumbnails --threshold 0.05",
     )
     p.add_argument("-m", "--model", help="model file written by `tripletsk fit`")
     p.add_argument(
         "--features-only",
         action="store_true",
-        help="no model: index the cached backbone features themselves, L2-normalised (e.g. "
-        "for near-duplicates); needs --features",
+        help="no model: index the cached backbone features themselves, L2-normalised; needs "
+        "--features",
+    )
+    p.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="no model: index 8x8 thumbnails of the cached images (read from the folder the "
+        "cache records), for near-duplicates; needs --features",
+    )
+    p.add_argument(
+        "--thumbnail-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="the thumbnails' side in pixels (default 8; an existing index keeps its own)",
     )
     p.add_argument("-o", "--output", required=True, metavar="INDEX", help="the index folder")
     p.add_argument("--features", help="feature cache (default: the one the model was fitted on)")
@@ -100,25 +120,40 @@ def _index_command(sub, name: str, summary: str, example: str) -> argparse.Argum
 
 
 def _run_index(args: argparse.Namespace) -> int:
-    from tripletsk.index.build import build_index_from_features, build_index_from_model
+    from tripletsk.index.build import (
+        build_index_from_features,
+        build_index_from_model,
+        build_index_from_thumbnails,
+    )
 
-    if args.features_only == bool(args.model):
+    chosen = [args.model, args.features_only, args.thumbnails]
+    if sum(map(bool, chosen)) != 1:
         raise UsageError(
-            "pass --model MODEL (a fitted model's embeddings) or --features-only --features "
-            "CACHE (the backbone features themselves), "
-            + ("not both" if args.model else "one of them")
+            "pass one of --model MODEL (a fitted model's embeddings), --features-only (the "
+            "backbone features themselves) or --thumbnails (thumbnails of the images), "
+            + ("not more" if any(chosen) else "and --features CACHE for the last two")
         )
-    if args.features_only and not args.features:
-        raise UsageError("--features-only needs --features CACHE: the cache to index")
+    if not args.model and not args.features:
+        option = "--thumbnails" if args.thumbnails else "--features-only"
+        raise UsageError(f"{option} needs --features CACHE: the cache to index")
+    if args.thumbnail_size is not None and not args.thumbnails:
+        raise UsageError("--thumbnail-size goes with --thumbnails")
     options = {"replace": args.replace, "approximate": args.approximate}
     if args.features_only:
         index, report = build_index_from_features(args.output, args.features, **options)
+    elif args.thumbnails:
+        index, report = build_index_from_thumbnails(
+            args.output, args.features, size=args.thumbnail_size, **options
+        )
     else:
         index, report = build_index_from_model(
             args.output, args.model, args.features, trust_pickle=args.trust_pickle, **options
         )
     verb = "built" if report.created else "updated"
-    rows = "L2-normalised backbone features, no model; " if index.features_only else ""
+    rows = {
+        "features": "L2-normalised backbone features, no model; ",
+        "thumbnails": f"{index.model.get('size')} px thumbnails of the images, no model; ",
+    }.get(index.kind, "")
     print(
         f"{verb} {index.path}: {report.n_rows} images ({report.n_embedded} embedded, "
         f"{report.n_kept} kept, {report.n_dropped} dropped); {rows}{_method_note(index, 'auto')}"
@@ -207,11 +242,11 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
         check_output_path(args.plot, "--plot")
     index = open_index(args.index)
-    if index.features_only:
+    if not index.has_model:
         raise UserError(
-            f"{index.path} is a features-only index (no model): a threshold is calibrated for "
-            "a model and stored in its file. Calibrate an index built with --model, or pass "
-            "--threshold to `tripletsk match`"
+            f"{index.path} is a {KIND_NAMES[index.kind]} index (no model): a threshold is "
+            "calibrated for a model and stored in its file. Calibrate an index built with "
+            "--model, or pass --threshold to `tripletsk match`"
         )
     checked_store(index, args)
     keys = _read_keys(args.queries)

@@ -11,7 +11,10 @@ import numpy as np
 
 from tripletsk.errors import UnknownKeyError, UserError
 
-__all__ = ["checked_store", "open_index", "query_embeddings"]
+__all__ = ["KIND_NAMES", "checked_store", "open_index", "query_embeddings"]
+
+#: How messages name an index without a model, by its ``kind``.
+KIND_NAMES = {"features": "features-only", "thumbnails": "thumbnail"}
 
 
 def open_index(path: str):
@@ -77,18 +80,19 @@ def query_embeddings(index, queries, args, *, need_model=False, store=None):
     """Embeddings of the queries: stored rows for indexed images, the backbone for the rest."""
     rows, files = _query_rows(index, queries)
     fitted = None
-    if index.features_only:
+    if not index.has_model:
+        kind = KIND_NAMES[index.kind]
         if getattr(args, "model", None):
             raise UserError(
-                f"{index.path} is a features-only index: its rows are backbone features, not "
-                f"the embeddings of {args.model}; drop --model, or use the model's own index"
+                f"{index.path} is a {kind} index: its rows are {_ROWS[index.kind]}, not the "
+                f"embeddings of {args.model}; drop --model, or use the model's own index"
             )
         if need_model:
             raise UserError(
-                f"{index.path} is a features-only index (no model, so no calibrated threshold): "
-                "pass --threshold"
+                f"{index.path} is a {kind} index (no model, so no calibrated threshold): pass "
+                "--threshold"
             )
-        if files and store is None:
+        if files and store is None and index.features_only:
             raise UserError(
                 f"{index.path}: its cache is not found; pass --features CACHE to embed images "
                 "that are not in it"
@@ -106,7 +110,9 @@ def query_embeddings(index, queries, args, *, need_model=False, store=None):
     known = [i for i, r in enumerate(rows) if r >= 0]
     if known:
         out[known] = index.embeddings([rows[i] for i in known])
-    if files:
+    if files and index.kind == "thumbnails":
+        out[[i for i, r in enumerate(rows) if r < 0]] = _thumbnails(index).transform_files(files)
+    elif files:
         from tripletsk.extraction import features_for_files
 
         names = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
@@ -117,6 +123,18 @@ def query_embeddings(index, queries, args, *, need_model=False, store=None):
         new = [i for i, r in enumerate(rows) if r < 0]
         out[new] = _embedding(index, fitted, store).transform(features_for_files(files, like=store))
     return out, np.array(rows, dtype=np.int64), fitted
+
+
+_ROWS = {"features": "backbone features", "thumbnails": "image thumbnails"}
+
+
+def _thumbnails(index):
+    from tripletsk.index.thumbnails import ThumbnailEmbedding
+
+    embedding = ThumbnailEmbedding(index.model.get("size") or 0)
+    if embedding.n_components != index.dim:
+        raise UserError(f"{index.path}: its thumbnail size does not match its {index.dim} columns")
+    return embedding
 
 
 def _embedding(index, fitted, store):

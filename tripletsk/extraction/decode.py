@@ -102,12 +102,18 @@ def _oriented(im):
 
 
 def decode(
-    data: bytes | str, image_size: int, max_pixels: int | None, budget: ByteBudget | None = None
+    data: bytes | str,
+    image_size: int,
+    max_pixels: int | None,
+    budget: ByteBudget | None = None,
+    *,
+    resample: str = "bilinear",
 ) -> np.ndarray:
     """Decode bytes (or a path) to a (size, size, 3) uint8 array; ImageDecodeError with a reason.
 
     With a ``budget``, the decoded pixels' bytes (estimated from the header, after the JPEG draft
-    reduction) are held from it while they exist.
+    reduction) are held from it while they exist. ``resample`` names Pillow's filter of the
+    resize (``"bilinear"``, the backbones' preprocessing; ``"lanczos"`` for thumbnails).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -131,7 +137,8 @@ def decode(
                 im.load()
                 rgb = _to_rgb(_oriented(im))
                 if rgb.size != (image_size, image_size):
-                    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                    filter_ = Image.Resampling[resample.upper()]
+                    rgb = rgb.resize((image_size, image_size), filter_)
                 arr = np.asarray(rgb, dtype=np.uint8)
     except ImageDecodeError:
         raise

@@ -1,17 +1,18 @@
 """An embedding index of a feature cache: built, kept up to date, checked.
 
-The rows of an index are either the embeddings of a fitted model
-(:func:`build_index_from_model`) or the cached backbone features themselves, L2-normalised
-(:func:`build_index_from_features`, ``tripletsk index --features-only``: no model, no fitted
-parameter, e.g. for near-duplicates, where a model trained on classes puts distinct items of
-one class together). The manifest's ``model`` record says which (``kind``: ``"model"`` or
-``"features"``), so the one is never taken for the other. It also records the model (a digest
-of what makes its embeddings: the standardisation, the head's weights and the distance, so a
-threshold written into the model file later does not make the index stale) and the cache (its
-provenance and the digests of its keys and fingerprints). Building again embeds only what the
-index lacks: new images of the cache and images whose content changed; rows of images gone
-from the cache are dropped. :func:`check_index_current` refuses an index whose model or cache
-has changed, with the command that brings it up to date.
+The rows of an index are the embeddings of a fitted model (:func:`build_index_from_model`),
+the cached backbone features themselves, L2-normalised (:func:`build_index_from_features`,
+``tripletsk index --features-only``: no model, no fitted parameter), or the thumbnails of the
+cached images (:func:`build_index_from_thumbnails`, ``tripletsk index --thumbnails``: for
+near-duplicates, which neither a model trained on classes nor the backbone features separate
+from distinct images). The manifest's ``model`` record says which (``kind``: ``"model"``,
+``"features"`` or ``"thumbnails"``), so the one is never taken for the other. It also
+records the model (a digest of what makes its embeddings: the standardisation, the head's
+weights and the distance, so a threshold written into the model file later does not make the
+index stale) and the cache (its provenance and the digests of its keys and fingerprints).
+Building again embeds only what the index lacks: new images of the cache and images whose
+content changed; rows of images gone from the cache are dropped. :func:`check_index_current`
+refuses an index whose model or cache has changed, with the command that brings it up to date.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "FeatureEmbedding",
     "build_index_from_features",
     "build_index_from_model",
+    "build_index_from_thumbnails",
     "check_index_current",
     "model_digest",
 ]
@@ -145,6 +147,20 @@ def _features_record(store) -> dict:
     }
 
 
+def _thumbnails_record(size: int) -> dict:
+    from tripletsk.index.thumbnails import thumbnail_digest
+
+    return {
+        "kind": "thumbnails",
+        "transform": f"{size}x{size} RGB thumbnails (Lanczos), centred, L2-normalised",
+        "size": int(size),
+        "path": None,
+        "abspath": None,
+        "digest": thumbnail_digest(size),
+        "n_components": 3 * int(size) ** 2,
+    }
+
+
 def _fitted_and_store(model, features, trust_pickle: bool):
     from tripletsk.modelfile import FittedModel, load_model, open_model_cache
 
@@ -158,7 +174,10 @@ def _fitted_and_store(model, features, trust_pickle: bool):
 
 
 def _embed(model, store, rows: np.ndarray, progress=None) -> np.ndarray:
-    """Embeddings of cache rows ``rows`` (sorted), a chunk of features at a time."""
+    """Embeddings of cache rows ``rows`` (sorted), a chunk of features at a time (or, for
+    an embedding of the images themselves, its ``embed_rows``)."""
+    if hasattr(model, "embed_rows"):
+        return model.embed_rows(store, rows, progress)
     out = np.empty((len(rows), int(model.n_components)), dtype=np.float32)
     for s in range(0, len(rows), _CHUNK):
         part = rows[s : s + _CHUNK]
@@ -241,6 +260,43 @@ def build_index_from_features(
     return _build(path, FeatureEmbedding(store.dim), store, meta, replace, approximate, progress)
 
 
+def build_index_from_thumbnails(
+    path: str | os.PathLike,
+    features,
+    *,
+    size: int | None = None,
+    replace: bool = False,
+    approximate: str | None = None,
+    progress=None,
+):
+    """Build the thumbnail index of the cache ``features`` at ``path``, or bring it up to date:
+    its rows are the :func:`~tripletsk.index.thumbnails.thumbnail` of each cached image, read
+    from the image folder the cache records (each file checked against the cache's content
+    hash), for near-duplicates. No model, no backbone.
+
+    Parameters are those of :func:`build_index_from_model`, and ``size``: the thumbnail's side
+    in pixels (default 8; an existing index keeps its own).
+
+    Returns
+    -------
+    (EmbeddingIndex, BuildReport)
+    """
+    from tripletsk.cache.store import FeatureStore
+    from tripletsk.index.format import MANIFEST
+    from tripletsk.index.thumbnails import THUMBNAIL_SIZE, ThumbnailEmbedding
+
+    if size is None and not replace and os.path.exists(os.path.join(os.fspath(path), MANIFEST)):
+        from tripletsk.index.embedding_index import EmbeddingIndex
+
+        size = EmbeddingIndex(path).model.get("size")
+    size = THUMBNAIL_SIZE if size is None else int(size)
+    if not 1 <= size <= 64:
+        raise UserError(f"the thumbnail size must be 1 to 64 pixels, not {size}")
+    store = FeatureStore(features)
+    meta = {"model": _thumbnails_record(size), "cache": _cache_record(store)}
+    return _build(path, ThumbnailEmbedding(size), store, meta, replace, approximate, progress)
+
+
 def _build(path, embedding, store, meta: dict, replace: bool, approximate, progress):
     from tripletsk.index.embedding_index import EmbeddingIndex
     from tripletsk.index.format import MANIFEST
@@ -269,6 +325,8 @@ def _build(path, embedding, store, meta: dict, replace: bool, approximate, progr
 def _describe(record: dict) -> str:
     if record.get("kind") == "features":
         return "backbone features without a model (`tripletsk index --features-only`)"
+    if record.get("kind") == "thumbnails":
+        return f"{record.get('size')} px image thumbnails (`tripletsk index --thumbnails`)"
     return f"the embeddings of the model {record.get('path') or 'given'}"
 
 
@@ -276,8 +334,8 @@ def _check_same_kind(index, record: dict, store) -> None:
     from tripletsk.cache.format import provenance_differences
 
     if index.model.get("digest") != record["digest"]:
-        if index.features_only or record.get("kind") == "features":
-            held = _describe(index.model) if index.features_only else "the embeddings of a model"
+        if not index.has_model or record.get("kind") != "model":
+            held = _describe(index.model) if not index.has_model else "the embeddings of a model"
             what = f"{held}, not {_describe(record)}"
         else:
             what = f"the embeddings of another model than {record.get('path') or 'this one'}"
@@ -286,6 +344,8 @@ def _check_same_kind(index, record: dict, store) -> None:
             "to another -o"
         )
     recorded = index.cache.get("provenance") or {}
+    if index.kind == "thumbnails":
+        return  # made from the images, whatever network made the cache's features
     if recorded and provenance_differences(recorded, store.provenance):
         raise StaleIndexError(
             f"{index.path} was built from a cache made with other settings than {store.path}; "
@@ -323,9 +383,10 @@ def _update(index, model, store, meta, approximate, progress):
 
 
 def _rebuild_command(index) -> str:
-    if index.features_only:
+    if not index.has_model:
         cache = index.cache.get("path") or "CACHE"
-        return f"`tripletsk index --features-only --features {cache} -o {index.path}`"
+        option = "--thumbnails" if index.kind == "thumbnails" else "--features-only"
+        return f"`tripletsk index {option} --features {cache} -o {index.path}`"
     model = index.model.get("path") or "MODEL"
     return f"`tripletsk index --model {model} -o {index.path}`"
 
@@ -334,10 +395,10 @@ def check_index_current(index, store=None, encoder=None) -> None:
     """Raise :class:`StaleIndexError` if ``index`` no longer matches ``store`` (its cache) or
     ``encoder`` (its model); the message gives the command that updates it.
 
-    ``store`` None skips the cache check, ``encoder`` None the model check. A features-only
-    index is refused with any ``encoder``: its rows are not a model's embeddings.
+    ``store`` None skips the cache check, ``encoder`` None the model check. A features-only or
+    thumbnail index is refused with any ``encoder``: its rows are not a model's embeddings.
     """
-    if encoder is not None and index.features_only:
+    if encoder is not None and not index.has_model:
         raise StaleIndexError(
             f"{index.path} holds {_describe(index.model)}, not the embeddings of a model: use it "
             "without a model, or build the model's index with `tripletsk index --model MODEL "

@@ -71,8 +71,13 @@ class EmbeddingIndex:
         One per row, in row order.
     model, cache : dict
         What the index was built from (empty for :meth:`create`). ``model["kind"]`` is
-        ``"model"`` (a fitted model's embeddings) or ``"features"`` (the backbone features
-        themselves, L2-normalised: ``tripletsk index --features-only``).
+        ``"model"`` (a fitted model's embeddings), ``"features"`` (the backbone features
+        themselves, L2-normalised: ``tripletsk index --features-only``) or ``"thumbnails"``
+        (the images' thumbnails: ``tripletsk index --thumbnails``).
+    kind : str
+        ``model["kind"]``.
+    has_model : bool
+        Whether the rows are a model's embeddings (``kind == "model"``).
     features_only : bool
         Whether the rows are backbone features, not a model's embeddings.
     approximate : dict or None
@@ -112,7 +117,9 @@ class EmbeddingIndex:
         self.distance = manifest["distance"]
         self.dim = manifest["dim"]
         self.model = manifest["model"]
-        self.features_only = self.model.get("kind") == "features"
+        self.kind = self.model.get("kind", "model")
+        self.has_model = self.kind == "model"
+        self.features_only = self.kind == "features"
         self.cache = manifest["cache"]
         self.approximate = manifest["ann"]
         self.keys = [k for s in segments for k in s.keys]
@@ -133,7 +140,7 @@ class EmbeddingIndex:
 
     def __repr__(self) -> str:
         kind = f", approximate={self.approximate['library']}" if self.approximate else ""
-        kind += ", features_only=True" if self.features_only else ""
+        kind += "" if self.has_model else f", kind={self.kind!r}"
         return f"EmbeddingIndex({self.path!r}, rows={len(self)}, dim={self.dim}{kind})"
 
     @property

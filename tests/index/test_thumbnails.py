@@ -1,0 +1,152 @@
+"""Thumbnails (``tripletsk.index.thumbnails``) and thumbnail indexes, on real image files and a
+real cache of them (random features: thumbnails read the images, not the network)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from tests.helpers import image_folder_cache, noise_images
+from tripletsk.errors import StaleIndexError, UserError
+from tripletsk.index.build import (
+    build_index_from_features,
+    build_index_from_thumbnails,
+    check_index_current,
+)
+from tripletsk.index.embedding_index import EmbeddingIndex
+from tripletsk.index.thumbnails import ThumbnailEmbedding, thumbnail
+
+
+def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def images(tmp_path):
+    """12 distinct noise images in two folders, and a folder to build caches and indexes in."""
+    root = tmp_path / "images"
+    noise_images(root, [f"{'ab'[i % 2]}/{i}.png" for i in range(12)])
+    return root
+
+
+def test_a_thumbnail_is_a_centred_unit_vector_of_3_x_size_squared():
+    gradient = Image.linear_gradient("L").resize((40, 30))
+    t = thumbnail(_png(gradient), size=6)
+    assert t.shape == (108,) and t.dtype == np.float32
+    assert abs(float(t.sum())) < 1e-4 and np.linalg.norm(t) == pytest.approx(1.0, abs=1e-6)
+    assert not thumbnail(_png(Image.new("RGB", (20, 20), (90, 90, 90)))).any()  # flat: zeros
+
+
+@pytest.mark.parametrize(
+    "change, within",
+    [
+        (lambda im: im.resize((80, 80), Image.BILINEAR), 0.1),  # upscaled
+        (lambda im: im.resize((24, 24), Image.BILINEAR), 0.1),  # downscaled
+        (lambda im: ImageEnhance.Contrast(im).enhance(0.7), 0.1),
+        (lambda im: im.convert("RGBA"), 1e-6),  # another mode, the same pixels
+    ],
+)
+def test_copies_stay_close_and_distinct_images_far(images, change, within):
+    original = Image.open(images / "a" / "0.png").convert("RGB")
+    others = [thumbnail(p) for p in sorted(images.rglob("*.png"))[1:]]
+    mine = thumbnail(images / "a" / "0.png")
+    copy = thumbnail(_png(change(original)))
+    assert np.linalg.norm(copy - mine) < within
+    assert min(np.linalg.norm(o - copy) for o in others) > 1.0
+
+
+def test_an_exif_rotated_jpeg_has_the_thumbnail_of_the_upright_image(tmp_path):
+    upright = Image.linear_gradient("L").resize((32, 48)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: a viewer rotates it 90 degrees clockwise
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, format="JPEG", exif=exif, quality=95)
+    turned = thumbnail(buf.getvalue())
+    assert np.linalg.norm(turned - thumbnail(_png(upright))) < 0.05
+    assert (
+        np.linalg.norm(thumbnail(_png(upright.transpose(Image.Transpose.ROTATE_90))) - turned) > 0.5
+    )
+
+
+def test_the_index_holds_the_thumbnails_and_finds_planted_copies(images, tmp_path):
+    original = Image.open(images / "b" / "3.png")
+    shutil.copy(images / "b" / "3.png", images / "b" / "3 copy.png")
+    original.resize((90, 90), Image.BILINEAR).save(images / "b" / "3 big.png")
+    original.resize((20, 20), Image.BILINEAR).save(images / "a" / "3 small.png")
+    keys = image_folder_cache(images, tmp_path / "cache.h5")
+    index, report = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+    assert report.created and report.n_embedded == 15 and index.kind == "thumbnails"
+    assert not index.has_model and not index.features_only and index.dim == 192
+    expected = np.stack([thumbnail(images / k) for k in keys])
+    np.testing.assert_allclose(index.embeddings(index.rows_of(keys)), expected, atol=1e-6)
+    groups = index.duplicates(0.3)
+    assert groups == [sorted(["a/3 small.png", "b/3 big.png", "b/3 copy.png", "b/3.png"])]
+
+
+def test_a_grown_cache_embeds_only_the_new_images_and_a_stale_index_is_refused(images, tmp_path):
+    cache = tmp_path / "cache.h5"
+    image_folder_cache(images, cache)
+    build_index_from_thumbnails(tmp_path / "thumbs", cache)
+    noise_images(images / "c", 2, seed=7)
+    image_folder_cache(images, cache)
+    from tripletsk.cache.store import FeatureStore
+
+    with pytest.raises(StaleIndexError, match=r"tripletsk index --thumbnails --features"):
+        check_index_current(EmbeddingIndex(tmp_path / "thumbs"), store=FeatureStore(cache))
+    index, report = build_index_from_thumbnails(tmp_path / "thumbs", cache)
+    assert (report.created, report.n_embedded, report.n_kept, report.n_rows) == (False, 2, 12, 14)
+    np.testing.assert_allclose(
+        index.embeddings(index.rows_of(["c/1.png"])), [thumbnail(images / "c" / "1.png")]
+    )
+
+
+def test_an_image_changed_since_it_was_cached_is_refused_and_nothing_written(images, tmp_path):
+    cache = tmp_path / "cache.h5"
+    image_folder_cache(images, cache)
+    noise_images(images / "a", ["0.png"], seed=5)  # rewritten after caching
+    with pytest.raises(UserError, match=r"0\.png changed since it was cached .* extract-features"):
+        build_index_from_thumbnails(tmp_path / "thumbs", cache)
+    assert not (tmp_path / "thumbs").exists()
+    os.remove(images / "a" / "0.png")
+    with pytest.raises(UserError, match=r"the image of the cached key 'a/0\.png' cannot be read"):
+        build_index_from_thumbnails(tmp_path / "thumbs", cache)
+
+
+def test_a_key_outside_the_image_folder_is_refused(images, tmp_path):
+    from tripletsk.cache.store import FeatureStore
+
+    image_folder_cache(images, tmp_path / "cache.h5")
+    store = FeatureStore(tmp_path / "cache.h5")
+    with pytest.raises(UserError, match=r"the key '\.\./secret\.png' points outside"):
+        ThumbnailEmbedding()._of_cached((store.path, str(images), "../secret.png", "0" * 32))
+
+
+def test_a_thumbnail_index_is_never_taken_for_another_kind_or_size(images, tmp_path):
+    cache = tmp_path / "cache.h5"
+    image_folder_cache(images, cache)
+    build_index_from_thumbnails(tmp_path / "thumbs", cache, size=4)
+    manifest = (tmp_path / "thumbs" / "index.json").read_bytes()
+    with pytest.raises(StaleIndexError, match=r"holds 4 px image thumbnails .*, not 8 px"):
+        build_index_from_thumbnails(tmp_path / "thumbs", cache, size=8)
+    with pytest.raises(StaleIndexError, match=r"holds 4 px image thumbnails .*, not backbone"):
+        build_index_from_features(tmp_path / "thumbs", cache)
+    assert (tmp_path / "thumbs" / "index.json").read_bytes() == manifest
+    index, report = build_index_from_thumbnails(tmp_path / "thumbs", cache)  # keeps its size
+    assert index.dim == 48 and report.n_embedded == 0
+    with pytest.raises(UserError, match="the thumbnail size must be 1 to 64 pixels, not 0"):
+        build_index_from_thumbnails(tmp_path / "other", cache, size=0)
+
+
+def test_a_cache_without_an_image_folder_is_refused(tmp_path):
+    from tests.helpers import random_cache
+
+    random_cache(tmp_path / "cache.h5", ["a.png", "b.png"])
+    with pytest.raises(UserError, match="records no image folder"):
+        build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
