@@ -239,3 +239,51 @@ def test_dask_chooses_once_for_every_shard(first):
     np.testing.assert_array_equal(FeatureStore(out).lookup(keys), FeatureStore(single).lookup(keys))
     os.remove(out)
     os.remove(single)
+
+
+def test_int8_timed_for_another_collection_is_tried_again_not_a_crash(tmp_path, monkeypatch):
+    """A record holding int8 timings of another collection's quantized model, and a collection
+    with no quantized model yet: int8 is quantized and timed again (it once raised
+    AttributeError on the missing model)."""
+    from types import SimpleNamespace
+
+    from tripletsk.extraction import int8
+    from tripletsk.extraction.options import ExtractOptions
+
+    if "openvino/int8" not in auto.candidates():
+        pytest.skip("no int8 runner here (nncf not installed)")
+    cache = tmp_path / "out" / "second.h5"
+    (tmp_path / "images").mkdir()
+    opts = ExtractOptions.from_arguments(tmp_path / "images", cache, **AUTO)
+    names = auto.candidates()
+    record = {"per_image": dict.fromkeys(names, 0.01),
+              "cosine": {**dict.fromkeys(names, 1.0), "openvino/int8@first": 1.0}}  # fmt: skip
+    del record["cosine"]["openvino/int8"]
+    path = auto.record_path(models_dir(cache), opts.spec, 32, 4)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump(record, f)
+    quantized = SimpleNamespace(digest="second", folder=str(tmp_path / "q"))
+    monkeypatch.setattr(int8, "find_model", lambda *a, **k: None)
+    monkeypatch.setattr(int8, "quantize_for", lambda *a, **k: quantized)
+    timed = []
+
+    class Trial:
+        def __init__(self, opts, names, int8_model):
+            timed.append((list(names), int8_model))
+
+        def run(self, pending):
+            per_image = {n: 0.02 if n == "openvino/int8" else 0.03 for n in names}
+            return per_image, {n: 1.0 for n in names if n != auto.REFERENCE}, 4
+
+        def keep(self, best):
+            pass
+
+    monkeypatch.setattr(auto, "_Trial", Trial)
+    monkeypatch.setattr(auto, "INT8_MIN_IMAGES", 1)
+    pending = [object()] * 300
+    choice = auto.choose(opts, pending, pending)
+    assert timed == [(names, quantized)]
+    with open(path) as f:
+        assert "openvino/int8@second" in json.load(f)["cosine"]
+    assert (choice.backend, choice.precision, choice.int8_model) == ("openvino", "int8", quantized)

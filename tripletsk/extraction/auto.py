@@ -202,8 +202,12 @@ def _write_record(path: str, record: dict) -> None:
             os.remove(tmp)
 
 
-def _cosine_key(name: str, int8_model) -> str:
-    return f"{name}@{int8_model.digest}" if name == "openvino/int8" else name
+def _cosine_key(name: str, int8_model) -> str | None:
+    """The record's key of a runner's agreement: int8's is per quantized model, so None (never
+    recorded) while this collection has none yet."""
+    if name != "openvino/int8":
+        return name
+    return None if int8_model is None else f"{name}@{int8_model.digest}"
 
 
 # -- the choice --------------------------------------------------------------------------------

