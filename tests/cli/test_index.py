@@ -289,3 +289,37 @@ def test_a_thumbnail_index_answers_a_new_image_without_the_backbone(capsys, work
     status, _, err = run(capsys, "index", "--model", work / "model.npz", "-o", tmp_path / "thumbs")
     assert status == 1
     _assert_one_line_error(err, "holds 8 px image thumbnails (`tripletsk index --thumbnails`)")
+
+
+def test_duplicates_of_a_thumbnail_index_find_planted_copies(capsys, tmp_path):
+    from PIL import Image
+
+    from tests.helpers import image_folder_cache, noise_images
+
+    images = noise_images(tmp_path / "images", 8)
+    Image.open(images / "5.png").resize((100, 100), Image.BILINEAR).save(images / "5 big.png")
+    Image.open(images / "5.png").resize((25, 25), Image.BILINEAR).save(images / "5 small.png")
+    image_folder_cache(images, tmp_path / "cache.h5")
+    argv = ["--thumbnails", "--features", tmp_path / "cache.h5", "-o", tmp_path / "thumbs"]
+    assert run(capsys, "index", *argv)[0] == 0
+    status, out, err = run(capsys, "duplicates", "--index", tmp_path / "thumbs", "--threshold", 0.3)
+    assert status == 0 and out.splitlines() == ["5 big.png\t5 small.png\t5.png"]
+    assert "1 group(s) of near-duplicates, 3 images" in err
+    status, out, err = run(
+        capsys,
+        "duplicates",
+        "--index",
+        tmp_path / "thumbs",
+        "--threshold",
+        0.3,
+        "--pairs",
+        "--json",
+    )
+    pairs = json.loads(out)["pairs"]
+    assert status == 0 and len(pairs) == 3 and "3 pair(s) within distance 0.3" in err
+    distances = [p["distance"] for p in pairs]
+    assert distances == sorted(distances, reverse=True) and 0 < distances[-1] < 0.3
+    assert {frozenset((p["a"], p["b"])) for p in pairs} == {
+        frozenset(pair) for pair in [("5.png", "5 big.png"), ("5.png", "5 small.png"),
+                                     ("5 big.png", "5 small.png")]
+    }  # fmt: skip

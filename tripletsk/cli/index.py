@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from tripletsk.cli._common import add_command, add_trust_pickle_argument
 from tripletsk.cli.index_queries import (
     KIND_NAMES,
@@ -73,7 +75,13 @@ def register(sub) -> None:
         "tripletsk duplicates --index cache/index --threshold 0.05",
     )
     p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
-    p.add_argument("--json", action="store_true", help="print the groups as JSON")
+    p.add_argument(
+        "--pairs",
+        action="store_true",
+        help="print the close pairs with their distances, farthest first (the ones to look at), "
+        "instead of the groups",
+    )
+    p.add_argument("--json", action="store_true", help="print the groups (or pairs) as JSON")
     p.set_defaults(run=_run_duplicates)
 
     p = _index_command(
@@ -201,6 +209,8 @@ def _print_neighbours(args, found) -> None:
 def _run_duplicates(args: argparse.Namespace) -> int:
     index = open_index(args.index)
     try:
+        if args.pairs:
+            return _print_pairs(args, index, *index.duplicate_pairs(args.threshold))
         groups = index.duplicates(args.threshold)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -213,6 +223,23 @@ def _run_duplicates(args: argparse.Namespace) -> int:
     print(
         f"{len(groups)} group(s) of near-duplicates, {n} images, within distance "
         f"{args.threshold} ({index.distance}) among {len(index)} images",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_pairs(args, index, rows_i, rows_j, distances) -> int:
+    order = np.argsort(-distances, kind="stable")
+    pairs = [(index.keys[rows_i[o]], index.keys[rows_j[o]], float(distances[o])) for o in order]
+    if args.json:
+        print(json.dumps({"threshold": args.threshold, "pairs": [
+            {"a": a, "b": b, "distance": d} for a, b, d in pairs]}, indent=2))  # fmt: skip
+    else:
+        for a, b, d in pairs:
+            print(f"{d:.4f}\t{a}\t{b}")
+    print(
+        f"{len(pairs)} pair(s) within distance {args.threshold} ({index.distance}) among "
+        f"{len(index)} images, farthest first",
         file=sys.stderr,
     )
     return 0
