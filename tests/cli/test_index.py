@@ -323,3 +323,15 @@ def test_duplicates_of_a_thumbnail_index_find_planted_copies(capsys, tmp_path):
         frozenset(pair) for pair in [("5.png", "5 big.png"), ("5.png", "5 small.png"),
                                      ("5 big.png", "5 small.png")]
     }  # fmt: skip
+
+
+def test_info_shows_what_an_index_holds(capsys, work, tmp_path):
+    status, out, _ = run(capsys, "info", work / "index", "--json")
+    info = json.loads(out)
+    assert status == 0 and info["kind"] == "embedding index" and info["rows"] == "model"
+    assert (info["n_rows"], info["dim"], info["distance"]) == (32, 16, "l2")
+    assert info["model"]["path"] == str(work / "model.npz") and info["cache"]["n_images"] == 32
+    assert info["search"] == "exact"
+    status, _, err = run(capsys, "info", tmp_path)
+    assert status == 1
+    _assert_one_line_error(err, "not an embedding index (no index.json)")

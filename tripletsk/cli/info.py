@@ -1,4 +1,4 @@
-"""``info``: what a feature cache or a model file holds."""
+"""``info``: what a feature cache, a model file or an embedding index holds."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ from tripletsk.errors import UserError
 __all__ = ["register"]
 
 
-_SUMMARY = "Show what a feature cache or a model file holds."
-_EXAMPLE = "tripletsk info cache/features.h5\ntripletsk info model.npz"
+_SUMMARY = "Show what a feature cache, a model file or an embedding index holds."
+_EXAMPLE = "tripletsk info cache/features.h5\ntripletsk info model.npz\ntripletsk info cache/index"
 
 
 def register(sub) -> None:
     """Add ``info`` to the sub-commands ``sub``."""
     p = add_command(sub, "info", _SUMMARY, _EXAMPLE)
-    p.add_argument("path", metavar="PATH", help="feature cache (.h5) or model (.joblib, .npz)")
+    p.add_argument(
+        "path", metavar="PATH", help="feature cache (.h5), model (.joblib, .npz) or index folder"
+    )
     p.add_argument("--json", action="store_true", help="print as JSON")
     add_trust_pickle_argument(p)
     p.set_defaults(run=_run_info)
@@ -54,7 +56,11 @@ def _run_info(args: argparse.Namespace) -> int:
     path = args.path
     if not os.path.exists(path):
         raise FileNotFoundError(f"not found: {path}")
-    if _is_cache(path):
+    if os.path.isdir(path):
+        from tripletsk.index.embedding_index import EmbeddingIndex
+
+        info = {"kind": "embedding index", **EmbeddingIndex(path).info()}
+    elif _is_cache(path):
         store = FeatureStore(path)
         info = {"kind": "feature cache", **store.info()}
         info["failed"] = [f"{k}: {reason}" for k, reason in store.failed[:10]]

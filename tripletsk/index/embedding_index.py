@@ -135,6 +135,29 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def info(self) -> dict:
+        """A summary: rows, what they are, what they were built from, how they are searched."""
+        m, a = self._manifest, self.approximate
+        model = {k: v for k, v in self.model.items() if k != "abspath"}
+        cache = {k: self.cache.get(k) for k in ("path", "image_root", "n_images") if self.cache}
+        return {
+            "path": self.path,
+            "n_rows": len(self),
+            "dim": self.dim,
+            "distance": self.distance,
+            "rows": self.kind,
+            "model": model,
+            "cache": cache,
+            "segments": len(m["segments"]),
+            "search": "exact" if a is None else (
+                f"exact or approximate ({a['library']} {a['params'].get('kind', '')}, "
+                f"recall@10 {a['recall_at_10']:.3f} on {a['recall_queries']} sampled rows)"
+            ),
+            "format_version": m.get("format_version"),
+            "created": m.get("created"),
+            "updated": m.get("updated"),
+        }  # fmt: skip
+
     def __contains__(self, key) -> bool:
         return key in self.row_of
 
