@@ -110,7 +110,9 @@ def exact(work: str) -> dict:
               "peak_rss_mib": peak_rss() / 2**20}  # fmt: skip
     rest = index.search(q[N_EXACT:], 10, method="exact")
     # Keys, not row positions: positions shift once the remove stage has dropped rows.
-    np.save(os.path.join(work, "truth_keys.npy"), np.concatenate([found.keys, rest.keys]))
+    # (As fixed-width strings: an object array would need pickle to load.)
+    keys = np.concatenate([found.keys, rest.keys]).astype(str)
+    np.save(os.path.join(work, "truth_keys.npy"), keys)
     return result
 
 
