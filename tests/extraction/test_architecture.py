@@ -14,7 +14,12 @@ from tests.helpers import colour_classes, noise_images
 from tripletsk.cache.store import FeatureStore
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import extract_features, features_for_files, load_image
-from tripletsk.extraction.architecture import RESNET50, architecture_of, resolve_architecture
+from tripletsk.extraction.architecture import (
+    KNOWN_APPLICATIONS,
+    RESNET50,
+    architecture_of,
+    resolve_architecture,
+)
 from tripletsk.extraction.decode import PREPROCESSING
 from tripletsk.extraction.preprocessing import preprocess_array
 
@@ -79,6 +84,27 @@ def test_bad_backbones_are_refused(backbone, match):
 )
 def test_each_application_uses_its_own_preprocessing(name, mode):
     assert resolve_architecture(name).mode == mode
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_APPLICATIONS))
+def test_the_table_of_applications_is_what_keras_says(name):
+    """Names resolve without Keras from KNOWN_APPLICATIONS: each entry is Keras' own module and
+    preprocessing mode."""
+    from tripletsk.extraction.architecture import _application_module
+    from tripletsk.extraction.preprocessing import probe_mode
+
+    module, mode = KNOWN_APPLICATIONS[name]
+    assert (_application_module(name), probe_mode(module)) == (module, mode)
+
+
+def test_naming_a_known_application_imports_no_keras():
+    code = (
+        "import sys; from tripletsk.extraction.architecture import resolve_architecture; "
+        "a = resolve_architecture('MobileNet(alpha=0.25)'); "
+        "print(a.module, a.mode, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["mobilenet", "tf", "False", "False"]
 
 
 @pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "none"])

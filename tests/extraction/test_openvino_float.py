@@ -68,13 +68,13 @@ def test_features_equal_those_of_the_model_converted_in_process(first):
 
 
 def test_a_run_with_the_converted_model_never_loads_tensorflow(tmp_path):
-    """ResNet50's converted model is all a run needs. (For another backbone a new cache takes
-    its feature width from the Keras model.)"""
+    """The converted model is all a run needs, also for a new cache (its feature width is read
+    from the converted model, not from the Keras one)."""
     images = make_images(tmp_path / "images", 3)
-    resnet = {**OV, "backbone": "ResNet50"}
     first, other = tmp_path / "out" / "first.h5", tmp_path / "out" / "no-tensorflow.h5"
-    extract_features(images, first, **resnet)
-    assert extract_in_new_process(images, other, resnet) == ["3", "False", "False"]
+    extract_features(images, first, **OV)
+    assert extract_in_new_process(images, other, OV) == ["3", "False", "False"]
+    assert FeatureStore(other).dim == 256
     np.testing.assert_array_equal(FeatureStore(other).to_array(), FeatureStore(first).to_array())
 
 

@@ -175,6 +175,9 @@ def resolve_architecture(backbone=DEFAULT_BACKBONE, layer: str | None = None,
     name, kwargs = _parse_name(text)
     if name == RESNET50.name and not kwargs:  # the default needs no Keras import
         arch = RESNET50
+    elif name in KNOWN_APPLICATIONS:  # nor do the others Keras 3 has
+        module, mode = KNOWN_APPLICATIONS[name]
+        arch = Architecture(name, kwargs, mode=mode, module=module)
     else:
         module = _application_module(name)
         arch = Architecture(name, kwargs, mode=probe_mode(module), module=module)
@@ -183,6 +186,31 @@ def resolve_architecture(backbone=DEFAULT_BACKBONE, layer: str | None = None,
     if layer is not None:
         arch = Architecture(arch.name, arch.kwargs, None, None, layer, arch.mode, arch.module)
     return arch
+
+
+#: ``keras.applications`` of Keras 3: name -> (its module, the mode of its ``preprocess_input``),
+#: so that naming one needs no Keras import (a run whose OpenVINO model exists never imports
+#: TensorFlow). A name not listed is looked up in Keras; tests compare the table with Keras.
+KNOWN_APPLICATIONS = {
+    **{f"ConvNeXt{s}": ("convnext", "none") for s in ("Base", "Large", "Small", "Tiny", "XLarge")},
+    **{f"DenseNet{n}": ("densenet", "torch") for n in (121, 169, 201)},
+    **{f"EfficientNetB{i}": ("efficientnet", "none") for i in range(8)},
+    **{f"EfficientNetV2{s}": ("efficientnet_v2", "none")
+       for s in ("B0", "B1", "B2", "B3", "L", "M", "S")},
+    "InceptionResNetV2": ("inception_resnet_v2", "tf"),
+    "InceptionV3": ("inception_v3", "tf"),
+    "MobileNet": ("mobilenet", "tf"),
+    "MobileNetV2": ("mobilenet_v2", "tf"),
+    "MobileNetV3Large": ("mobilenet_v3", "none"),
+    "MobileNetV3Small": ("mobilenet_v3", "none"),
+    "NASNetLarge": ("nasnet", "tf"),
+    "NASNetMobile": ("nasnet", "tf"),
+    **{f"ResNet{n}": ("resnet", "caffe") for n in (50, 101, 152)},
+    **{f"ResNet{n}V2": ("resnet_v2", "tf") for n in (50, 101, 152)},
+    "VGG16": ("vgg16", "caffe"),
+    "VGG19": ("vgg19", "caffe"),
+    "Xception": ("xception", "tf"),
+}  # fmt: skip
 
 
 def _parse_name(text: str) -> tuple[str, tuple]:

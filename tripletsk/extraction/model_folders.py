@@ -19,7 +19,14 @@ import tempfile
 
 from tripletsk.cache.checksums import file_digest
 
-__all__ = ["MODELS_DIR", "ir_digest", "models_dir", "read_manifest", "save_model_folder"]
+__all__ = [
+    "MODELS_DIR",
+    "ir_digest",
+    "ir_output_width",
+    "models_dir",
+    "read_manifest",
+    "save_model_folder",
+]
 
 #: Where the models of a cache are kept, next to it (shards of one cache share it).
 MODELS_DIR = ".tripletsk-models"
@@ -46,6 +53,17 @@ def ir_digest(folder: str, bin_digest: str | None = None) -> str:
         h.update(re.sub(r' names?="[^"]*"', "", xml).encode())
     h.update((bin_digest or file_digest(os.path.join(folder, "model.bin"))).encode())
     return h.hexdigest()
+
+
+def ir_output_width(folder: str) -> int | None:
+    """The length of the feature vectors of the model in ``folder`` (its output's last
+    dimension, read by OpenVINO from ``model.xml``), or None if it is not a fixed number."""
+    from tripletsk.extraction.runners import _import_openvino
+
+    ov = _import_openvino()
+    shape = ov.Core().read_model(os.path.join(folder, "model.xml")).output(0).get_partial_shape()
+    last = shape[shape.rank.get_length() - 1]
+    return last.get_length() if last.is_static else None
 
 
 def read_manifest(folder: str, key: str) -> dict | None:

@@ -23,7 +23,12 @@ from collections.abc import Callable
 
 from tripletsk.extraction.model_folders import read_manifest, save_model_folder
 
-__all__ = ["OPENVINO_FLOAT_FORMAT", "float_model_folder", "float_model_key"]
+__all__ = [
+    "OPENVINO_FLOAT_FORMAT",
+    "converted_model_folder",
+    "float_model_folder",
+    "float_model_key",
+]
 
 #: Bump when the conversion or the folder layout changes: old folders are then unused.
 OPENVINO_FLOAT_FORMAT = 1
@@ -50,16 +55,25 @@ def float_model_key(spec, image_size: int) -> tuple[str, dict]:
     return digest.hexdigest(), identity
 
 
+def converted_model_folder(spec, image_size: int, models_dir: str) -> str | None:
+    """The intact folder in ``models_dir`` of ``spec`` already converted, else None (no
+    TensorFlow import, no conversion)."""
+    key, _ = float_model_key(spec, image_size)
+    folder = os.path.join(models_dir, f"openvino-float-{key}")
+    return folder if read_manifest(folder, key) is not None else None
+
+
 def float_model_folder(
     spec, image_size: int, models_dir: str, build_model: Callable[[], object]
 ) -> str | None:
     """The folder in ``models_dir`` of ``spec`` converted to OpenVINO IR (float32 weights),
     converting ``build_model()`` (the Keras model) first if it is missing or damaged; None if
     it cannot be stored there (e.g. a read-only folder: the caller converts in memory)."""
+    folder = converted_model_folder(spec, image_size, models_dir)
+    if folder is not None:
+        return folder
     key, identity = float_model_key(spec, image_size)
     folder = os.path.join(models_dir, f"openvino-float-{key}")
-    if read_manifest(folder, key) is not None:
-        return folder
     from tripletsk.extraction.runners import _import_openvino, _to_openvino
 
     _import_openvino()  # (before building the model: says how to install it)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from tripletsk.errors import UserError
+from tripletsk.extraction.architecture import RESNET50
 from tripletsk.extraction.backbone import WeightsSpec, feature_dim, provenance_for, resolve_network
 from tripletsk.extraction.parameters import (
     AUTO,
@@ -95,7 +96,22 @@ class ExtractOptions:
 
     @cached_property
     def dim(self) -> int:
-        """The length of the feature vectors (builds the model unless it is ResNet50)."""
+        """The length of the feature vectors: ResNet50's is known; an OpenVINO run reads it from
+        the converted or quantized model kept beside the cache, if there is one; else the Keras
+        model is built (which imports TensorFlow)."""
+        if self.backend == "openvino" and self.spec.arch != RESNET50:
+            folder = self.int8_folder
+            if self.precision != "int8":
+                from tripletsk.extraction.model_folders import models_dir
+                from tripletsk.extraction.openvino_float import converted_model_folder
+
+                folder = converted_model_folder(self.spec, self.image_size, models_dir(self.output))
+            if folder is not None:
+                from tripletsk.extraction.model_folders import ir_output_width
+
+                width = ir_output_width(folder)
+                if width:
+                    return width
         return feature_dim(self.spec, self.image_size)
 
     @property
