@@ -18,6 +18,31 @@ import pytest
 from tests import helpers
 
 
+@pytest.fixture(scope="session", autouse=True)
+def keep_the_backbones_built():
+    """The library keeps one backbone in memory (for users' memory); a worker of the suite keeps
+    every random-weights Keras model and TensorFlow float32 backbone it builds, so that a test
+    does not build and trace ResNet50 again because another test used other settings in between.
+    A model or backbone depends only on its key (random weights are seeded), so a test gets what
+    it would have built."""
+    from tripletsk.extraction import backbone
+
+    build_model, models = backbone.build_model, {}
+
+    def kept_build_model(spec, image_size):
+        if spec.kind != "none" or spec.arch.is_file:
+            return build_model(spec, image_size)
+        key = (spec, image_size)
+        if key not in models:
+            models[key] = build_model(spec, image_size)
+        return models[key]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(backbone, "build_model", kept_build_model)
+        m.setattr(backbone, "_BACKBONES", helpers.KeptBackbones())
+        yield
+
+
 @pytest.fixture(scope="session")
 def write_feature_cache():
     """`tests.helpers.write_feature_cache`: a real cache of given features."""

@@ -236,6 +236,16 @@ def assert_same_weights(a, b) -> None:
         np.testing.assert_array_equal(b1, b2)
 
 
+class KeptBackbones(dict):
+    """``cached_backbone``'s backbones, but ``clear`` (by which the library keeps one) drops only
+    those that are not TensorFlow float32 (whose building warns, e.g. emulated bfloat16)."""
+
+    def clear(self) -> None:
+        # keys: (spec, image_size, batch_size, backend, precision, int8_folder, models_dir)
+        for key in [k for k in self if k[3:5] != ("tensorflow", "float32")]:
+            del self[key]
+
+
 def extract_in_new_process(images, output, settings: dict) -> list[str]:
     """Extract ``images`` into ``output`` in a new Python process: ``[images extracted,
     whether TensorFlow was imported, whether Keras was]``."""

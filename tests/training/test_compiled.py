@@ -7,6 +7,8 @@ import pytest
 
 from tripletsk import TripletEncoder
 from tripletsk.training import compiled
+from tripletsk.training.config import TrainingConfig
+from tripletsk.training.head import init_head_weights
 
 SMALL = dict(hidden_units=16, n_components=4, max_epochs=3, batch_size=32)
 
@@ -62,10 +64,16 @@ def test_a_failed_fit_does_not_give_its_head_back(blobs, monkeypatch):
 
 
 def test_idle_heads_are_kept_for_the_most_recent_graphs_only(blobs):
-    X, y = blobs
+    X, _ = blobs
     compiled._idle.clear()
     widths = range(4, 4 + compiled.MAX_IDLE_GRAPHS + 2)
+    params = TripletEncoder(**SMALL).get_params()
+    config = TrainingConfig.from_params(params, n_features=X.shape[1], labelled=True)
     for width in widths:
-        _embed(X, y, hidden_units=width, random_state=0, max_epochs=1)
+        # A head taken and given back as a fit does (the fits above: it is given back), without
+        # the training, whose first step would trace a new graph each time.
+        init = init_head_weights(X.shape[1], (width,), 4, np.random.RandomState(0))
+        with compiled.compiled_head(init, config, seed=0):
+            pass
     kept = [key[0][0][1] for key in compiled._idle]  # the first layer's width
     assert kept == list(widths)[-compiled.MAX_IDLE_GRAPHS :]
