@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from tripletsk.cache.format import decode_str
 from tripletsk.errors import ImageDecodeError, UserError
 
 __all__ = ["THUMBNAIL_SIZE", "ThumbnailEmbedding", "thumbnail", "thumbnail_digest"]
@@ -100,7 +101,7 @@ class ThumbnailEmbedding:
                 f"{store.path}`"
             )
         keys, hashes = store.keys, store.fingerprints["blake2b"]
-        jobs = [(store.path, root, keys[i], _text(hashes[i])) for i in rows.tolist()]
+        jobs = [(store.path, root, keys[i], decode_str(hashes[i])) for i in rows.tolist()]
         return self._map(self._of_cached, jobs, progress)
 
     def _map(self, one, jobs: list, progress=None) -> np.ndarray:
@@ -148,7 +149,3 @@ def _image_path(root: str, key: str, cache: str) -> str:
     if os.path.isabs(key) or ".." in parts:
         raise UserError(f"{cache}: the key {key!r} points outside the image folder {root}")
     return os.path.join(root, *parts)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
