@@ -101,6 +101,17 @@ PLAIN_PROVENANCE = {"model": "test", "layer": "test", "weights": "none", "image_
                     "weights_source": "none", "versions": "{}"}  # fmt: skip
 
 
+def look_alike_image(seed: int, side: int = 48) -> Image.Image:
+    """A smooth colour ramp with noise of its own in blocks of 4 px: an 8 px thumbnail sees
+    mostly the ramp, so two of them (other seeds) are near there (0.28 apart, where a resized
+    copy is 0.01 from its original) and far at full size (0.5, a resized copy 0.07)."""
+    y, x = np.mgrid[0:side, 0:side] / side
+    ramp = np.stack([200 * x, 200 * y, 100 + 80 * x * y], axis=-1)
+    noise = np.random.default_rng(seed).normal(0, 20, (side // 4, side // 4, 3))
+    noise = noise.repeat(4, axis=0).repeat(4, axis=1)  # blocks of 4 px: kept at 24 px
+    return Image.fromarray(np.clip(ramp + noise, 0, 255).astype(np.uint8))
+
+
 def write_feature_cache(
     path, keys, features, *, provenance=None, failed=(), block=None, dtype="float32"
 ):

@@ -325,6 +325,64 @@ def test_duplicates_of_a_thumbnail_index_find_planted_copies(capsys, tmp_path):
     }  # fmt: skip
 
 
+@pytest.fixture
+def look_alikes(capsys, tmp_path):
+    """orig.png, its 96 px and 24 px copies, a distinct image near it at 8 px (other.png), and
+    their thumbnail index."""
+    from PIL import Image
+
+    from tests.helpers import image_folder_cache, look_alike_image
+
+    (tmp_path / "images").mkdir()
+    original = look_alike_image(1)
+    original.save(tmp_path / "images" / "orig.png")
+    original.resize((96, 96), Image.BILINEAR).save(tmp_path / "images" / "big.png")
+    original.resize((24, 24), Image.BILINEAR).save(tmp_path / "images" / "small.png")
+    look_alike_image(2).save(tmp_path / "images" / "other.png")
+    image_folder_cache(tmp_path / "images", tmp_path / "cache.h5")
+    argv = ["--thumbnails", "--features", tmp_path / "cache.h5", "-o", tmp_path / "thumbs"]
+    assert run(capsys, "index", *argv)[0] == 0
+    return tmp_path
+
+
+def test_duplicates_verified_on_the_images_drop_a_look_alike(capsys, look_alikes):
+    argv = ["duplicates", "--index", look_alikes / "thumbs", "--threshold", 0.3]
+    status, out, _ = run(capsys, *argv)
+    assert status == 0 and out.splitlines() == ["big.png\torig.png\tother.png\tsmall.png"]
+    status, out, err = run(capsys, *argv, "--verify-threshold", 0.2)
+    assert status == 0 and out.splitlines() == ["big.png\torig.png\tsmall.png"]
+    assert "1 group(s) of near-duplicates, 3 images" in err and "verified within 0.2" in err
+    status, out, err = run(capsys, *argv, "--verify-threshold", 2, "--pairs", "--json")
+    answer = json.loads(out)
+    assert status == 0 and answer["verify_threshold"] == 2 and len(answer["pairs"]) == 6
+    farthest = answer["pairs"][0]  # the images' distances, farthest first
+    assert {farthest["a"], farthest["b"]} == {"orig.png", "other.png"} and farthest[
+        "distance"
+    ] > 0.45
+    assert "(distances: the images')" in err
+
+
+def test_duplicates_verification_of_a_changed_image_is_one_error_line(capsys, look_alikes):
+    (look_alikes / "images" / "small.png").write_bytes(b"not the cached image")
+    argv = ["--index", look_alikes / "thumbs", "--threshold", 0.3, "--verify-threshold", 0.2]
+    status, _, err = run(capsys, "duplicates", *argv)
+    assert status == 1
+    _assert_one_line_error(err, "small.png changed since it was cached")
+    (look_alikes / "images" / "small.png").unlink()
+    status, _, err = run(capsys, "duplicates", *argv, "--pairs")
+    assert status == 1
+    _assert_one_line_error(err, "the image of the cached key 'small.png' cannot be read")
+
+
+def test_duplicates_verification_is_refused_on_a_model_index(capsys, work):
+    argv = ["--index", work / "index", "--threshold", 0.1, "--verify-threshold", 0.2]
+    status, out, err = run(capsys, "duplicates", *argv)
+    last = err.strip().splitlines()[-1]
+    assert status == 2 and out == "" and "Traceback" not in err
+    assert last.startswith("tripletsk duplicates: error: --verify-threshold compares the images")
+    assert "is a model index; build one with `tripletsk index --thumbnails" in last
+
+
 def test_info_shows_what_an_index_holds(capsys, work, tmp_path):
     status, out, _ = run(capsys, "info", work / "index", "--json")
     info = json.loads(out)

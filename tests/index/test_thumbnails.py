@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.helpers import image_folder_cache, noise_images
+from tests.helpers import image_folder_cache, look_alike_image, noise_images
 from tripletsk.errors import StaleIndexError, UserError
 from tripletsk.index.build import (
     build_index_from_features,
@@ -150,3 +150,70 @@ def test_a_cache_without_an_image_folder_is_refused(tmp_path):
     random_cache(tmp_path / "cache.h5", ["a.png", "b.png"])
     with pytest.raises(UserError, match="records no image folder"):
         build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+
+
+@pytest.fixture
+def look_alikes(tmp_path):
+    """orig.png, its copies upscaled (big.png, 96 px) and downscaled (small.png, 24 px), a
+    distinct image with the same ramp (other.png), their cache and thumbnail index."""
+    root = tmp_path / "images"
+    root.mkdir()
+    original = look_alike_image(1)
+    original.save(root / "orig.png")
+    original.resize((96, 96), Image.BILINEAR).save(root / "big.png")
+    original.resize((24, 24), Image.BILINEAR).save(root / "small.png")
+    look_alike_image(2).save(root / "other.png")
+    image_folder_cache(root, tmp_path / "cache.h5")
+    index, _ = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+    return root, index
+
+
+def test_verification_keeps_resized_copies_and_drops_a_thumbnail_look_alike(look_alikes):
+    from tripletsk.index.thumbnails import image_pair_distances
+
+    root, index = look_alikes
+    everything = ["big.png", "orig.png", "other.png", "small.png"]
+    assert index.duplicates(0.3) == [everything]  # the 8 px thumbnails cannot tell
+    rows = index.rows_of(["orig.png", "orig.png", "orig.png", "small.png"])
+    others = index.rows_of(["big.png", "small.png", "other.png", "big.png"])
+    d = image_pair_distances(index, rows, others)
+    assert d[2] > 0.45 and max(d[0], d[1], d[3]) < 0.1  # the look-alike differs in detail
+    # The 24 px copy is compared with the original shrunk to 24 px (by Lanczos), not 8.
+    expected = np.linalg.norm(thumbnail(root / "orig.png", 24) - thumbnail(root / "small.png", 24))
+    assert d[1] == pytest.approx(expected, abs=1e-6)
+    assert index.duplicates(0.3, verify=0.2) == [["big.png", "orig.png", "small.png"]]
+    i, j, dist = index.duplicate_pairs(0.3, verify=0.2)
+    assert len(i) == 3 and "other.png" not in {index.keys[r] for r in [*i, *j]}
+    assert (dist <= 0.2).all()
+    assert len(index.duplicate_pairs(0.3, verify=2.0)[0]) == 6  # 2 keeps and measures all
+
+
+def test_verification_caps_the_compared_size(look_alikes):
+    from tripletsk.index.thumbnails import image_pair_distances
+
+    root, index = look_alikes
+    rows, others = index.rows_of(["orig.png"]), index.rows_of(["big.png"])
+    d = image_pair_distances(index, rows, others, max_size=16)
+    expected = np.linalg.norm(thumbnail(root / "orig.png", 16) - thumbnail(root / "big.png", 16))
+    assert d[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_verification_refuses_a_changed_or_missing_image(look_alikes):
+    root, index = look_alikes
+    look_alike_image(3).save(root / "small.png")  # rewritten after caching and indexing
+    with pytest.raises(UserError, match=r"small\.png changed since it was cached .* extract-feat"):
+        index.duplicates(0.3, verify=0.2)
+    os.remove(root / "small.png")
+    with pytest.raises(UserError, match=r"the image of the cached key 'small\.png' cannot be read"):
+        index.duplicate_pairs(0.3, verify=0.2)
+    assert len(index.duplicate_pairs(0.3)[0]) == 6  # without verification: the index alone
+
+
+def test_verification_is_refused_on_an_index_of_another_kind(images, tmp_path):
+    image_folder_cache(images, tmp_path / "cache.h5")
+    index, _ = build_index_from_features(tmp_path / "features", tmp_path / "cache.h5")
+    with pytest.raises(UserError, match=r"is not a thumbnail index \(its rows are 'features'\)"):
+        index.duplicates(0.1, verify=0.2)
+    thumbs, _ = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+    with pytest.raises(ValueError, match="verify must be a finite distance >= 0; got -1"):
+        thumbs.duplicates(0.1, verify=-1)

@@ -72,9 +72,16 @@ def register(sub) -> None:
         "duplicates",
         "Groups of near-duplicate images: every pair within --threshold (exact, all pairs), "
         "joined into connected groups.",
-        "tripletsk duplicates --index cache/index --threshold 0.05",
+        "tripletsk duplicates --index cache/thumbnails --threshold 0.05 --verify-threshold 0.1",
     )
     p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
+    p.add_argument(
+        "--verify-threshold",
+        type=float,
+        metavar="V",
+        help="thumbnail index only: keep a pair only if its images, both shrunk to the smaller "
+        "one's size (at most 64 px), are within V (2 keeps every pair and shows that distance)",
+    )
     p.add_argument(
         "--pairs",
         action="store_true",
@@ -208,38 +215,62 @@ def _print_neighbours(args, found) -> None:
 
 def _run_duplicates(args: argparse.Namespace) -> int:
     index = open_index(args.index)
+    verify = args.verify_threshold
+    if verify is not None and index.kind != "thumbnails":
+        raise UsageError(
+            f"--verify-threshold compares the images of a thumbnail index, and {index.path} is a "
+            f"{KIND_NAMES.get(index.kind, 'model')} index; build one with `tripletsk index "
+            "--thumbnails --features CACHE -o INDEX`"
+        )
     try:
         if args.pairs:
-            return _print_pairs(args, index, *index.duplicate_pairs(args.threshold))
-        groups = index.duplicates(args.threshold)
+            return _print_pairs(args, index, *index.duplicate_pairs(args.threshold, verify=verify))
+        groups = index.duplicates(args.threshold, verify=verify)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps({"threshold": args.threshold, "groups": groups}, indent=2))
+        print(json.dumps({**_thresholds(args), "groups": groups}, indent=2))
     else:
         for group in groups:
             print("\t".join(group))
     n = sum(len(g) for g in groups)
     print(
-        f"{len(groups)} group(s) of near-duplicates, {n} images, within distance "
-        f"{args.threshold} ({index.distance}) among {len(index)} images",
+        f"{len(groups)} group(s) of near-duplicates, {n} images, {_within(args, index)} among "
+        f"{len(index)} images",
         file=sys.stderr,
     )
     return 0
+
+
+def _thresholds(args) -> dict:
+    """The thresholds of a ``duplicates`` run, for its JSON."""
+    verify = {} if args.verify_threshold is None else {"verify_threshold": args.verify_threshold}
+    return {"threshold": args.threshold, **verify}
+
+
+def _within(args, index) -> str:
+    """What the pairs of a ``duplicates`` run are within, for its summary line."""
+    within = f"within distance {args.threshold} ({index.distance})"
+    if args.verify_threshold is None:
+        return within
+    return (
+        f"{within} and verified within {args.verify_threshold} on the images at their common size"
+    )
 
 
 def _print_pairs(args, index, rows_i, rows_j, distances) -> int:
     order = np.argsort(-distances, kind="stable")
     pairs = [(index.keys[rows_i[o]], index.keys[rows_j[o]], float(distances[o])) for o in order]
     if args.json:
-        print(json.dumps({"threshold": args.threshold, "pairs": [
+        print(json.dumps({**_thresholds(args), "pairs": [
             {"a": a, "b": b, "distance": d} for a, b, d in pairs]}, indent=2))  # fmt: skip
     else:
         for a, b, d in pairs:
             print(f"{d:.4f}\t{a}\t{b}")
+    what = "" if args.verify_threshold is None else " (distances: the images')"
     print(
-        f"{len(pairs)} pair(s) within distance {args.threshold} ({index.distance}) among "
-        f"{len(index)} images, farthest first",
+        f"{len(pairs)} pair(s) {_within(args, index)} among {len(index)} images, farthest "
+        f"first{what}",
         file=sys.stderr,
     )
     return 0

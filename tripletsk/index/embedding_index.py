@@ -323,20 +323,52 @@ class EmbeddingIndex:
         return d.reshape(rows.shape)
 
     # -- duplicates and matching ---------------------------------------------------------------
-    def duplicate_pairs(self, threshold: float):
-        """Every pair of rows at distance ``<= threshold``: ``(rows_i, rows_j, distances)``,
-        exact, all pairs compared in blocks read from disk."""
-        threshold = _check_threshold(threshold)
-        return pairs_within(self.read_blocks, threshold, self.distance)
+    def duplicate_pairs(self, threshold: float, *, verify: float | None = None):
+        """Every pair of rows at distance ``<= threshold``, exact, all pairs compared in blocks
+        read from disk.
 
-    def duplicates(self, threshold: float) -> list[list[str]]:
+        Parameters
+        ----------
+        threshold : float
+            The largest distance of a pair in the index.
+        verify : float, optional
+            A thumbnail index only: keep a pair only if its images, compared at their common
+            size (:func:`tripletsk.index.thumbnails.image_pair_distances`), are within
+            ``verify``; ``2`` keeps every pair and measures it.
+
+        Returns
+        -------
+        (rows_i, rows_j, distances)
+            The pairs' rows and distances: the index's, or with ``verify`` the images'.
+
+        Raises
+        ------
+        UserError
+            With ``verify``, if the index is not a thumbnail index or an image is missing or
+            changed since it was cached.
+        """
+        threshold = _check_threshold(threshold)
+        if verify is not None:
+            from tripletsk.index.thumbnails import check_verifiable, image_pair_distances
+
+            verify = _check_threshold(verify, "verify")
+            check_verifiable(self)
+        i, j, d = pairs_within(self.read_blocks, threshold, self.distance)
+        if verify is None:
+            return i, j, d
+        d = image_pair_distances(self, i, j)
+        keep = d <= verify
+        return i[keep], j[keep], d[keep]
+
+    def duplicates(self, threshold: float, *, verify: float | None = None) -> list[list[str]]:
         """Groups of near-duplicate keys: the connected groups of the pairs within
-        ``threshold`` (two images are in one group if a chain of close pairs joins them).
-        Groups are sorted by their first key; each group's keys in row order."""
+        ``threshold`` (two images are in one group if a chain of close pairs joins them), with
+        ``verify`` only the pairs verified on the images (:meth:`duplicate_pairs`). Groups are
+        sorted by their first key; each group's keys in row order."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        i, j, _ = self.duplicate_pairs(threshold)
+        i, j, _ = self.duplicate_pairs(threshold, verify=verify)
         if not len(i):
             return []
         n = len(self)
@@ -410,8 +442,8 @@ class EmbeddingIndex:
         return self
 
 
-def _check_threshold(threshold) -> float:
+def _check_threshold(threshold, name: str = "threshold") -> float:
     t = float(threshold)
     if not np.isfinite(t) or t < 0:
-        raise ValueError(f"threshold must be a finite distance >= 0; got {threshold!r}")
+        raise ValueError(f"{name} must be a finite distance >= 0; got {threshold!r}")
     return t

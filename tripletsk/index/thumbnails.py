@@ -11,11 +11,17 @@ Lanczos filter were chosen on Fashion-MNIST training images (sizes 4 to 16, thre
 The thumbnails of an index are read from the images of its feature cache (the folder the cache
 records), each checked against the content hash the cache holds: an image that changed since
 it was cached is refused, never indexed under the old image's key.
+
+An 8 px thumbnail cannot tell every resized copy from every similar distinct image, so the pairs
+it finds can be verified on the images themselves (:func:`image_pair_distances`): both images
+of a pair shrunk to the smaller one's size (at most :data:`VERIFY_MAX_SIZE` px), as a
+thumbnail of that size, read through the same checks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,10 +30,20 @@ import numpy as np
 from tripletsk.cache.format import decode_str
 from tripletsk.errors import ImageDecodeError, UserError
 
-__all__ = ["THUMBNAIL_SIZE", "ThumbnailEmbedding", "thumbnail", "thumbnail_digest"]
+__all__ = [
+    "THUMBNAIL_SIZE",
+    "VERIFY_MAX_SIZE",
+    "ThumbnailEmbedding",
+    "check_verifiable",
+    "image_pair_distances",
+    "thumbnail",
+    "thumbnail_digest",
+]
 
 #: The default side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 8
+#: The largest side, in pixels, at which :func:`image_pair_distances` compares two images.
+VERIFY_MAX_SIZE = 64
 _THREADS = min(8, os.cpu_count() or 1)  # Pillow and hashlib release the GIL while they work
 
 
@@ -115,32 +131,132 @@ class ThumbnailEmbedding:
         return out
 
     def _of_file(self, path) -> np.ndarray:
-        try:
-            return thumbnail(path, self.size)
-        except ImageDecodeError as exc:
-            raise UserError(f"{path}: {exc}") from None
+        return _thumbnail_of(path, path, self.size)
 
     def _of_cached(self, job: tuple) -> np.ndarray:
         cache, root, key, expected = job
-        path = _image_path(root, key, cache)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise UserError(
-                f"{path}: the image of the cached key {key!r} cannot be read ({exc.strerror}); "
-                f"update the cache with `tripletsk extract-features {root} -o {cache}`"
-            ) from None
-        if hashlib.blake2b(data, digest_size=16).hexdigest() != expected:
-            raise UserError(
-                f"{path} changed since it was cached in {cache}: its thumbnail would not be of "
-                f"the cached image; update the cache with `tripletsk extract-features {root} -o "
-                f"{cache}`, then build the index again"
-            )
-        try:
-            return thumbnail(data, self.size)
-        except ImageDecodeError as exc:
-            raise UserError(f"{path}: {exc}") from None
+        path, data = _read_cached(cache, root, key, expected)
+        return _thumbnail_of(path, data, self.size)
+
+
+def check_verifiable(index) -> str:
+    """The image folder of a thumbnail index, whose pairs can be verified on the images.
+
+    Parameters
+    ----------
+    index : EmbeddingIndex
+
+    Returns
+    -------
+    str
+        The folder the index's cache records its images in.
+
+    Raises
+    ------
+    UserError
+        If ``index`` is not a thumbnail index (its distances are not on the images' pixels), or
+        records no image folder.
+    """
+    if index.kind != "thumbnails":
+        raise UserError(
+            f"{index.path} is not a thumbnail index (its rows are {index.kind!r}): only the pairs "
+            "of a thumbnail index are verified on the images, on the same scale; build one with "
+            "`tripletsk index --thumbnails --features CACHE -o INDEX`"
+        )
+    root = index.cache.get("image_root")
+    if not root:
+        raise UserError(f"{index.path} records no image folder: its pairs cannot be verified")
+    return root
+
+
+def image_pair_distances(
+    index, rows_i: np.ndarray, rows_j: np.ndarray, *, max_size: int = VERIFY_MAX_SIZE
+) -> np.ndarray:
+    """Distances of pairs of a thumbnail index's rows, measured on the images at their common size.
+
+    Each image is read from the folder the index's cache records and checked against the
+    content hash its row was made from. Both images of a pair become thumbnails (Lanczos, RGB,
+    centred, L2-normalised) of side ``s``: the smaller side of the smaller image, at most
+    ``max_size``; so a 20 px copy of a 28 px image is compared with the original shrunk to 20
+    px, and a 56 px copy shrunk to 28 px with the original as it is. Distances are Euclidean
+    between unit vectors (0 to 2), like the index's, but at ``s`` px instead of 8: an 8 px
+    thumbnail's near neighbours that differ in detail end up farther apart.
+
+    Parameters
+    ----------
+    index : EmbeddingIndex
+        A thumbnail index (``tripletsk index --thumbnails``).
+    rows_i, rows_j : array-like of int
+        The pairs' row numbers.
+    max_size : int, default=VERIFY_MAX_SIZE
+        The largest side compared, for big photos.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, one distance per pair.
+
+    Raises
+    ------
+    UserError
+        Naming the file, if an image is missing, changed since it was cached, or unreadable, or
+        if ``index`` is not a thumbnail index.
+    """
+    root = check_verifiable(index)
+    cache, keys, hashes = index.cache.get("path"), index.keys, index.hashes
+    rows_i, rows_j = np.asarray(rows_i, np.int64), np.asarray(rows_j, np.int64)
+    if rows_i.shape != rows_j.shape or rows_i.ndim != 1:
+        raise ValueError(f"rows_i and rows_j must be two 1-D arrays of one length; got "
+                         f"{rows_i.shape} and {rows_j.shape}")  # fmt: skip
+
+    def one(pair: tuple[int, int]) -> float:
+        files = [_read_cached(cache, root, keys[r], decode_str(hashes[r])) for r in pair]
+        size = min(int(max_size), *(_smaller_side(path, data) for path, data in files))
+        a, b = (_thumbnail_of(path, data, size) for path, data in files)
+        return float(np.linalg.norm(a.astype(np.float64) - b))
+
+    with ThreadPoolExecutor(_THREADS) as pool:
+        pairs = zip(rows_i.tolist(), rows_j.tolist(), strict=True)
+        return np.array(list(pool.map(one, pairs)), dtype=np.float64).reshape(len(rows_i))
+
+
+def _read_cached(cache: str, root: str, key: str, expected: str) -> tuple[str, bytes]:
+    """The path and bytes of a cached key's image, checked against its content hash."""
+    path = _image_path(root, key, cache)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise UserError(
+            f"{path}: the image of the cached key {key!r} cannot be read ({exc.strerror}); "
+            f"update the cache with `tripletsk extract-features {root} -o {cache}`"
+        ) from None
+    if hashlib.blake2b(data, digest_size=16).hexdigest() != expected:
+        raise UserError(
+            f"{path} changed since it was cached in {cache}: its thumbnail would not be of "
+            f"the cached image; update the cache with `tripletsk extract-features {root} -o "
+            f"{cache}`, then build the index again"
+        )
+    return path, data
+
+
+def _thumbnail_of(path, data: bytes | str | os.PathLike, size: int) -> np.ndarray:
+    """:func:`thumbnail`, its ImageDecodeError a UserError naming ``path``."""
+    try:
+        return thumbnail(data, size)
+    except ImageDecodeError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def _smaller_side(path: str, data: bytes) -> int:
+    """The smaller side of an image, in pixels, from its header; UserError naming ``path``."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return min(im.size)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc})") from None
 
 
 def _image_path(root: str, key: str, cache: str) -> str:
