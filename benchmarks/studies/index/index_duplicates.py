@@ -30,6 +30,14 @@ Stages:
   without verification, every group checked, and each false group's pixels compared. Two test
   pairs are counted both ways: Fashion-MNIST holds the same product photo twice there
   (``FASHION_OWN_DUPLICATES``, identified by eye in the 2026-12-04 run).
+* ``scales``: does verifying at a fraction of the common size do better? On the training split
+  only, for each fraction in ``SCALES`` (the compared side: the fraction of the smaller side of
+  the smaller image, rounded, at least 1 px): each planted copy's distance, and each distinct
+  pair's among the pairs within twice ``every_copy`` at 8 px (harder negatives than those the
+  index lets through); the fraction with the largest ratio of the closest distinct pair to the
+  farthest copy is chosen, its threshold the largest copy distance plus 10%; then the test
+  candidates at ``every_copy`` are verified at that fraction (in this process, through
+  ``image_pair_distances`` with ``max_size`` set per pair) and every pair checked.
 * ``separation``: can any threshold separate the copies from distinct images? Per
   representation on the test images: the backbone features (L2-normalised), the embeddings of
   the class model and of the copy-trained model of ``index_fashion.py`` (if present), and the
@@ -202,6 +210,7 @@ def verify(w: str, meta: dict) -> dict:
         out[name] = {"command_seconds": seconds, "load_average": os.getloadavg()[0],
                      **_check_groups(w, groups, meta["planted_test"], sheet),
                      **_both_ways(groups, meta["planted_test"])}  # fmt: skip
+    out["in_process_seconds"] = _verify_seconds(EmbeddingIndex(index), threshold)
     text = tripletsk("duplicates", "--index", index, "--threshold", threshold,
                      "--verify-threshold", 2, "--pairs", "--json")  # fmt: skip
     pairs = json.loads(text[: text.rindex("}") + 1])["pairs"]
@@ -211,6 +220,98 @@ def verify(w: str, meta: dict) -> dict:
         if planted.get(p["a"], p["a"]) != planted.get(p["b"], p["b"])
     ]  # fmt: skip
     return out
+
+
+#: The fractions of the common size tried by the ``scales`` part.
+SCALES = (1.0, 0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3)
+
+
+def _scaled_distances(index, folder: str, i, j, scale: float) -> np.ndarray:
+    """The pairs' image distances with the compared side ``scale`` x the common side."""
+    from PIL import Image
+
+    from tripletsk.index.thumbnails import image_pair_distances
+
+    def side(k: str) -> int:
+        with Image.open(os.path.join(folder, k)) as im:
+            return min(im.size)
+
+    sides = {r: side(index.keys[r]) for r in set(np.concatenate([i, j]).tolist())}
+    common = [min(sides[a], sides[b]) for a, b in zip(i.tolist(), j.tolist(), strict=True)]
+    target = np.array([max(1, round(scale * c)) for c in common], dtype=np.int64)
+    out = np.empty(len(i))
+    for size in np.unique(target).tolist():
+        m = target == size
+        out[m] = image_pair_distances(index, i[m], j[m], max_size=size)
+    return out
+
+
+def _distinct(index, i, j, copy_of: dict) -> np.ndarray:
+    """Which of the pairs ``(i, j)`` join two distinct images (not an original and its copy)."""
+    root = [copy_of.get(k, k) for k in index.keys]
+    return np.array([root[a] != root[b] for a, b in zip(i, j, strict=True)], dtype=bool)
+
+
+def scales(w: str, meta: dict) -> dict:
+    from tripletsk.index.embedding_index import EmbeddingIndex
+
+    train = EmbeddingIndex(os.path.join(w, "thumbnails_train"))
+    test = EmbeddingIndex(os.path.join(w, "thumbnails_test"))
+    copy_of = meta["planted_train"]
+    threshold = _validation(train, copy_of)["thresholds"]["every_copy"]
+    copies = list(copy_of)
+    ci, cj = train.rows_of([copy_of[c] for c in copies]), train.rows_of(copies)
+    i, j, _ = train.duplicate_pairs(2 * threshold)
+    distinct = _distinct(train, i, j, copy_of)
+    i, j = i[distinct], j[distinct]
+    rows = {}
+    for scale in SCALES:
+        copy_d = _scaled_distances(train, os.path.join(w, "train"), ci, cj, scale)
+        distinct_d = _scaled_distances(train, os.path.join(w, "train"), i, j, scale)
+        rows[str(scale)] = {
+            "copy_max": {k: round(float(copy_d[[_kind(c) == k for c in copies]].max()), 4)
+                         for k in KINDS},
+            "distinct_min": round(float(distinct_d.min()), 4),
+            "distinct_within_copy_max_plus_10%": int((distinct_d <= 1.1 * copy_d.max()).sum()),
+            "verify_threshold": 1.1 * float(copy_d.max()),
+            "ratio": float(distinct_d.min() / copy_d.max()),
+        }  # fmt: skip
+    best = max(SCALES, key=lambda f: (rows[str(f)]["ratio"], f))
+    v = rows[str(best)]["verify_threshold"]
+    t = time.perf_counter()
+    ti, tj, _ = test.duplicate_pairs(threshold)
+    td = _scaled_distances(test, os.path.join(w, "test"), ti, tj, best)
+    seconds = time.perf_counter() - t
+    planted = meta["planted_test"]
+    kept = td <= v
+    false = _distinct(test, ti, tj, planted)
+    found = {test.keys[r] for r in np.concatenate([ti, tj])[np.tile(kept & ~false, 2)].tolist()}
+    return {
+        "threshold": threshold, "train_distinct_pairs": len(i), "train": rows,
+        "chosen_scale": best, "verify_threshold": v, "test_candidate_pairs": len(ti),
+        "test_seconds_pairs_and_verification": seconds,
+        "planted_found": {k: sum(_kind(c) == k for c in found & set(planted)) for k in KINDS},
+        "false_pairs": _listed(test, ti, tj, td, false & kept),
+        "false_pairs_dropped": _listed(test, ti, tj, td, false & ~kept),
+    }  # fmt: skip
+
+
+def _listed(index, i, j, d, which) -> list:
+    """The pairs ``which`` by key, with their distances."""
+    return [{"a": index.keys[a], "b": index.keys[b], "distance": round(float(x), 4)}
+            for a, b, x in zip(i[which], j[which], d[which], strict=True)]  # fmt: skip
+
+
+def _verify_seconds(index, threshold: float) -> dict:
+    """Wall seconds, in this process, of the pairs within ``threshold`` and of verifying them."""
+    from tripletsk.index.thumbnails import image_pair_distances
+
+    t = time.perf_counter()
+    i, j, _ = index.duplicate_pairs(threshold)
+    pairs = time.perf_counter() - t
+    t = time.perf_counter()
+    image_pair_distances(index, i, j)
+    return {"pairs": pairs, "verification": time.perf_counter() - t, "n_pairs": len(i)}
 
 
 #: Distinct t10k images that are one product photo stored twice by Fashion-MNIST (28 px pixels
@@ -328,7 +429,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the --work folder of index_fashion.py")
     ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"],
-                    choices=("duplicates", "verify", "separation"))  # fmt: skip
+                    choices=("duplicates", "verify", "scales", "separation"))  # fmt: skip
     ap.add_argument("--rows", choices=("thumbnails", "features"), default="thumbnails",
                     help="what the duplicates part indexes")  # fmt: skip
     args = ap.parse_args()
@@ -338,6 +439,7 @@ def main() -> None:
         start, load = time.perf_counter(), os.getloadavg()[0]
         run = {"duplicates": lambda: duplicates(args.work, meta, args.rows),
                "verify": lambda: verify(args.work, meta),
+               "scales": lambda: scales(args.work, meta),
                "separation": lambda: separation(args.work, meta)}[part]  # fmt: skip
         results[part] = {"load_average_start": load, **run(),
                          "seconds": time.perf_counter() - start}  # fmt: skip
