@@ -196,6 +196,9 @@ def test_verification_caps_the_compared_size(look_alikes):
     d = image_pair_distances(index, rows, others, max_size=16)
     expected = np.linalg.norm(thumbnail(root / "orig.png", 16) - thumbnail(root / "big.png", 16))
     assert d[0] == pytest.approx(expected, abs=1e-6)
+    assert image_pair_distances(index, [], []).shape == (0,)
+    with pytest.raises(ValueError, match="max_size must be at least 1 pixel; got 0"):
+        image_pair_distances(index, rows, others, max_size=0)
 
 
 def test_verification_refuses_a_changed_or_missing_image(look_alikes):

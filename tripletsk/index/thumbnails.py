@@ -205,6 +205,8 @@ def image_pair_distances(
     root = check_verifiable(index)
     cache, keys, hashes = index.cache.get("path"), index.keys, index.hashes
     rows_i, rows_j = np.asarray(rows_i, np.int64), np.asarray(rows_j, np.int64)
+    if int(max_size) < 1:
+        raise ValueError(f"max_size must be at least 1 pixel; got {max_size!r}")
     if rows_i.shape != rows_j.shape or rows_i.ndim != 1:
         raise ValueError(f"rows_i and rows_j must be two 1-D arrays of one length; got "
                          f"{rows_i.shape} and {rows_j.shape}")  # fmt: skip
