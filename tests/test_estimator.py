@@ -16,7 +16,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from tests.helpers import TWO_COLOURS, colour_classes
+from tests.helpers import random_cache
 from tripletsk import TripletEncoder
 from tripletsk.errors import NonFiniteFeaturesError, SharedImagesWarning
 from tripletsk.estimator import EmbeddingCollapseWarning
@@ -79,6 +79,7 @@ def load_example(name):
     return module
 
 
+@pytest.mark.slow  # the example end to end: digits images, the default fit (~15 s of CPU)
 def test_digits_triplets_default_reaches_099_held_out():
     figures = load_example("digits_triplets").run(seed=0)
     assert figures["shared_images"] == 0  # disjoint train and test images
@@ -140,25 +141,25 @@ def test_labelled_fit_on_keys_and_indices(blobs):
 
 
 @pytest.fixture(scope="module")
-def image_cache(tmp_path_factory):
-    from tripletsk.extraction import extract_features
+def key_cache(tmp_path_factory):
+    """A real HDF5 cache (the library's writer) of 12 keys in two class folders; its features
+    are random: what is tested is how keys reach the rows, not what a backbone computes."""
+    keys = [f"c{i % 2}/{i}.png" for i in range(12)]
+    path = tmp_path_factory.mktemp("cache") / "features.h5"
+    random_cache(path, keys, dim=48)
+    return path
 
-    root = colour_classes(tmp_path_factory.mktemp("images"), TWO_COLOURS, 6)
-    out = tmp_path_factory.mktemp("cache") / "features.h5"
-    extract_features(root, output=out, weights="none", image_size=32, batch_size=4, quiet=True)
-    return out
 
-
-def test_key_triplets_through_a_real_feature_cache(image_cache):
+def test_key_triplets_through_a_real_feature_cache(key_cache):
     from tripletsk.cache.store import FeatureStore
 
-    store = FeatureStore(image_cache)
+    store = FeatureStore(key_cache)
     keys = np.array(store.keys)
     y = np.array([k.split("/")[0] for k in keys])
     T = keys[sample_label_triplets(y, 60, random_state=0)]
-    by_path = TripletEncoder(features=str(image_cache), **SMALL).fit(T)
+    by_path = TripletEncoder(features=str(key_cache), **SMALL).fit(T)
     by_store = TripletEncoder(features=store, **SMALL).fit(T)
-    assert by_path.n_features_in_ == store.dim == 2048
+    assert by_path.n_features_in_ == store.dim == 48
     np.testing.assert_allclose(by_path.transform(keys), by_store.transform(keys), atol=1e-5)
     assert clone(by_store).features.path == store.path
     from tripletsk.evaluation.search import search
