@@ -88,12 +88,6 @@ class ImageDecodeError(ValueError):
 
 # Warnings
 
-from sklearn.exceptions import ConvergenceWarning  # noqa: E402  (warnings are appended here)
-
-
-class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
-    """Training stopped on a non-finite loss or weight; the last finite weights were kept."""
-
 
 class EmbeddingCollapseWarning(UserWarning):
     """The learned embedding maps (nearly) every input to the same point."""
@@ -101,3 +95,20 @@ class EmbeddingCollapseWarning(UserWarning):
 
 class SharedImagesWarning(UserWarning):
     """Triplets were scored over images the model was fitted on (e.g. plain ``cv=k``)."""
+
+
+def __getattr__(name: str):
+    # TrainingDivergedWarning is a scikit-learn ConvergenceWarning, and importing scikit-learn
+    # costs ~2 s of CPU: defined on first use, so that every command starts without it.
+    if name == "TrainingDivergedWarning":
+        from sklearn.exceptions import ConvergenceWarning
+
+        class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
+            """Training stopped on a non-finite loss or weight; the last finite weights were
+            kept."""
+
+        TrainingDivergedWarning.__module__ = __name__
+        TrainingDivergedWarning.__qualname__ = name  # pickles and prints as if defined above
+        globals()[name] = TrainingDivergedWarning
+        return TrainingDivergedWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -731,6 +731,23 @@ def test_python_dash_m_exit_status(tmp_path, argv, status, match):
     assert "Traceback" not in proc.stderr
 
 
+def test_info_starts_without_scikit_learn_or_tensorflow(work):
+    # Importing scikit-learn costs ~2 s of CPU and TensorFlow ~12 s: commands that need
+    # neither (info, --help, duplicates, search on an index) start without them.
+    code = (
+        "import sys; from tripletsk.cli import cli; status = cli(sys.argv[1:]); "
+        "print(status, [m for m in ('sklearn', 'tensorflow', 'keras') if m in sys.modules])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "info", str(work / "cache.h5")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout + proc.stderr
+
+
 # ------------------------------------------------------------- trust: files and what runs
 
 

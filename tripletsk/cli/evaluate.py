@@ -20,7 +20,6 @@ from tripletsk.cli._common import (
 from tripletsk.distances import sklearn_metric, triplet_distances
 from tripletsk.errors import UnknownKeyError, UserError
 from tripletsk.outputs import writing
-from tripletsk.training.sources import unique_inverse
 
 __all__ = ["register"]
 
@@ -121,6 +120,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _run_score(args: argparse.Namespace) -> int:
     from tripletsk.evaluation.metrics import retrieval_report
+    from tripletsk.training.sources import unique_inverse
     from tripletsk.triplets.folders import labels_from_folders
 
     if any(k < 1 for k in args.ks):
