@@ -254,16 +254,12 @@ def test_pipeline_from_image_files(images, cache):
 
 
 @pytest.mark.slow
-def test_grid_search_in_two_processes_appends_safely(images, tmp_path):
+def test_grid_search_in_two_processes_appends_safely(images, cache):
     """Two joblib processes add the same missing images to one cache at once."""
-    # A small network, which each process builds for itself (what races is the cache's writing,
-    # whichever the network).
-    cache, small = str(tmp_path / "features.h5"), {**SETTINGS, "backbone": "MobileNet(alpha=0.25)"}
-    extract_features(images, cache, quiet=True, only=_keys(4), **small)
     paths = np.array(_keys())  # 6 of 18 not cached yet
     labels = np.array([k.split("/")[0] for k in paths])
     pipe = make_pipeline(
-        ImageFeatures(root=images, cache=cache, **small), TripletEncoder(**SMALL_HEAD)
+        ImageFeatures(root=images, cache=cache, **SETTINGS), TripletEncoder(**SMALL_HEAD)
     )
     search = GridSearchCV(pipe, {"tripletencoder__margin": [0.5, 1.0]}, cv=2, n_jobs=2)
     search.fit(paths, labels)
