@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 from tests.helpers import colour_classes, noise_images
 from tripletsk.cache.store import FeatureStore
+from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import extract_features, features_for_files, load_image
 from tripletsk.extraction.architecture import (
@@ -103,7 +106,10 @@ def test_naming_a_known_application_imports_no_keras():
         "a = resolve_architecture('MobileNet(alpha=0.25)'); "
         "print(a.module, a.mode, 'keras' in sys.modules, 'tensorflow' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    repo = Path(__file__).resolve().parents[2]  # this checkout's tripletsk (python -c: cwd)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
+    )
     assert out.stdout.split() == ["mobilenet", "tf", "False", "False"]
 
 
@@ -257,38 +263,42 @@ def test_moved_model_file_is_named(images, tmp_path):
     np.testing.assert_allclose(got[0], FeatureStore(out).lookup(["0.png"])[0], rtol=1e-4, atol=1e-5)
 
 
-def _cli(*args):
-    done = subprocess.run(
-        [sys.executable, "-m", "tripletsk", *map(str, args)], capture_output=True, text=True
-    )
-    assert "Traceback" not in done.stderr
-    return done
+def _cli(capsys, *args):
+    """``tripletsk args`` in this process (what runs in a process of its own is the same
+    ``cli``; this process keeps its backbones built): status, stdout and stderr."""
+    capsys.readouterr()
+    status = cli([os.fspath(a) for a in args])
+    done = capsys.readouterr()
+    assert "Traceback" not in done.err
+    return SimpleNamespace(returncode=status, stdout=done.out, stderr=done.err)
 
 
-def _fit_and_search(cache, query, tmp_path):
+def _fit_and_search(cache, query, tmp_path, capsys):
     """``fit`` on the cache's folder labels, then ``search`` for an image file not in it."""
     model = tmp_path / "model.npz"
-    done = _cli("fit", "--features", cache, "--labels-from-folders", "-o", model, "-q",
+    done = _cli(capsys, "fit", "--features", cache, "--labels-from-folders", "-o", model, "-q",
                 "--set", "max_epochs=3")  # fmt: skip
     assert done.returncode == 0, done.stderr
-    done = _cli("search", "--model", model, "--features", cache, query, "-k", "3", "--json")
+    done = _cli(capsys, "search", "--model", model, "--features", cache, query, "-k", "3",
+                "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)[0]["neighbours"]
 
 
 @pytest.mark.slow
-def test_cli_extract_fit_search_with_an_application_backbone(tmp_path):
+def test_cli_extract_fit_search_with_an_application_backbone(tmp_path, capsys):
     root = colour_classes(tmp_path / "images", {"red": (200, 30, 30), "blue": (30, 30, 200)}, 4,
                           size=36)  # fmt: skip
     Image.fromarray(np.full((36, 36, 3), (210, 20, 20), np.uint8)).save(tmp_path / "query.png")
     out = tmp_path / "f.h5"
-    done = _cli("extract-features", root, "-o", out, "--weights", "none", "--image-size", "32",
-                "--backbone", "MobileNet(alpha=0.25)", "-q")  # fmt: skip
+    done = _cli(capsys, "extract-features", root, "-o", out, "--weights", "none", "--image-size",
+                "32", "--backbone", "MobileNet(alpha=0.25)", "-q")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert FeatureStore(out).dim == 256
-    hits = _fit_and_search(out, tmp_path / "query.png", tmp_path)
+    hits = _fit_and_search(out, tmp_path / "query.png", tmp_path, capsys)
     assert len(hits) == 3
-    bad = _cli("extract-features", root, "-o", tmp_path / "g.h5", "--backbone", "NoSuchNet", "-q")
+    bad = _cli(capsys, "extract-features", root, "-o", tmp_path / "g.h5", "--backbone",
+               "NoSuchNet", "-q")  # fmt: skip
     assert bad.returncode != 0
     assert "unknown backbone 'NoSuchNet'" in bad.stderr
 
@@ -324,7 +334,7 @@ def mobilenet_files(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_path):
+def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_path, capsys):
     weights, cat = mobilenet_files
     keras = _keras()
     from keras.applications.mobilenet import preprocess_input
@@ -369,7 +379,7 @@ def test_real_imagenet_mobilenet_features_equal_keras_own(mobilenet_files, tmp_p
     assert cosine(_cached(out, keys), own).min() >= 0.999
     # 3. End to end from that file: fit, then search with an image outside the cache.
     photo.rotate(5).save(tmp_path / "query.png")
-    assert len(_fit_and_search(out, tmp_path / "query.png", tmp_path)) == 3
+    assert len(_fit_and_search(out, tmp_path / "query.png", tmp_path, capsys)) == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,49 +83,6 @@ def test_dask_extraction_equals_single_process(client, data, tmp_path):
     assert_same_cache(data["single"], out)
 
 
-def test_a_killed_worker_has_its_shard_redone(client, data, tmp_path):
-    out = tmp_path / "features.h5"
-    worker_pids = set(client.run(os.getpid).values())
-    result: dict = {}
-
-    def run() -> None:
-        try:
-            result["summary"] = extract_with_dask(
-                data["images"], out, client=client, n_shards=2, quiet=True,
-                **{**RUN, "batch_size": 1},
-            )  # fmt: skip
-        except BaseException as e:
-            result["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    killed = None
-    deadline = time.monotonic() + 180
-    while killed is None and thread.is_alive() and time.monotonic() < deadline:
-        for i in (1, 2):  # kill the worker that holds a shard with finished batches
-            shard = shard_path(out, i, 2)
-            if os.path.exists(shard) or not any(Path(shard + ".parts").glob("part-*.npz")):
-                continue
-            try:
-                pid = int(Path(shard + ".lock").read_text().split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if pid in worker_pids:
-                os.kill(pid, signal.SIGKILL)
-                killed = pid
-                break
-        time.sleep(0.01)
-    thread.join(300)
-    assert killed is not None, "no worker was killed mid-shard"
-    assert "error" not in result, result.get("error")
-    s = result["summary"]
-    assert s.resumed >= 1  # the redo continued from the dead worker's finished batches
-    assert s.extracted == 40
-    assert_same_cache(data["single"], out)
-    client.wait_for_workers(2, timeout=120)  # the nanny restarted it
-    assert killed not in set(client.run(os.getpid).values())
-
-
 def test_cli_on_a_running_scheduler(client, data, tmp_path, capsys):
     out = tmp_path / "f.h5"
     status = cli(
@@ -245,3 +202,48 @@ def test_dask_extraction_with_another_backbone(client, data, tmp_path):
     extract_with_dask(data["images"], out, client=client, quiet=True, **run)
     assert FeatureStore(out).dim == 256
     assert_same_cache(single, out)
+
+
+# Last of the tests on the module's cluster: the worker the nanny starts again imports
+# TensorFlow and builds its backbone only if later tests send it work.
+def test_a_killed_worker_has_its_shard_redone(client, data, tmp_path):
+    out = tmp_path / "features.h5"
+    worker_pids = set(client.run(os.getpid).values())
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = extract_with_dask(
+                data["images"], out, client=client, n_shards=2, quiet=True,
+                **{**RUN, "batch_size": 1},
+            )  # fmt: skip
+        except BaseException as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        for i in (1, 2):  # kill the worker that holds a shard with finished batches
+            shard = shard_path(out, i, 2)
+            if os.path.exists(shard) or not any(Path(shard + ".parts").glob("part-*.npz")):
+                continue
+            try:
+                pid = int(Path(shard + ".lock").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if pid in worker_pids:
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.01)
+    thread.join(300)
+    assert killed is not None, "no worker was killed mid-shard"
+    assert "error" not in result, result.get("error")
+    s = result["summary"]
+    assert s.resumed >= 1  # the redo continued from the dead worker's finished batches
+    assert s.extracted == 40
+    assert_same_cache(data["single"], out)
+    client.wait_for_workers(2, timeout=120)  # the nanny restarted it
+    assert killed not in set(client.run(os.getpid).values())

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,4 +274,5 @@ def test_grid_search_in_two_processes_appends_safely(images, cache):
 def test_import_needs_no_tensorflow():
     code = "import sys, tripletsk\ntripletsk.ImageFeatures()\n"
     code += "assert 'tensorflow' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+    repo = Path(__file__).resolve().parents[2]  # this checkout's tripletsk (python -c: cwd)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)

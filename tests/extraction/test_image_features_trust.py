@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from tripletsk.errors import CacheMismatchError, UserError
 from tripletsk.extraction import extract_features, features_for_files
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+REPO = Path(__file__).resolve().parents[2]  # this checkout, for processes the tests start
 SETTINGS = dict(weights="none", image_size=32)
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
 
@@ -42,7 +44,9 @@ def _keys(n: int = 6) -> list[str]:
 @pytest.mark.slow
 def test_a_fitted_pipeline_refuses_a_cache_made_again_with_other_settings(root, tmp_path):
     cache = str(tmp_path / "f.h5")
-    extract_features(root, cache, quiet=True, seed=0, **SETTINGS)
+    # A small network (the check is of the recorded provenance, whichever the network).
+    small = "MobileNet(alpha=0.25)"
+    extract_features(root, cache, quiet=True, seed=0, backbone=small, **SETTINGS)
     paths, labels = np.array(_keys()), np.array([k.split("/")[0] for k in _keys()])
     pipe = make_pipeline(
         ImageFeatures(root=root, cache=cache),
@@ -51,7 +55,9 @@ def test_a_fitted_pipeline_refuses_a_cache_made_again_with_other_settings(root, 
     pipe.fit(paths, labels)
     before = pipe.transform(paths)
     # Made again in place with another seed and image size (as `--replace` does).
-    extract_features(root, cache, quiet=True, replace=True, weights="none", seed=1, image_size=48)
+    extract_features(
+        root, cache, quiet=True, replace=True, backbone=small, weights="none", seed=1, image_size=48
+    )
     with pytest.raises(CacheMismatchError, match=r"changed since this ImageFeatures was fitted"):
         pipe.transform(paths)
     with pytest.raises(CacheMismatchError, match=r"weights: fitted on 'none:seed=0.*image_size"):
@@ -179,7 +185,7 @@ def test_a_dask_run_on_another_folder_is_told_to_delete_the_cache_not_to_replace
     out = subprocess.run(
         [sys.executable, "-m", "tripletsk", "extract-features", root / "blue", "-o", cache,
          "--dask-workers", "1", "--weights", "none", "--image-size", "32"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()),
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.fspath(REPO)),
     )  # fmt: skip
     assert out.returncode == 1
     line = out.stderr.strip().splitlines()[-1]

@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tripletsk.extraction.run as extraction_run
 from tripletsk.cache.lock import CacheLock
 from tripletsk.cache.store import FeatureStore
+from tripletsk.cli import cli
 from tripletsk.cli.extract import add_extract_arguments, run_extract
 from tripletsk.errors import (
     CacheLockedError,
@@ -671,36 +673,31 @@ def test_random_weights_identical_in_a_new_process(backbone):
     assert _weights_digest(other) != _weights_digest(backbone.model)
 
 
-def test_imagenet_offline_error_says_what_to_do(tmp_path):
-    code = textwrap.dedent(
-        """
-        import sys
-        from tripletsk.cli import cli
-        from tripletsk.extraction import build_backbone
-        from tripletsk.errors import WeightsUnavailableError
-        try:
-            build_backbone("imagenet", 32)
-        except WeightsUnavailableError as e:
-            print("ERROR:", e)
-        sys.stderr = sys.stdout  # the command line's one-line error
-        cli(["extract-features", sys.argv[1], "-o", sys.argv[2], "--image-size", "32"])
-        """
-    )
+def test_imagenet_offline_error_says_what_to_do(tmp_path, monkeypatch, capsys):
+    from keras.src.backend import config as keras_config
+
+    # In this process, as offline: an empty Keras folder (no weights downloaded before; Keras
+    # reads KERAS_HOME only when imported) and a proxy where nothing listens, so that the
+    # download fails fast.
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", os.fspath(tmp_path / "keras"))
+    dead = "http://127.0.0.1:9"
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    monkeypatch.setenv("https_proxy", dead)
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_backbone("imagenet", 32)
+    line = str(err.value)
+    assert "weights='path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'" in line
+    assert "weights='none'" in line and "--weights" not in line  # library: no flags
     save(photo(0), tmp_path / "imgs" / "a.png")
-    dead = "http://127.0.0.1:9"  # nothing listens there: the download fails fast
-    env = _env(KERAS_HOME=os.fspath(tmp_path / "keras"), HTTPS_PROXY=dead, https_proxy=dead)
-    out = subprocess.run(
-        [sys.executable, "-c", code, tmp_path / "imgs", tmp_path / "f.h5"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("ERROR:")]
-    assert line, out.stdout + out.stderr[-2000:]
-    assert "weights='path/to/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5'" in line[0]
-    assert "weights='none'" in line[0] and "--weights" not in line[0]  # library: no flags
-    cli_line = [ln for ln in out.stdout.splitlines() if ln.startswith("tripletsk: error:")]
-    assert cli_line, out.stdout + out.stderr[-2000:]
-    assert "cannot get the ImageNet weights" in cli_line[0]
-    assert "On the command line: --weights PATH, or --weights none." in cli_line[0]
+    capsys.readouterr()
+    status = cli(["extract-features", os.fspath(tmp_path / "imgs"), "-o",
+                  os.fspath(tmp_path / "f.h5"), "--image-size", "32"])  # fmt: skip
+    err = capsys.readouterr().err
+    cli_line = [ln for ln in err.splitlines() if ln.startswith("tripletsk: error:")]
+    assert status == 1 and len(cli_line) == 1, err  # the command line's one-line error
+    cli_line = cli_line[0]
+    assert "cannot get the ImageNet weights" in cli_line
+    assert "On the command line: --weights PATH, or --weights none." in cli_line
     assert issubclass(WeightsUnavailableError, RuntimeError)
 
 
@@ -866,7 +863,7 @@ def test_files_dated_in_the_future_are_trusted_once_hashed(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
+def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path, monkeypatch):
     """SIGKILL during the final cache write: the cache is still the old complete file."""
     from tripletsk.cache.format import FINGERPRINT_DTYPE, FORMAT_NAME, FORMAT_VERSION
     from tripletsk.cache.writer import write_cache
@@ -892,6 +889,14 @@ def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
         failed=[], attrs=attrs,
     )  # fmt: skip
     size_before = out.stat().st_size
+    # The images extracted in this process by a run interrupted before its cache write: the
+    # killed process below resumes them from the parts (it imports no TensorFlow) and is
+    # killed while it writes the new cache.
+    with monkeypatch.context() as m:
+        m.setattr(extraction_run, "_write", _interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            extract_features(root, out, **RUN)
+    assert len(list((tmp_path / "f.h5.parts").glob("part-*.npz"))) == 2
     code = textwrap.dedent(
         f"""
         from tripletsk.extraction import extract_features
@@ -924,6 +929,10 @@ def test_kill_while_writing_the_cache_leaves_the_old_file(tmp_path):
     assert len(FeatureStore(out)) == n + 8
 
 
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
 # ------------------------------------------------------------------ backends and precision
 
 
@@ -951,7 +960,10 @@ def test_bfloat16_extraction_is_recorded_close_to_float32_and_never_mixed(photo_
     from tripletsk.errors import CacheMismatchError
     from tripletsk.extraction import features_for_files
 
-    run = dict(weights="none", image_size=64, batch_size=4, quiet=True)
+    # A small network: bfloat16 (emulated on most CPUs) is applied to any network alike, and
+    # builds and runs ResNet50 in several times MobileNet's time.
+    run = dict(backbone="MobileNet(alpha=0.25)", weights="none", image_size=64, batch_size=4,
+               quiet=True)  # fmt: skip
     fp32, bf16 = tmp_path / "fp32.h5", tmp_path / "bf16.h5"
     extract_features(photo_folder, fp32, **run)
     extract_features(photo_folder, bf16, precision="bfloat16", **run)

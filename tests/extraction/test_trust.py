@@ -6,6 +6,7 @@ Real image files, real HDF5 caches, a real ResNet50 (random weights, 32x32) and 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -21,9 +22,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tripletsk.extraction.run as extraction_run
 from tests.helpers import noise_images
 from tripletsk.cache.failures import read_failed_list, write_failed_list
 from tripletsk.cache.store import FeatureStore
+from tripletsk.cache.write_errors import CacheWriteError
+from tripletsk.cli import cli
 from tripletsk.errors import CacheMismatchError
 from tripletsk.extraction import extract_features
 from tripletsk.extraction.budget import ByteBudget
@@ -120,16 +124,19 @@ def test_the_same_folder_by_another_path_is_the_same_cache(tmp_path, monkeypatch
     assert _snapshot(cache) == before  # the recorded folder is kept as first written
 
 
-@pytest.mark.slow
-def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
+def test_unfinished_work_of_another_folder_is_refused_too(tmp_path, monkeypatch):
     a, b = (
         noise_images(tmp_path / "a", 12, shape=(40, 48), seed=1),
         noise_images(tmp_path / "b", 3, shape=(40, 48), seed=2),
     )
     cache = tmp_path / "features.h5"
-    common = ["-o", cache, "--weights", "none", "--image-size", "32", "--batch-size", "4"]
-    # A run on a/ that stops after its batches, before its cache (file-size limit): parts left.
-    assert _cli("extract-features", a, *common, limit=64 * 1024).returncode == 1
+    # A run on a/ that stops after its batches, before its cache (its write fails as one past a
+    # file-size limit; test_file_size_limit_is_one_line_and_the_rerun_resumes sets a real limit
+    # on a real process): parts left.
+    with monkeypatch.context() as m:
+        m.setattr(extraction_run, "_write", _write_past_the_size_limit)
+        with pytest.raises(CacheWriteError, match="file too large"):
+            extract_features(a, cache, **RUN)
     parts = tmp_path / "features.h5.parts"
     assert len(list(parts.glob("part-*.npz"))) == 3 and not cache.exists()
     with pytest.raises(CacheMismatchError, match=f"{parts} holds the features of the images in"):
@@ -142,16 +149,23 @@ def test_unfinished_work_of_another_folder_is_refused_too(tmp_path):
         assert store.attrs["image_root"] == str(b)
 
 
+def _write_past_the_size_limit(*args, **kwargs):
+    """The cache write failing as a write past ``ulimit -f`` does (Python ignores SIGXFSZ)."""
+    raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+
 @pytest.mark.slow
-def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
+def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path, monkeypatch, capsys):
     a, b = (
         noise_images(tmp_path / "a", 4, shape=(40, 48), seed=1),
         noise_images(tmp_path / "b", 4, shape=(40, 48), seed=2),
     )
     common = ["--weights", "none", "--image-size", "32", "-q"]
-    assert _cli("extract-features", "a", *common, cwd=tmp_path).returncode == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli(["extract-features", "a", *common]) == 0  # (the setup: in this process)
     cache = tmp_path / "cache" / "features.h5"
     before = _snapshot(cache)
+    # The refusal in a real process: its whole stderr is the one line.
     out = _cli("extract-features", "b", *common, cwd=tmp_path)
     assert out.returncode == 1, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -159,8 +173,8 @@ def test_command_line_refuses_a_second_folder_in_the_default_cache(tmp_path):
     assert str(a) in lines[0] and str(b) in lines[0]
     assert "-o FILE" in lines[0] and "--replace" in lines[0] and "replace=True" not in lines[0]
     assert _snapshot(cache) == before
-    out = _cli("extract-features", "b", "--replace", *common, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    capsys.readouterr()
+    assert cli(["extract-features", "b", "--replace", *common]) == 0, capsys.readouterr().err
     with FeatureStore(cache) as store:
         assert store.attrs["image_root"] == str(b) and len(store) == 4
 
@@ -289,8 +303,9 @@ RSS_BOUND_MIB = 1200
 def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
     big, small = tmp_path / "big", noise_images(tmp_path / "small", 4, shape=(40, 48), seed=0)
     big.mkdir()
-    for i in range(6):  # flat colour: 108 MB of pixels each, ~120 KB files
-        Image.new("RGB", (6000, 6000), (40 * i, 100, 200 - 30 * i)).save(big / f"{i}.png")
+    for i in range(6):  # flat colour: 108 MB of pixels each, ~0.5 MB files (fast zlib level)
+        image = Image.new("RGB", (6000, 6000), (40 * i, 100, 200 - 30 * i))
+        image.save(big / f"{i}.png", compress_level=1)
     code = textwrap.dedent(
         """
         import resource, sys
@@ -327,15 +342,17 @@ def test_peak_memory_of_large_images_is_bounded_in_a_real_process(tmp_path):
     ],
 )
 @pytest.mark.slow
-def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, limit_kb, parts):
+def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, capsys, limit_kb, parts):
     imgs = noise_images(tmp_path / "imgs", 4, shape=(40, 48), seed=5)
     cache = tmp_path / "out" / "features.h5"
     common = ["-o", cache, "--weights", "none", "--image-size", "32", "--batch-size", "4"]
-    assert _cli("extract-features", imgs, *common, "-q").returncode == 0
+    common = list(map(str, common))
+    assert cli(["extract-features", str(imgs), *common, "-q"]) == 0  # (in this process)
     before = _snapshot(cache)
     noise_images(tmp_path / "more", 8, shape=(40, 48), seed=6)
     for f in sorted((tmp_path / "more").iterdir()):
         f.rename(imgs / f"new-{f.name}")
+    # Only the run under the limit needs a process of its own: the limit is a process's.
     out = _cli("extract-features", imgs, *common, limit=limit_kb * 1024)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = _own_lines(out.stderr)
@@ -347,10 +364,10 @@ def test_file_size_limit_is_one_line_and_the_rerun_resumes(tmp_path, limit_kb, p
     assert _snapshot(cache) == before
     assert len(list((tmp_path / "out" / "features.h5.parts").glob("part-*.npz"))) == parts
     assert not list((tmp_path / "out").glob("features.h5.tmp-*"))
-    out = _cli("extract-features", imgs, *common)
-    assert out.returncode == 0, out.stderr
+    capsys.readouterr()
+    assert cli(["extract-features", str(imgs), *common]) == 0, capsys.readouterr().err
     resumed = f" ({4 * parts} finished by an interrupted run and resumed)" if parts else "\n"
-    assert f"extracted: 8{resumed}" in out.stdout
+    assert f"extracted: 8{resumed}" in capsys.readouterr().out
     with FeatureStore(cache) as store:
         assert len(store) == 12
 
