@@ -277,7 +277,7 @@ def test_two_int8_shards_merge_into_the_single_run(first, tmp_path):
     shards = [str(tmp_path / f"shard-{i}.h5") for i in (1, 2)]
     for i, p in enumerate(shards, start=1):
         extract_features(images, p, shard=f"{i}/2", **INT8)
-    assert len(model_folders(single)) == 1  # quantized once for the run and both shards
+    assert len(model_folders(single)) == 1  # one model for the run and both shards
     for p in shards:  # each shard calibrated on the whole listing, not on its share
         assert FeatureStore(p).provenance["int8_calibration"].startswith("calibration:n=10:")
         assert len(FeatureStore(p)) < 10
