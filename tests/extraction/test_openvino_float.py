@@ -23,12 +23,12 @@ pytestmark = pytest.mark.slow
 
 pytest.importorskip("openvino")
 
-# MobileNet (alpha 0.25) converts in a fraction of ResNet50's time; what is tested (the model
-# folder, its reuse and repair) does not depend on the network.
+# MobileNet (alpha 0.25) converts in a fraction of ResNet50's time: the backbone of the run that
+# must not import TensorFlow (naming a model file loads it with Keras).
 BACKBONE = "MobileNet(alpha=0.25)"
-OV = {"weights": "none", "image_size": 32, "batch_size": 4, "progress": False, "quiet": True,
-      "backend": "openvino", "backbone": BACKBONE}  # fmt: skip
-NETWORK = resolve_network("none", backbone=BACKBONE)
+RUN = {"image_size": 32, "batch_size": 4, "progress": False, "quiet": True,
+       "backend": "openvino"}  # fmt: skip
+OV = {**RUN, "weights": "none", "backbone": BACKBONE}
 
 
 def float_folders(out: Path) -> list[str]:
@@ -36,19 +36,35 @@ def float_folders(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
+def tiny(tmp_path_factory):
+    """The other tests' backbone: a tiny Keras model file (conv, global pooling), which converts
+    in a fraction of MobileNet's time; what they check (the model folder, its reuse and repair,
+    the features of the kept model) does not depend on the network."""
+    import keras
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny.keras"
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)).save(path)
+    run = {**RUN, "backbone": path, "preprocessing": "tf"}
+    return {"run": run, "spec": resolve_network(backbone=path, preprocessing="tf")}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, tiny):
     d = tmp_path_factory.mktemp("ovfloat")
     images = make_images(d / "images", 6)
-    extract_features(images, d / "out" / "first.h5", **OV)
+    extract_features(images, d / "out" / "first.h5", **tiny["run"])
     return {"images": images, "out": d / "out"}
 
 
-def test_the_converted_model_is_kept_and_reused(first):
+def test_the_converted_model_is_kept_and_reused(first, tiny):
     (folder,) = float_folders(first["out"])
-    key, _ = float_model_key(NETWORK, 32)
+    key, _ = float_model_key(tiny["spec"], 32)
     assert folder == f"openvino-float-{key}"
     stamp = os.stat(first["out"] / MODELS_DIR / folder / "model.bin").st_mtime_ns
-    extract_features(first["images"], first["out"] / "second.h5", **OV)
+    extract_features(first["images"], first["out"] / "second.h5", **tiny["run"])
     assert float_folders(first["out"]) == [folder]
     assert os.stat(first["out"] / MODELS_DIR / folder / "model.bin").st_mtime_ns == stamp
     np.testing.assert_array_equal(FeatureStore(first["out"] / "second.h5").to_array(),
@@ -56,13 +72,13 @@ def test_the_converted_model_is_kept_and_reused(first):
     os.remove(first["out"] / "second.h5")
 
 
-def test_features_equal_those_of_the_model_converted_in_process(first):
+def test_features_equal_those_of_the_model_converted_in_process(first, tiny):
     from tripletsk.extraction.runners import make_openvino_runner
 
     store = FeatureStore(first["out"] / "first.h5")
     keys = store.keys[:4]
     pixels = np.stack([load_image(first["images"] / k, 32) for k in keys])
-    spec = NETWORK
+    spec = tiny["spec"]
     runner = make_openvino_runner(build_keras_model(spec, 32), "float32", batch_size=4)
     np.testing.assert_array_equal(runner(preprocess(pixels, spec.arch)), store.lookup(keys))
 
@@ -79,8 +95,8 @@ def test_a_run_with_the_converted_model_never_loads_tensorflow(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["model.bin", "manifest.json"])
-def test_a_damaged_converted_model_is_converted_again(first, damage, tmp_path):
-    spec = NETWORK
+def test_a_damaged_converted_model_is_converted_again(first, tiny, damage, tmp_path):
+    spec = tiny["spec"]
     models = tmp_path / MODELS_DIR
     shutil.copytree(first["out"] / MODELS_DIR, models)
     folder = os.fspath(models / float_folders(first["out"])[0])
@@ -98,8 +114,8 @@ def test_a_damaged_converted_model_is_converted_again(first, damage, tmp_path):
     assert float_model_folder(spec, 32, str(models), build) == folder and built == [1]
 
 
-def test_an_unwritable_models_folder_converts_in_memory(tmp_path):
-    spec = NETWORK
+def test_an_unwritable_models_folder_converts_in_memory(tiny, tmp_path):
+    spec = tiny["spec"]
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     assert float_model_folder(spec, 32, str(blocker / MODELS_DIR),

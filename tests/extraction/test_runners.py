@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -216,9 +217,12 @@ def test_other_calibration_or_weights_is_another_model(small_cnn, int8_cache, ca
 # Each case quantizes again (end to end): in the full run.
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "no_manifest", "garbage_manifest"])
-def test_damaged_cached_model_is_not_trusted(small_cnn, calibration, tmp_path, damage):
-    pytest.importorskip("nncf")
-    folder, manifest = quantize_openvino_int8(small_cnn, calibration, tmp_path, "cal-2")
+def test_damaged_cached_model_is_not_trusted(small_cnn, calibration, int8_cache, tmp_path, damage):
+    # A copy of the module's quantized model (quantizing it again here would cost as much as
+    # the quantization this test is about), damaged, then replaced by quantizing again.
+    folder = os.fspath(tmp_path / os.path.basename(int8_cache[1]))
+    shutil.copytree(int8_cache[1], folder)
+    manifest = {"model_digest": load_openvino_int8_runner(folder).model_digest}  # intact
     if damage == "truncate":  # e.g. a copy interrupted half-way
         with open(os.path.join(folder, "model.bin"), "r+b") as f:
             f.truncate(os.path.getsize(f.name) // 2)
@@ -229,7 +233,7 @@ def test_damaged_cached_model_is_not_trusted(small_cnn, calibration, tmp_path, d
             f.write("[1, 2")
     with pytest.raises(UserError, match="does not hold a complete quantized model"):
         load_openvino_int8_runner(folder)
-    again, manifest2 = quantize_openvino_int8(small_cnn, calibration, tmp_path, "cal-2")
+    again, manifest2 = quantize_openvino_int8(small_cnn, calibration, tmp_path, "cal-1")
     assert again == folder and manifest2["model_digest"] == manifest["model_digest"]
     assert load_openvino_int8_runner(folder).precision == "int8"
     assert sorted(e.name for e in os.scandir(tmp_path)) == [os.path.basename(folder)]

@@ -278,16 +278,35 @@ def int8_model_of_cache(
     folder = find_quantized_model(models_dir(cache_path), digest)
     if folder is not None:
         return Int8Model(folder, calibration, digest, keys)
+    gone = CacheMismatchError(
+        f"{cache_path} holds int8 features of a quantized model that is gone from "
+        f"{models_dir(cache_path)}, and quantizing again gives another model (its "
+        "calibration images changed or are gone, or NNCF/OpenVINO were upgraded). int8 "
+        "features of two models are not mixed: re-extract into a new cache (another "
+        "--output, or --replace)."
+    )
+    # Calibration images changed or gone: quantizing again could only give another model, so
+    # refuse before quantizing (it costs as much as extracting hundreds of images).
+    if keys and _calibration_now(keys, files, kwargs.get("workers", 1)) != calibration:
+        raise gone
     again = quantize_for(spec, image_size, files, cache_path, calibration_keys=keys, **kwargs)
     if (again.calibration, again.digest) != (calibration, digest):
-        raise CacheMismatchError(
-            f"{cache_path} holds int8 features of a quantized model that is gone from "
-            f"{models_dir(cache_path)}, and quantizing again gave another model (its "
-            "calibration images changed or are gone, or NNCF/OpenVINO were upgraded). int8 "
-            "features of two models are not mixed: re-extract into a new cache (another "
-            "--output, or --replace)."
-        )
+        raise gone
     return again
+
+
+def _calibration_now(keys: Sequence[str], files: Sequence[ImageFile], workers: int) -> str:
+    """The :func:`calibration_identity` of the calibration images ``keys`` as their files are
+    now, without decoding them (those gone or unreadable left out, as quantizing would)."""
+    from tripletsk.extraction.decode import safe_fingerprint
+
+    by_key = {f.key: f for f in files}
+    present = [by_key[k] for k in keys if k in by_key]
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        fps = list(ex.map(safe_fingerprint, present))
+    return calibration_identity(
+        [(f.key, fp[2]) for f, fp in zip(present, fps, strict=True) if fp is not None]
+    )
 
 
 def with_int8_model(opts, old, listing: list, model):
