@@ -275,3 +275,17 @@ def extract_in_new_process(images, output, settings: dict) -> list[str]:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout.split()[-3:]
+
+
+def small_backbone_file(path, size: int = 32) -> Path:
+    """A user's own Keras model file, ``size`` px RGB in: conv -> global pooling -> classifier
+    (``extract-features --backbone FILE``; features from its ``pool`` layer). Quick to build,
+    export and convert where the claim does not depend on the network."""
+    from tripletsk._tensorflow import import_keras
+
+    keras = import_keras()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(12, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    keras.Model(inputs, keras.layers.Dense(3)(x)).save(path)
+    return Path(path)

@@ -1,10 +1,12 @@
 """Run each example as a user would, in a fresh folder, with small sizes; check what it prints
-and writes. The quickstart runs the ``tripletsk`` command of this checkout."""
+and writes. The quickstart runs the ``tripletsk`` command of this checkout; the Python example,
+which starts no command, runs in this process."""
 
 from __future__ import annotations
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +89,13 @@ def test_quickstart(tmp_path, env):
         assert (work / picture).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sklearn_pipeline(tmp_path, env):
-    out = _run([sys.executable, EXAMPLES / "sklearn_pipeline.py", "--epochs", "3"], tmp_path, env)
+def test_sklearn_pipeline(tmp_path, monkeypatch, capsys):
+    # Run as `python examples/sklearn_pipeline.py --epochs 3` is, but in this process: it
+    # starts no command, so a new interpreter would only import TensorFlow again.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLES / "sklearn_pipeline.py"), "--epochs", "3"])
+    runpy.run_path(str(EXAMPLES / "sklearn_pipeline.py"), run_name="__main__")
+    out = capsys.readouterr().out
     lines = out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["labelled mode"] * 2 + ["triplet mode"] * 2
     assert "'embed__margin'" in lines[0] and "'distance'" in lines[2]

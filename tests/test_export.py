@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import TWO_COLOURS, colour_classes
+from tests.helpers import TWO_COLOURS, colour_classes, small_backbone_file
 from tripletsk.cache.store import FeatureStore
 from tripletsk.cli import cli
 from tripletsk.errors import (
@@ -30,13 +30,8 @@ from tripletsk.extraction.backbone import BACKBONE
 from tripletsk.extraction.decode import PREPROCESSING
 from tripletsk.modelfile import cache_record, save_model
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 HEAD = dict(hidden_units=16, n_components=4, max_epochs=2, random_state=0, verbose=0)
-
-
-def _env() -> dict:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -178,21 +173,20 @@ def test_cli_bad_suffix_is_a_usage_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_keras_export_loads_without_tripletsk(fitted, tmp_path):
+def test_cli_keras_export_loads_without_tripletsk(fitted, tmp_path, capsys):
+    # The command runs in-process (the backbone this worker built is reused); loading the
+    # export needs a new process, one where tripletsk cannot be imported.
     out = tmp_path / "model.keras"
-    argv = [sys.executable, "-m", "tripletsk", "export", "--model", str(fitted["model"]),
-            "-o", str(out)]  # fmt: skip
-    proc = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert f"wrote {out} (keras)" in proc.stdout
+    argv = ["export", "--model", str(fitted["model"]), "-o", str(out)]
+    assert cli(argv) == 0, capsys.readouterr().err
+    assert f"wrote {out} (keras)" in capsys.readouterr().out
     with zipfile.ZipFile(out) as zf:
         config = zf.read("config.json").decode()
     modules = set(re.findall(r'"module": "([^"]*)"', config))
     assert modules and all(m.startswith("keras") for m in modules), modules
     assert '"Lambda"' not in config
 
-    again = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "exists; pass --force" in again.stderr
+    assert cli(argv) == 1 and "exists; pass --force" in capsys.readouterr().err
 
     np.save(tmp_path / "pixels.npy", fitted["pixels"])  # uint8, as the extractor reads them
     script = textwrap.dedent(f"""
@@ -214,34 +208,6 @@ def test_cli_keras_export_loads_without_tripletsk(fitted, tmp_path):
 
 
 @pytest.mark.slow
-def test_savedmodel_export_matches_transform(fitted, tmp_path):
-    from tripletsk._tensorflow import import_tensorflow
-
-    tf = import_tensorflow()
-    out = tmp_path / "served"
-    out.mkdir()
-    (out / "saved_model.pb").write_bytes(b"an older export")  # force replaces a SavedModel
-    assert export_model(fitted["encoder"], f"{out}/", force=True) == str(out)
-    served = tf.saved_model.load(str(out))
-    emb = served.serve(tf.constant(fitted["pixels"], tf.float32)).numpy()
-    assert emb.shape == fitted["expected"].shape
-    assert _cosines(emb, fitted["expected"]).min() >= 0.999
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left
-
-
-@pytest.mark.slow
-def test_openvino_export_matches_transform(fitted, tmp_path):
-    ov = pytest.importorskip("openvino")
-    out = tmp_path / "model.xml"
-    export_model(fitted["model"], out)
-    assert out.with_suffix(".bin").is_file()
-    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    emb = compiled(fitted["pixels"].astype(np.float32))[0]
-    assert emb.dtype == np.float32 and emb.shape == fitted["expected"].shape
-    assert _cosines(emb, fitted["expected"]).min() >= 0.999
-
-
-@pytest.mark.slow
 def test_a_bfloat16_cache_exports_with_a_warning(fitted, tmp_path, write_feature_cache):
     store = FeatureStore(fitted["encoder"].features)
     provenance = {**store.provenance, "compute_dtype": "bfloat16"}
@@ -258,17 +224,6 @@ def test_a_bfloat16_cache_exports_with_a_warning(fitted, tmp_path, write_feature
     assert (tmp_path / "m.keras").is_file()
 
 
-def _small_backbone_file(path) -> None:
-    """A user's own Keras model file: conv -> global pooling -> classifier."""
-    from tripletsk._tensorflow import import_keras
-
-    keras = import_keras()
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(12, 3, activation="relu")(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    keras.Model(inputs, keras.layers.Dense(3)(x)).save(path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["MobileNet(alpha=0.25)", "DenseNet121", "file"])
 def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
@@ -280,7 +235,7 @@ def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
     extra = {}
     if backbone == "file":
         backbone = tmp_path / "mine.keras"
-        _small_backbone_file(backbone)
+        small_backbone_file(backbone, SIZE)
         extra = {"preprocessing": "torch"}
     cache = tmp_path / "features.h5"
     extract_features(images, cache, weights="none" if extra == {} else "imagenet",
@@ -305,17 +260,15 @@ def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
 # ------------------------------------------------------------- the input size, every call
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def _fit_on_a_small_backbone_file(root: Path, preprocessing: str) -> dict:
     """Like ``fitted`` with a small backbone of the user's (a model file): quick to export."""
     from tripletsk.extraction import extract_features, load_image
 
-    root = tmp_path_factory.mktemp("tiny")
     images = colour_classes(root / "images", TWO_COLOURS, 4, size=SIZE, noise=40)
-    _small_backbone_file(root / "mine.keras")
     cache = root / "features.h5"
-    extract_features(images, cache, weights="imagenet", image_size=SIZE,
-                     quiet=True, backbone=root / "mine.keras", preprocessing="torch")  # fmt: skip
+    extract_features(images, cache, weights="imagenet", image_size=SIZE, quiet=True,
+                     backbone=small_backbone_file(root / "mine.keras", SIZE),
+                     preprocessing=preprocessing)  # fmt: skip
     keys = np.array(FeatureStore(cache).keys)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -323,8 +276,50 @@ def tiny(tmp_path_factory):
         encoder = TripletEncoder(features=str(cache), **HEAD).fit(keys, [k[:2] for k in keys])
     encoder.save(root / "model.npz")
     pixels = np.stack([load_image(images / k, SIZE) for k in keys])
-    return {"model": root / "model.npz", "pixels": pixels,
+    return {"model": root / "model.npz", "encoder": encoder, "pixels": pixels,
             "expected": encoder.transform(keys)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A model fitted on a small backbone file's features (torch preprocessing)."""
+    return _fit_on_a_small_backbone_file(tmp_path_factory.mktemp("tiny"), "torch")
+
+
+@pytest.fixture(scope="module")
+def caffe(tmp_path_factory):
+    """A small backbone file with ResNet50's preprocessing (caffe: BGR, ImageNet mean): the
+    SavedModel and OpenVINO exports of the default backbone's path, without converting
+    ResNet50 (about a minute each; its keras export is checked above)."""
+    return _fit_on_a_small_backbone_file(tmp_path_factory.mktemp("caffe"), "caffe")
+
+
+@pytest.mark.slow
+def test_savedmodel_export_matches_transform(caffe, tmp_path):
+    from tripletsk._tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    out = tmp_path / "served"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"an older export")  # force replaces a SavedModel
+    assert export_model(caffe["encoder"], f"{out}/", force=True) == str(out)
+    served = tf.saved_model.load(str(out))
+    emb = served.serve(tf.constant(caffe["pixels"], tf.float32)).numpy()
+    assert emb.shape == caffe["expected"].shape
+    assert _cosines(emb, caffe["expected"]).min() >= 0.999
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary left
+
+
+@pytest.mark.slow
+def test_openvino_export_matches_transform(caffe, tmp_path):
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "model.xml"
+    export_model(caffe["model"], out)
+    assert out.with_suffix(".bin").is_file()
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    emb = compiled(caffe["pixels"].astype(np.float32))[0]
+    assert emb.dtype == np.float32 and emb.shape == caffe["expected"].shape
+    assert _cosines(emb, caffe["expected"]).min() >= 0.999
 
 
 def _embed_with(fmt: str, path: Path):

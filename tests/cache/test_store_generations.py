@@ -4,7 +4,8 @@ Writers replace a cache by an atomic rename. Here another process (a real one, s
 ``sys.executable``) rewrites the cache the way an incremental extraction does (one image's row
 dropped, its new row appended at the end, so every later row moves up by one) while a store in
 this process holds it open; every key must then read its own row of the version the store
-opened, or raise a clear error, never another image's row.
+opened, or raise a clear error, never another image's row. The quick tests share one such
+process, which rewrites on request (starting one per rewrite cost seconds of imports each).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,25 +42,31 @@ REWRITE = textwrap.dedent(
     from tripletsk.cache.store import FeatureStore
     from tripletsk.cache.writer import write_cache
 
-    path, changed, times, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    for t in range(times):
-        time.sleep(pause)
-        with FeatureStore(path) as old:
-            keys = [k for k in old.keys if k != changed]
-            # Appended at the end; if it is at the end already, put back at row 3 (so that
-            # every rewrite moves the rows after row 3).
-            at = 3 if old.keys[-1] == changed else len(keys)
-            keys.insert(at, changed)
-            rows = old.lookup(keys)
-            rows[at] += 1000.0  # its new content
-            fps = old.fingerprints[old.indices(keys)]
-            attrs, failed, dim = old.attrs, old.failed, old.dim
-        write_cache(path, keys=keys, fingerprints=fps, feature_blocks=[rows], dim=dim,
-                    dtype="float32", failed=failed,
-                    attrs={**attrs, "generation": os.urandom(8).hex()})
-    print("rewritten", flush=True)
+    def rewrite(path, changed, times, pause):
+        for t in range(times):
+            time.sleep(pause)
+            with FeatureStore(path) as old:
+                keys = [k for k in old.keys if k != changed]
+                # Appended at the end; if it is at the end already, put back at row 3 (so that
+                # every rewrite moves the rows after row 3).
+                at = 3 if old.keys[-1] == changed else len(keys)
+                keys.insert(at, changed)
+                rows = old.lookup(keys)
+                rows[at] += 1000.0  # its new content
+                fps = old.fingerprints[old.indices(keys)]
+                attrs, failed, dim = old.attrs, old.failed, old.dim
+            write_cache(path, keys=keys, fingerprints=fps, feature_blocks=[rows], dim=dim,
+                        dtype="float32", failed=failed,
+                        attrs={**attrs, "generation": os.urandom(8).hex()})
+
+    # One job a line, "path<TAB>changed<TAB>times<TAB>pause", until stdin closes.
+    for line in sys.stdin:
+        path, changed, times, pause = line.rstrip("\\n").split("\\t")
+        rewrite(path, changed, int(times), float(pause))
+        print("rewritten", flush=True)
     """
 )
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path, keys=KEYS, seed=0) -> np.ndarray:
@@ -73,16 +81,39 @@ def _write(path, keys=KEYS, seed=0) -> np.ndarray:
     return feats
 
 
-def _rewrite(path, times: int = 1, wait: bool = True, pause: float = 0.0):
-    """Another process rewrites the cache ``times`` times (drop ``CHANGED``, append it),
+def _start_rewriter() -> subprocess.Popen:
+    """Another process (``sys.executable``), which rewrites a cache for each job it is sent."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-c", REWRITE], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+
+
+def _send(writer: subprocess.Popen, path, times: int = 1, pause: float = 0.0) -> None:
+    """Ask ``writer`` to rewrite the cache ``times`` times (drop ``CHANGED``, append it),
     ``pause`` seconds apart."""
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    args = [sys.executable, "-c", REWRITE, os.fspath(path), CHANGED, str(times), str(pause)]
-    if not wait:
-        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE)
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "rewritten"
-    return None
+    writer.stdin.write(f"{os.fspath(path)}\t{CHANGED}\t{times}\t{pause}\n")
+    writer.stdin.flush()
+
+
+@pytest.fixture(scope="module")
+def rewriter():
+    """One rewriting process for the module's tests (each starting one cost seconds of
+    imports); each test waits for its rewrite to be done."""
+    writer = _start_rewriter()
+    yield writer
+    writer.stdin.close()
+    assert writer.wait(timeout=60) == 0
+
+
+@pytest.fixture
+def rewrite(rewriter):
+    """``rewrite(path)``: the other process rewrites the cache once, and is done."""
+
+    def rewrite(path) -> None:
+        _send(rewriter, path)
+        assert rewriter.stdout.readline().strip() == "rewritten"
+
+    return rewrite
 
 
 @pytest.fixture
@@ -95,24 +126,24 @@ def cache(tmp_path):
     ("in_memory", "read_first"), [(False, False), (True, False), (False, True)]
 )
 def test_a_reader_keeps_the_version_it_opened_while_another_process_rewrites(
-    cache, in_memory, read_first
+    cache, rewrite, in_memory, read_first
 ):
     path, feats = cache
     store = FeatureStore(path, in_memory=in_memory)
     if read_first:  # rows read before the rewrite (features mapped) and after
         np.testing.assert_array_equal(store.lookup(KEYS[:2]), feats[:2])
-    _rewrite(path)
+    rewrite(path)
     assert FeatureStore(path).keys[-1] == CHANGED  # the file did change: the row moved
     np.testing.assert_array_equal(store.lookup(KEYS), feats)  # every row: the old version's
     assert store.keys == KEYS
     np.testing.assert_array_equal(store.to_array(), feats)
 
 
-def test_a_store_used_again_after_close_refuses_a_rewritten_cache(cache):
+def test_a_store_used_again_after_close_refuses_a_rewritten_cache(cache, rewrite):
     path, feats = cache
     with FeatureStore(path) as store:
         np.testing.assert_array_equal(store.lookup([KEYS[4]]), feats[[4]])
-    _rewrite(path)
+    rewrite(path)
     with pytest.raises(CacheChangedError, match=r"features\.h5 was rewritten .* FeatureStore"):
         store.lookup([KEYS[4]])
     with pytest.raises(CacheChangedError):  # refused every time, never a shifted row
@@ -136,7 +167,9 @@ def test_readers_never_see_another_image_s_row_during_rewrites(cache):
     again and again (each version holds the other images' rows at other row numbers)."""
     path, feats = cache
     expected = {k: feats[i] for i, k in enumerate(KEYS)}
-    writer = _rewrite(path, times=20, wait=False, pause=0.05)
+    writer = _start_rewriter()  # a process of its own: it is killed at the end
+    _send(writer, path, times=20, pause=0.05)
+    writer.stdin.close()  # exits once the 20 rewrites are done
     opened = 0
     try:
         while writer.poll() is None or opened < 5:
@@ -156,7 +189,7 @@ def test_readers_never_see_another_image_s_row_during_rewrites(cache):
         writer.wait()
 
 
-def test_fit_and_predict_over_a_store_opened_before_a_rewrite(cache):
+def test_fit_and_predict_over_a_store_opened_before_a_rewrite(cache, rewrite):
     path, feats = cache
     rng = np.random.default_rng(0)
     others = [k for k in KEYS if k != CHANGED]
@@ -168,7 +201,7 @@ def test_fit_and_predict_over_a_store_opened_before_a_rewrite(cache):
     # Two stores opened (keys read) before another process rewrites the cache: one to fit,
     # one to predict.
     store, other = FeatureStore(path), FeatureStore(path)
-    _rewrite(path)
+    rewrite(path)
     enc = TripletEncoder(features=store, hidden_units=(), n_components=4, max_epochs=2,
                          random_state=0).fit(triplets)  # fmt: skip
     np.testing.assert_allclose(enc.feature_mean_, used.mean(axis=0), rtol=1e-4, atol=1e-5)
@@ -195,7 +228,7 @@ def _open_deleted_files(path) -> list[str]:
     return [link for link in links if link == f"{path} (deleted)"]
 
 
-def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache):
+def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache, rewrite):
     import gc
 
     from tripletsk.cache.opened import open_cache
@@ -203,7 +236,7 @@ def test_an_estimator_s_store_of_an_old_version_is_released_once_unused(cache):
     path, feats = cache
     old = open_cache(path)
     old.lookup(KEYS[:1])  # mapped
-    _rewrite(path)
+    rewrite(path)
     new = open_cache(path)
     assert new is not old and new.keys[-1] == CHANGED
     np.testing.assert_array_equal(old.lookup(KEYS), feats)  # whoever holds it reads on

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.helpers import noise_images
+from tests.helpers import noise_images, small_backbone_file
 from tripletsk.errors import ModelFileError, UserError
 from tripletsk.estimator import TripletEncoder
 from tripletsk.evaluation.matching import calibrate, calibrate_index, precision_recall_curve
@@ -101,20 +101,21 @@ def test_read_calibration_of_a_keras_file_refuses_hostile_json(tmp_path):
         read_calibration(path)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("suffix", ["model.keras", "served", "model.xml"])
-def test_exports_carry_the_calibration(tmp_path, suffix):
+@pytest.fixture(scope="module")
+def calibrated_model(tmp_path_factory):
+    """A model file with a calibration, fitted (by hand) on a cache of a small backbone of the
+    user's (a model file): what is checked is the metadata, which no network changes, and
+    ResNet50 made an OpenVINO export cost about a minute."""
     from tripletsk.cache.store import FeatureStore
-    from tripletsk.export import export_model
-    from tripletsk.export_metadata import read_calibration
     from tripletsk.extraction import extract_features
     from tripletsk.modelfile import cache_record, save_model
 
-    if suffix.endswith(".xml"):
-        pytest.importorskip("openvino")
-    noise_images(tmp_path / "images" / "a", 2, shape=(32, 32))
-    cache = tmp_path / "f.h5"
-    extract_features(tmp_path / "images", output=cache, weights="none", image_size=32, quiet=True)
+    root = tmp_path_factory.mktemp("calibrated")
+    noise_images(root / "images" / "a", 2, shape=(32, 32))
+    cache = root / "f.h5"
+    extract_features(root / "images", output=cache, weights="imagenet", image_size=32,
+                     quiet=True, backbone=small_backbone_file(root / "mine.keras"),
+                     preprocessing="torch")  # fmt: skip
     store = FeatureStore(cache)
     enc = TripletEncoder(hidden_units=(), n_components=2)
     rng = np.random.RandomState(0)
@@ -124,6 +125,18 @@ def test_exports_carry_the_calibration(tmp_path, suffix):
     enc.n_features_in_, enc.n_iter_, enc.loss_curve_, enc.active_fraction_ = store.dim, 1, [1], [1]
     enc.validation_scores_ = enc.best_validation_score_ = None
     enc.calibration_ = calibrate(*_queries(300, seed=3), 0.9, n_bootstrap=10).to_dict()
-    save_model(tmp_path / "m.npz", enc, cache_record(store))
-    out = export_model(tmp_path / "m.npz", tmp_path / suffix)
-    assert read_calibration(out)["threshold"] == enc.calibration_["threshold"]
+    save_model(root / "m.npz", enc, cache_record(store))
+    return root / "m.npz", enc.calibration_
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", ["model.keras", "served", "model.xml"])
+def test_exports_carry_the_calibration(calibrated_model, tmp_path, suffix):
+    from tripletsk.export import export_model
+    from tripletsk.export_metadata import read_calibration
+
+    if suffix.endswith(".xml"):
+        pytest.importorskip("openvino")
+    model_file, calibration = calibrated_model
+    out = export_model(model_file, tmp_path / suffix)
+    assert read_calibration(out)["threshold"] == calibration["threshold"]
