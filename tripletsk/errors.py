@@ -100,6 +100,10 @@ class SharedImagesWarning(UserWarning):
 def __getattr__(name: str):
     # TrainingDivergedWarning is a scikit-learn ConvergenceWarning, and importing scikit-learn
     # costs ~2 s of CPU: defined on first use, so that every command starts without it.
+    if name == "ConvergenceWarning":  # scikit-learn's, re-exported for callers' convenience
+        from sklearn.exceptions import ConvergenceWarning
+
+        return ConvergenceWarning
     if name == "TrainingDivergedWarning":
         from sklearn.exceptions import ConvergenceWarning
 
