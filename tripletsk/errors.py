@@ -98,21 +98,20 @@ class SharedImagesWarning(UserWarning):
 
 
 def __getattr__(name: str):
-    # TrainingDivergedWarning is a scikit-learn ConvergenceWarning, and importing scikit-learn
-    # costs ~2 s of CPU: defined on first use, so that every command starts without it.
-    if name == "ConvergenceWarning":  # scikit-learn's, re-exported for callers' convenience
-        from sklearn.exceptions import ConvergenceWarning
+    # TrainingDivergedWarning is a scikit-learn ConvergenceWarning (re-exported here too), and
+    # importing scikit-learn costs ~2 s of CPU: both are made on first use, so that commands
+    # that need no scikit-learn start without it.
+    if name not in ("ConvergenceWarning", "TrainingDivergedWarning"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from sklearn.exceptions import ConvergenceWarning
 
+    if name == "ConvergenceWarning":
         return ConvergenceWarning
-    if name == "TrainingDivergedWarning":
-        from sklearn.exceptions import ConvergenceWarning
 
-        class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
-            """Training stopped on a non-finite loss or weight; the last finite weights were
-            kept."""
+    class TrainingDivergedWarning(ConvergenceWarning, RuntimeWarning):
+        """Training stopped on a non-finite loss or weight; the last finite weights were kept."""
 
-        TrainingDivergedWarning.__module__ = __name__
-        TrainingDivergedWarning.__qualname__ = name  # pickles and prints as if defined above
-        globals()[name] = TrainingDivergedWarning
-        return TrainingDivergedWarning
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    TrainingDivergedWarning.__module__ = __name__
+    TrainingDivergedWarning.__qualname__ = name  # pickles and prints as if defined above
+    globals()[name] = TrainingDivergedWarning
+    return TrainingDivergedWarning
