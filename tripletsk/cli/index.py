@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -72,7 +73,8 @@ def register(sub) -> None:
         "duplicates",
         "Groups of near-duplicate images: every pair within --threshold (exact, all pairs), "
         "joined into connected groups.",
-        "tripletsk duplicates --index cache/thumbnails --threshold 0.05 --verify-threshold 0.1",
+        "tripletsk duplicates --index cache/thumbnails --threshold 0.05 --verify-threshold 0.3 "
+        "--same-size-threshold 0.02",
     )
     p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
     p.add_argument(
@@ -81,6 +83,14 @@ def register(sub) -> None:
         metavar="V",
         help="thumbnail index only: keep a pair only if its images, both shrunk to the smaller "
         "one's size (at most 64 px), are within V (2 keeps every pair and shows that distance)",
+    )
+    p.add_argument(
+        "--same-size-threshold",
+        type=float,
+        metavar="S",
+        help="with --verify-threshold: keep a pair of images of the same width and height "
+        "(not resized, so exact or re-encoded copies) only within S instead, S <= V "
+        "(default: V)",
     )
     p.add_argument(
         "--pairs",
@@ -215,17 +225,12 @@ def _print_neighbours(args, found) -> None:
 
 def _run_duplicates(args: argparse.Namespace) -> int:
     index = open_index(args.index)
-    verify = args.verify_threshold
-    if verify is not None and index.kind != "thumbnails":
-        raise UsageError(
-            f"--verify-threshold compares the images of a thumbnail index, and {index.path} is a "
-            f"{KIND_NAMES.get(index.kind, 'model')} index; build one with `tripletsk index "
-            "--thumbnails --features CACHE -o INDEX`"
-        )
+    _check_verify_options(args, index)
+    verify = {"verify": args.verify_threshold, "verify_same_size": args.same_size_threshold}
     try:
         if args.pairs:
-            return _print_pairs(args, index, *index.duplicate_pairs(args.threshold, verify=verify))
-        groups = index.duplicates(args.threshold, verify=verify)
+            return _print_pairs(args, index, *index.duplicate_pairs(args.threshold, **verify))
+        groups = index.duplicates(args.threshold, **verify)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -242,10 +247,38 @@ def _run_duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_verify_options(args, index) -> None:
+    """UsageError, naming the option, for a bad --verify-threshold or --same-size-threshold."""
+    verify, same_size = args.verify_threshold, args.same_size_threshold
+    if same_size is not None and verify is None:
+        raise UsageError(
+            "--same-size-threshold S tightens --verify-threshold V for pairs of images of the "
+            "same size, and needs it: add --verify-threshold V"
+        )
+    for option, value in (("--verify-threshold", verify), ("--same-size-threshold", same_size)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{option} must be a finite distance >= 0; got {value}")
+    if same_size is not None and same_size > verify:
+        raise UsageError(
+            f"--same-size-threshold ({same_size}) must be at most --verify-threshold ({verify}): "
+            "same-size pairs (exact or re-encoded copies) are held to the tighter threshold"
+        )
+    if verify is not None and index.kind != "thumbnails":
+        raise UsageError(
+            f"--verify-threshold compares the images of a thumbnail index, and {index.path} is a "
+            f"{KIND_NAMES.get(index.kind, 'model')} index; build one with `tripletsk index "
+            "--thumbnails --features CACHE -o INDEX`"
+        )
+
+
 def _thresholds(args) -> dict:
     """The thresholds of a ``duplicates`` run, for its JSON."""
-    verify = {} if args.verify_threshold is None else {"verify_threshold": args.verify_threshold}
-    return {"threshold": args.threshold, **verify}
+    out = {"threshold": args.threshold}
+    if args.verify_threshold is not None:
+        out["verify_threshold"] = args.verify_threshold
+    if args.same_size_threshold is not None:
+        out["same_size_threshold"] = args.same_size_threshold
+    return out
 
 
 def _within(args, index) -> str:
@@ -253,8 +286,11 @@ def _within(args, index) -> str:
     within = f"within distance {args.threshold} ({index.distance})"
     if args.verify_threshold is None:
         return within
+    same_size = args.same_size_threshold
+    tighter = "" if same_size is None else f" (same-size pairs within {same_size})"
     return (
-        f"{within} and verified within {args.verify_threshold} on the images at their common size"
+        f"{within} and verified within {args.verify_threshold}{tighter} on the images at their "
+        "common size"
     )
 
 

@@ -323,7 +323,13 @@ class EmbeddingIndex:
         return d.reshape(rows.shape)
 
     # -- duplicates and matching ---------------------------------------------------------------
-    def duplicate_pairs(self, threshold: float, *, verify: float | None = None):
+    def duplicate_pairs(
+        self,
+        threshold: float,
+        *,
+        verify: float | None = None,
+        verify_same_size: float | None = None,
+    ):
         """Every pair of rows at distance ``<= threshold``, exact, all pairs compared in blocks
         read from disk.
 
@@ -335,6 +341,11 @@ class EmbeddingIndex:
             A thumbnail index only: keep a pair only if its images, compared at their common
             size (:func:`tripletsk.index.thumbnails.image_pair_distances`), are within
             ``verify``; ``2`` keeps every pair and measures it.
+        verify_same_size : float, optional
+            With ``verify``: the threshold instead for a pair of images of the same width and
+            height, which were not resized relative to each other, so a copy among them is
+            exact or re-encoded (:func:`tripletsk.index.thumbnails.compare_image_pairs`).
+            At most ``verify``; by default ``verify``.
 
         Returns
         -------
@@ -343,32 +354,44 @@ class EmbeddingIndex:
 
         Raises
         ------
+        ValueError
+            If a threshold is negative or not finite, ``verify_same_size`` is given without
+            ``verify`` or exceeds it.
         UserError
             With ``verify``, if the index is not a thumbnail index or an image is missing or
             changed since it was cached.
         """
         threshold = _check_threshold(threshold)
+        verify, verify_same_size = _check_verify(verify, verify_same_size)
         if verify is not None:
-            from tripletsk.index.thumbnails import check_verifiable, image_pair_distances
+            from tripletsk.index.thumbnails import check_verifiable
 
-            verify = _check_threshold(verify, "verify")
             check_verifiable(self)
         i, j, d = pairs_within(self.read_blocks, threshold, self.distance)
         if verify is None:
             return i, j, d
-        d = image_pair_distances(self, i, j)
-        keep = d <= verify
+        from tripletsk.index.thumbnails import compare_image_pairs
+
+        d, same_size = compare_image_pairs(self, i, j)
+        keep = d <= np.where(same_size, verify_same_size, verify)
         return i[keep], j[keep], d[keep]
 
-    def duplicates(self, threshold: float, *, verify: float | None = None) -> list[list[str]]:
+    def duplicates(
+        self,
+        threshold: float,
+        *,
+        verify: float | None = None,
+        verify_same_size: float | None = None,
+    ) -> list[list[str]]:
         """Groups of near-duplicate keys: the connected groups of the pairs within
         ``threshold`` (two images are in one group if a chain of close pairs joins them), with
-        ``verify`` only the pairs verified on the images (:meth:`duplicate_pairs`). Groups are
-        sorted by their first key; each group's keys in row order."""
+        ``verify`` (and ``verify_same_size``) only the pairs verified on the images
+        (:meth:`duplicate_pairs`). Groups are sorted by their first key; each group's keys in
+        row order."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        i, j, _ = self.duplicate_pairs(threshold, verify=verify)
+        i, j, _ = self.duplicate_pairs(threshold, verify=verify, verify_same_size=verify_same_size)
         if not len(i):
             return []
         n = len(self)
@@ -447,3 +470,26 @@ def _check_threshold(threshold, name: str = "threshold") -> float:
     if not np.isfinite(t) or t < 0:
         raise ValueError(f"{name} must be a finite distance >= 0; got {threshold!r}")
     return t
+
+
+def _check_verify(verify, same_size) -> tuple[float | None, float | None]:
+    """``(verify, verify_same_size)`` checked, the latter ``verify`` when not given."""
+    if verify is None:
+        if same_size is not None:
+            raise ValueError(
+                "verify_same_size tightens verify for pairs of images of the same size and "
+                f"needs it; got verify_same_size={same_size!r} without verify"
+            )
+        return None, None
+    verify = _check_threshold(verify, "verify")
+    if same_size is None:
+        return verify, verify
+    same_size = _check_threshold(same_size, "verify_same_size")
+    if same_size > verify:
+        # Same-size copies are exact or re-encoded, nearer than resized ones: a looser
+        # threshold for them is a mistake, not a choice.
+        raise ValueError(
+            f"verify_same_size must be at most verify (same-size pairs are held to the tighter "
+            f"threshold); got verify_same_size={same_size!r} > verify={verify!r}"
+        )
+    return verify, same_size

@@ -15,7 +15,10 @@ it was cached is refused, never indexed under the old image's key.
 An 8 px thumbnail cannot tell every resized copy from every similar distinct image, so the pairs
 it finds can be verified on the images themselves (:func:`image_pair_distances`): both images
 of a pair shrunk to the smaller one's size (at most :data:`VERIFY_MAX_SIZE` px), as a
-thumbnail of that size, read through the same checks.
+thumbnail of that size, read through the same checks. Two images of the same size were not
+resized relative to each other, so a copy among them is exact or re-encoded, far nearer its
+original than a resized copy: :func:`compare_image_pairs` says which pairs they are, for a
+tighter threshold.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,8 +37,10 @@ from tripletsk.errors import ImageDecodeError, UserError
 __all__ = [
     "THUMBNAIL_SIZE",
     "VERIFY_MAX_SIZE",
+    "PairComparison",
     "ThumbnailEmbedding",
     "check_verifiable",
+    "compare_image_pairs",
     "image_pair_distances",
     "thumbnail",
     "thumbnail_digest",
@@ -169,6 +175,74 @@ def check_verifiable(index) -> str:
     return root
 
 
+class PairComparison(NamedTuple):
+    """What :func:`compare_image_pairs` measured of each pair of images."""
+
+    #: float64, each pair's distance at its common size.
+    distances: np.ndarray
+    #: bool, whether the pair's two images have the same width and height (EXIF orientation
+    #: applied): neither was resized relative to the other.
+    same_size: np.ndarray
+
+
+def compare_image_pairs(
+    index, rows_i: np.ndarray, rows_j: np.ndarray, *, max_size: int = VERIFY_MAX_SIZE
+) -> PairComparison:
+    """Distances of pairs of a thumbnail index's rows on the images, and which pairs are of
+    images of the same size.
+
+    :func:`image_pair_distances`, with ``same_size`` beside the distances: a pair of images
+    of equal width and height (from the files' headers, EXIF orientation applied) was not
+    resized relative to each other, so a copy among them can only be exact or re-encoded
+    (e.g. a JPEG re-save), much nearer its original than a resized copy; such a pair can be
+    held to a tighter threshold (:meth:`EmbeddingIndex.duplicate_pairs`, ``verify_same_size``).
+    A same-size pair is compared at that size (at most ``max_size``), like any other pair.
+
+    Parameters
+    ----------
+    index : EmbeddingIndex
+        A thumbnail index (``tripletsk index --thumbnails``).
+    rows_i, rows_j : array-like of int
+        The pairs' row numbers.
+    max_size : int, default=VERIFY_MAX_SIZE
+        The largest side compared, for big photos.
+
+    Returns
+    -------
+    PairComparison
+        ``(distances, same_size)``: float64 and bool, one per pair.
+
+    Raises
+    ------
+    UserError
+        Naming the file, if an image is missing, changed since it was cached, or unreadable, or
+        if ``index`` is not a thumbnail index.
+    """
+    root = check_verifiable(index)
+    cache, keys, hashes = index.cache.get("path"), index.keys, index.hashes
+    rows_i, rows_j = np.asarray(rows_i, np.int64), np.asarray(rows_j, np.int64)
+    if int(max_size) < 1:
+        raise ValueError(f"max_size must be at least 1 pixel; got {max_size!r}")
+    if rows_i.shape != rows_j.shape or rows_i.ndim != 1:
+        raise ValueError(f"rows_i and rows_j must be two 1-D arrays of one length; got "
+                         f"{rows_i.shape} and {rows_j.shape}")  # fmt: skip
+
+    def one(pair: tuple[int, int]) -> tuple[float, bool]:
+        files = [_read_cached(cache, root, keys[r], decode_str(hashes[r])) for r in pair]
+        sizes = [_oriented_size(path, data) for path, data in files]
+        size = min(int(max_size), *(min(s) for s in sizes))
+        a, b = (_thumbnail_of(path, data, size) for path, data in files)
+        return float(np.linalg.norm(a.astype(np.float64) - b)), sizes[0] == sizes[1]
+
+    with ThreadPoolExecutor(_THREADS) as pool:
+        pairs = zip(rows_i.tolist(), rows_j.tolist(), strict=True)
+        measured = list(pool.map(one, pairs))
+    return PairComparison(
+        np.array([d for d, _ in measured], dtype=np.float64).reshape(len(rows_i)),
+        np.array([same for _, same in measured], dtype=bool).reshape(len(rows_i)),
+    )
+
+
 def image_pair_distances(
     index, rows_i: np.ndarray, rows_j: np.ndarray, *, max_size: int = VERIFY_MAX_SIZE
 ) -> np.ndarray:
@@ -183,7 +257,8 @@ def image_pair_distances(
     thumbnail's near neighbours that differ in detail end up farther apart, and so do resized
     copies (an upscaled copy shrunk back is a blurred original: on Fashion-MNIST up to 0.28 at
     28 px, farther than similar distinct items, docs/findings.md); choose a threshold on
-    copies of your own images.
+    copies of your own images. :func:`compare_image_pairs` also tells which pairs are of
+    images of the same size.
 
     Parameters
     ----------
@@ -205,24 +280,7 @@ def image_pair_distances(
         Naming the file, if an image is missing, changed since it was cached, or unreadable, or
         if ``index`` is not a thumbnail index.
     """
-    root = check_verifiable(index)
-    cache, keys, hashes = index.cache.get("path"), index.keys, index.hashes
-    rows_i, rows_j = np.asarray(rows_i, np.int64), np.asarray(rows_j, np.int64)
-    if int(max_size) < 1:
-        raise ValueError(f"max_size must be at least 1 pixel; got {max_size!r}")
-    if rows_i.shape != rows_j.shape or rows_i.ndim != 1:
-        raise ValueError(f"rows_i and rows_j must be two 1-D arrays of one length; got "
-                         f"{rows_i.shape} and {rows_j.shape}")  # fmt: skip
-
-    def one(pair: tuple[int, int]) -> float:
-        files = [_read_cached(cache, root, keys[r], decode_str(hashes[r])) for r in pair]
-        size = min(int(max_size), *(_smaller_side(path, data) for path, data in files))
-        a, b = (_thumbnail_of(path, data, size) for path, data in files)
-        return float(np.linalg.norm(a.astype(np.float64) - b))
-
-    with ThreadPoolExecutor(_THREADS) as pool:
-        pairs = zip(rows_i.tolist(), rows_j.tolist(), strict=True)
-        return np.array(list(pool.map(one, pairs)), dtype=np.float64).reshape(len(rows_i))
+    return compare_image_pairs(index, rows_i, rows_j, max_size=max_size).distances
 
 
 def _read_cached(cache: str, root: str, key: str, expected: str) -> tuple[str, bytes]:
@@ -253,15 +311,21 @@ def _thumbnail_of(path, data: bytes | str | os.PathLike, size: int) -> np.ndarra
         raise UserError(f"{path}: {exc}") from None
 
 
-def _smaller_side(path: str, data: bytes) -> int:
-    """The smaller side of an image, in pixels, from its header; UserError naming ``path``."""
+def _oriented_size(path: str, data: bytes) -> tuple[int, int]:
+    """An image's (width, height) from its header, EXIF orientation applied as decoding does
+    (a broken EXIF block: as stored); UserError naming ``path``."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return min(im.size)
+            width, height = im.size
+            try:
+                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn
+            except Exception:  # broken EXIF: the decoder uses the pixels as stored
+                turned = False
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: not a readable image ({exc})") from None
+    return (height, width) if turned else (width, height)
 
 
 def _image_path(root: str, key: str, cache: str) -> str:
