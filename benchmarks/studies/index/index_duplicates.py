@@ -237,10 +237,14 @@ def verify(w: str, meta: dict) -> dict:
 JPEG_QUALITIES = (95, 85, 75)
 
 
-def _resave_distances(folder: str, keys: list, thumbnail_size: int | None = None) -> dict:
+def _resave_distances(
+    folder: str, keys: list, thumbnail_size: int | None = None, full_decode: bool = False
+) -> dict:
     """Per JPEG quality, each image's distance to its JPEG re-save (made in memory, not
     indexed): at the size verification compares a same-size pair at (the image's smaller
-    side, at most VERIFY_MAX_SIZE), or at ``thumbnail_size`` px (the index's scale)."""
+    side, at most VERIFY_MAX_SIZE), or at ``thumbnail_size`` px (the index's scale).
+    ``full_decode``: the re-save's pixels decoded in full (stored losslessly as PNG) before
+    its thumbnail is made, bypassing the JPEG draft (DCT) downscaling of decoding."""
     import io
 
     from PIL import Image
@@ -258,9 +262,14 @@ def _resave_distances(folder: str, keys: list, thumbnail_size: int | None = None
         for q in JPEG_QUALITIES:
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=q)
-            with Image.open(io.BytesIO(buf.getvalue())) as resaved:
-                assert resaved.size == im.size  # a same-size pair
-            out.append(float(np.linalg.norm(thumbnail(buf.getvalue(), size) - mine)))
+            with Image.open(io.BytesIO(buf.getvalue())) as check:
+                assert check.size == im.size  # a same-size pair
+            resaved = buf.getvalue()
+            if full_decode:
+                png = io.BytesIO()
+                Image.open(io.BytesIO(resaved)).save(png, format="PNG")
+                resaved = png.getvalue()
+            out.append(float(np.linalg.norm(thumbnail(resaved, size) - mine)))
         return out
 
     d = np.array([one(k) for k in keys])
@@ -331,12 +340,22 @@ def same_size(w: str, meta: dict) -> dict:
     # side) how many are candidates at all, within the threshold at 8 px.
     test_originals = [k for k in test.keys if "_" not in os.path.basename(k)]
     at_size = _resave_distances(os.path.join(w, "test"), test_originals)
-    at_8 = _resave_distances(os.path.join(w, "test"), test_originals, round((test.dim / 3) ** 0.5))
+    side = round((test.dim / 3) ** 0.5)
+    at_8 = _resave_distances(os.path.join(w, "test"), test_originals, side)
+    # How much of the 8 px distance is the JPEG draft (DCT) downscaling of decoding, which a
+    # PNG original does not go through: the same re-saves decoded in full first.
+    at_8_full = _resave_distances(os.path.join(w, "test"), test_originals, side, True)
     out["test_resaves"] = {
         str(q): {"n": len(test_originals),
                  "within_same_size_threshold": float((at_size[q] <= s).mean()),
                  "within_threshold_at_8px": float((at_8[q] <= threshold).mean()),
                  "within_both": float(((at_size[q] <= s) & (at_8[q] <= threshold)).mean()),
+                 "distance_at_8px_min_median_max": np.percentile(at_8[q], [0, 50, 100])
+                 .round(4).tolist(),
+                 "within_threshold_at_8px_decoded_in_full": float(
+                     (at_8_full[q] <= threshold).mean()),
+                 "distance_at_8px_decoded_in_full_min_median_max": np.percentile(
+                     at_8_full[q], [0, 50, 100]).round(4).tolist(),
                  "distance_min_median_99_max": np.percentile(at_size[q], [0, 50, 99, 100])
                  .round(4).tolist()}
         for q in JPEG_QUALITIES}  # fmt: skip
