@@ -383,6 +383,64 @@ def test_duplicates_verification_is_refused_on_a_model_index(capsys, work):
     assert "is a model index; build one with `tripletsk index --thumbnails" in last
 
 
+@pytest.fixture
+def same_size(capsys, tmp_path):
+    """A grey orig.png (48 px), its JPEG re-save (quality 85, 0.05 away at 48 px), near.png
+    (the same size, one 4 px block brighter: a distinct image 0.12 away), two noise images, and
+    their thumbnail index."""
+    from PIL import Image
+
+    from tests.helpers import image_folder_cache, look_alike_image, noise_images
+
+    images = noise_images(tmp_path / "images", 2)
+    original = look_alike_image(1).convert("L")
+    original.save(images / "orig.png")
+    original.save(images / "resaved.jpg", quality=85)
+    pixels = np.asarray(original).astype(np.int16)
+    pixels[20:24, 20:24] += 60
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(images / "near.png")
+    image_folder_cache(images, tmp_path / "cache.h5")
+    argv = ["--thumbnails", "--features", tmp_path / "cache.h5", "-o", tmp_path / "thumbs"]
+    assert run(capsys, "index", *argv)[0] == 0
+    return tmp_path / "thumbs"
+
+
+def test_duplicates_same_size_threshold_drops_a_same_size_look_alike(capsys, same_size):
+    argv = ["duplicates", "--index", same_size, "--threshold", 0.1, "--verify-threshold", 0.2]
+    status, out, _ = run(capsys, *argv)
+    assert status == 0 and out.splitlines() == ["near.png\torig.png\tresaved.jpg"]
+    status, out, err = run(capsys, *argv, "--same-size-threshold", 0.08)
+    assert status == 0 and out.splitlines() == ["orig.png\tresaved.jpg"]
+    assert "verified within 0.2 (same-size pairs within 0.08) on the images" in err
+    status, out, _ = run(capsys, *argv, "--same-size-threshold", 0.08, "--pairs", "--json")
+    answer = json.loads(out)
+    assert status == 0 and (answer["verify_threshold"], answer["same_size_threshold"]) == (
+        0.2,
+        0.08,
+    )
+    assert [{p["a"], p["b"]} for p in answer["pairs"]] == [{"orig.png", "resaved.jpg"}]
+    assert 0.02 < answer["pairs"][0]["distance"] <= 0.08
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (["--same-size-threshold", 0.05], "--same-size-threshold S tightens --verify-threshold V"),
+        (["--verify-threshold", 0.1, "--same-size-threshold", 0.2],
+         "--same-size-threshold (0.2) must be at most --verify-threshold (0.1)"),
+        (["--verify-threshold", 0.1, "--same-size-threshold", -1],
+         "--same-size-threshold must be a finite distance >= 0; got -1.0"),
+        (["--verify-threshold", "nan"],
+         "--verify-threshold must be a finite distance >= 0; got nan"),
+    ],
+)  # fmt: skip
+def test_duplicates_bad_same_size_threshold_is_a_usage_error(capsys, same_size, options, match):
+    status, out, err = run(capsys, "duplicates", "--index", same_size, "--threshold", 0.1, *options)
+    last = err.strip().splitlines()[-1]
+    assert status == 2 and out == "" and "Traceback" not in err
+    assert last.startswith("tripletsk duplicates: error: ") and match in last
+
+
 def test_info_shows_what_an_index_holds(capsys, work, tmp_path):
     status, out, _ = run(capsys, "info", work / "index", "--json")
     info = json.loads(out)

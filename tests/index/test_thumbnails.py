@@ -220,3 +220,110 @@ def test_verification_is_refused_on_an_index_of_another_kind(images, tmp_path):
     thumbs, _ = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
     with pytest.raises(ValueError, match="verify must be a finite distance >= 0; got -1"):
         thumbs.duplicates(0.1, verify=-1)
+
+
+@pytest.fixture
+def same_size(tmp_path):
+    """A grey orig.png (48 px), its exact copy, its JPEG re-save (quality 85), its 24 px copy,
+    and near.png: the same size with one 4 px block brighter (a distinct image 0.12 away at 48
+    px, where the re-save is 0.05), their cache and thumbnail index."""
+    root = tmp_path / "images"
+    root.mkdir()
+    original = look_alike_image(1).convert("L")
+    original.save(root / "orig.png")
+    original.save(root / "copy.png")
+    original.save(root / "resaved.jpg", quality=85)
+    original.resize((24, 24), Image.BILINEAR).save(root / "small.png")
+    pixels = np.asarray(original).astype(np.int16)
+    pixels[20:24, 20:24] += 60
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / "near.png")
+    image_folder_cache(root, tmp_path / "cache.h5")
+    index, _ = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+    return index
+
+
+def _pair_set(index, i, j) -> set:
+    return {frozenset((index.keys[a], index.keys[b])) for a, b in zip(i, j, strict=True)}
+
+
+def _pair(a: str, b: str) -> frozenset:
+    return frozenset((a, b))
+
+
+def test_compare_image_pairs_tells_same_size_pairs(same_size):
+    from tripletsk.index.thumbnails import compare_image_pairs, image_pair_distances
+
+    index = same_size
+    i, j, _ = index.duplicate_pairs(0.1)
+    assert len(i) == 10  # every pair of the 5 images is a candidate at 8 px
+    d, same = compare_image_pairs(index, i, j)
+    assert d.dtype == np.float64 and same.dtype == bool
+    np.testing.assert_array_equal(d, image_pair_distances(index, i, j))
+    small = ["small.png" in (index.keys[a], index.keys[b]) for a, b in zip(i, j, strict=True)]
+    np.testing.assert_array_equal(same, ~np.array(small))  # only small.png was resized
+    distance = {_pair(index.keys[a], index.keys[b]): x for a, b, x in zip(i, j, d, strict=True)}
+    assert distance[_pair("orig.png", "copy.png")] == 0
+    assert 0.02 < distance[_pair("orig.png", "resaved.jpg")] < 0.07
+    assert 0.1 < distance[_pair("orig.png", "near.png")] < 0.15
+    assert compare_image_pairs(index, [], []).same_size.shape == (0,)
+
+
+def test_a_same_size_threshold_drops_a_same_size_look_alike_and_keeps_resized_copies(same_size):
+    index = same_size
+    loose = _pair_set(index, *index.duplicate_pairs(0.1, verify=0.2)[:2])
+    assert _pair("orig.png", "near.png") in loose and len(loose) == 10
+    i, j, d = index.duplicate_pairs(0.1, verify=0.2, verify_same_size=0.08)
+    tight = _pair_set(index, i, j)
+    for look_alike in ("orig.png", "copy.png", "resaved.jpg"):
+        assert _pair(look_alike, "near.png") not in tight  # same size, 0.12 apart
+    assert _pair("orig.png", "resaved.jpg") in tight  # the JPEG re-save: 0.05
+    assert _pair("orig.png", "copy.png") in tight
+    assert {_pair(k, "small.png") for k in ("orig.png", "copy.png", "resaved.jpg")} <= tight
+    assert (d <= 0.2).all()
+    # At 0 only exact copies pass among same-size pairs; resized ones are held to verify.
+    exact = _pair_set(index, *index.duplicate_pairs(0.1, verify=0.2, verify_same_size=0)[:2])
+    assert _pair("orig.png", "copy.png") in exact and _pair("orig.png", "resaved.jpg") not in exact
+    assert {p for p in exact if "small.png" not in p} == {_pair("orig.png", "copy.png")}
+    assert {p for p in exact if "small.png" in p} == {p for p in tight if "small.png" in p}
+    # A same-size threshold equal to verify is the behaviour without one.
+    assert index.duplicates(0.1, verify=0.2, verify_same_size=0.2) == index.duplicates(
+        0.1, verify=0.2
+    )
+
+
+def test_same_size_means_as_shown_after_the_exif_orientation(tmp_path):
+    from tripletsk.index.thumbnails import compare_image_pairs
+
+    root = tmp_path / "images"
+    root.mkdir()
+    wide = look_alike_image(1).resize((48, 32))
+    wide.save(root / "wide.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 32 x 48, shown 48 x 32
+    wide.transpose(Image.Transpose.ROTATE_90).save(root / "turned.jpg", exif=exif, quality=95)
+    wide.resize((32, 48)).save(root / "tall.png")  # 32 x 48 as shown: resized
+    image_folder_cache(root, tmp_path / "cache.h5")
+    index, _ = build_index_from_thumbnails(tmp_path / "thumbs", tmp_path / "cache.h5")
+    rows = index.rows_of(["wide.png", "wide.png", "turned.jpg"])
+    others = index.rows_of(["turned.jpg", "tall.png", "tall.png"])
+    assert compare_image_pairs(index, rows, others).same_size.tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize(
+    "verify, tight, match",
+    [
+        (None, 0.05, r"verify_same_size tightens verify .* without verify"),
+        (
+            0.1,
+            0.2,
+            r"verify_same_size must be at most verify .* verify_same_size=0\.2 > verify=0\.1",
+        ),
+        (0.1, -0.01, "verify_same_size must be a finite distance >= 0; got -0.01"),
+        (0.1, float("nan"), "verify_same_size must be a finite distance >= 0; got nan"),
+    ],
+)
+def test_bad_same_size_thresholds_are_refused(same_size, verify, tight, match):
+    with pytest.raises(ValueError, match=match):
+        same_size.duplicate_pairs(0.1, verify=verify, verify_same_size=tight)
+    with pytest.raises(ValueError, match=match):
+        same_size.duplicates(0.1, verify=verify, verify_same_size=tight)
