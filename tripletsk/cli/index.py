@@ -73,8 +73,8 @@ def register(sub) -> None:
         "duplicates",
         "Groups of near-duplicate images: every pair within --threshold (exact, all pairs), "
         "joined into connected groups.",
-        "tripletsk duplicates --index cache/thumbnails --threshold 0.05 --verify-threshold 0.3 "
-        "--same-size-threshold 0.02",
+        "tripletsk duplicates --index cache/thumbnails --threshold 0.05 --verify-threshold 0.31 "
+        "--same-size-threshold 0.27",
     )
     p.add_argument("--threshold", type=float, required=True, help="largest distance of a pair")
     p.add_argument(
