@@ -262,12 +262,8 @@ def image_pair_distances(
 
     Parameters
     ----------
-    index : EmbeddingIndex
-        A thumbnail index (``tripletsk index --thumbnails``).
-    rows_i, rows_j : array-like of int
-        The pairs' row numbers.
-    max_size : int, default=VERIFY_MAX_SIZE
-        The largest side compared, for big photos.
+    index, rows_i, rows_j, max_size
+        As for :func:`compare_image_pairs`.
 
     Returns
     -------
@@ -277,8 +273,7 @@ def image_pair_distances(
     Raises
     ------
     UserError
-        Naming the file, if an image is missing, changed since it was cached, or unreadable, or
-        if ``index`` is not a thumbnail index.
+        As :func:`compare_image_pairs`: naming a missing, changed or unreadable image.
     """
     return compare_image_pairs(index, rows_i, rows_j, max_size=max_size).distances
 

@@ -200,6 +200,21 @@ def _verify_validation(train, copy_of: dict, threshold: float) -> dict:
     }  # fmt: skip
 
 
+def _checked_run(w: str, index: str, threshold: float, extra: list, name: str,
+                 planted: dict) -> dict:  # fmt: skip
+    """``tripletsk duplicates`` on the test index with the options ``extra``, timed, every
+    group checked (false groups drawn in ``false_groups_thumbnails_<name>.png``) and counted
+    both ways."""
+    t = time.perf_counter()
+    text = tripletsk("duplicates", "--index", index, "--threshold", threshold, *extra,
+                     "--json")  # fmt: skip
+    seconds = time.perf_counter() - t
+    groups = json.loads(text[: text.rindex("}") + 1])["groups"]
+    sheet = os.path.join(w, f"false_groups_thumbnails_{name}.png")
+    return {"command_seconds": seconds, "load_average": os.getloadavg()[0],
+            **_check_groups(w, groups, planted, sheet), **_both_ways(groups, planted)}  # fmt: skip
+
+
 def verify(w: str, meta: dict) -> dict:
     from tripletsk.index.embedding_index import EmbeddingIndex
 
@@ -212,15 +227,7 @@ def verify(w: str, meta: dict) -> dict:
     v = validation["verify_threshold"]
     out = {"threshold": threshold, "validation": validation}
     for name, extra in (("unverified", []), ("verified", ["--verify-threshold", v])):
-        t = time.perf_counter()
-        text = tripletsk("duplicates", "--index", index, "--threshold", threshold, *extra,
-                         "--json")  # fmt: skip
-        seconds = time.perf_counter() - t
-        groups = json.loads(text[: text.rindex("}") + 1])["groups"]
-        sheet = os.path.join(w, f"false_groups_thumbnails_{name}.png")
-        out[name] = {"command_seconds": seconds, "load_average": os.getloadavg()[0],
-                     **_check_groups(w, groups, meta["planted_test"], sheet),
-                     **_both_ways(groups, meta["planted_test"])}  # fmt: skip
+        out[name] = _checked_run(w, index, threshold, extra, name, meta["planted_test"])
     out["in_process_seconds"] = _verify_seconds(EmbeddingIndex(index), threshold)
     text = tripletsk("duplicates", "--index", index, "--threshold", threshold,
                      "--verify-threshold", 2, "--pairs", "--json")  # fmt: skip
@@ -311,15 +318,8 @@ def same_size(w: str, meta: dict) -> dict:
     runs = {"verified": ["--verify-threshold", v],
             "same_size": ["--verify-threshold", v, "--same-size-threshold", s]}  # fmt: skip
     for name, extra in runs.items():
-        t = time.perf_counter()
-        text = tripletsk("duplicates", "--index", index, "--threshold", threshold, *extra,
-                         "--json")  # fmt: skip
-        seconds = time.perf_counter() - t
-        groups = json.loads(text[: text.rindex("}") + 1])["groups"]
-        sheet = os.path.join(w, f"false_groups_thumbnails_same_size_{name}.png")
-        out[name] = {"command_seconds": seconds, "load_average": os.getloadavg()[0],
-                     **_check_groups(w, groups, meta["planted_test"], sheet),
-                     **_both_ways(groups, meta["planted_test"])}  # fmt: skip
+        out[name] = _checked_run(w, index, threshold, extra, f"same_size_{name}",
+                                 meta["planted_test"])  # fmt: skip
     test = EmbeddingIndex(index)
     planted = meta["planted_test"]
     t = time.perf_counter()
