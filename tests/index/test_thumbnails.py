@@ -280,6 +280,9 @@ def test_a_same_size_threshold_drops_a_same_size_look_alike_and_keeps_resized_co
     assert _pair("orig.png", "copy.png") in tight
     assert {_pair(k, "small.png") for k in ("orig.png", "copy.png", "resaved.jpg")} <= tight
     assert (d <= 0.2).all()
+    # Groups are connected: near.png still joins through small.png, a resized pair held to V.
+    assert _pair("near.png", "small.png") in tight
+    assert index.duplicates(0.1, verify=0.2, verify_same_size=0.08) == [sorted(index.keys)]
     # At 0 only exact copies pass among same-size pairs; resized ones are held to verify.
     exact = _pair_set(index, *index.duplicate_pairs(0.1, verify=0.2, verify_same_size=0)[:2])
     assert _pair("orig.png", "copy.png") in exact and _pair("orig.png", "resaved.jpg") not in exact
