@@ -23,17 +23,24 @@ def _embed(X, y, **params):
         dict(dropout=0.3, input_dropout=0.2),  # the dropout masks start again from the seed
         dict(mining="batch_hard", weight_decay=1e-3),
         dict(learning_rate_schedule="cosine", learning_rate=3e-3),
+        dict(margin=0.05, weight_decay=1e-3),  # a hinge: few triplets active at 0.05
     ],
 )
 def test_a_pooled_head_trains_bit_for_bit_as_a_new_one(blobs, params):
     X, y = blobs
+    # Another fit on the same graph moves every state, the margin and weight decay included.
+    other = {"learning_rate": 0.05}
+    other.update({k: 20 * params[k] for k in ("margin", "weight_decay") if k in params})
+    compiled._idle.clear()
+    moved_new = _embed(X, y, random_state=2, **{**params, **other})
     compiled._idle.clear()
     new = _embed(X, y, random_state=1, **params)
     (head,) = compiled._idle.values()
-    _embed(X, y, random_state=2, **{**params, "learning_rate": 0.05})  # moves every state
+    moved = _embed(X, y, random_state=2, **{**params, **other})
     pooled = _embed(X, y, random_state=1, **params)
     assert list(compiled._idle.values()) == [head]  # the same head served all three fits
     np.testing.assert_array_equal(pooled, new)
+    np.testing.assert_array_equal(moved, moved_new)
 
 
 def test_fits_running_together_each_get_their_own_head(blobs):
@@ -76,3 +83,13 @@ def test_idle_heads_are_kept_for_the_most_recent_graphs_only(blobs):
             pass
     kept = [key[0][0][1] for key in compiled._idle]  # the first layer's width
     assert kept == list(widths)[-compiled.MAX_IDLE_GRAPHS :]
+
+
+def test_a_pooled_optimizer_keeps_whether_it_decays():
+    import tensorflow as tf
+
+    from tripletsk.training.optimizer import FusedAdam
+
+    optimizer = FusedAdam([tf.Variable(tf.ones((2, 2)))], 1e-3)
+    with pytest.raises(ValueError, match="not whether there is any"):
+        optimizer.reset(1e-3, weight_decay=1e-2)

@@ -3,9 +3,11 @@
 Tracing the compiled training loops (:mod:`tripletsk.training.steps`) costs about a second of
 CPU per fit, more than all the training of a small fit: a grid search over small data spent
 most of its time tracing. A fit therefore takes its head model, optimizer and compiled loops
-from a pool kept per graph (the layer sizes, dropout rates, precision, distance, margin, loss
-and weight decay: what the traced graph holds as constants), resets them to its own initial
-weights, dropout seeds and optimizer state, and gives them back when it ends. A fit that starts
+from a pool kept per graph (the layer sizes, dropout rates, precision, distance, loss, and
+whether there is a margin and a weight decay: what the traced graph holds as constants), resets
+them to its own initial weights, dropout seeds, margin, optimizer state, learning rate and
+weight decay (variables of the graph, so that a grid search over them traces once), and gives
+them back when it ends. A fit that starts
 while another holds the same graph builds its own: nothing is shared between running fits.
 What a fit computes does not depend on whether its head came from the pool
 (``tests/training/test_compiled.py`` checks bit for bit).
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from tripletsk._tensorflow import import_tensorflow
 from tripletsk.training.config import TrainingConfig
 from tripletsk.training.head import (
     HeadWeights,
@@ -28,6 +31,8 @@ from tripletsk.training.head import (
 )
 from tripletsk.training.optimizer import FusedAdam
 from tripletsk.training.steps import make_steps
+
+tf = import_tensorflow()
 
 PRECISIONS = {"float32": None, "bfloat16": "mixed_bfloat16"}
 
@@ -45,6 +50,7 @@ class CompiledHead:
 
     model: object
     optimizer: FusedAdam
+    margin: object  # a float32 variable, or None for the soft margin
     triplet_loop: object
     batch_loop: object
 
@@ -53,7 +59,7 @@ def graph_key(initial_weights: HeadWeights, config: TrainingConfig) -> tuple:
     """What the compiled loops of a fit bake in: fits with equal keys can share them."""
     shapes = tuple(kernel.shape for kernel, _ in initial_weights)
     return (shapes, config.dropout, config.input_dropout, config.precision, config.distance,
-            config.margin, config.strategy.loss, config.weight_decay)  # fmt: skip
+            config.margin is None, config.strategy.loss, config.weight_decay > 0)  # fmt: skip
 
 
 @contextmanager
@@ -72,7 +78,9 @@ def compiled_head(
     else:
         set_head_weights(head.model, initial_weights)
         reset_dropout_seeds(head.model, seed)
-        head.optimizer.reset(config.learning_rate)
+        head.optimizer.reset(config.learning_rate, config.weight_decay)
+        if head.margin is not None:
+            head.margin.assign(config.margin)
     yield head
     # Not returned after an exception: a fit interrupted mid-window leaves it half-updated.
     with _lock:
@@ -93,5 +101,8 @@ def _build(initial_weights: HeadWeights, config: TrainingConfig, seed: int) -> C
     optimizer = FusedAdam(
         model.trainable_variables, config.learning_rate, weight_decay=config.weight_decay
     )
-    loops = make_steps(model, optimizer, config.distance, config.margin, config.strategy.loss)
-    return CompiledHead(model, optimizer, *loops)
+    margin = None
+    if config.margin is not None:
+        margin = tf.Variable(config.margin, trainable=False, dtype=tf.float32)
+    loops = make_steps(model, optimizer, config.distance, margin, config.strategy.loss)
+    return CompiledHead(model, optimizer, margin, *loops)

@@ -42,20 +42,26 @@ class FusedAdam:
         self.hyper = {name: tf.constant(value, tf.float32) for name, value in hyper.items()}
         # A variable, so that a schedule can change it between epochs without retracing.
         self.hyper["lr"] = tf.Variable(learning_rate, trainable=False, dtype=tf.float32)
-        # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019), on kernels only.
+        # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019), on kernels only. Whether
+        # there is any is in the graph; its value is a variable, so that a pooled graph serves
+        # fits with other decays (tripletsk.training.compiled).
         self.decayed = [len(v.shape) > 1 for v in self.variables] if weight_decay else []
-        self.weight_decay = tf.constant(weight_decay, tf.float32)
+        self.weight_decay = tf.Variable(weight_decay, trainable=False, dtype=tf.float32)
 
     def set_learning_rate(self, value: float) -> None:
         self.hyper["lr"].assign(value)
 
-    def reset(self, learning_rate: float) -> None:
-        """Back to the state of a new optimizer: zero moments, step 0, ``learning_rate``."""
+    def reset(self, learning_rate: float, weight_decay: float = 0.0) -> None:
+        """Back to the state of a new optimizer: zero moments, step 0, ``learning_rate`` and
+        ``weight_decay`` (which applies only if this optimizer was made with a decay)."""
+        if bool(weight_decay) != bool(self.decayed):
+            raise ValueError("weight_decay can change its value, not whether there is any")
         for m, v in self.moments:
             m.assign(tf.zeros_like(m))
             v.assign(tf.zeros_like(v))
         self.iterations.assign(0.0)
         self.set_learning_rate(learning_rate)
+        self.weight_decay.assign(weight_decay)
 
     def apply_gradients(self, grads) -> None:
         step = self.iterations.assign_add(1.0)

@@ -19,8 +19,11 @@ from tripletsk.training.losses import (
 tf = import_tensorflow()
 
 
-def make_steps(model, optimizer, distance: str, margin: float | None, online_loss: str | None):
+def make_steps(model, optimizer, distance: str, margin, online_loss: str | None):
     """Compiled training loops: one for index triplets, one for labelled batches.
+
+    ``margin`` is a float32 variable (read at each step, so that one graph serves fits with
+    other margins) or None for the soft margin.
 
     Each takes a window's features (and labels), and a stack of equally sized batches of
     indices into them, shape (k, b, 3) or (k, b), and runs its k steps inside one graph (a
