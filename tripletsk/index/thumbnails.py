@@ -1,8 +1,10 @@
 """Thumbnails: how an image looks at 8 x 8 pixels, the rows of an index for near-duplicates.
 
 A thumbnail is the image decoded as the extractor decodes it (EXIF orientation applied, any mode
-converted to RGB), shrunk to ``size`` x ``size`` with Lanczos filtering (aspect ratio not kept),
-its ``3 * size**2`` values centred on their mean and divided by their norm. Distances are
+converted to RGB) but for a JPEG's draft mode (:func:`jpeg_draft_size`: DCT-downscaled only to
+well above the thumbnail, so a JPEG's thumbnail is its pixels', not its format's), shrunk to
+``size`` x ``size`` with Lanczos filtering (aspect ratio not kept), its ``3 * size**2`` values
+centred on their mean and divided by their norm. Distances are
 Euclidean between unit vectors (0 to 2). An exact copy is at 0; a resized, re-encoded, brighter
 or more contrasted copy lands close to its original, where backbone features put resized
 copies farther than many distinct images (docs/findings.md, near-duplicates). Size 8 and the
