@@ -37,6 +37,8 @@ from tripletsk.cache.format import decode_str
 from tripletsk.errors import ImageDecodeError, UserError
 
 __all__ = [
+    "JPEG_DRAFT_FACTOR",
+    "JPEG_DRAFT_MIN",
     "THUMBNAIL_SIZE",
     "VERIFY_MAX_SIZE",
     "PairComparison",
@@ -44,6 +46,7 @@ __all__ = [
     "check_verifiable",
     "compare_image_pairs",
     "image_pair_distances",
+    "jpeg_draft_size",
     "thumbnail",
     "thumbnail_digest",
 ]
