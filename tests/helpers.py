@@ -112,6 +112,23 @@ def look_alike_image(seed: int, side: int = 48) -> Image.Image:
     return Image.fromarray(np.clip(ramp + noise, 0, 255).astype(np.uint8))
 
 
+def as_written_before_the_jpeg_fix(index_path) -> None:
+    """Rewrite a thumbnail index's recorded digest as tripletsk wrote it before thumbnails kept
+    a margin above their size when drafting a JPEG (its rows made by that older decoding), its
+    manifest's own digest recomputed as the writer does."""
+    import json
+
+    from tripletsk.index.format import MANIFEST, _manifest_digest
+
+    path = os.path.join(index_path, MANIFEST)
+    with open(path) as fh:
+        manifest = json.load(fh)
+    manifest["model"]["digest"] = f"thumbnails:{manifest['model']['size']}px-lanczos-rgb-centred-l2"
+    manifest["digest"] = _manifest_digest(manifest)
+    with open(path, "w") as fh:
+        json.dump(manifest, fh)
+
+
 def write_feature_cache(
     path, keys, features, *, provenance=None, failed=(), block=None, dtype="float32"
 ):

@@ -374,6 +374,29 @@ def test_duplicates_verification_of_a_changed_image_is_one_error_line(capsys, lo
     _assert_one_line_error(err, "the image of the cached key 'small.png' cannot be read")
 
 
+def test_a_thumbnail_index_of_the_older_jpeg_decoding_is_one_error_line(capsys, look_alikes):
+    from tests.helpers import as_written_before_the_jpeg_fix
+
+    thumbs = look_alikes / "thumbs"
+    as_written_before_the_jpeg_fix(thumbs)
+    rebuild = (
+        f"rebuild it with `tripletsk index --thumbnails --features {look_alikes / 'cache.h5'} "
+        f"-o {thumbs} --replace`"
+    )
+    for argv in (
+        ["duplicates", "--index", thumbs, "--threshold", 0.3],
+        ["search", "--index", thumbs, "orig.png"],
+        ["index", "--thumbnails", "--features", look_alikes / "cache.h5", "-o", thumbs],
+    ):
+        status, _, err = run(capsys, *argv)
+        assert status != 0
+        _assert_one_line_error(err, "holds thumbnails made by another version of tripletsk")
+        _assert_one_line_error(err, rebuild)
+    assert run(capsys, "index", "--thumbnails", "--features", look_alikes / "cache.h5", "-o",
+               thumbs, "--replace")[0] == 0  # fmt: skip
+    assert run(capsys, "duplicates", "--index", thumbs, "--threshold", 0.3)[0] == 0
+
+
 def test_duplicates_verification_is_refused_on_a_model_index(capsys, work):
     argv = ["--index", work / "index", "--threshold", 0.1, "--verify-threshold", 0.2]
     status, out, err = run(capsys, "duplicates", *argv)

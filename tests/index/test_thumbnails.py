@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.helpers import image_folder_cache, look_alike_image, noise_images
+from tests.helpers import (
+    as_written_before_the_jpeg_fix,
+    image_folder_cache,
+    look_alike_image,
+    noise_images,
+)
 from tripletsk.errors import StaleIndexError, UserError
 from tripletsk.index.build import (
     build_index_from_features,
@@ -22,9 +27,9 @@ from tripletsk.index.embedding_index import EmbeddingIndex
 from tripletsk.index.thumbnails import ThumbnailEmbedding, thumbnail
 
 
-def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
+def _png(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format=fmt)
+    image.save(buf, format=fmt, **options)
     return buf.getvalue()
 
 
@@ -73,6 +78,67 @@ def test_an_exif_rotated_jpeg_has_the_thumbnail_of_the_upright_image(tmp_path):
     assert (
         np.linalg.norm(thumbnail(_png(upright.transpose(Image.Transpose.ROTATE_90))) - turned) > 0.5
     )
+
+
+def _garment(side: int) -> Image.Image:
+    """A smoothly shaded light shape on black, like a Fashion-MNIST item (grey)."""
+    y, x = np.mgrid[0:side, 0:side] / side
+    shade = 60 + 150 * x + 30 * np.sin(9 * y)
+    inside = (np.abs(x - 0.5) < 0.3 + 0.1 * y) & (y > 0.1) & (y < 0.9)
+    return Image.fromarray(np.where(inside, shade, 0).astype(np.uint8), "L")
+
+
+@pytest.mark.parametrize("side", [28, 40])
+def test_a_jpeg_resave_of_a_small_png_has_nearly_its_thumbnail(side):
+    # Measured on this image at quality 85: 0.013 (28 px) and 0.011 (40 px) apart, as decoded in
+    # full; drafting the JPEG to the thumbnail's own 8 px (14 or 20 px decoded, then shrunk)
+    # put them 0.053 and 0.084 apart, beyond Fashion-MNIST's index threshold of 0.0455.
+    original = _garment(side)
+    resaved = thumbnail(_png(original, "JPEG", quality=85))
+    assert np.linalg.norm(resaved - thumbnail(_png(original))) < 0.02
+
+
+def _big_jpeg(width: int, height: int, **options) -> tuple[Image.Image, bytes]:
+    """A big grey photo-like image (the garment upscaled, with grain) and its JPEG."""
+    scene = np.asarray(_garment(200).resize((width, height), Image.BICUBIC), np.float64)
+    grain = np.random.default_rng(3).normal(0, 6, (height, width))  # averaged by DCT scaling
+    image = Image.fromarray(np.clip(scene + grain, 0, 255).astype(np.uint8))
+    return image, _png(image, "JPEG", **options)
+
+
+def _decoded_in_full(data: bytes, size: int) -> np.ndarray:
+    from tripletsk.extraction.decode import decode
+    from tripletsk.index.thumbnails import _unit
+
+    return _unit(decode(data, size, None, resample="lanczos", draft_size=0))
+
+
+@pytest.mark.parametrize("width, height", [(2000, 1500), (2001, 1499)])
+def test_a_big_jpeg_thumbnails_as_if_decoded_in_full(width, height):
+    from tripletsk.index.thumbnails import jpeg_draft_size
+
+    _, jpeg = _big_jpeg(width, height)
+    for size in (8, 64):  # the index's and the largest verify size
+        assert jpeg_draft_size(size) * 2 <= height  # so the file is drafted (1/8 at 8, 1/2 at 64)
+        # Measured: at most 0.0068 (8 px) and 0.0036 (64 px) from decoding in full; drafted to
+        # the thumbnail's size with the whole drafted image resized: 0.015-0.026 and 0.039-0.069.
+        assert np.linalg.norm(thumbnail(jpeg, size) - _decoded_in_full(jpeg, size)) < 0.01
+
+
+@pytest.mark.parametrize(
+    "orientation, stored",
+    [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+     (7, Image.Transpose.TRANSVERSE), (8, Image.Transpose.ROTATE_270)],
+)  # fmt: skip
+def test_a_big_exif_turned_jpeg_is_drafted_to_its_own_extent(orientation, stored):
+    # 2001 x 1499 px drafted to 1/8: the last row and column are partial blocks; turned upright,
+    # they move. Measured 0.0055-0.0074 from decoding in full; resized with the partial blocks
+    # on the wrong sides, 0.023-0.039.
+    image, _ = _big_jpeg(2001, 1499)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    jpeg = _png(image.transpose(stored), "JPEG", exif=exif)
+    assert np.linalg.norm(thumbnail(jpeg) - _decoded_in_full(jpeg, 8)) < 0.01
 
 
 def test_the_index_holds_the_thumbnails_and_finds_planted_copies(images, tmp_path):
@@ -142,6 +208,33 @@ def test_a_thumbnail_index_is_never_taken_for_another_kind_or_size(images, tmp_p
     assert index.dim == 48 and report.n_embedded == 0
     with pytest.raises(UserError, match="the thumbnail size must be 1 to 64 pixels, not 0"):
         build_index_from_thumbnails(tmp_path / "other", cache, size=0)
+
+
+def test_a_thumbnail_index_of_the_older_jpeg_decoding_is_refused_as_stale(images, tmp_path):
+    from tripletsk.cache.store import FeatureStore
+
+    cache = tmp_path / "cache.h5"
+    image_folder_cache(images, cache)
+    build_index_from_thumbnails(tmp_path / "thumbs", cache)
+    as_written_before_the_jpeg_fix(tmp_path / "thumbs")
+    rebuild = (
+        rf"made by another version of tripletsk .* rebuild it with `tripletsk index --thumbnails "
+        rf"--features {cache} -o {tmp_path / 'thumbs'} --replace`"
+    )
+    old = EmbeddingIndex(tmp_path / "thumbs")
+    with pytest.raises(StaleIndexError, match=rebuild):
+        check_index_current(old)
+    with pytest.raises(StaleIndexError, match=rebuild):
+        check_index_current(old, store=FeatureStore(cache))
+    with pytest.raises(StaleIndexError, match=rebuild):
+        old.duplicates(0.3, verify=0.5)  # verification would mix in new thumbnails
+    manifest = (tmp_path / "thumbs" / "index.json").read_bytes()
+    with pytest.raises(StaleIndexError, match=rebuild):  # no new rows added to old ones
+        build_index_from_thumbnails(tmp_path / "thumbs", cache)
+    assert (tmp_path / "thumbs" / "index.json").read_bytes() == manifest
+    index, report = build_index_from_thumbnails(tmp_path / "thumbs", cache, replace=True)
+    assert report.created and report.n_embedded == 12
+    check_index_current(index, store=FeatureStore(cache))
 
 
 def test_a_cache_without_an_image_folder_is_refused(tmp_path):

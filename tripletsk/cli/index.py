@@ -224,8 +224,11 @@ def _print_neighbours(args, found) -> None:
 
 
 def _run_duplicates(args: argparse.Namespace) -> int:
+    from tripletsk.index.build import check_index_current
+
     index = open_index(args.index)
     _check_verify_options(args, index)
+    check_index_current(index)  # a thumbnail index of an older decoding is refused
     verify = {"verify": args.verify_threshold, "verify_same_size": args.same_size_threshold}
     try:
         if args.pairs:

@@ -155,14 +155,16 @@ def _embedding(index, fitted, store):
 def checked_store(index, args):
     """The index's cache (``--features`` first), checked: a stale index is refused. None (with
     a note) when the cache is not found."""
+    from tripletsk.index.build import check_index_current
+
     paths = [p for p in _cache_paths(index, args) if p and os.path.exists(p)]
     if paths:
         from tripletsk.cache.store import FeatureStore
-        from tripletsk.index.build import check_index_current
 
         store = FeatureStore(paths[0])
         check_index_current(index, store=store)
         return store
+    check_index_current(index)  # without its cache: still refused if made by older thumbnails
     if index.cache:
         print(
             f"{index.path}: its cache is not found; cannot check that the index is up to date",

@@ -101,6 +101,27 @@ def _oriented(im):
         return im
 
 
+#: Where an image's (left, top, right, bottom) margins go when it is turned upright, by EXIF
+#: orientation: the new margin ``k`` is the stored margin ``_MARGINS_TURNED[o][k]``.
+_MARGINS_TURNED = {2: (2, 1, 0, 3), 3: (2, 3, 0, 1), 4: (0, 3, 2, 1), 5: (1, 0, 3, 2),
+                   6: (3, 0, 1, 2), 7: (3, 2, 1, 0), 8: (1, 2, 3, 0)}  # fmt: skip
+
+
+def _extent_box(stored, oriented, extent: tuple | None) -> tuple | None:
+    """The box of ``oriented`` (``stored`` turned upright, or itself) that shows the image's
+    ``extent`` (width, height in ``stored``'s pixels from its top left corner; a DCT-scaled
+    JPEG's last row and column are partial blocks), or None if the whole image shows it."""
+    if extent is None or extent == stored.size:
+        return None
+    w, h = stored.size
+    margins = (0.0, 0.0, w - extent[0], h - extent[1])
+    if oriented is not stored:  # turned: its margins moved with it
+        order = _MARGINS_TURNED.get(stored.getexif().get(0x0112, 1), (0, 1, 2, 3))
+        margins = tuple(margins[k] for k in order)
+    ow, oh = oriented.size
+    return (margins[0], margins[1], ow - margins[2], oh - margins[3])
+
+
 def decode(
     data: bytes | str,
     image_size: int,
@@ -108,12 +129,19 @@ def decode(
     budget: ByteBudget | None = None,
     *,
     resample: str = "bilinear",
+    draft_size: int | None = None,
 ) -> np.ndarray:
     """Decode bytes (or a path) to a (size, size, 3) uint8 array; ImageDecodeError with a reason.
 
     With a ``budget``, the decoded pixels' bytes (estimated from the header, after the JPEG draft
     reduction) are held from it while they exist. ``resample`` names Pillow's filter of the
     resize (``"bilinear"``, the backbones' preprocessing; ``"lanczos"`` for thumbnails).
+    ``draft_size``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
+    sides >= this many pixels, 0 decodes it in full. Given, the resize also takes exactly the
+    image's extent from a DCT-scaled image (whose last row and column stand for a partial block
+    when a side is not a multiple of the scale), as Pillow's ``Image.thumbnail`` does; None (the
+    backbones' decoding, unchanged) drafts to ``image_size`` and resizes the whole decoded
+    image. Thumbnails keep a margin above their size (:mod:`tripletsk.index.thumbnails`).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -130,15 +158,21 @@ def decode(
                 )
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)  # animations: first frame
-            if im.format == "JPEG":
-                im.draft(None, (image_size, image_size))  # DCT downscaling, keeps >= size
+            draft = image_size if draft_size is None else int(draft_size)
+            extent = None  # the stored image's extent in decoded pixels, if DCT-scaled
+            if im.format == "JPEG" and draft > 0:
+                drafted = im.draft(None, (draft, draft))  # DCT downscaling, keeps >= draft
+                if drafted is not None and draft_size is not None:
+                    extent = drafted[1][2:]
             held = decode_bytes_estimate(im) + (len(data) if isinstance(data, bytes) else 0)
             with budget.hold(held) if budget is not None else contextlib.nullcontext():
                 im.load()
-                rgb = _to_rgb(_oriented(im))
-                if rgb.size != (image_size, image_size):
+                oriented = _oriented(im)
+                box = _extent_box(im, oriented, extent)
+                rgb = _to_rgb(oriented)
+                if rgb.size != (image_size, image_size) or box is not None:
                     filter_ = Image.Resampling[resample.upper()]
-                    rgb = rgb.resize((image_size, image_size), filter_)
+                    rgb = rgb.resize((image_size, image_size), filter_, box=box)
                 arr = np.asarray(rgb, dtype=np.uint8)
     except ImageDecodeError:
         raise

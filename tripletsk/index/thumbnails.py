@@ -1,8 +1,10 @@
 """Thumbnails: how an image looks at 8 x 8 pixels, the rows of an index for near-duplicates.
 
 A thumbnail is the image decoded as the extractor decodes it (EXIF orientation applied, any mode
-converted to RGB), shrunk to ``size`` x ``size`` with Lanczos filtering (aspect ratio not kept),
-its ``3 * size**2`` values centred on their mean and divided by their norm. Distances are
+converted to RGB) but for a JPEG's draft mode (:func:`jpeg_draft_size`: DCT-downscaled only to
+well above the thumbnail, so a JPEG's thumbnail is its pixels', not its format's), shrunk to
+``size`` x ``size`` with Lanczos filtering (aspect ratio not kept), its ``3 * size**2`` values
+centred on their mean and divided by their norm. Distances are
 Euclidean between unit vectors (0 to 2). An exact copy is at 0; a resized, re-encoded, brighter
 or more contrasted copy lands close to its original, where backbone features put resized
 copies farther than many distinct images (docs/findings.md, near-duplicates). Size 8 and the
@@ -35,6 +37,8 @@ from tripletsk.cache.format import decode_str
 from tripletsk.errors import ImageDecodeError, UserError
 
 __all__ = [
+    "JPEG_DRAFT_FACTOR",
+    "JPEG_DRAFT_MIN",
     "THUMBNAIL_SIZE",
     "VERIFY_MAX_SIZE",
     "PairComparison",
@@ -42,6 +46,7 @@ __all__ = [
     "check_verifiable",
     "compare_image_pairs",
     "image_pair_distances",
+    "jpeg_draft_size",
     "thumbnail",
     "thumbnail_digest",
 ]
@@ -50,18 +55,45 @@ __all__ = [
 THUMBNAIL_SIZE = 8
 #: The largest side, in pixels, at which :func:`image_pair_distances` compares two images.
 VERIFY_MAX_SIZE = 64
+#: A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least
+#: this many times the thumbnail's side (and at least :data:`JPEG_DRAFT_MIN` px), then shrunk
+#: by Lanczos like any image: drafting down to the thumbnail's own size (as the backbones'
+#: decoding does) put half the JPEG re-saves of 28 px images outside the index's threshold of
+#: their PNG originals (docs/findings.md).
+JPEG_DRAFT_FACTOR = 8
+#: The smallest side, in pixels, a JPEG is drafted to for a thumbnail.
+JPEG_DRAFT_MIN = 64
 _THREADS = min(8, os.cpu_count() or 1)  # Pillow and hashlib release the GIL while they work
+
+
+def jpeg_draft_size(size: int) -> int:
+    """The side a JPEG keeps when decoded for a ``size`` px thumbnail (DCT scaling, at least).
+
+    Examples
+    --------
+    >>> jpeg_draft_size(8), jpeg_draft_size(64)
+    (64, 512)
+    """
+    return max(JPEG_DRAFT_FACTOR * int(size), JPEG_DRAFT_MIN)
 
 
 def thumbnail_digest(size: int) -> str:
     """The ``model`` digest of a thumbnail index: what makes its rows.
 
+    The suffix names the JPEG decoding (:data:`JPEG_DRAFT_FACTOR`, :data:`JPEG_DRAFT_MIN`):
+    the rows of an index of an older decoding (``'thumbnails:8px-lanczos-rgb-centred-l2'``,
+    drafted to the thumbnail's own size) are not comparable with today's, and such an index is
+    refused as stale (:func:`~tripletsk.index.build.check_index_current`).
+
     Examples
     --------
     >>> thumbnail_digest(8)
-    'thumbnails:8px-lanczos-rgb-centred-l2'
+    'thumbnails:8px-lanczos-rgb-centred-l2-jpeg-draft-8x-min64'
     """
-    return f"thumbnails:{int(size)}px-lanczos-rgb-centred-l2"
+    return (
+        f"thumbnails:{int(size)}px-lanczos-rgb-centred-l2-jpeg-draft-{JPEG_DRAFT_FACTOR}x-"
+        f"min{JPEG_DRAFT_MIN}"
+    )
 
 
 def thumbnail(data: bytes | str | os.PathLike, size: int = THUMBNAIL_SIZE) -> np.ndarray:
@@ -86,7 +118,13 @@ def thumbnail(data: bytes | str | os.PathLike, size: int = THUMBNAIL_SIZE) -> np
 
     if not isinstance(data, bytes):
         data = os.fspath(data)
-    pixels = decode(data, int(size), max_pixels=None, resample="lanczos")
+    size = int(size)
+    pixels = decode(data, size, None, resample="lanczos", draft_size=jpeg_draft_size(size))
+    return _unit(pixels)
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as a thumbnail: centred on their mean, divided by their norm, float32."""
     x = pixels.astype(np.float64).ravel()
     x -= x.mean()
     norm = np.linalg.norm(x)
@@ -161,14 +199,18 @@ def check_verifiable(index) -> str:
     ------
     UserError
         If ``index`` is not a thumbnail index (its distances are not on the images' pixels), or
-        records no image folder.
+        records no image folder; :class:`~tripletsk.errors.StaleIndexError` if its rows were
+        made by another version's decoding (its candidates are not this version's).
     """
+    from tripletsk.index.build import check_index_current
+
     if index.kind != "thumbnails":
         raise UserError(
             f"{index.path} is not a thumbnail index (its rows are {index.kind!r}): only the pairs "
             "of a thumbnail index are verified on the images, on the same scale; build one with "
             "`tripletsk index --thumbnails --features CACHE -o INDEX`"
         )
+    check_index_current(index)
     root = index.cache.get("image_root")
     if not root:
         raise UserError(f"{index.path} records no image folder: its pairs cannot be verified")
