@@ -334,7 +334,9 @@ def _check_same_kind(index, record: dict, store) -> None:
     from tripletsk.cache.format import provenance_differences
 
     if index.kind == "thumbnails" and index.model.get("size") == record.get("size"):
-        _check_thumbnail_rows(index)  # the same size, made by an older decoding
+        from tripletsk.index.thumbnails import check_thumbnail_rows
+
+        check_thumbnail_rows(index)  # the same size, made by an older decoding
     if index.model.get("digest") != record["digest"]:
         if not index.has_model or record.get("kind") != "model":
             held = _describe(index.model) if not index.has_model else "the embeddings of a model"
@@ -393,24 +395,6 @@ def _rebuild_command(index) -> str:
     return f"`tripletsk index --model {model} -o {index.path}`"
 
 
-def _check_thumbnail_rows(index) -> None:
-    """StaleIndexError if a thumbnail index's rows were made otherwise than
-    :func:`~tripletsk.index.thumbnails.thumbnail` makes them now (an older version's
-    decoding): new rows and query thumbnails would not be comparable with them."""
-    from tripletsk.index.thumbnails import thumbnail_digest
-
-    size = index.model.get("size")
-    current = thumbnail_digest(size) if isinstance(size, int) else None
-    if index.model.get("digest") != current:
-        cache = index.cache.get("path") or "CACHE"
-        raise StaleIndexError(
-            f"{index.path} holds thumbnails made by another version of tripletsk "
-            f"({index.model.get('digest')!r}; this version makes {current!r}), which are not "
-            f"comparable with this version's: rebuild it with `tripletsk index --thumbnails "
-            f"--features {cache} -o {index.path} --replace`"
-        )
-
-
 def check_index_current(index, store=None, encoder=None) -> None:
     """Raise :class:`StaleIndexError` if ``index`` no longer matches ``store`` (its cache) or
     ``encoder`` (its model); the message gives the command that updates it.
@@ -432,7 +416,9 @@ def check_index_current(index, store=None, encoder=None) -> None:
             f"`tripletsk index --model MODEL -o {index.path} --replace`"
         )
     if index.kind == "thumbnails":
-        _check_thumbnail_rows(index)
+        from tripletsk.index.thumbnails import check_thumbnail_rows
+
+        check_thumbnail_rows(index)
     if store is None or not index.cache:
         return
     found = cache_digests(store)

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tripletsk.cache.format import decode_str
-from tripletsk.errors import ImageDecodeError, UserError
+from tripletsk.errors import ImageDecodeError, StaleIndexError, UserError
 
 __all__ = [
     "JPEG_DRAFT_FACTOR",
@@ -183,6 +183,22 @@ class ThumbnailEmbedding:
         return _thumbnail_of(path, data, self.size)
 
 
+def check_thumbnail_rows(index) -> None:
+    """StaleIndexError if a thumbnail index's rows were made otherwise than
+    :func:`~tripletsk.index.thumbnails.thumbnail` makes them now (an older version's
+    decoding): new rows and query thumbnails would not be comparable with them."""
+    size = index.model.get("size")
+    current = thumbnail_digest(size) if isinstance(size, int) else None
+    if index.model.get("digest") != current:
+        cache = index.cache.get("path") or "CACHE"
+        raise StaleIndexError(
+            f"{index.path} holds thumbnails made by another version of tripletsk "
+            f"({index.model.get('digest')!r}; this version makes {current!r}), which are not "
+            f"comparable with this version's: rebuild it with `tripletsk index --thumbnails "
+            f"--features {cache} -o {index.path} --replace`"
+        )
+
+
 def check_verifiable(index) -> str:
     """The image folder of a thumbnail index, whose pairs can be verified on the images.
 
@@ -202,15 +218,13 @@ def check_verifiable(index) -> str:
         records no image folder; :class:`~tripletsk.errors.StaleIndexError` if its rows were
         made by another version's decoding (its candidates are not this version's).
     """
-    from tripletsk.index.build import check_index_current
-
     if index.kind != "thumbnails":
         raise UserError(
             f"{index.path} is not a thumbnail index (its rows are {index.kind!r}): only the pairs "
             "of a thumbnail index are verified on the images, on the same scale; build one with "
             "`tripletsk index --thumbnails --features CACHE -o INDEX`"
         )
-    check_index_current(index)
+    check_thumbnail_rows(index)
     root = index.cache.get("image_root")
     if not root:
         raise UserError(f"{index.path} records no image folder: its pairs cannot be verified")
