@@ -26,6 +26,7 @@ def keep_the_backbones_built():
     A model or backbone depends only on its key (random weights are seeded), so a test gets what
     it would have built."""
     from tripletsk.extraction import backbone
+    from tripletsk.training import compiled
 
     build_model, models = backbone.build_model, {}
 
@@ -40,6 +41,10 @@ def keep_the_backbones_built():
     with pytest.MonkeyPatch.context() as m:
         m.setattr(backbone, "build_model", kept_build_model)
         m.setattr(backbone, "_BACKBONES", helpers.KeptBackbones())
+        # Likewise every compiled training graph (the library keeps the 4 most recent): the
+        # suite's tiny heads cycle through ~60 graphs per worker, and a graph traced again costs
+        # ~1-2 s. What a fit computes does not depend on the pool (tests/training/test_compiled.py).
+        m.setattr(compiled, "MAX_IDLE_GRAPHS", 10**6)
         yield
 
 
