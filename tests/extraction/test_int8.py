@@ -65,6 +65,16 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_models(tiny, tmp_path_factory):
+    """The models folder an int8 run with ``tiny`` leaves beside its cache for the images of
+    ``make_images(folder, 6)`` (quantized once): tests copy it beside a cache of those images
+    where the model must exist already and what they check is a later quantization."""
+    d = tmp_path_factory.mktemp("tiny-int8")
+    extract_features(make_images(d / "images", 6), d / "out" / "f.h5", quiet=True, **tiny)
+    return d / "out" / MODELS_DIR
+
+
+@pytest.fixture(scope="module")
 def first(tmp_path_factory):
     """An int8 cache of 10 images (and one unreadable file), extracted once."""
     d = tmp_path_factory.mktemp("int8")
@@ -238,34 +248,30 @@ def test_second_run_reuses_the_model_and_appends(first):
 
 
 @pytest.mark.slow
-def test_a_deleted_model_is_quantized_again_or_refused(first, tmp_path):
+def test_a_deleted_model_is_quantized_again_or_refused(tiny, tiny_models, tmp_path):
     from tripletsk.extraction import quantization
 
-    cache, images = first["cache"], first["images"]
+    # The tiny backbone (what is checked is the models folder, not the network), in a cache of
+    # its own, its model there as a first run quantizing these images left it.
+    images = make_images(tmp_path / "images", 6)
+    cache = tmp_path / "out" / "features.h5"
     models = cache.parent / MODELS_DIR
-    # The shared cache's model and calibration image are put back after: other tests use them.
-    shutil.copytree(models, tmp_path / "models")
-    shutil.copy2(images / "a" / "00.png", tmp_path / "00.png")
-    try:
-        digest = FeatureStore(cache).provenance["int8_model"]
-        shutil.rmtree(models)
-        with pytest.raises(UserError, match="quantized model is not in"):
-            features_for_files([images / "a/00.png"], like=cache)
-        noise_images(images / "a", ["new-3.png"], seed=103)
-        summary = extract_features(images, cache, **INT8)  # same calibration images: same model
-        assert summary.extracted == 1
-        assert manifest(cache)["model_digest"] == digest
-        shutil.rmtree(models)
-        noise_images(images / "a", ["00.png"], seed=104)  # a calibration image changed
-        with pytest.MonkeyPatch.context() as m:  # refused before quantizing for nothing
-            m.setattr(quantization, "_quantize", lambda *a, **k: pytest.fail("quantized"))
-            with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
-                extract_features(images, cache, **INT8)
-    finally:
-        shutil.rmtree(models, ignore_errors=True)
-        shutil.copytree(tmp_path / "models", models)
-        shutil.copy2(tmp_path / "00.png", images / "a" / "00.png")
-        (images / "a" / "new-3.png").unlink(missing_ok=True)  # (it changes the calibration)
+    shutil.copytree(tiny_models, models)
+    extract_features(images, cache, **tiny)
+    digest = FeatureStore(cache).provenance["int8_model"]
+    shutil.rmtree(models)
+    with pytest.raises(UserError, match="quantized model is not in"):
+        features_for_files([images / "a/00.png"], like=cache)
+    noise_images(images / "a", ["new-3.png"], seed=103)
+    summary = extract_features(images, cache, **tiny)  # same calibration images: same model
+    assert summary.extracted == 1
+    assert manifest(cache)["model_digest"] == digest
+    shutil.rmtree(models)
+    noise_images(images / "a", ["00.png"], seed=104)  # a calibration image changed
+    with pytest.MonkeyPatch.context() as m:  # refused before quantizing for nothing
+        m.setattr(quantization, "_quantize", lambda *a, **k: pytest.fail("quantized"))
+        with pytest.raises(CacheMismatchError, match="re-extract into a new cache"):
+            extract_features(images, cache, **tiny)
 
 
 @pytest.mark.slow
@@ -288,9 +294,10 @@ def test_two_int8_shards_merge_into_the_single_run(first, tmp_path):
 
 
 @pytest.mark.slow
-def test_shards_of_other_calibrations_are_not_merged(tiny, tmp_path):
+def test_shards_of_other_calibrations_are_not_merged(tiny, tiny_models, tmp_path):
     images = make_images(tmp_path / "images", 6)
     one = tmp_path / "one" / "shard-1.h5"
+    shutil.copytree(tiny_models, one.parent / MODELS_DIR)  # its model exists: not quantized
     extract_features(images, one, shard="1/2", **tiny)
     # The second shard sees another listing and sample.
     noise_images(images / "a", ["extra.png"], seed=7)

@@ -275,13 +275,16 @@ def test_calibration_identity_depends_on_keys_and_contents():
     assert a.startswith("calibration:n=2:")
 
 
+# The other writer: it loads the test's model and imports what quantizing needs, says "ready",
+# and starts quantizing when told, as the test quantizes the same model in its own process: both
+# find no model and quantize at once (one process started, not two: each imports TensorFlow).
 _QUANTIZE_IN_A_PROCESS = """
-import sys, keras, numpy as np
+import sys, keras, nncf, openvino, numpy as np
 from tripletsk.extraction.quantization import quantize_openvino_int8
-keras.utils.set_random_seed(0)
-model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
-                          keras.layers.GlobalAveragePooling2D()])
+model = keras.models.load_model(sys.argv[2])
 cal = np.random.RandomState(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+print("ready", flush=True)
+sys.stdin.readline()
 folder, manifest = quantize_openvino_int8(model, cal, sys.argv[1], "cal-3")
 print(folder, manifest["model_digest"])
 """
@@ -291,18 +294,35 @@ print(folder, manifest["model_digest"])
 def test_concurrent_quantizations_leave_one_complete_model(tmp_path):
     """Two processes quantizing the same model into one cache at once (e.g. two shards)."""
     pytest.importorskip("nncf")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalAveragePooling2D()])  # fmt: skip
+    model.save(tmp_path / "model.keras")
+    cal = np.random.RandomState(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    cache = tmp_path / "cache"
     env = dict(
         os.environ,
         PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    command = [sys.executable, "-c", _QUANTIZE_IN_A_PROCESS, os.fspath(tmp_path)]
-    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
-    procs = [subprocess.Popen(command, **pipes) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    results = {out.strip().splitlines()[-1] for out, _ in outs}
-    assert len(results) == 1  # the same folder and model digest in both
-    folder = results.pop().split()[0]
-    assert os.listdir(tmp_path) == [os.path.basename(folder)]  # no temporary leftovers
+    command = [sys.executable, "-c", _QUANTIZE_IN_A_PROCESS, os.fspath(cache),
+               os.fspath(tmp_path / "model.keras")]  # fmt: skip
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=err, text=True, env=env)  # fmt: skip
+        try:
+            assert proc.stdout.readline().strip() == "ready", err.read()[-2000:]
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            folder, manifest = quantize_openvino_int8(model, cal, cache, "cal-3")
+            out, _ = proc.communicate(timeout=600)
+        finally:
+            proc.kill()
+        err.seek(0)
+        assert proc.returncode == 0, err.read()[-2000:]
+    # the same folder and model digest in both
+    assert out.strip().splitlines()[-1] == f"{folder} {manifest['model_digest']}"
+    assert os.listdir(cache) == [os.path.basename(folder)]  # no temporary leftovers
     assert load_openvino_int8_runner(folder).precision == "int8"
