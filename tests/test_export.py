@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -225,21 +226,31 @@ def test_a_bfloat16_cache_exports_with_a_warning(fitted, tmp_path, write_feature
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["MobileNet(alpha=0.25)", "DenseNet121", "file"])
-def test_other_backbones_export_like_transform(fitted, tmp_path, backbone):
-    """A keras.applications backbone (tf / torch preprocessing) or a model file (torch mode)."""
+@pytest.mark.parametrize(
+    ("backbone", "preprocessing"),
+    [("MobileNet(alpha=0.25)", None), ("MobileNet(alpha=0.25)", "torch"), ("file", "torch")],
+)
+def test_other_backbones_export_like_transform(fitted, tmp_path, backbone, preprocessing):
+    """A keras.applications backbone (tf / torch preprocessing) or a model file (torch mode).
+
+    The torch mode of an application is MobileNet's with ``preprocessing="torch"`` (DenseNet121's
+    own mode, built twice and exported: 44 of CPU s): the export takes the mode the cache
+    records whichever network it is (DenseNet121's mode is torch: test_architecture.py)."""
     from tripletsk._tensorflow import import_keras
     from tripletsk.extraction import extract_features
 
     images = fitted["root"] / "images"
-    extra = {}
+    extra = {} if preprocessing is None else {"preprocessing": preprocessing}
+    weights = "none"
     if backbone == "file":
         backbone = tmp_path / "mine.keras"
         small_backbone_file(backbone, SIZE)
-        extra = {"preprocessing": "torch"}
+        weights = "imagenet"  # (the file's own weights)
     cache = tmp_path / "features.h5"
-    extract_features(images, cache, weights="none" if extra == {} else "imagenet",
-                     image_size=SIZE, quiet=True, backbone=backbone, **extra)  # fmt: skip
+    extract_features(images, cache, weights=weights, image_size=SIZE, quiet=True,
+                     backbone=backbone, **extra)  # fmt: skip
+    mode = json.loads(FeatureStore(cache).provenance["architecture"])["mode"]
+    assert mode == (preprocessing or "tf")  # what the export must do before the network
     store = FeatureStore(cache)
     keys = np.array(store.keys)
     with warnings.catch_warnings():  # two epochs of a tiny head: not converged, maybe stuck

@@ -518,12 +518,18 @@ def test_float16_cache(tmp_path):
     assert FeatureStore(tmp_path / "b.h5").dtype == np.float16
 
 
-def test_weights_from_local_file(tmp_path, backbone):
+def test_weights_from_local_file(tmp_path):
+    # A small application: a weights file is loaded alike into any keras.applications network
+    # (ResNet50's 100 MB, saved and built twice more, cost this quick test 15 s of CPU).
+    from tripletsk.extraction import resolve_network
+
+    small = "MobileNet(alpha=0.25)"
+    backbone = cached_backbone(resolve_network("none", 0, small), SIZE, BATCH)
     root = tmp_path / "imgs"
     save(photo(1), root / "a.png")
-    wpath = tmp_path / "resnet.weights.h5"
+    wpath = tmp_path / "mobilenet.weights.h5"
     backbone.model.save_weights(wpath)
-    s = extract_features(root, tmp_path / "f.h5", **{**RUN, "weights": wpath})
+    s = extract_features(root, tmp_path / "f.h5", **{**RUN, "weights": wpath, "backbone": small})
     store = FeatureStore(s.output)
     assert store.provenance["weights"].startswith("file:blake2b=")
     assert store.provenance["weights_source"] == os.fspath(wpath.resolve())
@@ -531,8 +537,8 @@ def test_weights_from_local_file(tmp_path, backbone):
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
         f["x"] = [1]
-    with pytest.raises(UserError, match="could not load ResNet50 weights from"):
-        build_backbone(bad, SIZE)
+    with pytest.raises(UserError, match=r"could not load MobileNet\(alpha=0\.25\) weights from"):
+        build_backbone(resolve_network(bad, 0, small), SIZE)
 
 
 def test_features_for_files_matches_cache(tmp_path, backbone):

@@ -74,11 +74,11 @@ def float_model_folder(
         return folder
     key, identity = float_model_key(spec, image_size)
     folder = os.path.join(models_dir, f"openvino-float-{key}")
-    from tripletsk.extraction.runners import _import_openvino, _to_openvino
+    from tripletsk.extraction.runners import _backbone_to_openvino, _import_openvino
 
     _import_openvino()  # (before building the model: says how to install it)
     model = build_model()
-    ov_model = _to_openvino(model, [-1, *list(model.input_shape)[1:]])
+    ov_model = _backbone_to_openvino(model)
     try:
         save_model_folder(ov_model, folder, key, identity)
     except OSError:  # (read-only, disk full...): convert in memory this time

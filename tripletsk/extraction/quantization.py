@@ -21,11 +21,11 @@ import numpy as np
 from tripletsk.errors import UserError
 from tripletsk.extraction.model_folders import MANIFEST, read_manifest, save_model_folder
 from tripletsk.extraction.runners import (
+    _backbone_to_openvino,
     _compile_runner,
     _import_nncf,
     _import_openvino,
     _openvino_config,
-    _to_openvino,
 )
 
 #: Bump when the quantization recipe or the cache layout changes: old cached models are unused.
@@ -57,8 +57,7 @@ def _quantize(keras_model, calibration: np.ndarray, settings: dict, quiet: bool 
 
     nncf = _import_nncf()
     nncf.set_log_level(logging.ERROR)
-    shape = [-1, *list(keras_model.input_shape)[1:]]
-    ov_model = _to_openvino(keras_model, shape)
+    ov_model = _backbone_to_openvino(keras_model)
     # One image per item: NNCF collects statistics per item, and batches of several images
     # would be reduced differently (it warns that batch-wise statistics can be inaccurate).
     items = [calibration[i : i + 1] for i in range(len(calibration))]
