@@ -1,5 +1,9 @@
-"""The command line on real files: digit PNGs, a real ResNet50 cache (random weights, 32x32),
-real triplet files and model files; every command's success and each user mistake."""
+"""The command line on real files: digit PNGs, a real feature cache (random weights, 32x32),
+real triplet files and model files; every command's success and each user mistake.
+
+The cache's network is the small MobileNet(alpha=0.25) (DIM features): what is tested is the
+commands, whichever the network (its build and trace cost a third of ResNet50's). It is
+extracted at the default batch size, the one `search` extracts a query image file at: one trace."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from tripletsk.triplets.folders import labels_from_folders
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ["extract-features", "make-triplets", "fit", "predict", "score", "search", "info"]
 TINY = ["--set", "max_epochs=3", "--set", "hidden_units=32", "--set", "random_state=0"]
+BACKBONE, DIM = "MobileNet(alpha=0.25)", 256  # the cache's network and its feature width
 
 
 def _load_example(name: str):
@@ -61,8 +66,8 @@ def work(tmp_path_factory):
         "none",
         "--image-size",
         "32",
-        "--batch-size",
-        "8",
+        "--backbone",
+        BACKBONE,
         "-q",
     ]
     assert cli([str(a) for a in argv]) == 0
@@ -254,7 +259,7 @@ def test_fit_writes_model_with_cache_record_and_plot(work, model):
     assert isinstance(payload.model, TripletEncoder)
     assert payload.model.n_iter_ == 3 and payload.model.hidden_units == 32
     assert payload.model.verbose == 0  # -q progress is not a saved parameter
-    assert payload.cache["dim"] == 2048 and payload.cache["n_images"] == 40
+    assert payload.cache["dim"] == DIM and payload.cache["n_images"] == 40
     assert payload.cache["provenance"]["image_size"] == 32
     assert payload.training == {
         "mode": "triplets",
@@ -289,7 +294,7 @@ def test_fit_prints_loss_per_epoch_with_verbose(capsys, work, tmp_path):
     assert "fitted on 200 triplets of 28 images in 3 epochs" in out
     # .npz is an ordinary saved encoder: TripletEncoder.load reads it without the CLI.
     loaded = TripletEncoder.load(tmp_path / "m.npz")
-    assert loaded.n_features_in_ == 2048 and loaded.get_params()["features"] == str(
+    assert loaded.n_features_in_ == DIM and loaded.get_params()["features"] == str(
         work / "cache.h5"
     )
     status, out, _ = run(capsys, "info", tmp_path / "m.npz")
@@ -450,7 +455,7 @@ def other_cache(work):
     path = work / "other.h5"
     shutil.copy(work / "cache.h5", path)
     with h5py.File(path, "a") as f:
-        f.attrs["weights"] = "none:seed=7:init=numpy-glorot-uniform-v1"
+        f.attrs["weights"] = "none:seed=7:init=numpy-he-uniform-v1"  # (MobileNet's init)
     return path
 
 
@@ -468,7 +473,7 @@ def test_model_cache_provenance_mismatch(capsys, work, model, other_cache, comma
     )
     assert status == 1
     _assert_one_line_error(err, "was fitted on features made with other settings")
-    assert "weights 'none:seed=0:init=numpy-glorot-uniform-v1' vs 'none:seed=7" in err
+    assert "weights 'none:seed=0:init=numpy-he-uniform-v1' vs 'none:seed=7" in err
 
 
 def test_model_cache_width_mismatch(capsys, work, tmp_path):
@@ -645,7 +650,7 @@ def test_info_model(capsys, model):
     status, out, _ = run(capsys, "info", model, "--json")
     assert status == 0
     info = json.loads(out)
-    assert info["n_features_in"] == 2048 and info["n_epochs"] == 3
+    assert info["n_features_in"] == DIM and info["n_epochs"] == 3
     assert len(info["loss_curve"]) == 3 and info["parameters"]["hidden_units"] == 32
     assert info["cache"]["provenance"]["weights"].startswith("none:seed=0")
 
