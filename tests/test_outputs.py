@@ -105,8 +105,10 @@ def work(tmp_path_factory, write_feature_cache):
     write_triplets(root / "triplets.txt", triplets)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = TripletEncoder(features=str(cache), hidden_units=8, n_components=2, max_epochs=2,
-                               random_state=0).fit(np.array(triplets, dtype=object))  # fmt: skip
+        # The head `fit` makes by default: the commands' fits below reuse its compiled graph.
+        model = TripletEncoder(features=str(cache), max_epochs=2, random_state=0).fit(
+            np.array(triplets, dtype=object)
+        )
     save_model(root / "model.npz", model, cache_record(FeatureStore(cache)))
     return root
 

@@ -65,6 +65,17 @@ def assert_same_cache(a, b) -> None:
     assert x.provenance == y.provenance
 
 
+# First on the cluster: each worker keeps one Keras model, so MobileNet before the ResNet50 of
+# all the other tests builds ResNet50 once per worker (after, it was built again for the last).
+def test_dask_extraction_with_another_backbone(client, data, tmp_path):
+    run = {**RUN, "backbone": "MobileNet(alpha=0.25)"}
+    single, out = tmp_path / "single.h5", tmp_path / "dask.h5"
+    extract_features(data["images"], single, progress=False, **run)
+    extract_with_dask(data["images"], out, client=client, quiet=True, **run)
+    assert FeatureStore(out).dim == 256
+    assert_same_cache(single, out)
+
+
 def test_dask_extraction_equals_single_process(client, data, tmp_path):
     out = tmp_path / "features.h5"
     s = extract_with_dask(data["images"], out, client=client, quiet=True, **RUN)
@@ -89,6 +100,7 @@ def test_cli_on_a_running_scheduler(client, data, tmp_path, capsys):
         [
             "extract-features", str(data["images"]), "-o", str(out), "--weights", "none",
             "--image-size", "32", "--scheduler", client.scheduler.address, "--shards", "3",
+            "--batch-size", "4",  # RUN's: the workers' backbones serve it, traced already
         ]
     )  # fmt: skip
     stdout, err = capsys.readouterr()
@@ -145,14 +157,14 @@ def test_grid_search_on_the_dask_joblib_backend(client, data):
     )
     # Each fit is sent the cache's path, not its features: workers open the file themselves.
     assert len(pickle.dumps(est)) < 10_000 < os.path.getsize(data["single"])
-    grid = {"margin": [0.2, 1.0], "n_components": [2, 4]}
+    grid = {"margin": [0.2, 1.0]}  # the margin is a variable: one graph per worker
     local = GridSearchCV(est, grid, cv=2, n_jobs=1).fit(T)
     with (
         distributed.get_task_stream(client) as stream,
         parallel_backend("dask", client=client),
     ):
         remote = GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(T)
-    assert len(stream.data) >= 8  # 4 candidates x 2 folds ran on the cluster
+    assert len(stream.data) >= 4  # 2 candidates x 2 folds ran on the cluster
     assert remote.best_params_ == local.best_params_
     np.testing.assert_allclose(
         remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"], atol=1e-6
@@ -193,15 +205,6 @@ def test_one_worker_per_gpu_sees_only_its_gpu():
         c.wait_for_workers(2, timeout=60)
         seen = c.run(os.getenv, "CUDA_VISIBLE_DEVICES")
     assert sorted(seen.values()) == ["0", "1"]
-
-
-def test_dask_extraction_with_another_backbone(client, data, tmp_path):
-    run = {**RUN, "backbone": "MobileNet(alpha=0.25)"}
-    single, out = tmp_path / "single.h5", tmp_path / "dask.h5"
-    extract_features(data["images"], single, progress=False, **run)
-    extract_with_dask(data["images"], out, client=client, quiet=True, **run)
-    assert FeatureStore(out).dim == 256
-    assert_same_cache(single, out)
 
 
 # Last of the tests on the module's cluster: the worker the nanny starts again imports

@@ -20,10 +20,16 @@ def _embed(X, y, **params):
 @pytest.mark.parametrize(
     "params",
     [
-        dict(dropout=0.3, input_dropout=0.2),  # the dropout masks start again from the seed
-        dict(mining="batch_hard", weight_decay=1e-3),
-        dict(learning_rate_schedule="cosine", learning_rate=3e-3),
-        dict(margin=0.05, weight_decay=1e-3),  # a hinge: few triplets active at 0.05
+        # Two fits' settings per case (each case traces two graphs, the cost of this test):
+        # the dropout masks start again from the seed; a hinge: few triplets active at 0.05.
+        dict(dropout=0.3, input_dropout=0.2, margin=0.05, weight_decay=1e-3),
+        # batch-hard mining with weight decay; the cosine schedule starts again.
+        dict(
+            mining="batch_hard",
+            weight_decay=1e-3,
+            learning_rate_schedule="cosine",
+            learning_rate=3e-3,
+        ),
     ],
 )
 def test_a_pooled_head_trains_bit_for_bit_as_a_new_one(blobs, params):
