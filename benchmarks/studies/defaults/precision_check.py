@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fashion_mnist
+from default_fit_check import fashion_mnist, fit_and_score
 
 from tripletsk import TripletEncoder
-from tripletsk.evaluation.metrics import retrieval_report
 
 
 def main(argv=None) -> None:
@@ -39,16 +37,9 @@ def main(argv=None) -> None:
     print("round precision seconds epochs P@1 MAP@R warnings")
     for r in range(args.rounds):
         for precision in precisions if r % 2 == 0 else precisions[::-1]:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                start = time.perf_counter()
-                encoder = TripletEncoder(random_state=0, verbose=-1, precision=precision)
-                encoder.fit(X, y)
-                seconds = time.perf_counter() - start
-            report = retrieval_report(encoder.transform(X_test), y_test, ks=(1,))
-            print(r, precision, f"{seconds:.2f}", encoder.n_iter_,
-                  f"{report['precision_at_1']:.4f}", f"{report['map_at_r']:.4f}", len(caught),
-                  flush=True)  # fmt: skip
+            row = fit_and_score({"precision": precision}, X, y, X_test, y_test)
+            print(r, precision, row["fit_seconds"], row["epochs"], row["precision_at_1"],
+                  row["map_at_r"], len(row["warnings"]), flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
