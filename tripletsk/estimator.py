@@ -124,13 +124,14 @@ class TripletEncoder(
     tol : float, default=2e-3
         Minimum improvement of the watched figure (``stopping``, or the validation score
         with ``early_stopping``) that resets the ``n_iter_no_change`` count.
-    stopping : {"error", "loss"}, default="error"
+    stopping : {"auto", "error", "loss"}, default="auto"
         What a fit without ``early_stopping`` watches to stop by itself, using no held-out
         data: ``"error"``, the share of wrongly ordered triplets in each epoch's training
         batches (``error_curve_``; among all the valid triplets of each batch when mining from
-        labels); ``"loss"``, the mean training loss (``loss_curve_``; the soft margin's never
-        levels off). The fit stops after ``n_iter_no_change`` epochs without an improvement by
-        more than ``tol``.
+        labels); ``"loss"``, the mean training loss (``loss_curve_``). The fit stops after
+        ``n_iter_no_change`` epochs without an improvement by more than ``tol``. ``"auto"``:
+        the error for ``fit(X, y)``, the loss for ``fit(T)``, whose fixed triplets are soon
+        all ordered right while the head still improves (:mod:`tripletsk.training.stopping`).
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (triplets, or samples
         stratified by label), stop when its triplet accuracy stops improving, and keep the
@@ -235,7 +236,7 @@ class TripletEncoder(
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "stopping": [StrOptions({"error", "loss"})],
+        "stopping": [StrOptions({"auto", "error", "loss"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -267,7 +268,7 @@ class TripletEncoder(
         batch_size=256,
         max_epochs=100,
         tol=2e-3,
-        stopping="error",
+        stopping="auto",
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=10,

@@ -1,5 +1,6 @@
 """The stopping rule: a fit that has learned stops by itself without a warning; one cut short
-while still improving warns; what it watches (wrongly ordered triplets, or the loss)."""
+while still improving warns; what it watches (wrongly ordered triplets, or the loss; by
+default the first from labels, the second on given triplets)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk import TripletEncoder
-from tripletsk.training.stopping import Stopping
+from tripletsk.training.stopping import Stopping, resolve_stopping
 
 # No input dropout: dropping 1 of 8 features is not the cheap augmentation it is on images.
 SMALL = dict(hidden_units=16, n_components=4, batch_size=64, input_dropout=0.0, random_state=0)
@@ -56,6 +57,37 @@ def test_the_soft_margin_loss_keeps_falling_after_every_triplet_is_right():
         loss_rule = TripletEncoder(stopping="loss", **params).fit(X, y)
     assert error_rule.n_iter_ < 40 and loss_rule.n_iter_ == 40
     assert loss_rule.loss_curve_[-1] < loss_rule.loss_curve_[error_rule.n_iter_ - 1]
+
+
+@pytest.mark.parametrize(
+    ("stopping", "labelled", "watched"),
+    [("auto", True, "error"), ("auto", False, "loss"), ("error", False, "error"),
+     ("loss", True, "loss")],
+)  # fmt: skip
+def test_auto_watches_the_error_from_labels_and_the_loss_on_given_triplets(
+    stopping, labelled, watched
+):
+    assert resolve_stopping(stopping, labelled) == watched
+
+
+def test_a_fit_on_given_triplets_goes_on_while_its_loss_falls():
+    # A fixed set of triplets is soon all ordered right (error 0): the default rule then
+    # follows the loss, as stopping="loss" does, and runs longer than the error rule would.
+    X, y = _blobs(spread=0.3)
+    rng = np.random.RandomState(0)
+    anchors = rng.randint(len(y), size=300)
+    positives = np.array([rng.choice(np.flatnonzero(y == y[a])) for a in anchors])
+    negatives = np.array([rng.choice(np.flatnonzero(y != y[a])) for a in anchors])
+    T = np.stack([anchors, positives, negatives], axis=1)
+    params = {**SMALL, "features": X, "max_epochs": 200}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        auto = TripletEncoder(**params).fit(T)
+        error_rule = TripletEncoder(stopping="error", **params).fit(T)
+    loss_rule = TripletEncoder(stopping="loss", **params).fit(T)
+    assert auto.n_iter_ == loss_rule.n_iter_ > error_rule.n_iter_
+    assert auto.loss_curve_ == loss_rule.loss_curve_
+    assert auto.loss_curve_[-1] < auto.loss_curve_[error_rule.n_iter_ - 1]
 
 
 @pytest.mark.parametrize(

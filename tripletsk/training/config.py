@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from tripletsk.training.head import normalize_hidden_units
+from tripletsk.training.stopping import resolve_stopping
 from tripletsk.training.strategies import STRATEGIES, Strategy, resolve_mining
 
 
@@ -22,9 +23,9 @@ class TrainingConfig:
 
     ``n_features`` is the width of the feature rows; ``labelled`` whether the fit learns from
     labels (``fit(X, y)``) rather than triplets. ``hidden_units`` is resolved to a tuple of
-    widths and ``mining`` to a word of :data:`~tripletsk.training.strategies.STRATEGIES`
-    (``"auto"`` replaced). ``features`` and ``random_state`` are not here: the fit passes rows
-    and a random generator.
+    widths, ``mining`` to a word of :data:`~tripletsk.training.strategies.STRATEGIES` and
+    ``stopping`` to ``"error"`` or ``"loss"`` (``"auto"`` replaced in both). ``features`` and
+    ``random_state`` are not here: the fit passes rows and a random generator.
 
     Examples
     --------
@@ -32,8 +33,8 @@ class TrainingConfig:
     >>> from tripletsk.training.config import TrainingConfig
     >>> params = TripletEncoder(hidden_units="auto").get_params()
     >>> config = TrainingConfig.from_params(params, n_features=2048, labelled=True)
-    >>> config.hidden_units, config.mining, config.strategy.loss
-    ((512,), 'semi_hard', 'semi_hard')
+    >>> config.hidden_units, config.mining, config.strategy.loss, config.stopping
+    ((512,), 'semi_hard', 'semi_hard', 'error')
     """
 
     n_features: int
@@ -73,6 +74,7 @@ class TrainingConfig:
         values = {f.name: params[f.name] for f in fields(cls) if f.name not in facts}
         values["hidden_units"] = normalize_hidden_units(params["hidden_units"], n_features)
         values["mining"] = resolve_mining(params["mining"], labelled)
+        values["stopping"] = resolve_stopping(params["stopping"], labelled)
         return cls(**facts, **values)
 
     @property
