@@ -121,9 +121,10 @@ class TripletEncoder(
     max_epochs : int, default=100
         Passes over the training data at most; reaching it while the watched figure (see
         ``stopping``) still improves warns (``ConvergenceWarning``).
-    tol : float, default=2e-3
+    tol : float or "auto", default="auto"
         Minimum improvement of the watched figure (``stopping``, or the validation score
-        with ``early_stopping``) that resets the ``n_iter_no_change`` count.
+        with ``early_stopping``) that resets the ``n_iter_no_change`` count. ``"auto"``:
+        5e-3 for the training loss, 2e-3 for the error and the validation score.
     stopping : {"auto", "error", "loss"}, default="auto"
         What a fit without ``early_stopping`` watches to stop by itself, using no held-out
         data: ``"error"``, the share of wrongly ordered triplets in each epoch's training
@@ -235,7 +236,7 @@ class TripletEncoder(
         "weight_averaging": [Interval(Real, 0, 1, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "stopping": [StrOptions({"auto", "error", "loss"})],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -267,7 +268,7 @@ class TripletEncoder(
         weight_averaging=0.9,
         batch_size=256,
         max_epochs=100,
-        tol=2e-3,
+        tol="auto",
         stopping="auto",
         early_stopping=False,
         validation_fraction=0.1,

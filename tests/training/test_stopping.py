@@ -11,7 +11,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from tripletsk import TripletEncoder
-from tripletsk.training.stopping import Stopping, resolve_stopping
+from tripletsk.training.stopping import Stopping, resolve_stopping, resolve_tol
 
 # No input dropout: dropping 1 of 8 features is not the cheap augmentation it is on images.
 SMALL = dict(hidden_units=16, n_components=4, batch_size=64, input_dropout=0.0, random_state=0)
@@ -34,7 +34,7 @@ def test_a_fit_that_has_learned_stops_early_without_a_warning():
     # Stopped n_iter_no_change epochs after the last epoch that improved by more than tol.
     best, last_improvement = np.inf, 0
     for epoch, error in enumerate(enc.error_curve_):
-        if error < best - enc.tol:
+        if error < best - 2e-3:  # tol='auto' on the error
             best, last_improvement = error, epoch
     assert enc.n_iter_ == last_improvement + 1 + enc.n_iter_no_change
 
@@ -44,7 +44,7 @@ def test_a_fit_cut_short_while_still_improving_warns():
     with pytest.warns(ConvergenceWarning, match="max_epochs=3 before the share of wrongly"):
         enc = TripletEncoder(**SMALL, max_epochs=3).fit(X, y)
     assert enc.n_iter_ == 3
-    assert enc.error_curve_[2] < enc.error_curve_[0] - enc.tol  # it was still improving
+    assert enc.error_curve_[2] < enc.error_curve_[0] - 2e-3  # it was still improving
 
 
 def test_the_soft_margin_loss_keeps_falling_after_every_triplet_is_right():
@@ -70,6 +70,13 @@ def test_auto_watches_the_error_from_labels_and_the_loss_on_given_triplets(
     assert resolve_stopping(stopping, labelled) == watched
 
 
+@pytest.mark.parametrize(
+    ("criterion", "tol"), [("error", 2e-3), ("loss", 5e-3), ("validation", 2e-3)]
+)
+def test_auto_tol_is_the_step_of_the_watched_figure(criterion, tol):
+    assert resolve_tol("auto", criterion) == tol and resolve_tol(0.1, criterion) == 0.1
+
+
 def test_a_fit_on_given_triplets_goes_on_while_its_loss_falls():
     # A fixed set of triplets is soon all ordered right (error 0): the default rule then
     # follows the loss, as stopping="loss" does, and runs longer than the error rule would.
@@ -88,6 +95,14 @@ def test_a_fit_on_given_triplets_goes_on_while_its_loss_falls():
     assert auto.n_iter_ == loss_rule.n_iter_ > error_rule.n_iter_
     assert auto.loss_curve_ == loss_rule.loss_curve_
     assert auto.loss_curve_[-1] < auto.loss_curve_[error_rule.n_iter_ - 1]
+
+
+def test_a_fit_from_labels_still_stops_on_its_error():
+    X, y = _blobs(spread=0.3)
+    auto = TripletEncoder(**SMALL, max_epochs=200).fit(X, y)
+    error_rule = TripletEncoder(**SMALL, max_epochs=200, stopping="error").fit(X, y)
+    assert auto.n_iter_ == error_rule.n_iter_ < 200
+    assert auto.error_curve_ == error_rule.error_curve_
 
 
 @pytest.mark.parametrize(
