@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from tripletsk.training.head import normalize_hidden_units
-from tripletsk.training.stopping import resolve_stopping, resolve_tol
+from tripletsk.training.stopping import resolve_stopping
 from tripletsk.training.strategies import STRATEGIES, Strategy, resolve_mining
 
 
@@ -24,7 +24,8 @@ class TrainingConfig:
     ``n_features`` is the width of the feature rows; ``labelled`` whether the fit learns from
     labels (``fit(X, y)``) rather than triplets. ``hidden_units`` is resolved to a tuple of
     widths, ``mining`` to a word of :data:`~tripletsk.training.strategies.STRATEGIES`,
-    ``stopping`` to ``"error"`` or ``"loss"`` and ``tol`` to a number (``"auto"`` replaced).
+    and ``stopping`` to ``"error"`` or ``"loss"`` (``"auto"`` replaced; ``tol="auto"`` is
+    resolved by :class:`~tripletsk.training.stopping.Stopping`, which knows the watched figure).
     ``features`` and ``random_state`` are not here: the fit passes rows and a random generator.
 
     Examples
@@ -55,7 +56,7 @@ class TrainingConfig:
     weight_averaging: float
     batch_size: int
     max_epochs: int
-    tol: float
+    tol: float | str
     stopping: str
     early_stopping: bool
     validation_fraction: float
@@ -75,8 +76,6 @@ class TrainingConfig:
         values["hidden_units"] = normalize_hidden_units(params["hidden_units"], n_features)
         values["mining"] = resolve_mining(params["mining"], labelled)
         values["stopping"] = resolve_stopping(params["stopping"], labelled)
-        watched = "validation" if params["early_stopping"] else values["stopping"]
-        values["tol"] = resolve_tol(params["tol"], watched)
         return cls(**facts, **values)
 
     @property

@@ -51,11 +51,11 @@ def resolve_stopping(stopping: str, labelled: bool) -> str:
 class Stopping:
     """The stopping rule of one fit; :meth:`update` after each epoch says whether to stop."""
 
-    def __init__(self, criterion: str, tol: float, n_iter_no_change: int):
+    def __init__(self, criterion: str, tol: float | str, n_iter_no_change: int):
         if criterion not in (*CRITERIA, "validation"):
             raise ValueError(f"stopping must be one of {CRITERIA}; got {criterion!r}.")
         self.criterion = criterion
-        self.tol = tol
+        self.tol = resolve_tol(tol, criterion)
         self.n_iter_no_change = n_iter_no_change
         self.best = math.inf  # of the figure made "lower is better"
         self.no_change = 0
