@@ -615,8 +615,9 @@ def test_search_file_inside_image_folder_is_not_its_own_neighbour(capsys, work, 
 def test_search_unknown_query(capsys, model):
     status, _, err = run(capsys, "search", "--model", model, "0/00.png")
     assert status == 1
-    _assert_one_line_error(err, "a query is a cached key or an existing image file")
+    _assert_one_line_error(err, "A query is a cached key or an existing image file")
     assert "did you mean '0/0.png'" in err
+    assert ".;" not in err and ".." not in err  # one sentence ends, the next begins
 
 
 def test_search_sheet_without_images(capsys, work, model, tmp_path):

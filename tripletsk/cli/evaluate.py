@@ -177,7 +177,8 @@ def _query_key(query: str, store, image_root: str | None) -> tuple[str | None, s
     try:
         store.indices([query])  # raises with the nearest known keys
     except UnknownKeyError as exc:
-        raise UnknownKeyError(f"{exc}; a query is a cached key or an existing image file") from None
+        what = str(exc).rstrip(". ")
+        raise UnknownKeyError(f"{what}. A query is a cached key or an existing image file") from None
     raise AssertionError("unreachable: the key was not in the store")
 
 
