@@ -231,6 +231,15 @@ def test_make_triplets_usage_errors(capsys, work, tmp_path, extra, match):
     assert match in err
 
 
+def test_make_triplets_missing_source_names_both_kinds(capsys, tmp_path):
+    argv = ["make-triplets", tmp_path / "nope", "-n", "5", "-o", tmp_path / "t.txt"]
+    status, _, err = run(capsys, *argv)
+    assert status == 1
+    _assert_one_line_error(err, f"SOURCE not found: {tmp_path / 'nope'}")
+    assert "a folder of images" in err and "features=" not in err
+    assert not (tmp_path / "t.txt").exists()
+
+
 def test_make_triplets_hard_needs_a_cache(capsys, work, tmp_path):
     status, _, err = run(
         capsys,

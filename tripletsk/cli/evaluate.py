@@ -178,7 +178,8 @@ def _query_key(query: str, store, image_root: str | None) -> tuple[str | None, s
         store.indices([query])  # raises with the nearest known keys
     except UnknownKeyError as exc:
         what = str(exc).rstrip(". ")
-        raise UnknownKeyError(f"{what}. A query is a cached key or an existing image file") from None
+        hint = "A query is a cached key or an existing image file"
+        raise UnknownKeyError(f"{what}. {hint}") from None
     raise AssertionError("unreachable: the key was not in the store")
 
 

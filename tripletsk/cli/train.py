@@ -108,6 +108,8 @@ def _keys_of(source: str) -> tuple[np.ndarray, object]:
 
     if os.path.isdir(source):
         return list_image_keys(source), None
+    if not os.path.exists(source):  # not the cache's message: SOURCE may be a folder too
+        raise UserError(f"SOURCE not found: {source} (a feature cache .h5 or a folder of images)")
     store = FeatureStore(source)
     return np.array(store.keys, dtype=object), store
 
