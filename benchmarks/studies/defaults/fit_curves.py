@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 
 from defaults_study import datasets, parse_settings
 
+import tripletsk.training.fitting as fitting
 import tripletsk.training.loop as training
 from tripletsk import TripletEncoder
 from tripletsk.evaluation.metrics import label_triplet_accuracy, retrieval_report
@@ -64,7 +65,8 @@ def curves(params: dict, data, seed: int) -> dict:
         record["active"].append(result.active_fraction[-1])
 
         def emb(X, weights=averaged):
-            return forward((X - encoder.feature_mean_) / encoder.feature_scale_, weights)
+            mean, scale = standardized["mean_scale"]
+            return forward((X - mean) / scale, weights)
 
         fit_acc = label_triplet_accuracy(emb(X_fit[sample]), y_fit[sample])
         record["fit_error_avg"].append(round(1.0 - fit_acc, 5))
@@ -78,19 +80,25 @@ def curves(params: dict, data, seed: int) -> dict:
             record[f"{name}_mapr"].append(round(report["map_at_r"], 4))
         clock["excluded"] += time.perf_counter() - begin
 
-    original = training.train_head
+    original, original_standardization = training.train_head, fitting.standardization
+    # The fit's (mean, scale), known before its first epoch (the fitted attributes are not).
+    standardized = {}
+
+    def standardization(*args, **kwargs):
+        standardized["mean_scale"] = original_standardization(*args, **kwargs)
+        return standardized["mean_scale"]
 
     def train_head(*args, **kwargs):
         clock["start"] = time.perf_counter()
         return original(*args, on_epoch=on_epoch, **kwargs)
 
-    training.train_head = train_head
+    training.train_head, fitting.standardization = train_head, standardization
     try:
         start = time.perf_counter()
         encoder.fit(X_fit, y_fit)
         total = time.perf_counter() - start - clock["excluded"]
     finally:
-        training.train_head = original
+        training.train_head, fitting.standardization = original, original_standardization
     return {"fit_seconds": round(total, 1), "epochs": encoder.n_iter_, **record}
 
 
