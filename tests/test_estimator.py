@@ -296,7 +296,8 @@ def test_labels_that_define_no_triplet(blobs, y, match):
 @pytest.mark.parametrize(
     ("param", "value"),
     [("margin", -1.0), ("distance", "hamming"), ("dropout", 1.0), ("mining", "hardest"),
-     ("n_components", 0), ("learning_rate", 0.0), ("hidden_units", (8, 0))],
+     ("n_components", 0), ("learning_rate", 0.0), ("hidden_units", (8, 0)),
+     ("soft_margin_scale", 0.0), ("soft_margin_scale", -2.0)],
 )  # fmt: skip
 def test_invalid_parameters_are_rejected_in_fit_not_init(blobs, param, value):
     enc = TripletEncoder(**{**SMALL, param: value})  # __init__ only stores
@@ -467,6 +468,20 @@ def test_a_fit_stuck_at_the_margin_warns(signal, stuck, head):
     if stuck:
         assert "the loss stayed at the margin" in messages[0]
         assert ("log 2" in messages[0]) == (not params)
+
+
+def test_a_sharper_soft_margin_is_stuck_at_its_own_value():
+    # The same weak signal as above: the loss sits at log 2 / s, not at log 2.
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 10, 400)
+    encoder = TripletEncoder(
+        mining="batch_hard", samples_per_class=4, batch_size=40, max_epochs=30, random_state=0,
+        soft_margin_scale=4.0,
+    )  # fmt: skip
+    with pytest.warns(
+        EmbeddingCollapseWarning, match=r"stayed at the margin \(0\.1[78]\d*, log 2 / 4"
+    ):
+        encoder.fit(rng.normal(size=(400, 32)), y)
 
 
 def test_huge_learning_rate_never_leaves_nan(blobs):

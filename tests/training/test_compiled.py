@@ -49,6 +49,26 @@ def test_a_pooled_head_trains_bit_for_bit_as_a_new_one(blobs, params):
     np.testing.assert_array_equal(moved, moved_new)
 
 
+def test_the_soft_margin_scale_is_a_graph_of_its_own_and_ignored_with_a_margin(blobs):
+    X, y = blobs
+    compiled._idle.clear()
+    sharp_new = _embed(X, y, random_state=0, soft_margin_scale=4.0)
+    compiled._idle.clear()
+    soft = _embed(X, y, random_state=0)
+    sharp = _embed(X, y, random_state=0, soft_margin_scale=4.0)  # after a scale-1 fit
+    assert len(compiled._idle) == 2
+    np.testing.assert_array_equal(sharp, sharp_new)
+    assert not np.array_equal(sharp, soft)
+    params = TripletEncoder(margin=0.2).get_params()
+    weights = init_head_weights(12, (16,), 4, np.random.RandomState(0))
+    keys = {
+        compiled.graph_key(weights, TrainingConfig.from_params(
+            {**params, "soft_margin_scale": scale}, n_features=12, labelled=True))
+        for scale in (1.0, 4.0)
+    }  # fmt: skip
+    assert len(keys) == 1  # with a hinge margin the scale changes nothing
+
+
 def test_fits_running_together_each_get_their_own_head(blobs):
     X, y = blobs
     seeds = [0, 1]  # two fits at once are enough to share a head by mistake; each builds a graph

@@ -18,6 +18,7 @@ from tripletsk.training.losses import (
     pairwise_distance,
     semi_hard_triplet_loss,
     triplet_loss,
+    triplet_margin_loss,
 )
 
 
@@ -168,15 +169,43 @@ def test_triplet_loss_gradient_finite_at_zero_distance(distance):
     assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("scale", [0.5, 4.0])
+@pytest.mark.parametrize(
+    ("loss_fn", "mining"),
+    [(batch_all_triplet_loss, "batch_all"), (batch_hard_triplet_loss, "batch_hard"),
+     (semi_hard_triplet_loss, "semi_hard")],
+)  # fmt: skip
+def test_a_scaled_soft_margin_averages_softplus_of_the_scaled_difference(loss_fn, mining, scale):
+    # The scale changes the loss of each mined triplet, not which triplets are mined.
+    emb, labels = random_batch(0)
+    loss, active = loss_fn(tf.constant(emb), tf.constant(labels), "l2", None, scale)
+    triplets, is_active = mined_triplets(emb, labels, mining, "l2", None)
+    a, p, n = (emb[triplets[:, i]].astype(np.float64) for i in range(3))
+    x = np.linalg.norm(a - p, axis=1) - np.linalg.norm(a - n, axis=1)
+    np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(scale * x)) / scale), rtol=1e-4)
+    np.testing.assert_allclose(active, is_active.mean(), rtol=1e-5)
+
+
+def test_the_soft_margin_scale_is_ignored_with_a_margin_and_exact_at_one():
+    d_ap, d_an = tf.constant([0.3, 1.2, 0.7]), tf.constant([0.5, 0.4, 0.7])
+    hinge = triplet_margin_loss(d_ap, d_an, 0.2).numpy()
+    assert np.array_equal(triplet_margin_loss(d_ap, d_an, 0.2, 4.0).numpy(), hinge)
+    soft = tf.nn.softplus(d_ap - d_an).numpy()
+    assert np.array_equal(triplet_margin_loss(d_ap, d_an, None, 1.0).numpy(), soft)
+    sharp = triplet_margin_loss(d_ap, d_an, None, 8.0).numpy()
+    hinge_at_zero = np.maximum(d_ap - d_an, 0.0)  # what the soft margin nears as s grows
+    assert np.abs(sharp - hinge_at_zero).max() < 0.09 < np.abs(soft - hinge_at_zero).max()
+
+
 def test_triplet_loss_class_round_trips_through_keras_serialization():
     import keras
 
-    loss = TripletLoss(distance="cosine", margin=None)
+    loss = TripletLoss(distance="cosine", margin=None, soft_margin_scale=4.0)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, TripletLoss)
-    assert (restored.distance, restored.margin) == ("cosine", None)
+    assert (restored.distance, restored.margin, restored.soft_margin_scale) == ("cosine", None, 4.0)
     y = np.random.RandomState(0).normal(size=(5, 3, 4)).astype(np.float32)
-    expected = triplet_loss(*(tf.constant(y[:, i]) for i in range(3)), "cosine", None)[0]
+    expected = triplet_loss(*(tf.constant(y[:, i]) for i in range(3)), "cosine", None, 4.0)[0]
     np.testing.assert_allclose(restored(None, y), expected, rtol=1e-5)
 
 

@@ -4,7 +4,8 @@ Tracing the compiled training loops (:mod:`tripletsk.training.steps`) costs abou
 CPU per fit, more than all the training of a small fit: a grid search over small data spent
 most of its time tracing. A fit therefore takes its head model, optimizer and compiled loops
 from a pool kept per graph (the layer sizes, dropout rates, precision, distance, loss, and
-whether there is a margin and a weight decay: what the traced graph holds as constants), resets
+whether there is a margin (the soft margin's scale if not) and a weight decay: what the traced
+graph holds as constants), resets
 them to its own initial weights, dropout seeds, margin, optimizer state, learning rate and
 weight decay (variables of the graph, so that a grid search over them traces once), and gives
 them back when it ends. A fit that starts
@@ -58,8 +59,10 @@ class CompiledHead:
 def graph_key(initial_weights: HeadWeights, config: TrainingConfig) -> tuple:
     """What the compiled loops of a fit bake in: fits with equal keys can share them."""
     shapes = tuple(kernel.shape for kernel, _ in initial_weights)
+    soft_scale = config.soft_margin_scale if config.margin is None else None  # unused with one
     return (shapes, config.dropout, config.input_dropout, config.precision, config.distance,
-            config.margin is None, config.strategy.loss, config.weight_decay > 0)  # fmt: skip
+            config.margin is None, soft_scale, config.strategy.loss,
+            config.weight_decay > 0)  # fmt: skip
 
 
 @contextmanager
@@ -104,5 +107,7 @@ def _build(initial_weights: HeadWeights, config: TrainingConfig, seed: int) -> C
     margin = None
     if config.margin is not None:
         margin = tf.Variable(config.margin, trainable=False, dtype=tf.float32)
-    loops = make_steps(model, optimizer, config.distance, margin, config.strategy.loss)
+    loops = make_steps(
+        model, optimizer, config.distance, margin, config.strategy.loss, config.soft_margin_scale
+    )
     return CompiledHead(model, optimizer, margin, *loops)

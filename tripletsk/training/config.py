@@ -46,6 +46,7 @@ class TrainingConfig:
     input_dropout: float
     distance: str
     margin: float | None
+    soft_margin_scale: float
     mining: str
     samples_per_class: int | str
     hard_per_anchor: int

@@ -35,8 +35,9 @@ def fit_head(config: TrainingConfig, items: FeatureRows, triplets, labels, rng) 
     train_rows, validation_score = holdout(items, triplets, labels, config, rng)
     result = train(config, items, triplets, labels, train_rows, validation_score, rng)
     warn_if_failed(
-        items, result.weights, result.loss_curve, result.active_fraction, config.margin, rng
-    )
+        items, result.weights, result.loss_curve, result.active_fraction, config.margin, rng,
+        soft_margin_scale=config.soft_margin_scale,
+    )  # fmt: skip
     return {
         "feature_mean_": mean,
         "feature_scale_": scale,
@@ -187,10 +188,16 @@ def train(
 
 
 def warn_if_failed(
-    items: FeatureRows, weights: HeadWeights, loss_curve, active_fraction, margin, rng
+    items: FeatureRows,
+    weights: HeadWeights,
+    loss_curve,
+    active_fraction,
+    margin,
+    rng,
+    soft_margin_scale: float = 1.0,
 ) -> None:
     """Warn (:class:`EmbeddingCollapseWarning`) if the fitted head learned nothing useful."""
-    what = _failure(items, weights, loss_curve, active_fraction, margin, rng)
+    what = _failure(items, weights, loss_curve, active_fraction, margin, soft_margin_scale, rng)
     if what is not None:
         warnings.warn(
             f"Training failed: {what}. Try mining='semi_hard' or 'random', a smaller margin, "
@@ -216,20 +223,24 @@ _STUCK_LOSS = 0.1
 _STUCK_ACTIVE = 0.95
 
 
-def _failure(items, weights, loss_curve, active_fraction, margin, rng) -> str | None:
-    """Why the fitted head is useless (collapsed, or stuck at the margin), or ``None``."""
+def _failure(items, weights, loss_curve, active_fraction, margin, scale, rng) -> str | None:
+    """Why the fitted head is useless (collapsed, or stuck at the margin), or ``None``.
+
+    Stuck means the loss stays where ``d(a, p) = d(a, n)`` puts it (``margin``, or the soft
+    margin's ``log 2 / scale``) while nearly every anchor still violates it."""
     emb = embed(items, weights, np.sort(rng.permutation(len(items))[:2000]))
     spread = float(np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean())
     if spread < 1e-3:
         return f"the embedding collapsed (mean distance to the centre {spread:.2e})"
     if not loss_curve:
         return None
-    stuck_at = _SOFT_MARGIN_STUCK_LOSS if margin is None else margin
+    stuck_at = _SOFT_MARGIN_STUCK_LOSS / scale if margin is None else margin
     active = active_fraction[-1] if len(active_fraction) else 1.0
     if abs(loss_curve[-1] - stuck_at) < _STUCK_LOSS * stuck_at and active >= _STUCK_ACTIVE:
         where = f"margin {margin}"
         if margin is None:
-            where = "log 2, the soft margin's value for d(a, p) = d(a, n)"
+            at = "log 2" if scale == 1.0 else f"log 2 / {scale:g}"
+            where = f"{at}, the soft margin's value for d(a, p) = d(a, n)"
         return (
             f"the loss stayed at the margin ({loss_curve[-1]:.4f}, {where}, "
             f"{active:.0%} of anchors violating it): negatives are as close as positives, and "

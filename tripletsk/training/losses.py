@@ -16,7 +16,10 @@ that still teach something), plus a thin serialisable :class:`TripletLoss` class
     ``1 - cos(a, b)``.
 
 The triplet loss is ``max(d(a, p) - d(a, n) + margin, 0)``; with ``margin=None`` it is the soft
-margin ``log(1 + exp(d(a, p) - d(a, n)))`` (Hermans et al., 2017), which never stops pushing.
+margin ``log(1 + exp(d(a, p) - d(a, n)))`` (Hermans et al., 2017), which never stops pushing;
+its ``scale`` s sharpens it, ``log(1 + exp(s (d(a, p) - d(a, n)))) / s`` (s = 1 by default):
+unit-norm embeddings differ by at most 2 in distance, so at s = 1 even easy triplets keep a
+gradient of at least ``sigmoid(-2)``.
 
 Online mining (``batch_all``, ``batch_hard``, ``semi_hard``) works on a batch of embeddings and
 their labels, embedding each item once and mining inside the batch's distance matrix:
@@ -78,10 +81,16 @@ def pairwise_distance(x: tf.Tensor, distance: str = "l2") -> tf.Tensor:
     return squared if distance == "sqeuclidean" else safe_sqrt(squared)
 
 
-def triplet_margin_loss(d_ap: tf.Tensor, d_an: tf.Tensor, margin: float | None) -> tf.Tensor:
-    """Per-triplet loss: hinge ``max(d_ap - d_an + margin, 0)``, or soft margin if ``None``."""
+def triplet_margin_loss(
+    d_ap: tf.Tensor, d_an: tf.Tensor, margin: float | None, scale: float = 1.0
+) -> tf.Tensor:
+    """Per-triplet loss: hinge ``max(d_ap - d_an + margin, 0)``, or if ``margin`` is None the
+    soft margin ``softplus(scale * (d_ap - d_an)) / scale`` (``scale`` is ignored with a
+    margin)."""
     if margin is None:
-        return tf.nn.softplus(d_ap - d_an)
+        if scale == 1.0:  # the soft margin as it always was: no extra operations
+            return tf.nn.softplus(d_ap - d_an)
+        return tf.nn.softplus(scale * (d_ap - d_an)) / scale
     return tf.nn.relu(d_ap - d_an + margin)
 
 
@@ -101,6 +110,7 @@ def triplet_loss(
     negative: tf.Tensor,
     distance: str = "l2",
     margin: float | None = 0.2,
+    scale: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Mean triplet loss over given triplets of embeddings.
 
@@ -110,6 +120,8 @@ def triplet_loss(
     distance : {"l1", "l2", "sqeuclidean", "cosine"}, default="l2"
     margin : float or None, default=0.2
         ``None`` selects the soft margin ``log(1 + exp(d_ap - d_an))``.
+    scale : float, default=1.0
+        With the soft margin: ``log(1 + exp(scale * (d_ap - d_an))) / scale``.
 
     Returns
     -------
@@ -128,7 +140,8 @@ def triplet_loss(
     d_ap = paired_distance(anchor, positive, distance)
     d_an = paired_distance(anchor, negative, distance)
     active = tf.cast(_active(d_ap, d_an, margin), anchor.dtype)
-    return tf.reduce_mean(triplet_margin_loss(d_ap, d_an, margin)), tf.reduce_mean(active)
+    losses = triplet_margin_loss(d_ap, d_an, margin, scale)
+    return tf.reduce_mean(losses), tf.reduce_mean(active)
 
 
 def triplet_error(d_ap: tf.Tensor, d_an: tf.Tensor) -> tf.Tensor:
@@ -201,7 +214,11 @@ def _label_masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def batch_all_triplet_loss(
-    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+    embeddings: tf.Tensor,
+    labels: tf.Tensor,
+    distance: str = "l2",
+    margin: float | None = 0.2,
+    scale: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Batch-all loss: the mean over the valid triplets of the batch that have positive loss.
 
@@ -214,7 +231,7 @@ def batch_all_triplet_loss(
     is_pos, is_neg = _label_masks(labels)
     valid = tf.logical_and(is_pos[:, :, None], is_neg[:, None, :])  # (a, p, n)
     d_ap, d_an = dist[:, :, None], dist[:, None, :]
-    losses = triplet_margin_loss(d_ap, d_an, margin)
+    losses = triplet_margin_loss(d_ap, d_an, margin, scale)
     active = tf.logical_and(valid, _active(d_ap, d_an, margin))
     valid_f, active_f = tf.cast(valid, dist.dtype), tf.cast(active, dist.dtype)
     # Soft margin: every valid triplet has positive loss, so average over all of them.
@@ -236,7 +253,11 @@ def _hardest(dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
 
 
 def batch_hard_triplet_loss(
-    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+    embeddings: tf.Tensor,
+    labels: tf.Tensor,
+    distance: str = "l2",
+    margin: float | None = 0.2,
+    scale: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Batch-hard loss: per anchor, its farthest positive against its nearest negative.
 
@@ -248,7 +269,7 @@ def batch_hard_triplet_loss(
     d_ap = tf.gather(dist, hardest_pos, batch_dims=1)
     d_an = tf.gather(dist, hardest_neg, batch_dims=1)
     weights = tf.cast(counts, dist.dtype)
-    losses = triplet_margin_loss(d_ap, d_an, margin)
+    losses = triplet_margin_loss(d_ap, d_an, margin, scale)
     active = tf.cast(_active(d_ap, d_an, margin), dist.dtype) * weights
     return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
 
@@ -268,7 +289,11 @@ def _semi_hard(dist: tf.Tensor, is_pos: tf.Tensor, is_neg: tf.Tensor):
 
 
 def semi_hard_triplet_loss(
-    embeddings: tf.Tensor, labels: tf.Tensor, distance: str = "l2", margin: float | None = 0.2
+    embeddings: tf.Tensor,
+    labels: tf.Tensor,
+    distance: str = "l2",
+    margin: float | None = 0.2,
+    scale: float = 1.0,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Semi-hard loss (FaceNet, Schroff et al., 2015), over every anchor-positive pair.
 
@@ -285,7 +310,7 @@ def semi_hard_triplet_loss(
     pairs, negative = _semi_hard(dist, *_label_masks(labels))
     d_an = tf.gather(dist, negative, batch_dims=1)
     weights = tf.cast(pairs.valid, dist.dtype)
-    losses = triplet_margin_loss(pairs.d_ap, d_an, margin)
+    losses = triplet_margin_loss(pairs.d_ap, d_an, margin, scale)
     active = tf.cast(_active(pairs.d_ap, d_an, margin), dist.dtype) * weights
     return _mean_or_zero(losses, weights), _mean_or_zero(active, weights)
 
@@ -352,17 +377,24 @@ class TripletLoss(keras.losses.Loss):
     0.0
     """
 
-    def __init__(self, distance: str = "l2", margin: float | None = 0.2, name="triplet_loss"):
+    def __init__(
+        self,
+        distance: str = "l2",
+        margin: float | None = 0.2,
+        name="triplet_loss",
+        soft_margin_scale: float = 1.0,
+    ):
         check_distance(distance)
         super().__init__(name=name, reduction="sum_over_batch_size")
         self.distance = distance
         self.margin = margin
+        self.soft_margin_scale = soft_margin_scale
 
     def call(self, y_true, y_pred):
         y_pred = tf.convert_to_tensor(y_pred)
         d_ap = paired_distance(y_pred[:, 0], y_pred[:, 1], self.distance)
         d_an = paired_distance(y_pred[:, 0], y_pred[:, 2], self.distance)
-        return triplet_margin_loss(d_ap, d_an, self.margin)
+        return triplet_margin_loss(d_ap, d_an, self.margin, self.soft_margin_scale)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if y_true is None:  # the triplet loss needs no targets
@@ -370,4 +402,5 @@ class TripletLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, sample_weight)
 
     def get_config(self) -> dict:
-        return {"name": self.name, "distance": self.distance, "margin": self.margin}
+        return {"name": self.name, "distance": self.distance, "margin": self.margin,
+                "soft_margin_scale": self.soft_margin_scale}  # fmt: skip

@@ -19,11 +19,13 @@ from tripletsk.training.losses import (
 tf = import_tensorflow()
 
 
-def make_steps(model, optimizer, distance: str, margin, online_loss: str | None):
+def make_steps(
+    model, optimizer, distance: str, margin, online_loss: str | None, scale: float = 1.0
+):
     """Compiled training loops: one for index triplets, one for labelled batches.
 
     ``margin`` is a float32 variable (read at each step, so that one graph serves fits with
-    other margins) or None for the soft margin.
+    other margins) or None for the soft margin, whose ``scale`` the graph holds as a constant.
 
     Each takes a window's features (and labels), and a stack of equally sized batches of
     indices into them, shape (k, b, 3) or (k, b), and runs its k steps inside one graph (a
@@ -39,7 +41,7 @@ def make_steps(model, optimizer, distance: str, margin, online_loss: str | None)
             emb = model(tf.gather(features, unique), training=True)
             emb = tf.cast(emb, tf.float32)
             emb = tf.reshape(tf.gather(emb, inverse), [-1, 3, tf.shape(emb)[-1]])
-            loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin)
+            loss, active = triplet_loss(emb[:, 0], emb[:, 1], emb[:, 2], distance, margin, scale)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
         error = triplet_error(
@@ -54,7 +56,7 @@ def make_steps(model, optimizer, distance: str, margin, online_loss: str | None)
         with tf.GradientTape() as tape:
             emb = tf.cast(model(tf.gather(features, idx), training=True), tf.float32)
             batch_labels = tf.gather(labels, idx)
-            loss, active = batch_loss(emb, batch_labels, distance, margin)
+            loss, active = batch_loss(emb, batch_labels, distance, margin, scale)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(grads)
         return loss, active, batch_triplet_error(emb, batch_labels, distance)

@@ -18,6 +18,9 @@ It reports epochs and ``ConvergenceWarning`` counts for every fit, and validatio
 where the data give them. One JSON line per fit is appended to ``--out``::
 
     PYTHONPATH=. python benchmarks/studies/defaults/triplet_stopping.py --work /tmp/gsl
+
+``--set PARAM=VALUE`` adds a parameter to every rule's fits (``--parts digits pipeline`` need
+no ``--work`` folder's files).
 """
 
 from __future__ import annotations
@@ -119,15 +122,20 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, required=True, help="grid_search_leakage.py --work")
     parser.add_argument("--rules", nargs="*", default=list(RULES))
     parser.add_argument("--parts", nargs="*", default=["digits", "pipeline", "quickstart"])
+    parser.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                        help="another TripletEncoder parameter for every rule's fits")  # fmt: skip
     parser.add_argument("--out", type=Path,
                         default=HERE / "results" / "triplet_stopping.jsonl")  # fmt: skip
     args = parser.parse_args(argv)
+    from defaults_study import parse_settings
+
+    extra = parse_settings(args.set or [])
     for name in args.rules:
-        rule = RULES[name]
+        rule = {**RULES[name], **extra}
         for part in args.parts:
             rows = quickstart(rule, args.work) if part == "quickstart" else PARTS[part](rule)
             for row in rows:
-                row = {"rule": name, "data": part, **row}
+                row = {"rule": name, **({"set": extra} if extra else {}), "data": part, **row}
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
