@@ -106,7 +106,7 @@ def decode_str(x) -> str:
 def cache_not_found(path: str) -> CacheNotFoundError:
     return CacheNotFoundError(
         f"feature cache not found: {path}; run `tripletsk extract-features IMAGES_DIR` "
-        "first (or pass features= an array or another cache)"
+        "first, or name another cache (`--features` on the command line, `features=` in Python)"
     )
 
 
