@@ -54,7 +54,7 @@ def test_the_soft_margin_scale_is_a_graph_of_its_own_and_ignored_with_a_margin(b
     compiled._idle.clear()
     sharp_new = _embed(X, y, random_state=0, soft_margin_scale=4.0)
     compiled._idle.clear()
-    soft = _embed(X, y, random_state=0)
+    soft = _embed(X, y, random_state=0, soft_margin_scale=1.0)
     sharp = _embed(X, y, random_state=0, soft_margin_scale=4.0)  # after a scale-1 fit
     assert len(compiled._idle) == 2
     np.testing.assert_array_equal(sharp, sharp_new)

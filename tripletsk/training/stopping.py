@@ -12,7 +12,7 @@ give each epoch new triplets, so their error keeps measuring what the head gets 
 a fixed set of triplets is soon ordered right by memorising it (error 0) and the head goes
 on improving on unseen triplets as its loss falls (validation on digits and on small triplet
 sets, docs/findings/defaults_study.md). ``tol="auto"`` is 2e-3 for the error and 5e-3 for
-the loss.
+the loss, divided by the soft margin's scale s (its loss is about s times smaller).
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ CRITERIA = ("error", "loss")
 AUTO_TOL = {"error": 2e-3, "loss": 5e-3, "validation": 2e-3}
 
 
-def resolve_tol(tol: float | str, criterion: str) -> float:
-    """``tol``, with ``"auto"`` replaced by the step of the watched figure (``AUTO_TOL``).
+def resolve_tol(tol: float | str, criterion: str, loss_scale: float = 1.0) -> float:
+    """``tol``, with ``"auto"`` replaced by the step of the watched figure (``AUTO_TOL``; for
+    the loss, divided by ``loss_scale``, the soft margin's scale).
 
-    >>> resolve_tol("auto", "loss"), resolve_tol(1e-4, "loss")
-    (0.005, 0.0001)
+    >>> resolve_tol("auto", "loss"), resolve_tol("auto", "loss", 4.0), resolve_tol(1e-4, "loss")
+    (0.005, 0.00125, 0.0001)
     """
-    return AUTO_TOL[criterion] if tol == "auto" else tol
+    if tol != "auto":
+        return tol
+    return AUTO_TOL[criterion] / (loss_scale if criterion == "loss" else 1.0)
 
 
 def resolve_stopping(stopping: str, labelled: bool) -> str:
@@ -51,11 +54,13 @@ def resolve_stopping(stopping: str, labelled: bool) -> str:
 class Stopping:
     """The stopping rule of one fit; :meth:`update` after each epoch says whether to stop."""
 
-    def __init__(self, criterion: str, tol: float | str, n_iter_no_change: int):
+    def __init__(
+        self, criterion: str, tol: float | str, n_iter_no_change: int, loss_scale: float = 1.0
+    ):
         if criterion not in (*CRITERIA, "validation"):
             raise ValueError(f"stopping must be one of {CRITERIA}; got {criterion!r}.")
         self.criterion = criterion
-        self.tol = resolve_tol(tol, criterion)
+        self.tol = resolve_tol(tol, criterion, loss_scale)
         self.n_iter_no_change = n_iter_no_change
         self.best = math.inf  # of the figure made "lower is better"
         self.no_change = 0
