@@ -42,9 +42,9 @@ from tripletsk.evaluation.metrics import retrieval_report
 # Before issue 21 (2026-12-03): the head of docs/findings/defaults_study.md, 100 epochs that stopped
 # only on a plateau of the training loss (within 1e-4 for 10 epochs).
 DEFAULTS_2026_12_03 = {"hidden_units": 2048, "n_components": 64, "dropout": 0.0,
-                       "input_dropout": 0.1, "margin": None, "weight_averaging": 0.97,
-                       "batch_size": 256, "max_epochs": 100, "tol": 1e-4,
-                       "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
+                       "input_dropout": 0.1, "margin": None, "soft_margin_scale": 1.0,
+                       "weight_averaging": 0.97, "batch_size": 256, "max_epochs": 100,
+                       "tol": 1e-4, "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
 # The defaults before 2026-12-03 (benchmarks/studies/defaults/defaults_study.py's STUDY_DEFAULTS).
 FORMER = {**DEFAULTS_2026_12_03, "hidden_units": 512, "n_components": 10, "dropout": 0.2,
           "input_dropout": 0.0, "margin": 1.0, "weight_averaging": 0.0}  # fmt: skip

@@ -122,10 +122,12 @@ def validate(params: dict, data, seed: int = 0) -> dict:
 
 # The defaults before 2026-12-03, to which every recorded setting of results/*.jsonl (beside
 # this script) is relative (so that the records keep their meaning after the defaults changed;
-# the stopping rule and batch of before issue 21 included).
+# the stopping rule and batch of before issue 21 included, and the plain soft margin of before
+# 2026-12-06 for settings with margin=None).
 STUDY_DEFAULTS = {"hidden_units": 512, "n_components": 10, "dropout": 0.2, "input_dropout": 0.0,
                   "margin": 1.0, "weight_averaging": 0.0, "batch_size": 256, "max_epochs": 100,
-                  "tol": 1e-4, "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
+                  "tol": 1e-4, "n_iter_no_change": 10, "stopping": "loss",
+                  "soft_margin_scale": 1.0}  # fmt: skip
 
 
 def study_params(params: dict) -> dict:

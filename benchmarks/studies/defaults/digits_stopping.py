@@ -24,10 +24,11 @@ from defaults_study import digits_triplet_validation
 from tripletsk import TripletEncoder
 
 NAMES = ("hidden_units", "n_components", "dropout", "input_dropout", "margin",
-         "weight_averaging", "batch_size", "max_epochs", "tol", "n_iter_no_change",
-         "stopping")  # fmt: skip
+         "soft_margin_scale", "weight_averaging", "batch_size", "max_epochs", "tol",
+         "n_iter_no_change", "stopping")  # fmt: skip
 DEFAULTS_2026_12_03 = {"hidden_units": 2048, "n_components": 64, "dropout": 0.0,
-                       "input_dropout": 0.1, "margin": None, "weight_averaging": 0.97,
+                       "input_dropout": 0.1, "margin": None, "soft_margin_scale": 1.0,
+                       "weight_averaging": 0.97,
                        "batch_size": 256, "max_epochs": 100, "tol": 1e-4,
                        "n_iter_no_change": 10, "stopping": "loss"}  # fmt: skip
 
