@@ -79,7 +79,7 @@ class TripletEncoder(
         Distance between embeddings, in the loss and in every prediction.
     margin : float or None, default=None
         Margin of the hinge loss ``max(d(a, p) - d(a, n) + margin, 0)``; ``None``: the soft
-        margin ``log(1 + exp(d(a, p) - d(a, n)))``. L2 distances of unit embeddings lie in
+        margin (``soft_margin_scale``). L2 distances of unit embeddings lie in
         [0, 2]. docs/decisions.md says how the head's defaults were chosen.
     soft_margin_scale : float, default=4.0
         With ``margin=None``: the soft margin is ``log(1 + exp(s (d(a, p) - d(a, n)))) / s``

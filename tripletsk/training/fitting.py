@@ -214,10 +214,11 @@ def warn_if_failed(
 # or 3 along one axis per class): batch_hard ended at 1.025-1.055 with margin 1.0 and 98-100%
 # of anchors active, its embeddings shrunk to a tiny cap (per-axis spread 0.012-0.045 against
 # 0.31 when healthy); with a clear signal (6) the loss fell to 0.16 with 91% active.
-# With the soft margin (margin=None) the loss softplus(d(a, p) - d(a, n)) sits at log(2) when
-# negatives are as close as positives: measured on the same data with the default head and
-# batch_hard, signal 0 or 1 ended at 0.690 with 97-98% of anchors violating (d(a, p) > d(a, n))
-# and a spread of 0.07; signal 3 at 0.683 with 46%, signal 6 at 0.483 with 15% (healthy).
+# With the soft margin (margin=None) the loss softplus(d(a, p) - d(a, n)) sits at log(2) (at
+# log(2) / s when scaled by s) when negatives are as close as positives: measured at s = 1 on
+# the same data with the default head and batch_hard, signal 0 or 1 ended at 0.690 with
+# 97-98% of anchors violating (d(a, p) > d(a, n)) and a spread of 0.07; signal 3 at 0.683 with
+# 46%, signal 6 at 0.483 with 15% (healthy).
 _SOFT_MARGIN_STUCK_LOSS = math.log(2.0)
 _STUCK_LOSS = 0.1
 _STUCK_ACTIVE = 0.95

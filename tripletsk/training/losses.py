@@ -17,9 +17,9 @@ that still teach something), plus a thin serialisable :class:`TripletLoss` class
 
 The triplet loss is ``max(d(a, p) - d(a, n) + margin, 0)``; with ``margin=None`` it is the soft
 margin ``log(1 + exp(d(a, p) - d(a, n)))`` (Hermans et al., 2017), which never stops pushing;
-its ``scale`` s sharpens it, ``log(1 + exp(s (d(a, p) - d(a, n)))) / s`` (s = 1 by default):
-unit-norm embeddings differ by at most 2 in distance, so at s = 1 even easy triplets keep a
-gradient of at least ``sigmoid(-2)``.
+its ``scale`` s sharpens it, ``log(1 + exp(s (d(a, p) - d(a, n)))) / s`` (s = 1 in these
+functions; ``TripletEncoder`` uses 4): unit-norm embeddings differ by at most 2 in distance, so
+at s = 1 even easy triplets keep a gradient of at least ``sigmoid(-2)``.
 
 Online mining (``batch_all``, ``batch_hard``, ``semi_hard``) works on a batch of embeddings and
 their labels, embedding each item once and mining inside the batch's distance matrix:
