@@ -3,12 +3,11 @@
 Tracing the compiled training loops (:mod:`tripletsk.training.steps`) costs about a second of
 CPU per fit, more than all the training of a small fit: a grid search over small data spent
 most of its time tracing. A fit therefore takes its head model, optimizer and compiled loops
-from a pool kept per graph (the layer sizes, dropout rates, precision, distance, loss, and
-whether there is a margin (the soft margin's scale if not) and a weight decay: what the traced
-graph holds as constants), resets
-them to its own initial weights, dropout seeds, margin, optimizer state, learning rate and
-weight decay (variables of the graph, so that a grid search over them traces once), and gives
-them back when it ends. A fit that starts
+from a pool kept per graph (the layer sizes, dropout rates, precision, distance, loss, whether
+there is a margin (if not, the soft margin's scale) and whether there is a weight decay: what
+the traced graph holds as constants), resets them to its own initial weights, dropout seeds,
+margin, optimizer state, learning rate and weight decay (variables of the graph, so that a
+grid search over them traces once), and gives them back when it ends. A fit that starts
 while another holds the same graph builds its own: nothing is shared between running fits.
 What a fit computes does not depend on whether its head came from the pool
 (``tests/training/test_compiled.py`` checks bit for bit).
@@ -59,7 +58,7 @@ class CompiledHead:
 def graph_key(initial_weights: HeadWeights, config: TrainingConfig) -> tuple:
     """What the compiled loops of a fit bake in: fits with equal keys can share them."""
     shapes = tuple(kernel.shape for kernel, _ in initial_weights)
-    soft_scale = config.soft_margin_scale if config.margin is None else None  # unused with one
+    soft_scale = config.soft_margin_scale if config.margin is None else None  # a hinge ignores it
     return (shapes, config.dropout, config.input_dropout, config.precision, config.distance,
             config.margin is None, soft_scale, config.strategy.loss,
             config.weight_decay > 0)  # fmt: skip
