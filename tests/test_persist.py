@@ -74,6 +74,29 @@ def test_damaged_arrays_are_refused(saved, tmp_path, change, match):
     assert str(bad) in str(info.value)
 
 
+def test_a_file_from_before_soft_margin_scale_loads_with_the_plain_soft_margin(saved, tmp_path):
+    path, encoder, X = saved
+    members = _members(path)
+    meta = json.loads(str(members["meta"]))
+    del meta["params"]["soft_margin_scale"]  # as files written before 2026-12-06
+    old = tmp_path / "old.npz"
+    _rewrite(path, old, meta=np.array(json.dumps(meta)))
+    loaded = TripletEncoder.load(old)
+    assert loaded.soft_margin_scale == 1.0 and encoder.soft_margin_scale == 4.0
+    np.testing.assert_array_equal(loaded.transform(X), encoder.transform(X))
+
+
+def test_a_pickle_from_before_soft_margin_scale_unpickles_with_the_plain_soft_margin(saved):
+    import pickle
+
+    _, encoder, X = saved
+    old = pickle.loads(pickle.dumps(encoder))
+    del old.soft_margin_scale  # as encoders pickled before 2026-12-06
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.get_params()["soft_margin_scale"] == 1.0
+    np.testing.assert_array_equal(restored.transform(X), encoder.transform(X))
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [

@@ -317,6 +317,11 @@ class TripletEncoder(
         self.precision = precision
         self.stream = stream
 
+    def __setstate__(self, state):
+        # Pickles of encoders made before the parameter existed: the plain soft margin.
+        state.setdefault("soft_margin_scale", 1.0)
+        super().__setstate__(state)
+
     @property
     def _n_features_out(self) -> int:
         """Width of the embedding, for ``get_feature_names_out`` (``tripletencoder0``, ...)."""

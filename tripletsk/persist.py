@@ -75,6 +75,8 @@ def load_encoder(cls, path, features=None):
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ModelFileError(f"{path}: not a readable .npz model file ({exc})") from None
     params = dict(meta["params"])
+    # Files saved before the parameter existed were fitted with the plain soft margin.
+    params.setdefault("soft_margin_scale", 1.0)
     if isinstance(params.get("hidden_units"), list):
         params["hidden_units"] = tuple(params["hidden_units"])
     try:
