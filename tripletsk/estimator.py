@@ -131,7 +131,8 @@ class TripletEncoder(
     tol : float or "auto", default="auto"
         Minimum improvement of the watched figure (``stopping``, or the validation score
         with ``early_stopping``) that resets the ``n_iter_no_change`` count. ``"auto"``:
-        5e-3 for the training loss, 2e-3 for the error and the validation score.
+        5e-3 for the training loss (divided by ``soft_margin_scale`` under the soft margin),
+        2e-3 for the error and the validation score.
     stopping : {"auto", "error", "loss"}, default="auto"
         What a fit without ``early_stopping`` watches to stop by itself, using no held-out
         data: ``"error"``, the share of wrongly ordered triplets in each epoch's training

@@ -58,9 +58,8 @@ class CompiledHead:
 def graph_key(initial_weights: HeadWeights, config: TrainingConfig) -> tuple:
     """What the compiled loops of a fit bake in: fits with equal keys can share them."""
     shapes = tuple(kernel.shape for kernel, _ in initial_weights)
-    soft_scale = config.soft_margin_scale if config.margin is None else None  # a hinge ignores it
     return (shapes, config.dropout, config.input_dropout, config.precision, config.distance,
-            config.margin is None, soft_scale, config.strategy.loss,
+            config.margin is None, config.loss_scale, config.strategy.loss,
             config.weight_decay > 0)  # fmt: skip
 
 
@@ -107,6 +106,6 @@ def _build(initial_weights: HeadWeights, config: TrainingConfig, seed: int) -> C
     if config.margin is not None:
         margin = tf.Variable(config.margin, trainable=False, dtype=tf.float32)
     loops = make_steps(
-        model, optimizer, config.distance, margin, config.strategy.loss, config.soft_margin_scale
+        model, optimizer, config.distance, margin, config.strategy.loss, config.loss_scale
     )
     return CompiledHead(model, optimizer, margin, *loops)

@@ -85,6 +85,12 @@ class TrainingConfig:
         return STRATEGIES[self.mining]
 
     @property
+    def loss_scale(self) -> float:
+        """The soft margin's scale s (its loss is about s times smaller), or 1 with a hinge
+        margin, which has none: what the loss, the stopping step and the stuck check use."""
+        return self.soft_margin_scale if self.margin is None else 1.0
+
+    @property
     def holdout_fraction(self) -> float | None:
         """The share of the training data held out for early stopping, or ``None``."""
         return self.validation_fraction if self.early_stopping else None

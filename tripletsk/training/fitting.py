@@ -36,7 +36,7 @@ def fit_head(config: TrainingConfig, items: FeatureRows, triplets, labels, rng) 
     result = train(config, items, triplets, labels, train_rows, validation_score, rng)
     warn_if_failed(
         items, result.weights, result.loss_curve, result.active_fraction, config.margin, rng,
-        soft_margin_scale=config.soft_margin_scale,
+        soft_margin_scale=config.loss_scale,
     )  # fmt: skip
     return {
         "feature_mean_": mean,

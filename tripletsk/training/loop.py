@@ -80,8 +80,7 @@ def train_head(
     in float32.
     """
     criterion = "validation" if validation_score is not None else config.stopping
-    loss_scale = config.soft_margin_scale if config.margin is None else 1.0
-    stopping = Stopping(criterion, config.tol, config.n_iter_no_change, loss_scale)
+    stopping = Stopping(criterion, config.tol, config.n_iter_no_change, config.loss_scale)
     progress = FitProgress(config.max_epochs, config.verbose, hinge=config.margin is not None)
     average = WeightAverage(config.weight_averaging, initial_weights)
     result = TrainingResult(weights=initial_weights)
